@@ -1,0 +1,57 @@
+// Package store defines where projects and tokens live. The sidecar reads projects and reads and
+// writes tokens; administrators write projects. Two implementations plug in: the embedded
+// encrypted file store (store/filestore, for a single host without Vault) and Vault
+// (store/vaultstore, over the vault package).
+//
+// Every token write is a check-and-set on the version read, so two Postern processes sharing a store
+// never lose a rotated refresh token: the loser gets ErrConflict, re-reads, and uses what the other
+// wrote.
+package store
+
+import (
+	"context"
+	"errors"
+
+	"github.com/postern/postern/sidecar/project"
+)
+
+// ErrNotFound is returned when a project or token does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned when a check-and-set write finds a version other than the one given.
+var ErrConflict = errors.New("version conflict: the record was changed by someone else")
+
+// Projects is what the sidecar needs to route mail.
+type Projects interface {
+	// Projects returns every project, each with its Version set.
+	Projects(ctx context.Context) ([]project.Project, error)
+}
+
+// Tokens is what the token broker needs.
+type Tokens interface {
+	// Token returns the token record of a project with its Version set, or ErrNotFound.
+	Token(ctx context.Context, name string) (project.Token, error)
+	// PutToken writes t if the stored version is still t.Version (0: the record must not exist yet)
+	// and returns the new version; otherwise it returns ErrConflict and writes nothing.
+	PutToken(ctx context.Context, name string, t project.Token) (int, error)
+}
+
+// Admin is what administrators' tools need on top of reading.
+type Admin interface {
+	Projects
+	// Project returns one project with its Version set, or ErrNotFound.
+	Project(ctx context.Context, name string) (project.Project, error)
+	// PutProject creates or replaces a project. If p.Version is not 0 the write is a check-and-set
+	// on that version. It returns the new version.
+	PutProject(ctx context.Context, p project.Project) (int, error)
+	// DeleteProject removes a project and its token record.
+	DeleteProject(ctx context.Context, name string) error
+}
+
+// Store is everything: what `postern serve` and `postern project` open.
+type Store interface {
+	Admin
+	Tokens
+	// Close releases the store.
+	Close() error
+}
