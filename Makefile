@@ -1,0 +1,47 @@
+# The one entry point. CI runs `bash .ci/run`, which runs `make ci-deps test`.
+GO        ?= go
+BIN       ?= bin/postern
+GOFLAGS_T ?= -race -count=1
+PKGS      := ./...
+
+.PHONY: all build test test-unit test-integration vet fmt-check deps ci-deps demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./sidecar/cmd/postern
+
+## test: everything — formatting, vet, unit tests and the integration suite against real Postfix,
+## Dovecot, Vault and an OAuth2 server (installed by `make deps` on a fresh machine).
+test: fmt-check vet test-unit test-integration
+
+test-unit:
+	$(GO) test $(GOFLAGS_T) $(PKGS)
+
+test-integration:
+	bash integration/scripts/install-deps.sh
+	$(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./integration/...
+
+vet:
+	$(GO) vet $(PKGS)
+	$(GO) vet -tags integration ./integration/...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+## deps: install what the integration tests need (Debian packages, npm packages, the Vault dev server).
+deps:
+	bash integration/scripts/install-deps.sh
+
+ci-deps: deps
+
+## demo: on a fresh machine, build Postern, start a private Postfix, an upstream mail server and
+## Postern with the embedded store, relay one message and show where it arrived.
+demo:
+	bash integration/scripts/demo.sh
+
+bench:
+	bash integration/scripts/bench.sh
+
+clean:
+	rm -rf bin
