@@ -1,0 +1,285 @@
+// Package upstream owns talking to a project's upstream SMTP server: opening a connection (TCP,
+// TLS with certificate verification, AUTH), relaying one message over it, and keeping a pool of
+// signed-in connections per project so that most messages pay for none of that.
+//
+// The path of one message:
+//
+//  1. Acquire finds the project's pool. If the upstream failed to connect, greet or speak TLS a
+//     moment ago, Acquire fails at once with ErrDown (a temporary error) for a backoff that starts
+//     at Options.DownBackoff and doubles to 5 minutes, so queued mail for a dead upstream does not
+//     tie up Postfix's delivery slots. One project's upstream never delays another's: no lock is
+//     held across I/O.
+//  2. Acquire reuses an idle connection opened with the same settings (checked with NOOP when it
+//     has idled longer than Options.CheckIdleAfter), or opens one while the project has fewer
+//     than project.Limits.Connections() open, or waits its turn for one, at most
+//     Options.MaxConnWait.
+//  3. Opening a connection: TCP; implicit TLS, or the greeting, EHLO, STARTTLS and EHLO again
+//     (RFC 3207: everything learned before TLS is forgotten); certificate verification against the
+//     system's roots plus project.Upstream.CAPEM; then AUTH PLAIN or LOGIN with the project's
+//     username and password, or the SASL client the caller supplies (XOAUTH2). Credentials are
+//     never sent over an unencrypted connection unless the project's TLS mode is none, which only
+//     a loopback upstream may use.
+//  4. Mail, Rcpt and Data relay the message; Data streams it while Postfix waits. Every failure is
+//     an *Error naming the stage and carrying the upstream's reply, with Temporary and AuthFailed
+//     to decide what Postfix hears.
+//  5. Release hands the connection back (RSET first when a transaction was left open; closed
+//     instead when an error left its state unknown), Discard closes it. Idle connections close after
+//     Options.IdleTimeout; connections opened with settings that have since changed (host, port,
+//     TLS, server name, CA, verification, username, mechanism) are not reused.
+//
+// Credentials appear in no error and no log line. With Options.Trace the SMTP dialogue is logged
+// at debug level, the AUTH exchange redacted and message bodies left out.
+package upstream
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
+)
+
+// Auth is how a connection signs in upstream. The zero Auth sends without AUTH
+// (project.AuthNone).
+type Auth struct {
+	// Mechanism is "PLAIN" or "LOGIN", or "" to choose: PLAIN when offered, else LOGIN. With SASL
+	// set it only names the mechanism (e.g. "XOAUTH2") for logs and for telling settings apart.
+	Mechanism string
+	// Username is the account to sign in as.
+	Username string
+	// Secret is the password (or, for a SASL client that takes it, the access token).
+	Secret secret.Secret
+	// SASL, when set, makes the client for one AUTH exchange; Mechanism, Username and Secret are
+	// then not used to sign in. This is how XOAUTH2 plugs in.
+	SASL func() sasl.Client
+}
+
+// MaxDownBackoff is the longest Acquire fails fast for a project whose upstream keeps failing.
+const MaxDownBackoff = 5 * time.Minute
+
+// quitTimeout bounds the polite QUIT before a connection is closed.
+const quitTimeout = 5 * time.Second
+
+// Options configures Pools. The zero value is usable; each field documents its default.
+type Options struct {
+	// LocalName is the name Postern gives in EHLO. Default: os.Hostname, else "localhost".
+	LocalName string
+	// DialTimeout bounds the TCP connect. Default 30s.
+	DialTimeout time.Duration
+	// GreetingTimeout bounds everything between connect and a signed-in connection: TLS, banner,
+	// EHLO, STARTTLS, AUTH. It also bounds RSET and the NOOP check of a pooled connection.
+	// Default 30s.
+	GreetingTimeout time.Duration
+	// CommandTimeout bounds MAIL and each RCPT. Default 5m (RFC 5321).
+	CommandTimeout time.Duration
+	// DataTimeout bounds DATA as a whole: the command, the message and the final reply.
+	// Default 10m.
+	DataTimeout time.Duration
+	// IdleTimeout closes a pooled connection unused for this long. Default 60s.
+	IdleTimeout time.Duration
+	// MaxConnWait bounds how long Acquire waits for a project's busy connections. Default 30s.
+	MaxConnWait time.Duration
+	// DownBackoff is how long Acquire fails fast after an upstream failed to connect, greet or
+	// speak TLS; it doubles with each further failure up to MaxDownBackoff and resets once a
+	// connection opens. Default 15s.
+	DownBackoff time.Duration
+	// CheckIdleAfter: a pooled connection idle longer than this is checked with NOOP before reuse.
+	// Default 5s.
+	CheckIdleAfter time.Duration
+	// RootCAs are the trusted roots; nil means the system's. A project's Upstream.CAPEM adds to them.
+	RootCAs *x509.CertPool
+	// Trace logs every SMTP line at debug level (AUTH redacted, message bodies left out).
+	Trace bool
+	// Logger receives the pools' logs. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock for idle ages and backoffs. Default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.LocalName == "" {
+		o.LocalName = "localhost"
+		if h, err := os.Hostname(); err == nil && h != "" && !strings.ContainsAny(h, " \t\r\n") {
+			o.LocalName = h
+		}
+	}
+	set := func(d *time.Duration, def time.Duration) {
+		if *d <= 0 {
+			*d = def
+		}
+	}
+	set(&o.DialTimeout, 30*time.Second)
+	set(&o.GreetingTimeout, 30*time.Second)
+	set(&o.CommandTimeout, 5*time.Minute)
+	set(&o.DataTimeout, 10*time.Minute)
+	set(&o.IdleTimeout, 60*time.Second)
+	set(&o.MaxConnWait, 30*time.Second)
+	set(&o.DownBackoff, 15*time.Second)
+	set(&o.CheckIdleAfter, 5*time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Pools holds one connection pool per project. It is safe for concurrent use.
+type Pools struct {
+	opts Options
+
+	mu     sync.Mutex
+	pools  map[string]*pool
+	closed bool
+	wg     sync.WaitGroup // background closes
+}
+
+// NewPools returns empty pools.
+func NewPools(opts Options) *Pools {
+	return &Pools{opts: opts.withDefaults(), pools: make(map[string]*pool)}
+}
+
+// PoolStats describes one project's pool.
+type PoolStats struct {
+	Project string
+	// Open counts connections open or being opened; Idle those waiting in the pool; InUse the rest.
+	Open, Idle, InUse int
+	// Waiting counts Acquire calls waiting for a connection.
+	Waiting int
+	// Dials counts connection attempts; AuthFailures the upstream's rejections of the credentials.
+	Dials, AuthFailures uint64
+	// DownUntil is when Acquire stops failing fast; zero when the upstream is not down.
+	DownUntil time.Time
+	// LastError is the last failure to open a connection, "" after a success.
+	LastError string
+}
+
+// Stats describes every project's pool, sorted by project name.
+func (p *Pools) Stats() []PoolStats {
+	p.mu.Lock()
+	pools := make([]*pool, 0, len(p.pools))
+	for _, pl := range p.pools {
+		pools = append(pools, pl)
+	}
+	p.mu.Unlock()
+	now := p.opts.Now()
+	out := make([]PoolStats, 0, len(pools))
+	for _, pl := range pools {
+		out = append(out, pl.stats(now))
+	}
+	slices.SortFunc(out, func(a, b PoolStats) int { return strings.Compare(a.Project, b.Project) })
+	return out
+}
+
+// Close closes every idle connection (QUIT first, each bounded by a few seconds), fails every
+// waiting Acquire and every later one, and closes connections still in use when they are
+// released.
+func (p *Pools) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	pools := make([]*pool, 0, len(p.pools))
+	for _, pl := range p.pools {
+		pools = append(pools, pl)
+	}
+	p.mu.Unlock()
+
+	var conns []*Conn
+	for _, pl := range pools {
+		conns = append(conns, pl.close()...)
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(c.quit)
+	}
+	wg.Wait()
+	p.wg.Wait()
+	return nil
+}
+
+// background runs f (closing connections) in its own goroutine, which Close waits for; once Close
+// has begun, f runs in the caller's.
+func (p *Pools) background(f func()) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		f()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+}
+
+// pool returns the project's pool, creating it on first use.
+func (p *Pools) pool(name, addr string) (*pool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, &Error{Stage: StagePool, Addr: addr, Err: ErrClosed}
+	}
+	pl := p.pools[name]
+	if pl == nil {
+		pl = &pool{p: p, name: name, log: p.opts.Logger.With("project", name)}
+		p.pools[name] = pl
+	}
+	return pl, nil
+}
+
+// Acquire returns a signed-in connection to the project's upstream for one message. Give it back
+// with Release (or Discard) when the message is done.
+func (p *Pools) Acquire(ctx context.Context, proj project.Project, auth Auth) (*Conn, error) {
+	addr := address(proj.Upstream)
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Stage: StagePool, Addr: addr, Message: "gave up before asking for a connection", Err: err}
+	}
+	pl, err := p.pool(proj.Name, addr)
+	if err != nil {
+		return nil, err
+	}
+	fp := fingerprint(proj.Upstream, auth)
+
+	g, w := pl.take(fp, proj.Limits.Connections(), addr)
+	if w != nil {
+		var err error
+		if g, err = pl.wait(ctx, w, addr); err != nil {
+			return nil, err
+		}
+	}
+	if g.err != nil {
+		return nil, g.err
+	}
+	if c := g.conn; c != nil {
+		if c.fp == fp && (p.opts.Now().Sub(c.lastUsed) <= p.opts.CheckIdleAfter || c.check(ctx) == nil) {
+			c.done = false
+			return c, nil
+		}
+		// Stale: open a fresh connection in the slot it held.
+		if c.broken {
+			c.closeNow()
+		} else {
+			p.background(c.quit)
+		}
+		pl.redial()
+	}
+	c, derr := p.dial(ctx, pl, proj, auth, fp)
+	if err := pl.opened(c, derr); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
