@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/sidecar/config"
+)
+
+const postfixAbout = `
+Print the lines to add to Postfix's main.cf and master.cf so that Postfix routes the senders of
+Postern's projects through Postern, for the sockets this configuration listens on. Senders of no
+project are unaffected: Postern's socketmap answers NOTFOUND for them.
+
+Apply with 'postfix reload' after adding them.`
+
+// postfixRunDirParam is the user-defined main.cf parameter naming Postern's socket directory.
+const postfixRunDirParam = "postern_run_dir"
+
+// postfixMarginOverPostern is how much longer Postfix waits for Postern than Postern waits for the
+// upstream, so that Postern's clearer reply arrives before Postfix gives up.
+const postfixMarginOverPostern = time.Minute
+
+func runPostfixConfig(_ context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("postfix-config", "", postfixAbout)
+	load := a.configFlag(fs)
+	mainOnly := fs.Bool("main", false, "print only the main.cf lines")
+	masterOnly := fs.Bool("master", false, "print only the master.cf lines")
+	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
+		return code
+	}
+	cfg, path, ok := load()
+	if !ok {
+		return ExitFail
+	}
+	if path == "" {
+		path = "built-in defaults"
+	}
+	if errs := cfg.Validate(); len(errs) > 0 {
+		a.printProblems(path, errs)
+		return ExitFail
+	}
+	switch {
+	case *mainOnly && !*masterOnly:
+		fmt.Fprint(a.Stdout, MainCF(cfg))
+	case *masterOnly && !*mainOnly:
+		fmt.Fprint(a.Stdout, MasterCF(cfg))
+	default:
+		fmt.Fprintf(a.Stdout, "# ---- add to main.cf ----\n%s\n# ---- add to master.cf ----\n%s", MainCF(cfg), MasterCF(cfg))
+	}
+	return ExitOK
+}
+
+// Per-destination limits of the Postern transport. Postern is one destination for every project,
+// so these are shared by all of them.
+const (
+	// postfixConcurrency is how many deliveries to Postern may run at once. Each waits while Postern
+	// talks to a project's upstream, so a slow upstream holds its slots for a while; Postern limits
+	// each project's connections itself. Slow start is off for the same reason.
+	postfixConcurrency = 50
+	// postfixRecipientLimit is the recipients per delivery, at or below the smallest per-message
+	// limit of common upstreams (Gmail 100, Exchange Online 500).
+	postfixRecipientLimit = 50
+	// postfixGreetingTimeout bounds Postern's own answer to LHLO/EHLO, which needs no upstream.
+	postfixGreetingTimeout = time.Minute
+)
+
+// MainCF returns the main.cf lines for cfg: the socketmap lookup that sends the senders of Postern's
+// projects to Postern's transport, the transport's shared limits, and the milter when one is
+// configured.
+func MainCF(cfg *config.Config) string {
+	var b strings.Builder
+	runDir := ""
+	if config.IsUnixPath(cfg.Listen.Socketmap) {
+		runDir = filepath.Dir(cfg.Listen.Socketmap)
+	}
+	// socketAddr is how Postfix names a Postern socket: relative to $postern_run_dir when it is there.
+	socketAddr := func(addr string) string {
+		if !config.IsUnixPath(addr) {
+			return "inet:" + addr
+		}
+		if runDir != "" && filepath.Dir(addr) == runDir {
+			return "unix:$" + postfixRunDirParam + "/" + filepath.Base(addr)
+		}
+		return "unix:" + addr
+	}
+	name := transportName(cfg)
+	if runDir != "" {
+		b.WriteString("# Where Postern's sockets are.\n")
+		fmt.Fprintf(&b, "%s = %s\n\n", postfixRunDirParam, runDir)
+	}
+	b.WriteString("# Postfix asks Postern which transport serves each envelope sender. Senders of no Postern\n")
+	b.WriteString("# project get NOTFOUND and are delivered as before; transport_maps still wins.\n")
+	fmt.Fprintf(&b, "sender_dependent_default_transport_maps = socketmap:%s:senders\n\n", socketAddr(cfg.Listen.Socketmap))
+	b.WriteString("# Postern is one destination for all projects: these limits are shared. Each delivery waits\n")
+	b.WriteString("# while Postern talks to the upstream, and Postern limits each project's connections itself,\n")
+	b.WriteString("# so start at full concurrency. Keep the recipients per delivery at or below the smallest\n")
+	b.WriteString("# per-message limit of your upstreams (Gmail 100, Exchange Online 500).\n")
+	fmt.Fprintf(&b, "%s_destination_concurrency_limit = %d\n", name, postfixConcurrency)
+	fmt.Fprintf(&b, "%s_initial_destination_concurrency = %d\n", name, postfixConcurrency)
+	fmt.Fprintf(&b, "%s_destination_recipient_limit = %d\n", name, postfixRecipientLimit)
+	if cfg.Listen.Milter != "" {
+		b.WriteString("\n# Postern's checks at submission time. If smtpd_milters is already set, append this milter\n")
+		b.WriteString("# to it instead; default_action=accept lets mail in while Postern is down.\n")
+		fmt.Fprintf(&b, "smtpd_milters = { %s, default_action=accept }\n", socketAddr(cfg.Listen.Milter))
+	}
+	return b.String()
+}
+
+func transportName(cfg *config.Config) string {
+	if name := cfg.TransportName(); name != "" {
+		return name
+	}
+	return config.DefaultTransportService
+}
+
+// MasterCF returns the master.cf service Postfix delivers Postern's mail with: an lmtp client when
+// Postern listens for LMTP, else an smtp client, named as the transport. Postern relays while Postfix
+// waits, so each of Postfix's timeouts is a minute longer than Postern's own limit for the same
+// upstream step: Postern, not Postfix, gives up on a slow upstream and answers 4xx for that project
+// alone, where a timeout on Postfix's side would count against the one destination of every project.
+func MasterCF(cfg *config.Config) string {
+	client, greeting := "lmtp", "lhlo"
+	if cfg.Listen.LMTP == "" {
+		client, greeting = "smtp", "helo"
+	}
+	name := transportName(cfg)
+	secs := func(d time.Duration) string { return fmt.Sprintf("%ds", int((d+postfixMarginOverPostern)/time.Second)) }
+	command := secs(cfg.Upstream.CommandTimeout)
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Postern: Postfix delivers the mail of Postern's senders to Postern over %s.\n", strings.ToUpper(client))
+	b.WriteString("# chroot (column five) must be n: the socket is outside Postfix's queue directory.\n")
+	fmt.Fprintf(&b, "%-9s unix  -       -       n       -       -       %s\n", name, client)
+	opt := func(k, v string) { fmt.Fprintf(&b, "  -o %s=%s\n", k, v) }
+	opt("syslog_name", "postfix/"+name)
+	opt(client+"_connection_cache_on_demand", "yes")
+	opt(client+"_send_xforward_command", "no")
+	if client == "smtp" {
+		// Postern's SMTP listener offers neither; a site's relay settings must not apply to it.
+		opt("smtp_tls_security_level", "none")
+		opt("smtp_sasl_auth_enable", "no")
+	}
+	opt(client+"_"+greeting+"_timeout", fmt.Sprintf("%ds", int(postfixGreetingTimeout/time.Second)))
+	opt(client+"_mail_timeout", command)
+	opt(client+"_rcpt_timeout", command)
+	opt(client+"_data_init_timeout", command)
+	opt(client+"_data_xfer_timeout", command)
+	opt(client+"_data_done_timeout", secs(cfg.Upstream.DataTimeout))
+	return b.String()
+}

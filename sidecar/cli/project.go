@@ -1,0 +1,802 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
+	"github.com/postern/postern/sidecar/store"
+)
+
+// maxPasswordBytes bounds what --password-stdin reads.
+const maxPasswordBytes = 64 << 10
+
+type subcommand struct {
+	name, summary string
+	run           commandFunc
+}
+
+func projectCommands() []subcommand {
+	return []subcommand{
+		{"add", "add a project", runProjectAdd},
+		{"update", "change some settings of a project", runProjectUpdate},
+		{"list", "list the projects", runProjectList},
+		{"show", "show one project (secrets as [set] or [not set])", runProjectShow},
+		{"remove", "remove a project and its token", runProjectRemove},
+		{"disable", "stop serving a project; its mail waits in Postfix's queue", runProjectDisable},
+		{"enable", "serve a disabled project again", runProjectEnable},
+	}
+}
+
+func runProject(ctx context.Context, a *App, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		w, code := a.Stdout, ExitOK
+		if len(args) == 0 {
+			w, code = a.Stderr, ExitUsage
+		}
+		if len(args) > 1 && args[0] == "help" {
+			return runProject(ctx, a, []string{args[1], "-h"})
+		}
+		printProjectUsage(w)
+		return code
+	}
+	for _, c := range projectCommands() {
+		if c.name == args[0] {
+			return c.run(ctx, a, args[1:])
+		}
+	}
+	fmt.Fprintf(a.Stderr, "postern project: unknown command %q\n\n", args[0])
+	printProjectUsage(a.Stderr)
+	return ExitUsage
+}
+
+func printProjectUsage(w io.Writer) {
+	fmt.Fprint(w, `Usage: postern project <command> [arguments]
+
+A project is one client organisation's sending mailbox: the envelope senders routed through it, the
+upstream mail server it delivers to and how Postern signs in there.
+
+Commands:
+`)
+	for _, c := range projectCommands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "\nRun 'postern project <command> -h' for its flags.\n")
+}
+
+// stringList is a repeatable flag; each value may also hold several items separated by commas.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l = append(*l, item)
+		}
+	}
+	return nil
+}
+
+// projectFlags are the settings flags of add and update.
+type projectFlags struct {
+	senders, sendAs                      stringList
+	host, tls, serverName, caFile        string
+	port                                 int
+	auth, username, mechanism            string
+	passwordStdin, passwordPrompt        bool
+	insecure, disabled                   bool
+	maxConns, perMinute, perDay, maxRcpt int
+	maxBytes                             int64
+}
+
+func (f *projectFlags) register(fs *flagSet, update bool) {
+	replaces := ""
+	if update {
+		replaces = " (replaces the list)"
+	}
+	fs.Var(&f.senders, "sender", "envelope sender `ADDRESS` or @domain routed through this project; repeat or separate with commas"+replaces)
+	fs.Var(&f.sendAs, "send-as", "From `ADDRESS` or @domain the mailbox may send as; default: the senders"+replaces)
+	fs.StringVar(&f.host, "host", "", "upstream mail server `HOST`")
+	fs.IntVar(&f.port, "port", 0, "upstream `PORT` (default 587 for starttls, 465 for implicit, 25 for none)")
+	fs.StringVar(&f.tls, "tls", string(project.TLSStartTLS), "upstream TLS `MODE`: starttls, implicit, or none (loopback upstreams only)")
+	fs.StringVar(&f.caFile, "ca-file", "", "`PEM` file of CA certificates to trust for the upstream instead of the system's")
+	fs.StringVar(&f.serverName, "server-name", "", "`NAME` the upstream's certificate must carry (default: the host)")
+	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do not verify the upstream's certificate (never in production)")
+	fs.StringVar(&f.auth, "auth", string(project.AuthBasic), "how to sign in upstream: basic, or none")
+	fs.StringVar(&f.username, "username", "", "`USER` to sign in as")
+	fs.BoolVar(&f.passwordStdin, "password-stdin", false, "read the password from standard input")
+	if update {
+		fs.BoolVar(&f.passwordPrompt, "password-prompt", false, "ask for a new password on the terminal")
+	}
+	fs.StringVar(&f.mechanism, "mechanism", "", "force the SASL `MECHANISM`: PLAIN or LOGIN (default: what the server offers, PLAIN first)")
+	fs.IntVar(&f.maxConns, "max-connections", 0, "concurrent upstream connections, `N` (0: the default of 3)")
+	fs.IntVar(&f.perMinute, "messages-per-minute", 0, "messages per minute, `N` (0: no limit)")
+	fs.IntVar(&f.perDay, "recipients-per-day", 0, "recipients per day, `N` (0: no limit)")
+	fs.IntVar(&f.maxRcpt, "max-recipients", 0, "recipients per message, `N` (0: no limit of the project's own)")
+	fs.Int64Var(&f.maxBytes, "max-message-bytes", 0, "largest message, `BYTES` (0: no limit of the project's own)")
+	fs.BoolVar(&f.disabled, "disabled", false, "the project is disabled: its mail waits in Postfix's queue")
+}
+
+// defaultPort is the usual port of a TLS mode.
+func defaultPort(m project.TLSMode) int {
+	switch m {
+	case project.TLSImplicit:
+		return 465
+	case project.TLSNone:
+		return 25
+	}
+	return 587
+}
+
+// apply changes p as the flags that were given say (all of them for a new project) and returns the
+// problems with the flags themselves. Passwords are not handled here.
+func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []error {
+	var errs []error
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	set := func(name string) bool { return isNew || given[name] }
+
+	if set("sender") {
+		p.Senders = normalize(f.senders)
+	}
+	if set("send-as") {
+		p.SendAs = normalize(f.sendAs)
+	}
+	if set("host") {
+		p.Upstream.Host = strings.TrimSpace(f.host)
+	}
+	if set("tls") {
+		mode := project.TLSMode(strings.ToLower(f.tls))
+		// The port follows the TLS mode while it is the old mode's usual port.
+		if !given["port"] && (isNew || p.Upstream.Port == defaultPort(p.Upstream.TLS)) {
+			p.Upstream.Port = defaultPort(mode)
+		}
+		p.Upstream.TLS = mode
+	}
+	if given["port"] {
+		p.Upstream.Port = f.port
+	}
+	if set("server-name") {
+		p.Upstream.ServerName = f.serverName
+	}
+	if set("insecure-skip-verify") {
+		p.Upstream.InsecureSkipVerify = f.insecure
+	}
+	if set("ca-file") {
+		p.Upstream.CAPEM = ""
+		if f.caFile != "" {
+			pemText, err := readCAFile(f.caFile)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			p.Upstream.CAPEM = pemText
+		}
+	}
+	if set("auth") {
+		switch t := project.AuthType(strings.ToLower(f.auth)); t {
+		case project.AuthBasic, project.AuthNone:
+			p.Auth.Type = t
+		case project.AuthOAuth2:
+			errs = append(errs, errors.New("--auth oauth2: OAuth projects are set up with 'postern authorize'"))
+		default:
+			errs = append(errs, fmt.Errorf("--auth %q: use basic or none", f.auth))
+		}
+	}
+	if set("username") {
+		p.Auth.Username = strings.TrimSpace(f.username)
+	}
+	if set("mechanism") {
+		p.Auth.Mechanism = strings.ToUpper(f.mechanism)
+	}
+	if set("max-connections") {
+		p.Limits.MaxConnections = f.maxConns
+	}
+	if set("messages-per-minute") {
+		p.Limits.MessagesPerMinute = f.perMinute
+	}
+	if set("recipients-per-day") {
+		p.Limits.RecipientsPerDay = f.perDay
+	}
+	if set("max-recipients") {
+		p.Limits.MaxRecipients = f.maxRcpt
+	}
+	if set("max-message-bytes") {
+		p.Limits.MaxMessageBytes = f.maxBytes
+	}
+	if set("disabled") {
+		p.Enabled = !f.disabled
+	}
+	if f.passwordStdin && f.passwordPrompt {
+		errs = append(errs, errors.New("--password-stdin and --password-prompt: give one"))
+	}
+	return errs
+}
+
+func normalize(list []string) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = project.NormalizeSender(s)
+	}
+	return out
+}
+
+// readCAFile reads a PEM file and checks that it holds at least one certificate.
+func readCAFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--ca-file: %w", err)
+	}
+	n := 0
+	for rest := b; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return "", fmt.Errorf("--ca-file %s: %w", path, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return "", fmt.Errorf("--ca-file %s holds no PEM certificate", path)
+	}
+	return string(b), nil
+}
+
+// senderConflicts reports the senders of p that another project already routes.
+func senderConflicts(p project.Project, others []project.Project) []error {
+	var errs []error
+	for _, o := range others {
+		if o.Name == p.Name {
+			continue
+		}
+		for _, s := range p.Senders {
+			for _, theirs := range o.Senders {
+				if strings.EqualFold(s, theirs) {
+					errs = append(errs, fmt.Errorf("sender %s already belongs to project %s", s, o.Name))
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// openProjectStore loads the configuration and opens its store, printing what went wrong.
+func (a *App) openProjectStore(ctx context.Context, load func() (*config.Config, string, bool)) (store.Store, bool) {
+	cfg, _, ok := load()
+	if !ok {
+		return nil, false
+	}
+	open := a.OpenStore
+	if open == nil {
+		open = OpenStore
+	}
+	st, err := open(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
+		return nil, false
+	}
+	return st, true
+}
+
+const addAbout = `
+Add a project: a client organisation's mailbox, the envelope senders Postfix routes through it, and
+the upstream server Postern delivers their mail to.
+
+For basic authentication the password is asked on the terminal without echo, or read from standard
+input with --password-stdin:
+
+  printf '%s' "$PASSWORD" | postern project add client-a --sender noreply@client.co.uk \
+      --host smtp.client.co.uk --username noreply@client.co.uk --password-stdin
+
+Nothing is written unless every setting is valid; all problems are listed at once.`
+
+func runProjectAdd(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project add", "NAME", addAbout)
+	load := a.configFlag(fs)
+	var f projectFlags
+	f.register(fs, false)
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	p := project.Project{Name: pos[0], Enabled: true}
+	problems := f.apply(fs, &p, true)
+
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	all, err := st.Projects(ctx)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project add: %v\n", err)
+		return ExitFail
+	}
+	for _, o := range all {
+		if o.Name == p.Name {
+			fmt.Fprintf(a.Stderr, "postern project add: project %s exists: change it with 'postern project update %s'\n", p.Name, p.Name)
+			return ExitFail
+		}
+	}
+	problems = append(problems, senderConflicts(p, all)...)
+
+	needPassword := p.Auth.Type == project.AuthBasic
+	if !a.checkProject(p, needPassword, problems) {
+		return ExitFail
+	}
+	if needPassword {
+		pw, err := a.password(f.passwordStdin, fmt.Sprintf("Password of %s at %s: ", p.Auth.Username, p.Upstream.Host))
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern project add: %v; nothing was changed\n", err)
+			return ExitFail
+		}
+		p.Auth.Password = pw
+	} else if f.passwordStdin {
+		fmt.Fprintln(a.Stderr, "postern project add: --password-stdin: the project signs in with no password (--auth none)")
+		return ExitFail
+	}
+	v, err := st.PutProject(ctx, p)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project add: %v\n", err)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "added project %s (version %d)\n", p.Name, v)
+	return ExitOK
+}
+
+const updateAbout = `
+Change the settings of a project: only the flags given change. --sender and --send-as replace their
+lists. To change the password:
+
+  postern project update client-a --password-stdin      (the password on standard input)
+  postern project update client-a --password-prompt     (asked on the terminal)
+
+Nothing is written unless every setting is valid; all problems are listed at once.`
+
+func runProjectUpdate(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project update", "NAME", updateAbout)
+	load := a.configFlag(fs)
+	var f projectFlags
+	f.register(fs, true)
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	name := pos[0]
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	p, err := st.Project(ctx, name)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project update: %v\n", explainNotFound(err, name))
+		return ExitFail
+	}
+	problems := f.apply(fs, &p, false)
+	all, err := st.Projects(ctx)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project update: %v\n", err)
+		return ExitFail
+	}
+	problems = append(problems, senderConflicts(p, all)...)
+
+	newPassword := f.passwordStdin || f.passwordPrompt
+	if newPassword && p.Auth.Type != project.AuthBasic {
+		problems = append(problems, fmt.Errorf("a password is set only for basic authentication, and project %s uses %s", name, p.Auth.Type))
+	}
+	noPassword := p.Auth.Type == project.AuthBasic && p.Auth.Password.IsZero() && !newPassword
+	if noPassword {
+		problems = append(problems, errors.New("auth.password is empty: give one with --password-stdin or --password-prompt"))
+	}
+	if !a.checkProject(p, newPassword || noPassword, problems) {
+		return ExitFail
+	}
+	if newPassword {
+		pw, err := a.password(f.passwordStdin, fmt.Sprintf("New password of %s at %s: ", p.Auth.Username, p.Upstream.Host))
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern project update: %v; nothing was changed\n", err)
+			return ExitFail
+		}
+		p.Auth.Password = pw
+	}
+	v, err := st.PutProject(ctx, p)
+	if errors.Is(err, store.ErrConflict) {
+		fmt.Fprintf(a.Stderr, "postern project update: project %s was changed by someone else meanwhile; nothing was changed, run the command again\n", name)
+		return ExitFail
+	}
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project update: %v\n", err)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "updated project %s (version %d)\n", name, v)
+	return ExitOK
+}
+
+// checkProject validates p, together with the problems found earlier, and prints all of them.
+// When skipPassword is set (a password is still to be read, or its absence was reported already),
+// an empty password is not reported.
+func (a *App) checkProject(p project.Project, skipPassword bool, problems []error) bool {
+	check := p
+	if skipPassword {
+		check.Auth.Password = secret.New("to be read")
+	}
+	problems = append(problems, check.Validate()...)
+	if len(problems) == 0 {
+		return true
+	}
+	fmt.Fprintf(a.Stderr, "project %s is not valid; nothing was changed:\n", p.Name)
+	for _, err := range problems {
+		fmt.Fprintf(a.Stderr, "  %v\n", err)
+	}
+	return false
+}
+
+// password reads a password from standard input, or from the terminal (twice, to catch typing
+// mistakes).
+func (a *App) password(fromStdin bool, prompt string) (secret.Secret, error) {
+	if fromStdin {
+		b, err := io.ReadAll(io.LimitReader(a.Stdin, maxPasswordBytes+1))
+		if err != nil {
+			return secret.Secret{}, fmt.Errorf("reading the password from standard input: %w", err)
+		}
+		if len(b) > maxPasswordBytes {
+			return secret.Secret{}, errors.New("standard input holds more than a password")
+		}
+		pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		if pw == "" {
+			return secret.Secret{}, errors.New("no password on standard input")
+		}
+		return secret.New(pw), nil
+	}
+	if a.ReadPassword == nil {
+		return secret.Secret{}, errors.New("no terminal to ask for the password: pipe it in with --password-stdin")
+	}
+	pw, err := a.ReadPassword(prompt)
+	if err != nil {
+		return secret.Secret{}, err
+	}
+	if pw == "" {
+		return secret.Secret{}, errors.New("the password is empty")
+	}
+	again, err := a.ReadPassword("Repeat the password: ")
+	if err != nil {
+		return secret.Secret{}, err
+	}
+	if again != pw {
+		return secret.Secret{}, errors.New("the passwords differ")
+	}
+	return secret.New(pw), nil
+}
+
+func explainNotFound(err error, name string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no project named %s ('postern project list' shows them)", name)
+	}
+	return err
+}
+
+func runProjectList(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project list", "", "List the projects: name, whether enabled, how they sign in, upstream, senders, and for\nOAuth projects the state of their token.")
+	load := a.configFlag(fs)
+	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
+		return code
+	}
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	all, err := st.Projects(ctx)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project list: %v\n", err)
+		return ExitFail
+	}
+	if len(all) == 0 {
+		fmt.Fprintln(a.Stdout, "no projects yet: add one with 'postern project add'")
+		return ExitOK
+	}
+	tw := tabwriter.NewWriter(a.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tENABLED\tAUTH\tUPSTREAM\tSENDERS\tTOKEN")
+	for _, p := range all {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\t%s\t%s\n", p.Name, yesNo(p.Enabled), p.Auth.Type,
+			p.Upstream.Address(), p.Upstream.TLS, strings.Join(p.Senders, ", "), tokenState(ctx, st, p))
+	}
+	if err := tw.Flush(); err != nil {
+		return ExitFail
+	}
+	return ExitOK
+}
+
+// tokenState is the TOKEN column: the state of an OAuth project's token, "-" for other projects.
+func tokenState(ctx context.Context, st store.Tokens, p project.Project) string {
+	if p.Auth.Type != project.AuthOAuth2 {
+		return "-"
+	}
+	t, err := st.Token(ctx, p.Name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return "not signed in"
+	case err != nil:
+		return "unreadable"
+	}
+	return string(t.State)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func setOrNot(s secret.Secret) string {
+	if s.IsZero() {
+		return "[not set]"
+	}
+	return "[set]"
+}
+
+func runProjectShow(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project show", "NAME", "Show every setting of a project. Secrets show as [set] or [not set], never their value.")
+	load := a.configFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON for machines (secrets redacted the same way)")
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	p, err := st.Project(ctx, pos[0])
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project show: %v\n", explainNotFound(err, pos[0]))
+		return ExitFail
+	}
+	var tok *project.Token
+	if p.Auth.Type == project.AuthOAuth2 {
+		t, err := st.Token(ctx, p.Name)
+		switch {
+		case err == nil:
+			tok = &t
+		case !errors.Is(err, store.ErrNotFound):
+			fmt.Fprintf(a.Stderr, "postern project show: %v\n", err)
+			return ExitFail
+		}
+	}
+	if *asJSON {
+		b, err := showJSON(p, tok)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern project show: %v\n", err)
+			return ExitFail
+		}
+		a.Stdout.Write(append(b, '\n'))
+		return ExitOK
+	}
+	showText(a.Stdout, p, tok)
+	return ExitOK
+}
+
+func showText(w io.Writer, p project.Project, tok *project.Token) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	orDefault := func(v, def string) string {
+		if v == "" {
+			return def
+		}
+		return v
+	}
+	limit := func(n int64, none string) string {
+		if n == 0 {
+			return none
+		}
+		return strconv.FormatInt(n, 10)
+	}
+	row("name", p.Name)
+	row("enabled", yesNo(p.Enabled))
+	row("version", strconv.Itoa(p.Version))
+	row("senders", strings.Join(p.Senders, ", "))
+	row("send as", orDefault(strings.Join(p.SendAs, ", "), "(the senders)"))
+	u := p.Upstream
+	row("upstream", u.Address())
+	row("tls", string(u.TLS))
+	row("server name", orDefault(u.ServerName, "(the host)"))
+	if u.CAPEM == "" {
+		row("trusted CAs", "the system's")
+	} else {
+		row("trusted CAs", "from --ca-file")
+	}
+	if u.InsecureSkipVerify {
+		row("verify certificate", "NO (insecure-skip-verify)")
+	} else {
+		row("verify certificate", "yes")
+	}
+	row("auth", string(p.Auth.Type))
+	row("username", p.Auth.Username)
+	switch p.Auth.Type {
+	case project.AuthBasic:
+		row("password", setOrNot(p.Auth.Password))
+		row("mechanism", orDefault(p.Auth.Mechanism, "(the server's, PLAIN first)"))
+	case project.AuthOAuth2:
+		if o := p.Auth.OAuth; o != nil {
+			row("oauth provider", o.Provider)
+			if o.Tenant != "" {
+				row("oauth tenant", o.Tenant)
+			}
+			row("oauth grant", orDefault(o.Grant, "authorization_code"))
+			row("oauth client id", o.ClientID)
+			row("oauth client secret", setOrNot(o.ClientSecret))
+			row("oauth scopes", orDefault(strings.Join(o.Scopes, " "), "(the provider's)"))
+			for _, e := range []struct{ k, v string }{{"oauth auth url", o.AuthURL}, {"oauth token url", o.TokenURL}, {"oauth device url", o.DeviceURL}, {"oauth revocation url", o.RevocationURL}, {"oauth issuer", o.Issuer}} {
+				if e.v != "" {
+					row(e.k, e.v)
+				}
+			}
+		}
+		if tok == nil {
+			row("token", "none: the mailbox is not signed in")
+		} else {
+			state := string(tok.State)
+			if tok.Reason != "" {
+				state += " (" + tok.Reason + ")"
+			}
+			row("token state", state)
+			row("token account", tok.Account)
+			row("access token", setOrNot(tok.AccessToken))
+			if !tok.Expiry.IsZero() {
+				row("access token expiry", tok.Expiry.Format(time.RFC3339))
+			}
+			row("refresh token", setOrNot(tok.RefreshToken))
+			row("refreshed by", tok.RefreshedBy)
+			if !tok.UpdatedAt.IsZero() {
+				row("token updated", tok.UpdatedAt.Format(time.RFC3339))
+			}
+		}
+	}
+	l := p.Limits
+	conns := strconv.Itoa(l.Connections())
+	if l.MaxConnections == 0 {
+		conns += " (default)"
+	}
+	row("max connections", conns)
+	row("messages per minute", limit(int64(l.MessagesPerMinute), "no limit"))
+	row("recipients per day", limit(int64(l.RecipientsPerDay), "no limit"))
+	row("max recipients", limit(int64(l.MaxRecipients), "the global limit"))
+	row("max message bytes", limit(l.MaxMessageBytes, "the global limit"))
+	tw.Flush()
+}
+
+// showJSON is the project as its ordinary JSON (which carries no secrets) with each secret added as
+// "[set]" or "[not set]", the version, and for OAuth projects the token record, redacted the same way.
+func showJSON(p project.Project, tok *project.Token) ([]byte, error) {
+	obj, err := toMap(p)
+	if err != nil {
+		return nil, err
+	}
+	obj["version"] = p.Version
+	if auth, ok := obj["auth"].(map[string]any); ok {
+		if p.Auth.Type == project.AuthBasic || !p.Auth.Password.IsZero() {
+			auth["password"] = setOrNot(p.Auth.Password)
+		}
+		if o, ok := auth["oauth"].(map[string]any); ok && p.Auth.OAuth != nil {
+			o["client_secret"] = setOrNot(p.Auth.OAuth.ClientSecret)
+		}
+	}
+	if p.Auth.Type == project.AuthOAuth2 {
+		obj["token"] = nil
+		if tok != nil {
+			t, err := toMap(*tok)
+			if err != nil {
+				return nil, err
+			}
+			t["access_token"] = setOrNot(tok.AccessToken)
+			t["refresh_token"] = setOrNot(tok.RefreshToken)
+			t["version"] = tok.Version
+			obj["token"] = t
+		}
+	}
+	return json.MarshalIndent(obj, "", "  ")
+}
+
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func runProjectRemove(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project remove", "NAME", "Remove a project and its token record. Its senders are no longer routed through Postern:\nmail Postfix already queued for it is then deferred until it expires.")
+	load := a.configFlag(fs)
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	if err := st.DeleteProject(ctx, pos[0]); err != nil {
+		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", explainNotFound(err, pos[0]))
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "removed project %s\n", pos[0])
+	return ExitOK
+}
+
+func runProjectDisable(ctx context.Context, a *App, args []string) int {
+	return a.setEnabled(ctx, args, false, "project disable", "Stop serving a project. Postern answers its mail with a temporary failure, so the mail waits\nin Postfix's queue until the project is enabled again (or the queue lifetime ends).")
+}
+
+func runProjectEnable(ctx context.Context, a *App, args []string) int {
+	return a.setEnabled(ctx, args, true, "project enable", "Serve a disabled project again; Postfix delivers the waiting mail at its next retry.")
+}
+
+func (a *App) setEnabled(ctx context.Context, args []string, enabled bool, name, about string) int {
+	fs := a.newFlagSet(name, "NAME", about)
+	load := a.configFlag(fs)
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	st, ok := a.openProjectStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	p, err := st.Project(ctx, pos[0])
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", name, explainNotFound(err, pos[0]))
+		return ExitFail
+	}
+	word := "disabled"
+	if enabled {
+		word = "enabled"
+	}
+	if p.Enabled == enabled {
+		fmt.Fprintf(a.Stdout, "project %s is already %s\n", p.Name, word)
+		return ExitOK
+	}
+	p.Enabled = enabled
+	v, err := st.PutProject(ctx, p)
+	if errors.Is(err, store.ErrConflict) {
+		fmt.Fprintf(a.Stderr, "postern %s: project %s was changed by someone else meanwhile; run the command again\n", name, p.Name)
+		return ExitFail
+	}
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", name, err)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "%s project %s (version %d)\n", word, p.Name, v)
+	return ExitOK
+}

@@ -1,0 +1,602 @@
+// Package config owns Postern's configuration file: its schema, strict loading and validation.
+//
+//  1. Load reads a YAML file; Parse decodes one. Unknown keys are errors naming their line, so a
+//     misspelt key never silently falls back to a default.
+//  2. Every key left out takes its default (see Default); a few defaults are derived after decoding:
+//     instance and upstream.helo_name from the host name, transport from the listeners, and the file
+//     store when no store is configured.
+//  3. Validate returns every problem at once, so `postern serve --check-config` can list them all.
+//
+// An annotated example of every key is in testdata/postern.yaml.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultPath is where Postern looks for its configuration file.
+const DefaultPath = "/etc/postern/postern.yaml"
+
+// Defaults of the file store.
+const (
+	DefaultStorePath    = "/var/lib/postern/store.db"
+	DefaultStoreKeyFile = "/var/lib/postern/store.key"
+)
+
+// Defaults of the Vault store.
+const (
+	DefaultVaultMount             = "secret"
+	DefaultVaultPrefix            = "postern"
+	DefaultVaultAppRoleMount      = "approle"
+	DefaultVaultKubernetesMount   = "kubernetes"
+	DefaultVaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+)
+
+// DefaultTransportService is the master.cf service name in derived transports.
+const DefaultTransportService = "postern"
+
+const (
+	instanceWhenNoHostname = "postern"
+	maxSocketMode          = 0o777
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Instance names this Postern in logs and in the token records it writes (refreshed_by).
+	// Default: the host name.
+	Instance string `yaml:"instance"`
+	// Log says how Postern logs.
+	Log Log `yaml:"log"`
+	// Listen says where Postern's servers listen.
+	Listen Listen `yaml:"listen"`
+	// Transport is what the socketmap answers for the senders Postern serves: a Postfix
+	// transport:nexthop. Default: "postern:unix:<listen.lmtp>" when LMTP is on, otherwise
+	// "postern:[host]:port" of listen.smtp. The transport name must match the master.cf service.
+	Transport string `yaml:"transport"`
+	// Store says where projects and tokens live.
+	Store Store `yaml:"store"`
+	// Upstream holds the settings of connections to the projects' mail servers.
+	Upstream Upstream `yaml:"upstream"`
+	// Limits apply to every message, whatever its project.
+	Limits Limits `yaml:"limits"`
+	// ReloadInterval is how often the projects are read again from the store. Default 10s.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
+// Log says how Postern logs.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+}
+
+// Listen says where Postern's servers listen. An empty address turns a server off. TCP addresses
+// must be on loopback (127.0.0.0/8, ::1 or localhost).
+type Listen struct {
+	// LMTP is the unix socket Postfix delivers to over LMTP. Default /run/postern/lmtp.sock.
+	LMTP string `yaml:"lmtp"`
+	// SMTP is a loopback host:port where Postfix delivers over SMTP instead of LMTP, for example
+	// 127.0.0.1:10025. Default off.
+	SMTP string `yaml:"smtp"`
+	// Socketmap is where Postfix asks which senders Postern serves: a unix socket path or a loopback
+	// host:port. Default /run/postern/socketmap.sock.
+	Socketmap string `yaml:"socketmap"`
+	// Milter is where Postfix's smtpd asks the submission-time policy: a unix socket path or a
+	// loopback host:port. Default off.
+	Milter string `yaml:"milter"`
+	// Admin is the loopback host:port of the HTTP admin pages, metrics and health checks.
+	// Default 127.0.0.1:8025.
+	Admin string `yaml:"admin"`
+	// SocketGroup is the group given to the unix sockets; Postfix's delivery agents and lookup
+	// clients must be able to reach them. Default postfix. Empty keeps the process's group.
+	SocketGroup string `yaml:"socket_group"`
+	// SocketMode is the octal permission of the unix sockets. Default "0660".
+	SocketMode string `yaml:"socket_mode"`
+}
+
+// SocketFileMode returns SocketMode as a file mode.
+func (l Listen) SocketFileMode() (fs.FileMode, error) {
+	m, err := strconv.ParseUint(strings.TrimPrefix(l.SocketMode, "0o"), 8, 32)
+	if err != nil || m > maxSocketMode {
+		return 0, fmt.Errorf("listen.socket_mode %q: use an octal mode such as \"0660\"", l.SocketMode)
+	}
+	return fs.FileMode(m), nil
+}
+
+// Store says where projects and tokens live: exactly one of File and Vault. With neither, the file
+// store with its defaults.
+type Store struct {
+	// File is the embedded encrypted file store, for a single host without Vault.
+	File *FileStore `yaml:"file"`
+	// Vault is HashiCorp Vault's KV version 2 secrets engine.
+	Vault *VaultConfig `yaml:"vault"`
+}
+
+// FileStore is the embedded encrypted file store.
+type FileStore struct {
+	// Path is the data file. Default /var/lib/postern/store.db.
+	Path string `yaml:"path"`
+	// KeyFile holds the store's 32-byte key, created on first use with mode 0600.
+	// Default /var/lib/postern/store.key. Back it up: the store cannot be read without it.
+	KeyFile string `yaml:"key_file"`
+}
+
+// VaultConfig is the Vault store: projects are read from <mount>/<prefix>/projects/<name>, tokens
+// written to <mount>/<prefix>/tokens/<name>.
+type VaultConfig struct {
+	// Address is Vault's URL, for example https://vault.example.com:8200.
+	Address string `yaml:"address"`
+	// Mount is the KV v2 mount. Default "secret".
+	Mount string `yaml:"mount"`
+	// Prefix is the path under the mount. Default "postern".
+	Prefix string `yaml:"prefix"`
+	// CAFile holds the CA certificates (PEM) that Vault's certificate is checked against.
+	// Default: the system's roots.
+	CAFile string `yaml:"ca_file"`
+	// Auth says how Postern logs in to Vault: exactly one method.
+	Auth VaultAuth `yaml:"auth"`
+}
+
+// VaultAuth is the Vault login method: exactly one of its fields.
+type VaultAuth struct {
+	// TokenFile holds a Vault token, read again whenever it changes.
+	TokenFile string `yaml:"token_file"`
+	// AppRole logs in with a role id and a secret id.
+	AppRole *VaultAppRole `yaml:"approle"`
+	// Kubernetes logs in with the pod's service account token.
+	Kubernetes *VaultKubernetes `yaml:"kubernetes"`
+}
+
+// VaultAppRole is the AppRole login method.
+type VaultAppRole struct {
+	// RoleID is the role's id (not a secret).
+	RoleID string `yaml:"role_id"`
+	// SecretIDFile holds the secret id.
+	SecretIDFile string `yaml:"secret_id_file"`
+	// Mount is the auth method's mount. Default "approle".
+	Mount string `yaml:"mount"`
+}
+
+// VaultKubernetes is the Kubernetes login method.
+type VaultKubernetes struct {
+	// Role is the Vault role bound to the service account.
+	Role string `yaml:"role"`
+	// Mount is the auth method's mount. Default "kubernetes".
+	Mount string `yaml:"mount"`
+	// TokenFile is the service account token.
+	// Default /var/run/secrets/kubernetes.io/serviceaccount/token.
+	TokenFile string `yaml:"token_file"`
+}
+
+// Upstream holds the settings of connections to the projects' mail servers. Durations are Go
+// duration strings ("30s", "5m").
+type Upstream struct {
+	// HeloName is the name Postern gives in EHLO. Default: the host name.
+	HeloName string `yaml:"helo_name"`
+	// DialTimeout bounds the TCP connection. Default 30s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// GreetingTimeout bounds the wait for the server's greeting. Default 30s.
+	GreetingTimeout time.Duration `yaml:"greeting_timeout"`
+	// CommandTimeout bounds each command's reply (EHLO, STARTTLS, AUTH, MAIL, RCPT). Default 5m.
+	CommandTimeout time.Duration `yaml:"command_timeout"`
+	// DataTimeout bounds the reply to the end of a message's data. Default 10m.
+	DataTimeout time.Duration `yaml:"data_timeout"`
+	// IdleTimeout is how long an unused authenticated connection stays open. Default 60s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnWait bounds the wait for a free connection when a project has all of its open.
+	// Default 30s.
+	MaxConnWait time.Duration `yaml:"max_conn_wait"`
+	// DownBackoff is how long a project's upstream is considered down after it could not be
+	// reached, before it is tried again; its mail is deferred meanwhile. Default 15s.
+	DownBackoff time.Duration `yaml:"down_backoff"`
+}
+
+// Limits apply to every message.
+type Limits struct {
+	// MaxMessageBytes is the largest message accepted. Default 52428800 (50 MiB).
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	// MaxRecipients is the most recipients of one message. Default 1000.
+	MaxRecipients int `yaml:"max_recipients"`
+	// RateWait is how long a message waits for its project's rate limit before it is deferred.
+	// Default 30s.
+	RateWait time.Duration `yaml:"rate_wait"`
+}
+
+// base is the configuration before decoding: every default that does not depend on other keys.
+func base() *Config {
+	return &Config{
+		Log: Log{Level: "info", Format: "text"},
+		Listen: Listen{
+			LMTP:        "/run/postern/lmtp.sock",
+			Socketmap:   "/run/postern/socketmap.sock",
+			Admin:       "127.0.0.1:8025",
+			SocketGroup: "postfix",
+			SocketMode:  "0660",
+		},
+		Upstream: Upstream{
+			DialTimeout:     30 * time.Second,
+			GreetingTimeout: 30 * time.Second,
+			CommandTimeout:  5 * time.Minute,
+			DataTimeout:     10 * time.Minute,
+			IdleTimeout:     60 * time.Second,
+			MaxConnWait:     30 * time.Second,
+			DownBackoff:     15 * time.Second,
+		},
+		Limits: Limits{
+			MaxMessageBytes: 50 << 20,
+			MaxRecipients:   1000,
+			RateWait:        30 * time.Second,
+		},
+		ReloadInterval: 10 * time.Second,
+	}
+}
+
+// Default returns the configuration used when there is no configuration file.
+func Default() *Config {
+	c := base()
+	c.applyDerived()
+	return c
+}
+
+// Load reads and parses the configuration file at path. It does not validate: call Validate.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// Parse decodes a configuration file and applies the defaults. Unknown keys and values of the wrong
+// type are errors naming their line; all of them are reported, joined with errors.Join. Parse does
+// not validate: call Validate.
+func Parse(b []byte) (*Config, error) {
+	c := base()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	err := dec.Decode(c)
+	if err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			errs := make([]error, 0, len(te.Errors))
+			for _, e := range te.Errors {
+				errs = append(errs, errors.New(unknownFieldRE.ReplaceAllString(e, `unknown key "$1"`)))
+			}
+			return nil, errors.Join(errs...)
+		}
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if err == nil {
+		var extra yaml.Node
+		if dec.Decode(&extra) == nil {
+			return nil, fmt.Errorf("line %d: a second YAML document; the config file holds one", extra.Line)
+		}
+	}
+	c.applyDerived()
+	return c, nil
+}
+
+// applyDerived fills the defaults that depend on the host or on other keys.
+func (c *Config) applyDerived() {
+	if c.Instance == "" || c.Upstream.HeloName == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = instanceWhenNoHostname
+		}
+		if c.Instance == "" {
+			c.Instance = host
+		}
+		if c.Upstream.HeloName == "" {
+			c.Upstream.HeloName = host
+		}
+	}
+	if c.Transport == "" {
+		c.Transport = c.DefaultTransport()
+	}
+	if c.Store.File == nil && c.Store.Vault == nil {
+		c.Store.File = &FileStore{}
+	}
+	if f := c.Store.File; f != nil {
+		if f.Path == "" {
+			f.Path = DefaultStorePath
+		}
+		if f.KeyFile == "" {
+			f.KeyFile = DefaultStoreKeyFile
+		}
+	}
+	if v := c.Store.Vault; v != nil {
+		if v.Mount == "" {
+			v.Mount = DefaultVaultMount
+		}
+		if v.Prefix == "" {
+			v.Prefix = DefaultVaultPrefix
+		}
+		if a := v.Auth.AppRole; a != nil && a.Mount == "" {
+			a.Mount = DefaultVaultAppRoleMount
+		}
+		if k := v.Auth.Kubernetes; k != nil {
+			if k.Mount == "" {
+				k.Mount = DefaultVaultKubernetesMount
+			}
+			if k.TokenFile == "" {
+				k.TokenFile = DefaultVaultKubernetesJWTFile
+			}
+		}
+	}
+}
+
+// DefaultTransport is the transport derived from the listeners: "postern:unix:<lmtp path>" when LMTP
+// is on, else "postern:[host]:port" for SMTP, else "".
+func (c *Config) DefaultTransport() string {
+	switch {
+	case c.Listen.LMTP != "":
+		return DefaultTransportService + ":unix:" + c.Listen.LMTP
+	case c.Listen.SMTP != "":
+		host, port, err := net.SplitHostPort(c.Listen.SMTP)
+		if err != nil {
+			return ""
+		}
+		return DefaultTransportService + ":[" + host + "]:" + port
+	}
+	return ""
+}
+
+// TransportName is the transport part of Transport: the master.cf service name.
+func (c *Config) TransportName() string {
+	name, _, _ := strings.Cut(c.Transport, ":")
+	return name
+}
+
+// SlogLevel is Level as a slog level (info when Level is not valid).
+func (l Log) SlogLevel() slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// NewLogger returns a logger writing to w in the configured format and level.
+func (l Log) NewLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: l.SlogLevel()}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Validate returns every problem with the configuration at once, nil when there is none. It also
+// checks that listen.socket_group exists on this host.
+func (c *Config) Validate() []error {
+	return c.validate(func(name string) error {
+		_, err := user.LookupGroup(name)
+		return err
+	})
+}
+
+// validate is Validate with the group lookup injected.
+func (c *Config) validate(lookupGroup func(string) error) []error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level %q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format %q: use text or json", c.Log.Format)
+	}
+
+	l := c.Listen
+	if l.LMTP == "" && l.SMTP == "" {
+		add("listen: neither lmtp nor smtp is set: Postfix needs one of them to deliver to Postern")
+	}
+	unixSockets := 0
+	if l.LMTP != "" {
+		unixSockets++
+		if err := checkSocketPath(l.LMTP); err != nil {
+			add("listen.lmtp: %v", err)
+		}
+	}
+	if l.SMTP != "" {
+		if err := checkLoopback(l.SMTP); err != nil {
+			add("listen.smtp: %v", err)
+		}
+	}
+	for _, a := range []struct {
+		key, value string
+		required   bool
+	}{
+		{"listen.socketmap", l.Socketmap, true},
+		{"listen.milter", l.Milter, false},
+	} {
+		switch {
+		case a.value == "" && a.required:
+			add("%s is empty: Postfix asks it which senders Postern serves", a.key)
+		case a.value == "":
+		case IsUnixPath(a.value):
+			unixSockets++
+			if err := checkSocketPath(a.value); err != nil {
+				add("%s: %v", a.key, err)
+			}
+		default:
+			if err := checkLoopback(a.value); err != nil {
+				add("%s: %v (or give a unix socket path)", a.key, err)
+			}
+		}
+	}
+	if l.Admin != "" {
+		if err := checkLoopback(l.Admin); err != nil {
+			add("listen.admin: %v", err)
+		}
+	}
+	if _, err := l.SocketFileMode(); err != nil {
+		errs = append(errs, err)
+	}
+	if l.SocketGroup != "" && unixSockets > 0 {
+		if err := lookupGroup(l.SocketGroup); err != nil {
+			add("listen.socket_group %q does not exist on this host: install Postfix first, or set socket_group to the group of Postfix's delivery agents (the group of `postconf -h mail_owner`)", l.SocketGroup)
+		}
+	}
+
+	if c.Transport == "" {
+		if l.LMTP != "" || l.SMTP != "" {
+			add("transport is empty")
+		}
+	} else if name, hop, ok := strings.Cut(c.Transport, ":"); !ok || name == "" || hop == "" || strings.ContainsAny(c.Transport, " \t\r\n") {
+		add("transport %q: use service:nexthop, for example postern:unix:/run/postern/lmtp.sock", c.Transport)
+	}
+
+	errs = append(errs, c.Store.validate()...)
+
+	u := c.Upstream
+	if strings.ContainsAny(u.HeloName, " \t\r\n") {
+		add("upstream.helo_name %q contains white space", u.HeloName)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"upstream.dial_timeout", u.DialTimeout},
+		{"upstream.greeting_timeout", u.GreetingTimeout},
+		{"upstream.command_timeout", u.CommandTimeout},
+		{"upstream.data_timeout", u.DataTimeout},
+		{"upstream.idle_timeout", u.IdleTimeout},
+		{"upstream.max_conn_wait", u.MaxConnWait},
+		{"upstream.down_backoff", u.DownBackoff},
+		{"reload_interval", c.ReloadInterval},
+	} {
+		if d.v <= 0 {
+			add("%s %v: must be more than 0", d.key, d.v)
+		}
+	}
+	if c.Limits.MaxMessageBytes <= 0 {
+		add("limits.max_message_bytes %d: must be more than 0", c.Limits.MaxMessageBytes)
+	}
+	if c.Limits.MaxRecipients <= 0 {
+		add("limits.max_recipients %d: must be more than 0", c.Limits.MaxRecipients)
+	}
+	if c.Limits.RateWait < 0 {
+		add("limits.rate_wait %v: must not be negative", c.Limits.RateWait)
+	}
+	return errs
+}
+
+func (s Store) validate() []error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	switch {
+	case s.File != nil && s.Vault != nil:
+		add("store: both file and vault are set; use one")
+	case s.File != nil:
+		if s.File.Path == "" {
+			add("store.file.path is empty")
+		}
+		if s.File.KeyFile == "" {
+			add("store.file.key_file is empty")
+		}
+		if s.File.Path != "" && s.File.Path == s.File.KeyFile {
+			add("store.file.key_file must not be the data file")
+		}
+	case s.Vault != nil:
+		v := s.Vault
+		if u, err := url.Parse(v.Address); v.Address == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("store.vault.address %q: use Vault's URL, for example https://vault.example.com:8200", v.Address)
+		}
+		if strings.Trim(v.Mount, "/") == "" {
+			add("store.vault.mount is empty")
+		}
+		if strings.Trim(v.Prefix, "/") == "" {
+			add("store.vault.prefix is empty")
+		}
+		methods := 0
+		if v.Auth.TokenFile != "" {
+			methods++
+		}
+		if a := v.Auth.AppRole; a != nil {
+			methods++
+			if a.RoleID == "" {
+				add("store.vault.auth.approle.role_id is empty")
+			}
+			if a.SecretIDFile == "" {
+				add("store.vault.auth.approle.secret_id_file is empty")
+			}
+		}
+		if k := v.Auth.Kubernetes; k != nil {
+			methods++
+			if k.Role == "" {
+				add("store.vault.auth.kubernetes.role is empty")
+			}
+		}
+		if methods != 1 {
+			add("store.vault.auth: set exactly one of token_file, approle and kubernetes (%d set)", methods)
+		}
+	}
+	return errs
+}
+
+// IsUnixPath reports whether a listen address is a unix socket path rather than host:port.
+func IsUnixPath(addr string) bool { return strings.HasPrefix(addr, "/") }
+
+func checkSocketPath(p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%q is not an absolute path", p)
+	}
+	if strings.HasSuffix(p, "/") {
+		return fmt.Errorf("%q names a directory, not a socket", p)
+	}
+	// sun_path holds 108 bytes on Linux, the terminating NUL included.
+	if len(p) > 107 {
+		return fmt.Errorf("%q is longer than a unix socket path may be (107 bytes)", p)
+	}
+	return nil
+}
+
+// checkLoopback accepts host:port on loopback with a port from 1 to 65535.
+func checkLoopback(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a TCP port", addr, port)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address: use 127.0.0.1 or [::1]", addr)
+	}
+	return nil
+}

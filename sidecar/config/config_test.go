@@ -1,0 +1,365 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func groupExists(string) error { return nil }
+
+func noGroup(string) error { return errors.New("unknown group") }
+
+func mustParse(t *testing.T, s string) *Config {
+	t.Helper()
+	c, err := Parse([]byte(s))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return c
+}
+
+// The annotated example shows every key at its default value; loading it must give Default(), and
+// the documented defaults must be valid.
+func TestExampleFileIsTheDefault(t *testing.T) {
+	t.Parallel()
+	c, err := Load("testdata/postern.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Default(); !reflect.DeepEqual(c, want) {
+		t.Fatalf("testdata/postern.yaml differs from Default():\n got  %+v\n want %+v", c, want)
+	}
+	if errs := c.validate(groupExists); len(errs) != 0 {
+		t.Fatalf("the example is not valid: %v", errs)
+	}
+}
+
+// The commented-out vault section of the example names real keys.
+func TestExampleVaultSectionParses(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("testdata/postern.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "  # vault:") {
+			in = true
+		}
+		if in && !strings.HasPrefix(line, "  #") {
+			break
+		}
+		if in {
+			block = append(block, "  "+strings.TrimPrefix(line, "  # "))
+		}
+	}
+	if len(block) < 10 {
+		t.Fatalf("found no vault section in the example (%d lines)", len(block))
+	}
+	c := mustParse(t, "store:\n"+strings.Join(block, "\n")+"\n")
+	v := c.Store.Vault
+	if c.Store.File != nil || v == nil || v.Address != "https://vault.example.com:8200" || v.Auth.AppRole == nil || v.Auth.Kubernetes == nil || v.Auth.TokenFile == "" {
+		t.Fatalf("the vault example did not decode fully: %+v", c.Store)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	host, _ := os.Hostname()
+	c := Default()
+	if c.Instance != host || c.Upstream.HeloName != host {
+		t.Errorf("instance %q helo %q, want the host name %q", c.Instance, c.Upstream.HeloName, host)
+	}
+	if c.Transport != "postern:unix:/run/postern/lmtp.sock" {
+		t.Errorf("transport %q", c.Transport)
+	}
+	if c.Store.File == nil || c.Store.File.Path != DefaultStorePath || c.Store.File.KeyFile != DefaultStoreKeyFile || c.Store.Vault != nil {
+		t.Errorf("store %+v", c.Store)
+	}
+	if c.Upstream.DataTimeout != 10*time.Minute || c.Limits.MaxMessageBytes != 52428800 || c.ReloadInterval != 10*time.Second {
+		t.Errorf("defaults %+v %+v %v", c.Upstream, c.Limits, c.ReloadInterval)
+	}
+	for _, empty := range []string{"", "# nothing\n", "{}\n"} {
+		if got := mustParse(t, empty); !reflect.DeepEqual(got, c) {
+			t.Errorf("Parse(%q) differs from Default()", empty)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		yaml  string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "a partial section keeps the other defaults",
+			yaml: "upstream:\n  data_timeout: 2m\nlog:\n  level: debug\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Upstream.DataTimeout != 2*time.Minute || c.Upstream.DialTimeout != 30*time.Second || c.Log.Format != "text" || c.Log.Level != "debug" {
+					t.Errorf("got %+v %+v", c.Upstream, c.Log)
+				}
+			},
+		},
+		{
+			name: "an empty string turns a listener off",
+			yaml: "listen:\n  lmtp: \"\"\n  smtp: 127.0.0.1:10025\n  admin: \"\"\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Listen.LMTP != "" || c.Listen.Admin != "" || c.Listen.Socketmap != "/run/postern/socketmap.sock" {
+					t.Errorf("listen %+v", c.Listen)
+				}
+				if c.Transport != "postern:[127.0.0.1]:10025" {
+					t.Errorf("transport %q", c.Transport)
+				}
+			},
+		},
+		{
+			name: "smtp on ipv6 loopback",
+			yaml: "listen:\n  lmtp: \"\"\n  smtp: \"[::1]:10025\"\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Transport != "postern:[::1]:10025" {
+					t.Errorf("transport %q", c.Transport)
+				}
+			},
+		},
+		{
+			name: "transport follows a non-default lmtp path",
+			yaml: "listen:\n  lmtp: /var/spool/postfix/private/postern\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Transport != "postern:unix:/var/spool/postfix/private/postern" || c.TransportName() != "postern" {
+					t.Errorf("transport %q", c.Transport)
+				}
+			},
+		},
+		{
+			name: "an explicit transport is kept",
+			yaml: "transport: relay-postern:unix:/run/p.sock\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Transport != "relay-postern:unix:/run/p.sock" || c.TransportName() != "relay-postern" {
+					t.Errorf("transport %q name %q", c.Transport, c.TransportName())
+				}
+			},
+		},
+		{
+			name: "an unquoted socket mode stays octal text",
+			yaml: "listen:\n  socket_mode: 0640\n",
+			check: func(t *testing.T, c *Config) {
+				if m, err := c.Listen.SocketFileMode(); err != nil || m != 0o640 {
+					t.Errorf("mode %v %v (from %q)", m, err, c.Listen.SocketMode)
+				}
+			},
+		},
+		{
+			name: "vault alone, with defaults",
+			yaml: "store:\n  vault:\n    address: https://127.0.0.1:8200\n    auth:\n      approle:\n        role_id: r\n        secret_id_file: /s\n",
+			check: func(t *testing.T, c *Config) {
+				v := c.Store.Vault
+				if c.Store.File != nil || v == nil || v.Mount != "secret" || v.Prefix != "postern" || v.Auth.AppRole.Mount != "approle" {
+					t.Errorf("store %+v vault %+v", c.Store, v)
+				}
+				if errs := c.validate(groupExists); len(errs) != 0 {
+					t.Errorf("valid vault config: %v", errs)
+				}
+			},
+		},
+		{
+			name: "kubernetes defaults",
+			yaml: "store:\n  vault:\n    address: http://127.0.0.1:8200\n    auth:\n      kubernetes:\n        role: postern\n",
+			check: func(t *testing.T, c *Config) {
+				k := c.Store.Vault.Auth.Kubernetes
+				if k.Mount != "kubernetes" || k.TokenFile != DefaultVaultKubernetesJWTFile {
+					t.Errorf("kubernetes %+v", k)
+				}
+			},
+		},
+		{
+			name: "file store with only a path keeps the default key file",
+			yaml: "store:\n  file:\n    path: /srv/postern/store.db\n",
+			check: func(t *testing.T, c *Config) {
+				if c.Store.File.Path != "/srv/postern/store.db" || c.Store.File.KeyFile != DefaultStoreKeyFile {
+					t.Errorf("file %+v", c.Store.File)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.check(t, mustParse(t, tc.yaml))
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{
+			name: "every unknown key, with its line",
+			yaml: "log:\n  levl: debug\nlisten:\n  lmtp: /run/x.sock\n  socketmapp: /run/y.sock\nreload: 5s\n",
+			want: []string{`line 2: unknown key "levl"`, `line 5: unknown key "socketmapp"`, `line 6: unknown key "reload"`},
+		},
+		{
+			name: "a duration without a unit",
+			yaml: "upstream:\n  dial_timeout: 30\n",
+			want: []string{"line 2: cannot unmarshal !!int `30` into time.Duration"},
+		},
+		{
+			name: "a bad duration",
+			yaml: "reload_interval: ten seconds\n",
+			want: []string{"line 1:"},
+		},
+		{
+			name: "a list where a value belongs",
+			yaml: "instance: [a, b]\n",
+			want: []string{"line 1:"},
+		},
+		{
+			name: "broken yaml",
+			yaml: "log:\n\tlevel: debug\n",
+			want: []string{"line 2: found character"},
+		},
+		{
+			name: "two documents",
+			yaml: "log: {level: debug}\n---\nlog: {level: info}\n",
+			want: []string{"line 2: a second YAML document"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				t.Fatal("Parse accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/postern.yaml"
+	if err := os.WriteFile(path, []byte("bogus: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `line 1: unknown key "bogus"`) {
+		t.Fatalf("Load: %v", err)
+	}
+	if _, err := Load(path + ".missing"); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Load of a missing file: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		yaml string
+		want string // "" means valid
+	}{
+		{"defaults", "", ""},
+		{"smtp only", "listen: {lmtp: '', smtp: '127.0.0.1:10025'}\n", ""},
+		{"lmtp and smtp", "listen: {smtp: 'localhost:10025'}\n", ""},
+		{"tcp socketmap and milter", "listen: {socketmap: '127.0.0.1:10026', milter: '[::1]:10027'}\n", ""},
+		{"no unix sockets need no group", "listen: {lmtp: '', smtp: '127.0.0.1:1', socketmap: '127.0.0.1:2', socket_group: nosuchgroup}\n", ""},
+		{"bad log level", "log: {level: verbose}\n", `log.level "verbose"`},
+		{"bad log format", "log: {format: xml}\n", `log.format "xml"`},
+		{"no delivery listener", "listen: {lmtp: ''}\n", "neither lmtp nor smtp"},
+		{"relative lmtp", "listen: {lmtp: run/lmtp.sock}\n", "listen.lmtp: \"run/lmtp.sock\" is not an absolute path"},
+		{"long lmtp path", "listen: {lmtp: /" + strings.Repeat("x", 120) + "}\n", "longer than a unix socket path"},
+		{"public smtp", "listen: {smtp: '0.0.0.0:25'}\n", `listen.smtp: "0.0.0.0:25" is not a loopback address`},
+		{"smtp without port", "listen: {smtp: '127.0.0.1'}\n", "is not host:port"},
+		{"smtp port 0", "listen: {smtp: '127.0.0.1:0'}\n", "is not a TCP port"},
+		{"public admin", "listen: {admin: '192.0.2.1:8025'}\n", "listen.admin:"},
+		{"hostname admin", "listen: {admin: 'postern.example:8025'}\n", "is not a loopback address"},
+		{"no socketmap", "listen: {socketmap: ''}\n", "listen.socketmap is empty"},
+		{"public socketmap", "listen: {socketmap: '10.0.0.1:1'}\n", "listen.socketmap:"},
+		{"public milter", "listen: {milter: ':8891'}\n", "listen.milter:"},
+		{"non-octal mode", "listen: {socket_mode: '0690'}\n", `listen.socket_mode "0690"`},
+		{"mode too large", "listen: {socket_mode: '1777'}\n", `listen.socket_mode "1777"`},
+		{"bad transport", "transport: postern\n", `transport "postern"`},
+		{"both stores", "store: {file: {}, vault: {address: 'https://127.0.0.1:8200', auth: {token_file: /t}}}\n", "both file and vault"},
+		{"vault without address", "store: {vault: {auth: {token_file: /t}}}\n", "store.vault.address"},
+		{"vault with a bad address", "store: {vault: {address: 'vault:8200', auth: {token_file: /t}}}\n", "store.vault.address"},
+		{"vault without auth", "store: {vault: {address: 'https://127.0.0.1:8200'}}\n", "exactly one of token_file, approle and kubernetes (0 set)"},
+		{"vault with two auth methods", "store: {vault: {address: 'https://127.0.0.1:8200', auth: {token_file: /t, kubernetes: {role: r}}}}\n", "(2 set)"},
+		{"approle incomplete", "store: {vault: {address: 'https://127.0.0.1:8200', auth: {approle: {role_id: r}}}}\n", "approle.secret_id_file is empty"},
+		{"kubernetes without role", "store: {vault: {address: 'https://127.0.0.1:8200', auth: {kubernetes: {}}}}\n", "kubernetes.role is empty"},
+		{"key file is the data file", "store: {file: {path: /x, key_file: /x}}\n", "must not be the data file"},
+		{"zero timeout", "upstream: {command_timeout: 0s}\n", "upstream.command_timeout 0s"},
+		{"negative reload", "reload_interval: -1s\n", "reload_interval -1s"},
+		{"zero message size", "limits: {max_message_bytes: 0}\n", "limits.max_message_bytes 0"},
+		{"negative rate wait", "limits: {rate_wait: -5s}\n", "limits.rate_wait"},
+		{"helo with a space", "upstream: {helo_name: 'a b'}\n", "upstream.helo_name"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			errs := mustParse(t, tc.yaml).validate(groupExists)
+			if tc.want == "" {
+				if len(errs) != 0 {
+					t.Fatalf("valid config refused: %v", errs)
+				}
+				return
+			}
+			if !strings.Contains(errors.Join(errs...).Error(), tc.want) {
+				t.Fatalf("errors %v do not say %q", errs, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	c := mustParse(t, `
+log: {level: loud, format: xml}
+listen: {lmtp: relative.sock, admin: '0.0.0.0:80', socket_mode: rw}
+upstream: {dial_timeout: 0s}
+limits: {max_recipients: 0}
+`)
+	errs := c.validate(groupExists)
+	if len(errs) != 7 {
+		t.Fatalf("got %d problems, want 7: %v", len(errs), errs)
+	}
+}
+
+func TestValidateChecksTheSocketGroup(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	errs := c.validate(noGroup)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `listen.socket_group "postfix" does not exist`) ||
+		!strings.Contains(errs[0].Error(), "postconf -h mail_owner") {
+		t.Fatalf("errors %v", errs)
+	}
+	c.Listen.SocketGroup = ""
+	if errs := c.validate(noGroup); len(errs) != 0 {
+		t.Fatalf("an empty socket_group is looked up: %v", errs)
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := Log{Level: "warn", Format: "json"}.NewLogger(&buf)
+	log.Info("hidden")
+	log.Warn("shown", "k", "v")
+	if out := buf.String(); strings.Contains(out, "hidden") || !strings.Contains(out, `"msg":"shown"`) {
+		t.Fatalf("output %q", out)
+	}
+}

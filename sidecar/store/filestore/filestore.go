@@ -1,0 +1,645 @@
+// Package filestore is the embedded encrypted store for a single host without Vault: every project
+// and token record in one data file, encrypted as a whole under a key kept in a separate key file.
+//
+// The data file is a header followed by ciphertext:
+//
+//	"POSTERN1" (8 bytes) | nonce (24 bytes) | XChaCha20-Poly1305(JSON of all records)
+//
+// The magic is authenticated as additional data, so any change to any byte of the file is detected.
+// The JSON holds each record as project.MarshalStored / MarshalStoredToken wrote it, with its version.
+// A deleted record leaves a tombstone carrying its last version, so a re-created record continues the
+// count and a writer holding a version read before the delete still gets store.ErrConflict.
+//
+//  1. Open checks the key file (32 bytes, mode 0600 or stricter), creating the key and an empty store
+//     when Options.Create is set and neither exists, and decrypts the data file once.
+//  2. Every read opens the data file and compares its inode, size, modification time and the nonce in
+//     its header with those of the version last decrypted. Each write draws a fresh nonce, so a change
+//     is seen even when the file system's clock is too coarse to show one: the file is decrypted
+//     again. An unchanged file costs an open, an fstat and a 32-byte read.
+//  3. Every write takes an flock on the lock file beside the data file (Path + ".lock"), re-reads the
+//     file under the lock, applies the check-and-set, and replaces the file atomically: a temporary file
+//     in the same directory, fsync, rename, fsync of the directory. Writers in other processes
+//     (`postern project add` while `postern serve` runs) wait for the lock; readers never wait, since
+//     they always see either the old file or the new one.
+//
+// Files created while running as root are given to the owner of their directory (and a replaced data
+// file keeps its owner), so `postern project add` run by root does not lock out a sidecar that runs
+// as its own user.
+package filestore
+
+import (
+	"bytes"
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/store"
+)
+
+// Default locations of the data file and the key file.
+const (
+	DefaultPath    = "/var/lib/postern/store.db"
+	DefaultKeyFile = "/var/lib/postern/store.key"
+)
+
+// KeySize is the size of the key in the key file, in bytes.
+const KeySize = chacha20poly1305.KeySize
+
+const (
+	magic      = "POSTERN1"
+	headerSize = len(magic) + chacha20poly1305.NonceSizeX
+)
+
+// ErrDecrypt is wrapped by the error returned when the data file cannot be decrypted: the key file
+// does not belong to it, or the file was changed or damaged.
+var ErrDecrypt = errors.New("wrong key file or damaged store")
+
+// Options says where the store lives. The zero value opens the default files and creates nothing.
+type Options struct {
+	// Path is the data file; empty means DefaultPath.
+	Path string
+	// KeyFile holds the 32-byte key; empty means DefaultKeyFile. It must not be readable by group or
+	// others.
+	KeyFile string
+	// Create makes the missing directories, a new key file (mode 0600) and an empty data file when
+	// neither file exists yet, and an empty data file when only the key file exists. A data file
+	// without its key file is always an error: a new key could never decrypt it.
+	Create bool
+	// Logger receives the store's events; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is the file store. It is safe for concurrent use, and several Store values, in one process
+// or many, may be open on the same files.
+type Store struct {
+	path, keyFile, lockPath string
+	aead                    cipher.AEAD
+	log                     *slog.Logger
+
+	// writeMu serializes this process's writers before they take the file lock.
+	writeMu sync.Mutex
+
+	mu     sync.Mutex // guards the fields below
+	cur    *snapshot  // the data last read or written
+	lock   *os.File   // the lock file, held open while the store is
+	closed bool
+}
+
+var _ store.Store = (*Store)(nil)
+
+// snapshot is one decrypted version of the data file.
+type snapshot struct {
+	nonce []byte
+	id    fileID
+	data  fileData
+}
+
+// fileID tells versions of the data file apart without reading them.
+type fileID struct {
+	ino, size int64
+	mtime     time.Time
+}
+
+func idOf(fi fs.FileInfo) fileID {
+	id := fileID{size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		id.ino = int64(st.Ino)
+	}
+	return id
+}
+
+// fileData is the plaintext: every record by name.
+type fileData struct {
+	Projects map[string]record `json:"projects"`
+	Tokens   map[string]record `json:"tokens"`
+}
+
+// record is one stored record. Data is nil for a tombstone.
+type record struct {
+	Version int             `json:"version"`
+	Data    json.RawMessage `json:"data,omitempty"`
+}
+
+func (r record) exists() bool { return r.Data != nil }
+
+// clone copies the maps; records are never changed in place, so they are shared.
+func (d fileData) clone() fileData {
+	c := fileData{Projects: make(map[string]record, len(d.Projects)), Tokens: make(map[string]record, len(d.Tokens))}
+	maps.Copy(c.Projects, d.Projects)
+	maps.Copy(c.Tokens, d.Tokens)
+	return c
+}
+
+// Open opens the store described by o, creating it if o.Create allows, and decrypts it once so that a
+// wrong key or a damaged file is reported now.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	s := &Store{path: o.Path, keyFile: o.KeyFile, log: o.Logger}
+	if s.path == "" {
+		s.path = DefaultPath
+	}
+	if s.keyFile == "" {
+		s.keyFile = DefaultKeyFile
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.lockPath = s.path + ".lock"
+
+	if !o.Create {
+		if _, err := os.Stat(s.path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("store %s does not exist", s.path)
+		} else if err != nil {
+			return nil, fmt.Errorf("opening store: %w", err)
+		}
+	} else {
+		for _, dir := range []string{filepath.Dir(s.path), filepath.Dir(s.keyFile)} {
+			if err := os.MkdirAll(dir, 0o750); err != nil {
+				return nil, fmt.Errorf("creating directory %s: %w", dir, err)
+			}
+		}
+	}
+	lock, err := openLockFile(s.lockPath)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	if err := s.setUp(ctx, o.Create); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// setUp makes or checks the key file and the data file under the file lock, then reads the data.
+func (s *Store) setUp(ctx context.Context, create bool) error {
+	unlock, err := s.flock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	_, keyErr := os.Stat(s.keyFile)
+	_, dataErr := os.Stat(s.path)
+	keyMissing, dataMissing := errors.Is(keyErr, fs.ErrNotExist), errors.Is(dataErr, fs.ErrNotExist)
+	switch {
+	case keyMissing && !dataMissing:
+		return fmt.Errorf("key file %s does not exist, but the store %s does: the store cannot be read without the key it was written with", s.keyFile, s.path)
+	case keyMissing && !create:
+		return fmt.Errorf("key file %s does not exist", s.keyFile)
+	case keyMissing:
+		if err := s.createKey(); err != nil {
+			return err
+		}
+	}
+	key, err := readKey(s.keyFile)
+	if err != nil {
+		return err
+	}
+	if s.aead, err = chacha20poly1305.NewX(key); err != nil {
+		return fmt.Errorf("key file %s: %w", s.keyFile, err)
+	}
+	if dataMissing {
+		if !create {
+			return fmt.Errorf("store %s does not exist", s.path)
+		}
+		empty := fileData{Projects: map[string]record{}, Tokens: map[string]record{}}
+		if err := s.write(empty); err != nil {
+			return err
+		}
+		s.log.Info("created an empty store", "path", s.path)
+		return nil
+	}
+	_, err = s.refresh()
+	return err
+}
+
+// createKey writes a new random key, atomically, with mode 0600.
+func (s *Store) createKey() error {
+	key := make([]byte, KeySize)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("making a key: %w", err)
+	}
+	if _, err := writeAtomic(s.keyFile, key, nil); err != nil {
+		return fmt.Errorf("writing key file: %w", err)
+	}
+	s.log.Info("created a new store key; back it up, the store cannot be read without it", "key_file", s.keyFile)
+	return nil
+}
+
+// readKey reads and checks a key file.
+func readKey(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading key file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("key file %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("key file %s is readable by group or others (mode %04o): chmod 600 %s", path, perm, path)
+	}
+	key, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading key file: %w", err)
+	}
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("key file %s holds %d bytes, not %d: it is not a Postern store key", path, len(key), KeySize)
+	}
+	return key, nil
+}
+
+// Close waits for a write in progress and releases the lock file. Further calls fail; Close itself
+// may be called again.
+func (s *Store) Close() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.cur = nil
+	return s.lock.Close()
+}
+
+// Projects returns every project, sorted by name, each with its Version set.
+func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
+	snap, err := s.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(snap.data.Projects))
+	for name, r := range snap.data.Projects {
+		if r.exists() {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	out := make([]project.Project, 0, len(names))
+	for _, name := range names {
+		p, err := decodeProject(name, snap.data.Projects[name])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Project returns one project with its Version set, or store.ErrNotFound.
+func (s *Store) Project(ctx context.Context, name string) (project.Project, error) {
+	snap, err := s.read(ctx)
+	if err != nil {
+		return project.Project{}, err
+	}
+	r, ok := snap.data.Projects[name]
+	if !ok || !r.exists() {
+		return project.Project{}, fmt.Errorf("project %q: %w", name, store.ErrNotFound)
+	}
+	return decodeProject(name, r)
+}
+
+// Token returns the token record of a project with its Version set, or store.ErrNotFound.
+func (s *Store) Token(ctx context.Context, name string) (project.Token, error) {
+	snap, err := s.read(ctx)
+	if err != nil {
+		return project.Token{}, err
+	}
+	r, ok := snap.data.Tokens[name]
+	if !ok || !r.exists() {
+		return project.Token{}, fmt.Errorf("token of project %q: %w", name, store.ErrNotFound)
+	}
+	t, err := project.UnmarshalStoredToken(r.Data)
+	if err != nil {
+		return project.Token{}, fmt.Errorf("token of project %q: %w", name, err)
+	}
+	t.Version = r.Version
+	return t, nil
+}
+
+func decodeProject(name string, r record) (project.Project, error) {
+	p, err := project.UnmarshalStored(r.Data)
+	if err != nil {
+		return project.Project{}, fmt.Errorf("project %q: %w", name, err)
+	}
+	p.Name = name
+	p.Version = r.Version
+	return p, nil
+}
+
+// PutProject creates or replaces a project; when p.Version is not 0 only if the stored version is
+// still p.Version. It returns the new version.
+func (s *Store) PutProject(ctx context.Context, p project.Project) (int, error) {
+	if !project.ValidName(p.Name) {
+		return 0, fmt.Errorf("writing project: invalid name %q", p.Name)
+	}
+	b, err := project.MarshalStored(p)
+	if err != nil {
+		return 0, fmt.Errorf("encoding project %q: %w", p.Name, err)
+	}
+	var version int
+	err = s.update(ctx, func(d *fileData) error {
+		old := d.Projects[p.Name]
+		if p.Version != 0 && (!old.exists() || old.Version != p.Version) {
+			return fmt.Errorf("writing project %q at version %d: %w", p.Name, p.Version, store.ErrConflict)
+		}
+		version = old.Version + 1
+		d.Projects[p.Name] = record{Version: version, Data: b}
+		return nil
+	})
+	return version, err
+}
+
+// PutToken writes t if the stored version is still t.Version (0: no token record may exist) and
+// returns the new version; otherwise it returns store.ErrConflict and writes nothing.
+func (s *Store) PutToken(ctx context.Context, name string, t project.Token) (int, error) {
+	if !project.ValidName(name) {
+		return 0, fmt.Errorf("writing token: invalid project name %q", name)
+	}
+	b, err := project.MarshalStoredToken(t)
+	if err != nil {
+		return 0, fmt.Errorf("encoding token of project %q: %w", name, err)
+	}
+	var version int
+	err = s.update(ctx, func(d *fileData) error {
+		old := d.Tokens[name]
+		current := 0
+		if old.exists() {
+			current = old.Version
+		}
+		if current != t.Version {
+			return fmt.Errorf("writing token of project %q at version %d: %w", name, t.Version, store.ErrConflict)
+		}
+		version = old.Version + 1
+		d.Tokens[name] = record{Version: version, Data: b}
+		return nil
+	})
+	return version, err
+}
+
+// DeleteProject removes a project and its token record. It returns store.ErrNotFound when neither
+// exists.
+func (s *Store) DeleteProject(ctx context.Context, name string) error {
+	return s.update(ctx, func(d *fileData) error {
+		p, t := d.Projects[name], d.Tokens[name]
+		if !p.exists() && !t.exists() {
+			return fmt.Errorf("deleting project %q: %w", name, store.ErrNotFound)
+		}
+		if p.exists() {
+			d.Projects[name] = record{Version: p.Version}
+		}
+		if t.exists() {
+			d.Tokens[name] = record{Version: t.Version}
+		}
+		return nil
+	})
+}
+
+// read returns the current data, decrypting the file again if it changed since it was last read.
+func (s *Store) read(ctx context.Context) (*snapshot, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.refresh()
+}
+
+// refresh compares the file's nonce with the cached one and decrypts the file if they differ.
+func (s *Store) refresh() (*snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("store %s is closed", s.path)
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil, fmt.Errorf("reading store: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading store: %w", err)
+	}
+	id := idOf(fi)
+	header := make([]byte, headerSize)
+	if _, err := io.ReadFull(f, header); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("store %s is truncated: %w", s.path, ErrDecrypt)
+		}
+		return nil, fmt.Errorf("reading store %s: %w", s.path, err)
+	}
+	if string(header[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%s is not a Postern store (bad header): %w", s.path, ErrDecrypt)
+	}
+	nonce := header[len(magic):]
+	if s.cur != nil && s.cur.id == id && bytes.Equal(s.cur.nonce, nonce) {
+		return s.cur, nil
+	}
+	ciphertext, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading store %s: %w", s.path, err)
+	}
+	plain, err := s.aead.Open(nil, nonce, ciphertext, header[:len(magic)])
+	if err != nil {
+		return nil, fmt.Errorf("cannot decrypt %s: %w", s.path, ErrDecrypt)
+	}
+	var d fileData
+	if err := json.Unmarshal(plain, &d); err != nil {
+		return nil, fmt.Errorf("decoding store %s: %w", s.path, err)
+	}
+	if d.Projects == nil {
+		d.Projects = map[string]record{}
+	}
+	if d.Tokens == nil {
+		d.Tokens = map[string]record{}
+	}
+	if s.cur != nil {
+		s.log.Debug("store changed on disk, reloaded", "path", s.path)
+	}
+	s.cur = &snapshot{nonce: nonce, id: id, data: d}
+	return s.cur, nil
+}
+
+// update runs change on a fresh copy of the data under the file lock and writes the result, unless
+// change returns an error.
+func (s *Store) update(ctx context.Context, change func(*fileData) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	unlock, err := s.flock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	snap, err := s.refresh()
+	if err != nil {
+		return err
+	}
+	d := snap.data.clone()
+	if err := change(&d); err != nil {
+		return err
+	}
+	return s.write(d)
+}
+
+// write encrypts d under a fresh nonce and replaces the data file. The caller holds the file lock.
+func (s *Store) write(d fileData) error {
+	plain, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("encoding store: %w", err)
+	}
+	nonce := make([]byte, chacha20poly1305.NonceSizeX)
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("making a nonce: %w", err)
+	}
+	buf := make([]byte, 0, headerSize+len(plain)+s.aead.Overhead())
+	buf = append(buf, magic...)
+	buf = append(buf, nonce...)
+	buf = s.aead.Seal(buf, nonce, plain, []byte(magic))
+	clear(plain)
+
+	owner, err := os.Stat(s.path)
+	if err != nil {
+		owner = nil
+	}
+	fi, err := writeAtomic(s.path, buf, owner)
+	if err != nil {
+		return fmt.Errorf("writing store: %w", err)
+	}
+	s.mu.Lock()
+	if !s.closed {
+		s.cur = &snapshot{nonce: nonce, id: idOf(fi), data: d}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// writeAtomic replaces path with b: a temporary file in the same directory (mode 0600), fsync,
+// rename, fsync of the directory. When running as root, the file gets the owner of ref, or of the
+// directory when ref is nil. It returns what fstat said of the new file.
+func writeAtomic(path string, b []byte, ref fs.FileInfo) (fi fs.FileInfo, err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return nil, err
+	}
+	if err = chownLike(f, dir, ref); err != nil {
+		return nil, err
+	}
+	if _, err = f.Write(b); err != nil {
+		return nil, err
+	}
+	if err = f.Sync(); err != nil {
+		return nil, err
+	}
+	if fi, err = f.Stat(); err != nil {
+		return nil, err
+	}
+	if err = f.Close(); err != nil {
+		return nil, err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return nil, err
+	}
+	return fi, syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// chownLike gives f the owner and group of ref (or of dir when ref is nil), if this process runs as
+// root and they differ. Other users cannot give files away, and need not.
+func chownLike(f *os.File, dir string, ref fs.FileInfo) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	if ref == nil {
+		var err error
+		if ref, err = os.Stat(dir); err != nil {
+			return err
+		}
+	}
+	st, ok := ref.Sys().(*syscall.Stat_t)
+	if !ok || (st.Uid == 0 && st.Gid == 0) {
+		return nil
+	}
+	return f.Chown(int(st.Uid), int(st.Gid))
+}
+
+// openLockFile opens (creating) the lock file beside the data file.
+func openLockFile(path string) (*os.File, error) {
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock file: %w", err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		if err := chownLike(f, filepath.Dir(path), nil); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("opening lock file: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// flock takes the exclusive lock on the lock file, waiting until it is free or ctx ends.
+func (s *Store) flock(ctx context.Context) (unlock func(), err error) {
+	s.mu.Lock()
+	closed, lock := s.closed, s.lock
+	s.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("store %s is closed", s.path)
+	}
+	fd := int(lock.Fd())
+	wait := time.Millisecond
+	for {
+		err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { syscall.Flock(fd, syscall.LOCK_UN) }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			return nil, fmt.Errorf("locking %s: %w", s.lockPath, err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("waiting for the lock on %s: %w", s.lockPath, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}

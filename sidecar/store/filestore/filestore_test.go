@@ -1,0 +1,502 @@
+package filestore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
+	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/storetest"
+)
+
+func paths(t *testing.T) Options {
+	dir := t.TempDir()
+	return Options{Path: filepath.Join(dir, "store.db"), KeyFile: filepath.Join(dir, "store.key"), Create: true}
+}
+
+func open(t *testing.T, o Options) *Store {
+	t.Helper()
+	s, err := Open(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, paths(t)) })
+}
+
+// Every store.Store call goes through a second Store value opened on the same files, as another
+// process would: the suite then also checks that each sees the other's writes.
+func TestConformanceAcrossTwoOpens(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T) store.Store {
+		o := paths(t)
+		return &alternating{a: open(t, o), b: open(t, o)}
+	})
+}
+
+// alternating sends each call to a or b in turn.
+type alternating struct {
+	mu   sync.Mutex
+	n    int
+	a, b store.Store
+}
+
+func (x *alternating) next() store.Store {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.n++
+	if x.n%2 == 0 {
+		return x.a
+	}
+	return x.b
+}
+
+func (x *alternating) Projects(ctx context.Context) ([]project.Project, error) {
+	return x.next().Projects(ctx)
+}
+func (x *alternating) Project(ctx context.Context, name string) (project.Project, error) {
+	return x.next().Project(ctx, name)
+}
+func (x *alternating) PutProject(ctx context.Context, p project.Project) (int, error) {
+	return x.next().PutProject(ctx, p)
+}
+func (x *alternating) DeleteProject(ctx context.Context, name string) error {
+	return x.next().DeleteProject(ctx, name)
+}
+func (x *alternating) Token(ctx context.Context, name string) (project.Token, error) {
+	return x.next().Token(ctx, name)
+}
+func (x *alternating) PutToken(ctx context.Context, name string, t project.Token) (int, error) {
+	return x.next().PutToken(ctx, name, t)
+}
+func (x *alternating) Close() error { return errors.Join(x.a.Close(), x.b.Close()) }
+
+func TestCreatesKeyAndStore(t *testing.T) {
+	t.Parallel()
+	o := paths(t)
+	o.Path = filepath.Join(filepath.Dir(o.Path), "sub", "dir", "store.db")
+	s := open(t, o)
+	fi, err := os.Stat(o.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Size() != KeySize {
+		t.Fatalf("key file mode %v size %d, want 0600 and %d", fi.Mode().Perm(), fi.Size(), KeySize)
+	}
+	fi, err = os.Stat(o.Path)
+	if err != nil {
+		t.Fatalf("the data file was not created: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("data file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if ps, err := s.Projects(t.Context()); err != nil || len(ps) != 0 {
+		t.Fatalf("new store: %v projects, error %v", len(ps), err)
+	}
+	key, _ := os.ReadFile(o.KeyFile)
+
+	// Opening again keeps the key.
+	s.Close()
+	open(t, o)
+	if again, _ := os.ReadFile(o.KeyFile); !bytes.Equal(key, again) {
+		t.Fatal("opening an existing store replaced its key")
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, o *Options)
+		want  string
+	}{
+		{
+			name:  "no key without create",
+			setup: func(t *testing.T, o *Options) { o.Create = false },
+			want:  "does not exist",
+		},
+		{
+			name: "no data file without create",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o600)
+				o.Create = false
+			},
+			want: "store " + "%PATH%" + " does not exist",
+		},
+		{
+			name: "data file without its key",
+			setup: func(t *testing.T, o *Options) {
+				s := open(t, *o)
+				s.Close()
+				os.Remove(o.KeyFile)
+			},
+			want: "cannot be read without the key",
+		},
+		{
+			name: "group readable key",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o640)
+			},
+			want: "chmod 600 %KEY%",
+		},
+		{
+			name: "world readable key",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o604)
+			},
+			want: "readable by group or others (mode 0604): chmod 600 %KEY%",
+		},
+		{
+			name: "short key",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, []byte("not a key\n"), 0o600)
+			},
+			want: "holds 10 bytes, not 32",
+		},
+		{
+			name: "wrong key",
+			setup: func(t *testing.T, o *Options) {
+				s := open(t, *o)
+				if _, err := s.PutProject(t.Context(), storetest.BasicProject("client-a")); err != nil {
+					t.Fatal(err)
+				}
+				s.Close()
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o600)
+			},
+			want: "cannot decrypt %PATH%: wrong key file or damaged store",
+		},
+		{
+			name: "not a store",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o600)
+				writeFile(t, o.Path, []byte("projects:\n  - name: a\n  - name: b\n"), 0o600)
+			},
+			want: "is not a Postern store",
+		},
+		{
+			name: "empty data file",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o600)
+				writeFile(t, o.Path, nil, 0o600)
+			},
+			want: "is truncated",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := paths(t)
+			tc.setup(t, &o)
+			s, err := Open(t.Context(), o)
+			if err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+			want := strings.NewReplacer("%PATH%", o.Path, "%KEY%", o.KeyFile).Replace(tc.want)
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %q does not say %q", err, want)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string, b []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, b, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil { // past the umask
+		t.Fatal(err)
+	}
+}
+
+// Flipping any byte of the file, header included, is detected and reported, never accepted.
+func TestTamperingIsDetected(t *testing.T) {
+	t.Parallel()
+	o := paths(t)
+	s := open(t, o)
+	if _, err := s.PutProject(t.Context(), storetest.BasicProject("client-a")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	orig, err := os.ReadFile(o.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	positions := []int{0, 7, 8, 20, headerSize, headerSize + 1, len(orig) / 2, len(orig) - 17, len(orig) - 1}
+	for _, pos := range positions {
+		t.Run(fmt.Sprint("byte ", pos), func(t *testing.T) {
+			o := o
+			o.Path = filepath.Join(t.TempDir(), "store.db")
+			b := bytes.Clone(orig)
+			b[pos] ^= 0x01
+			writeFile(t, o.Path, b, 0o600)
+			s, err := Open(t.Context(), o)
+			if err == nil {
+				s.Close()
+				t.Fatal("a tampered store opened")
+			}
+			if !errors.Is(err, ErrDecrypt) {
+				t.Fatalf("error %v does not wrap ErrDecrypt", err)
+			}
+		})
+	}
+
+	// A store already open reports the damage on its next read, and works again once repaired.
+	s = open(t, o)
+	b := bytes.Clone(orig)
+	b[len(b)-1] ^= 0x80
+	replace(t, o.Path, b)
+	if _, err := s.Projects(t.Context()); err == nil || !strings.Contains(err.Error(), "cannot decrypt") {
+		t.Fatalf("Projects on a damaged file: %v", err)
+	}
+	replace(t, o.Path, orig)
+	if ps, err := s.Projects(t.Context()); err != nil || len(ps) != 1 {
+		t.Fatalf("Projects after the repair: %d projects, %v", len(ps), err)
+	}
+}
+
+// replace swaps the file atomically, as a writer would.
+func replace(t *testing.T, path string, b []byte) {
+	t.Helper()
+	tmp := path + ".test"
+	writeFile(t, tmp, b, 0o600)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecretsAreNotInTheFile(t *testing.T) {
+	t.Parallel()
+	o := paths(t)
+	s := open(t, o)
+	p := storetest.OAuthProject("client-a")
+	p.Auth.Password = secret.New("basic-password-1234")
+	if _, err := s.PutProject(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutToken(t.Context(), "client-a", storetest.SampleToken("client-a")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(o.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := storetest.SampleToken("client-a")
+	for _, needle := range []string{
+		"basic-password-1234", p.Auth.OAuth.ClientSecret.Reveal(), tok.AccessToken.Reveal(), tok.RefreshToken.Reveal(),
+		"client-a", "noreply@", "smtp.", "projects",
+	} {
+		if bytes.Contains(b, []byte(needle)) {
+			t.Errorf("the data file contains a plaintext string of length %d", len(needle))
+		}
+	}
+	if !bytes.HasPrefix(b, []byte("POSTERN1")) {
+		t.Errorf("the data file does not start with the magic")
+	}
+}
+
+// Two Store values on the same files stand for two processes: each sees the other's writes, and a
+// write based on a stale read conflicts.
+func TestTwoOpensConflict(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	o := paths(t)
+	a := open(t, o)
+	b := open(t, o)
+
+	if _, err := a.PutProject(ctx, storetest.OAuthProject("client-a")); err != nil {
+		t.Fatal(err)
+	}
+	pb, err := b.Project(ctx, "client-a")
+	if err != nil {
+		t.Fatalf("b does not see a's project: %v", err)
+	}
+	pa, err := a.Project(ctx, "client-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa.Enabled = false
+	if _, err := a.PutProject(ctx, pa); err != nil {
+		t.Fatal(err)
+	}
+	pb.Upstream.Port = 465
+	if _, err := b.PutProject(ctx, pb); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("b's stale project write: %v, want ErrConflict", err)
+	}
+
+	tok := storetest.SampleToken("client-a")
+	v, err := a.PutToken(ctx, "client-a", tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := b.Token(ctx, "client-a")
+	if err != nil || tb.Version != v {
+		t.Fatalf("b reads token version %d (%v), want %d", tb.Version, err, v)
+	}
+	ta := tb
+	ta.RefreshToken = secret.New("rotated-by-a")
+	if _, err := a.PutToken(ctx, "client-a", ta); err != nil {
+		t.Fatal(err)
+	}
+	tb.RefreshToken = secret.New("rotated-by-b")
+	if _, err := b.PutToken(ctx, "client-a", tb); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("b's stale token write: %v, want ErrConflict", err)
+	}
+	got, err := b.Token(ctx, "client-a")
+	if err != nil || !got.RefreshToken.Equal(secret.New("rotated-by-a")) {
+		t.Fatalf("b does not read a's rotated refresh token (err %v)", err)
+	}
+
+	if err := b.DeleteProject(ctx, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Token(ctx, "client-a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a still reads the token b deleted: %v", err)
+	}
+}
+
+// Writers in many goroutines over two Store values (two processes) never lose an update.
+func TestConcurrentWritersLoseNothing(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	o := paths(t)
+	stores := []*Store{open(t, o), open(t, o)}
+	const workers, each, maxAttempts = 6, 8, 1000
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		s := stores[w%len(stores)]
+		wg.Go(func() {
+			for i := range each {
+				// Each worker adds projects of its own…
+				p := storetest.BasicProject(fmt.Sprintf("w%d-p%d", w, i))
+				if _, err := s.PutProject(ctx, p); err != nil {
+					errs <- err
+					return
+				}
+				// …and increments a shared counter with check-and-set.
+				for attempt := 0; ; attempt++ {
+					if attempt == maxAttempts {
+						errs <- fmt.Errorf("no increment landed in %d attempts: every write conflicts", maxAttempts)
+						return
+					}
+					tok, err := s.Token(ctx, "counter")
+					if errors.Is(err, store.ErrNotFound) {
+						tok = project.Token{State: project.TokenOK, Reason: "0"}
+					} else if err != nil {
+						errs <- err
+						return
+					}
+					var n int
+					fmt.Sscan(tok.Reason, &n)
+					tok.Reason = fmt.Sprint(n + 1)
+					if _, err = s.PutToken(ctx, "counter", tok); err == nil {
+						break
+					} else if !errors.Is(err, store.ErrConflict) {
+						errs <- err
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	check := open(t, Options{Path: o.Path, KeyFile: o.KeyFile})
+	ps, err := check.Projects(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != workers*each {
+		t.Errorf("%d projects stored, want %d", len(ps), workers*each)
+	}
+	tok, err := check.Token(ctx, "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Reason != fmt.Sprint(workers*each) {
+		t.Errorf("counter is %s, want %d", tok.Reason, workers*each)
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(filepath.Dir(o.Path), ".*tmp-*")); len(tmp) != 0 {
+		t.Errorf("temporary files left behind: %v", tmp)
+	}
+}
+
+func TestClosedStoreFails(t *testing.T) {
+	t.Parallel()
+	s := open(t, paths(t))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := s.Projects(t.Context()); err == nil {
+		t.Fatal("Projects on a closed store succeeded")
+	}
+	if _, err := s.PutProject(t.Context(), storetest.BasicProject("a")); err == nil {
+		t.Fatal("PutProject on a closed store succeeded")
+	}
+}
+
+func TestInvalidNamesAreRefused(t *testing.T) {
+	t.Parallel()
+	s := open(t, paths(t))
+	for _, name := range []string{"", "../escape", "Upper"} {
+		p := storetest.BasicProject("a")
+		p.Name = name
+		if _, err := s.PutProject(t.Context(), p); err == nil {
+			t.Errorf("PutProject accepted the name %q", name)
+		}
+		if _, err := s.PutToken(t.Context(), name, project.Token{}); err == nil {
+			t.Errorf("PutToken accepted the name %q", name)
+		}
+	}
+}
+
+// Run as root, files created in a directory owned by another user are given to that user, so a
+// sidecar running as that user can still read what root wrote.
+func TestRootGivesFilesToTheDirectoryOwner(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	o := paths(t)
+	dir := filepath.Dir(o.Path)
+	const uid, gid = 4321, 4322
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, o)
+	if _, err := s.PutProject(t.Context(), storetest.BasicProject("a")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{o.Path, o.KeyFile, o.Path + ".lock"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s is owned by %d:%d, want %d:%d", filepath.Base(f), st.Uid, st.Gid, uid, gid)
+		}
+	}
+}
