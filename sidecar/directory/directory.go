@@ -1,0 +1,377 @@
+// Package directory owns the sidecar's live view of the projects: an immutable snapshot of every
+// project and its routing table, read without locks on every lookup and replaced whole when the store
+// changes.
+//
+// The flow:
+//
+//  1. Load reads the store once, synchronously, at start.
+//  2. Run re-reads it every Options.Interval until its ctx ends.
+//  3. A lookup of a sender no project serves may mean a project was just added: it triggers a reload
+//     (at most one per Options.MinReloadGap, shared by every caller that arrives meanwhile) and waits
+//     for it up to Options.MissWait, bounded by the caller's ctx.
+//  4. Each successful read builds a new snapshot (projects by name plus a route.Table) and swaps it in
+//     atomically. A failed read keeps the last good snapshot; only when none was ever loaded do
+//     lookups answer ErrUnavailable (temporary).
+//  5. Reload errors, route conflicts and invalid projects are logged once each time they change, not
+//     on every interval.
+//
+// In steady state a delivered message costs no store read: StoreReads counts them to prove it.
+package directory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/route"
+	"github.com/postern/postern/sidecar/store"
+)
+
+// ErrNoProject means no project serves the sender: a definite answer.
+var ErrNoProject = errors.New("no project serves this sender")
+
+// ErrUnavailable means the projects could not be read and none are cached: a temporary condition.
+var ErrUnavailable = errors.New("projects are unavailable")
+
+// Defaults for the zero Options.
+const (
+	DefaultInterval     = 10 * time.Second
+	DefaultMinReloadGap = 2 * time.Second
+	DefaultMissWait     = 2 * time.Second
+	DefaultLoadTimeout  = 30 * time.Second
+)
+
+// Options tune a Directory. The zero value is ready to use.
+type Options struct {
+	// Interval between periodic reloads in Run. Zero means DefaultInterval.
+	Interval time.Duration
+	// MinReloadGap is the least time between two reloads triggered by unknown senders. Zero means
+	// DefaultMinReloadGap.
+	MinReloadGap time.Duration
+	// MissWait bounds how long a lookup of an unknown sender waits for the reload it triggered. Zero
+	// means DefaultMissWait.
+	MissWait time.Duration
+	// LoadTimeout bounds one read of the store started by Run or by a lookup. Zero means
+	// DefaultLoadTimeout.
+	LoadTimeout time.Duration
+	// Logger receives reload errors, conflicts and changes. Nil discards.
+	Logger *slog.Logger
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.Interval <= 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.MinReloadGap <= 0 {
+		o.MinReloadGap = DefaultMinReloadGap
+	}
+	if o.MissWait <= 0 {
+		o.MissWait = DefaultMissWait
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = DefaultLoadTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// snapshot is one consistent view of the projects. It is never modified after it is published.
+type snapshot struct {
+	projects map[string]project.Project
+	table    *route.Table
+	loadedAt time.Time
+}
+
+// Directory is the live view of the projects. It is safe for concurrent use.
+type Directory struct {
+	src  store.Projects
+	opts Options
+	log  *slog.Logger
+
+	snap  atomic.Pointer[snapshot]
+	reads atomic.Int64
+
+	mu          sync.Mutex
+	inflight    chan struct{} // closed when the running reload ends; nil when none runs
+	lastStart   time.Time     // when the last reload started
+	lastErr     string        // the last reload error, "" after a success
+	lastProblem string        // conflicts and invalid projects of the last snapshot
+	lastShape   string        // names and versions of the last snapshot
+}
+
+// New returns a Directory over src. Nothing is read until Load or Run.
+func New(src store.Projects, opts Options) *Directory {
+	opts = opts.withDefaults()
+	return &Directory{src: src, opts: opts, log: opts.Logger}
+}
+
+// Load reads the store once and waits for the result. It returns the store's error when the read
+// failed; the previous snapshot, if any, stays in use.
+func (d *Directory) Load(ctx context.Context) error {
+	select {
+	case <-d.startReload(ctx, false):
+	case <-ctx.Done():
+		return fmt.Errorf("loading projects: %w", ctx.Err())
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != "" {
+		return fmt.Errorf("loading projects: %s", d.lastErr)
+	}
+	return nil
+}
+
+// Run reloads every Options.Interval until ctx ends, then returns ctx's error. It does not load at
+// once: call Load first.
+func (d *Directory) Run(ctx context.Context) error {
+	ticker := time.NewTicker(d.opts.Interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			select {
+			case <-d.startReload(ctx, false):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+}
+
+// Lookup returns the project serving sender. found is false when no project serves it; err is
+// ErrUnavailable when nothing was ever loaded. An unknown sender triggers a reload (at most one per
+// MinReloadGap) and waits for it up to MissWait or until ctx ends.
+func (d *Directory) Lookup(ctx context.Context, sender string) (p project.Project, found bool, err error) {
+	s := d.snap.Load()
+	if p, ok := s.lookup(sender); ok {
+		return p, true, nil
+	}
+	if sender == "" {
+		// Bounces never belong to a project: no reload can change that.
+		if s == nil {
+			return project.Project{}, false, ErrUnavailable
+		}
+		return project.Project{}, false, nil
+	}
+	if done := d.startReload(ctx, true); done != nil {
+		wait := time.NewTimer(d.opts.MissWait)
+		select {
+		case <-done:
+		case <-wait.C:
+		case <-ctx.Done():
+		}
+		wait.Stop()
+	}
+	s = d.snap.Load()
+	if p, ok := s.lookup(sender); ok {
+		return p, true, nil
+	}
+	if s == nil {
+		return project.Project{}, false, ErrUnavailable
+	}
+	return project.Project{}, false, nil
+}
+
+// Resolve returns the project serving sender, ErrNoProject when none does, or ErrUnavailable when
+// the projects could not be read and none are cached.
+func (d *Directory) Resolve(ctx context.Context, sender string) (project.Project, error) {
+	p, found, err := d.Lookup(ctx, sender)
+	if err != nil {
+		return project.Project{}, err
+	}
+	if !found {
+		return project.Project{}, ErrNoProject
+	}
+	return p, nil
+}
+
+// Project returns the cached project called name. It never reads the store.
+func (d *Directory) Project(name string) (project.Project, bool) {
+	s := d.snap.Load()
+	if s == nil {
+		return project.Project{}, false
+	}
+	p, ok := s.projects[name]
+	return p, ok
+}
+
+// Projects returns the cached projects sorted by name. It never reads the store.
+func (d *Directory) Projects() []project.Project {
+	s := d.snap.Load()
+	if s == nil {
+		return nil
+	}
+	out := make([]project.Project, 0, len(s.projects))
+	for _, p := range s.projects {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b project.Project) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Table returns the current routing table (nil before the first load). It never reads the store.
+func (d *Directory) Table() *route.Table {
+	if s := d.snap.Load(); s != nil {
+		return s.table
+	}
+	return nil
+}
+
+// ServesDomain reports whether any cached project's senders name domain.
+func (d *Directory) ServesDomain(domain string) bool { return d.Table().ServesDomain(domain) }
+
+// Ready reports whether projects are loaded. The reason explains a false answer, or says that the
+// snapshot in use is stale because the last reload failed.
+func (d *Directory) Ready() (bool, string) {
+	s := d.snap.Load()
+	d.mu.Lock()
+	lastErr := d.lastErr
+	d.mu.Unlock()
+	switch {
+	case s == nil && lastErr != "":
+		return false, "projects could not be loaded: " + lastErr
+	case s == nil:
+		return false, "projects not loaded yet"
+	case lastErr != "":
+		return true, fmt.Sprintf("serving projects loaded at %s; the last reload failed: %s", s.loadedAt.Format(time.RFC3339), lastErr)
+	}
+	return true, ""
+}
+
+// LastLoad returns the time of the last successful load (zero before the first).
+func (d *Directory) LastLoad() time.Time {
+	if s := d.snap.Load(); s != nil {
+		return s.loadedAt
+	}
+	return time.Time{}
+}
+
+// StoreReads returns how many times the store has been read.
+func (d *Directory) StoreReads() int64 { return d.reads.Load() }
+
+// startReload starts a reload unless one is running, and returns the done channel of the running
+// one. A reload triggered by an unknown sender (onMiss) is skipped, and done is nil, when the
+// previous reload started less than MinReloadGap ago.
+func (d *Directory) startReload(ctx context.Context, onMiss bool) (done <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.inflight != nil {
+		return d.inflight
+	}
+	now := d.opts.Now()
+	if onMiss && !d.lastStart.IsZero() && now.Sub(d.lastStart) < d.opts.MinReloadGap {
+		return nil
+	}
+	d.lastStart = now
+	ch := make(chan struct{})
+	d.inflight = ch
+	// The read outlives a caller that stops waiting, so that its result still serves the next one.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.opts.LoadTimeout)
+	go func() {
+		defer cancel()
+		d.reload(rctx)
+		d.mu.Lock()
+		d.inflight = nil
+		d.mu.Unlock()
+		close(ch)
+	}()
+	return ch
+}
+
+// reload reads the store and publishes a new snapshot, or records the error.
+func (d *Directory) reload(ctx context.Context) {
+	d.reads.Add(1)
+	projects, err := d.src.Projects(ctx)
+	if err != nil {
+		d.recordError(err)
+		return
+	}
+	table, problems := route.New(projects)
+	for _, p := range projects {
+		for _, perr := range p.Validate() {
+			problems = append(problems, fmt.Errorf("project %q: %w", p.Name, perr))
+		}
+	}
+	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, loadedAt: d.opts.Now()}
+	for _, p := range projects {
+		s.projects[p.Name] = p
+	}
+	d.snap.Store(s)
+	d.recordSuccess(s, projects, problems)
+}
+
+func (d *Directory) recordError(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	msg := err.Error()
+	if msg == d.lastErr {
+		return
+	}
+	d.lastErr = msg
+	if d.snap.Load() == nil {
+		d.log.Error("reading projects failed and none are cached: mail is deferred", "error", msg)
+	} else {
+		d.log.Warn("reading projects failed: keeping the last good ones", "error", msg)
+	}
+}
+
+func (d *Directory) recordSuccess(s *snapshot, projects []project.Project, problems []error) {
+	shape := make([]string, 0, len(projects))
+	enabled := 0
+	for _, p := range projects {
+		shape = append(shape, fmt.Sprintf("%s@%d", p.Name, p.Version))
+		if p.Enabled {
+			enabled++
+		}
+	}
+	slices.Sort(shape)
+	problemText := make([]string, 0, len(problems))
+	for _, e := range problems {
+		problemText = append(problemText, e.Error())
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != "" {
+		d.log.Info("reading projects works again")
+		d.lastErr = ""
+	}
+	if joined := strings.Join(shape, ","); joined != d.lastShape {
+		d.lastShape = joined
+		d.log.Info("projects loaded", "projects", len(projects), "enabled", enabled, "senders", s.table.Len())
+	}
+	if joined := strings.Join(problemText, "\n"); joined != d.lastProblem {
+		d.lastProblem = joined
+		for _, text := range problemText {
+			d.log.Warn("project configuration problem", "problem", text)
+		}
+	}
+}
+
+func (s *snapshot) lookup(sender string) (project.Project, bool) {
+	if s == nil {
+		return project.Project{}, false
+	}
+	name, ok := s.table.Lookup(sender)
+	if !ok {
+		return project.Project{}, false
+	}
+	p, ok := s.projects[name]
+	return p, ok
+}

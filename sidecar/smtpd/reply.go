@@ -1,0 +1,212 @@
+package smtpd
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+// Stages of a transaction, as passed to replyFor.
+const (
+	stageMail = "mail"
+	stageRcpt = "rcpt"
+	stageData = "data"
+)
+
+// Conditions found by the session itself. replyFor maps each to its reply.
+var (
+	errDisabled          = errors.New("project is disabled")
+	errTooManyRecipients = errors.New("too many recipients for the project")
+	errRateLimited       = errors.New("rate limit reached")
+	errMessageTooLarge   = errors.New("message too large")
+	errShuttingDown      = errors.New("shutting down")
+	errNestedMail        = errors.New("MAIL inside a transaction")
+)
+
+// txError is a transaction's failure together with the names its reply may mention.
+type txError struct {
+	sender  string
+	project string
+	err     error
+}
+
+func (e *txError) Error() string {
+	if e.project != "" {
+		return fmt.Sprintf("project %s, sender <%s>: %v", e.project, e.sender, e.err)
+	}
+	return fmt.Sprintf("sender <%s>: %v", e.sender, e.err)
+}
+
+func (e *txError) Unwrap() error { return e.err }
+
+// replyFor is the one place that decides what Postfix hears. It returns nil for a nil err and
+// otherwise a bare *smtp.SMTPError (go-smtp turns anything else into 554 5.0.0, a bounce).
+//
+// The rules (DESIGN.md, "What Postfix hears"): a sender no project serves is refused (550 5.7.1);
+// an upstream's definite no (5xx to RCPT or DATA, or a size the upstream declared it cannot take)
+// is passed on; every other failure is temporary, keeping the upstream's words where there are
+// some, and anything not recognised is 451 4.3.0 with generic text (the details go to the log).
+func replyFor(stage string, err error) *smtp.SMTPError {
+	if err == nil {
+		return nil
+	}
+	var tx *txError
+	errors.As(err, &tx)
+	if tx == nil {
+		tx = &txError{}
+	}
+
+	switch {
+	case errors.Is(err, directory.ErrNoProject):
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: fmt.Sprintf("sender <%s> is not served by Postern", clean(tx.sender, 320))}
+	case errors.Is(err, directory.ErrUnavailable):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: "project configuration is unavailable, try again later"}
+	case errors.Is(err, errDisabled):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("project %s is disabled", tx.project)}
+	case errors.Is(err, credential.ErrNeedsReauth):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("project %s needs re-authorisation: %s", tx.project, clean(credential.Reason(err), 400))}
+	case errors.Is(err, errShuttingDown):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
+			Message: "Postern is shutting down, try again later"}
+	case errors.Is(err, errNestedMail):
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "nested MAIL command"}
+	case errors.Is(err, errTooManyRecipients):
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "too many recipients"}
+	case errors.Is(err, errRateLimited):
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("rate limit reached for project %s, try again later", tx.project)}
+	case errors.Is(err, errMessageTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+			Message: "message size exceeds the limit for this sender"}
+	}
+
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return upstreamReply(ue)
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		// A reply that did not come through the upstream package: judge it like one.
+		return upstreamReply(&upstream.Error{Stage: stage, Code: se.Code, Enhanced: se.EnhancedCode, Message: se.Message})
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+		Message: "temporary local problem, try again later"}
+}
+
+// upstreamReply maps an upstream failure.
+func upstreamReply(e *upstream.Error) *smtp.SMTPError {
+	said := "upstream"
+	if e.Addr != "" {
+		said += " " + e.Addr
+	}
+	switch {
+	case e.AuthFailed():
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("%s refused the credentials: %s", said, replyText(e))}
+	case e.Code == 0:
+		// No reply at all: network, TLS, timeout, pool. Our description, which names no secret.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: noReplyEnhanced(e), Message: clean(e.Error(), 600)}
+	case !e.Temporary():
+		// A definite no: the upstream's reply as it is.
+		enh := e.Enhanced
+		if !hasEnhanced(enh) {
+			enh = smtp.EnhancedCode{e.Code / 100, 0, 0}
+		}
+		msg := said + " said: " + clean(e.Message, 600)
+		if e.Local {
+			msg = said + ": " + clean(e.Message, 600)
+		}
+		return &smtp.SMTPError{Code: e.Code, EnhancedCode: enh, Message: msg}
+	case e.Code >= 400 && e.Code < 500 && e.Code != 421:
+		// The upstream's own temporary reply, passed on.
+		enh := e.Enhanced
+		if !hasEnhanced(enh) {
+			enh = smtp.EnhancedCode{4, 0, 0}
+		}
+		return &smtp.SMTPError{Code: e.Code, EnhancedCode: enh, Message: said + " said: " + clean(e.Message, 600)}
+	}
+	// 421 (the upstream is closing), or a 5xx that is not final here (greeting, EHLO, MAIL, or a
+	// provider quota): temporary, with the upstream's code and words in the text.
+	enh := smtp.EnhancedCode{4, 0, 0}
+	if hasEnhanced(e.Enhanced) {
+		enh = smtp.EnhancedCode{4, e.Enhanced[1], e.Enhanced[2]}
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: enh, Message: fmt.Sprintf("%s said: %s", said, replyText(e))}
+}
+
+// noReplyEnhanced picks the enhanced code for a failure without an upstream reply (RFC 3463).
+func noReplyEnhanced(e *upstream.Error) smtp.EnhancedCode {
+	switch {
+	case errors.Is(e, upstream.ErrBusy):
+		return smtp.EnhancedCode{4, 4, 5} // system congestion
+	case errors.Is(e, upstream.ErrClosed):
+		return smtp.EnhancedCode{4, 3, 2} // system not accepting messages
+	}
+	switch e.Stage {
+	case upstream.StageConnect, upstream.StagePool, upstream.StageGreeting:
+		return smtp.EnhancedCode{4, 4, 1} // no answer from host
+	case upstream.StageTLS:
+		return smtp.EnhancedCode{4, 7, 5} // cryptographic failure
+	case upstream.StageAuth:
+		return smtp.EnhancedCode{4, 7, 0}
+	}
+	return smtp.EnhancedCode{4, 4, 2} // bad connection
+}
+
+// replyText renders the upstream's reply: "535 5.7.3 Authentication unsuccessful".
+func replyText(e *upstream.Error) string {
+	var b strings.Builder
+	if e.Code != 0 {
+		fmt.Fprintf(&b, "%d ", e.Code)
+	}
+	if hasEnhanced(e.Enhanced) {
+		fmt.Fprintf(&b, "%d.%d.%d ", e.Enhanced[0], e.Enhanced[1], e.Enhanced[2])
+	}
+	b.WriteString(e.Message)
+	return clean(strings.TrimSpace(b.String()), 600)
+}
+
+func hasEnhanced(c smtp.EnhancedCode) bool {
+	return c != smtp.EnhancedCode{} && c != smtp.NoEnhancedCode
+}
+
+// clean makes s safe for a reply line: no CR or other control characters except the newlines
+// that separate the lines of a multi-line reply, at most n bytes.
+func clean(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n':
+			return r
+		case r < ' ' || r == 0x7f:
+			return -1
+		}
+		return r
+	}, s)
+	s = strings.Trim(s, "\n")
+	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n]
+	}
+	return s
+}
+
+// asError returns r as an error, or a true nil for a nil r (never a typed nil).
+func asError(r *smtp.SMTPError) error {
+	if r == nil {
+		return nil
+	}
+	return r
+}

@@ -1,0 +1,358 @@
+package smtpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+// session is one Postfix connection. go-smtp calls Mail, Rcpt, Data, LMTPData and Reset one at a
+// time from the connection's goroutine; Logout may come from another goroutine (server close) while
+// one of them runs, so it only cancels ctx and leaves the clean-up to the running call.
+type session struct {
+	srv    *Server
+	dc     *drainConn // nil if the listener was not wrapped
+	lmtp   bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	busy   bool // a session method is running
+	closed bool // Logout was called
+	tx     *transaction
+}
+
+// transaction is one MAIL FROM ... DATA exchange passed through to one upstream connection.
+type transaction struct {
+	log     *slog.Logger
+	sender  string
+	project project.Project
+	conn    *upstream.Conn
+	rcpts   []string
+	// broken holds the failure that left the upstream connection's state unknown; the rest of the
+	// transaction is answered with it.
+	broken  error
+	started time.Time
+}
+
+// wrap adds the transaction's names to err, for replyFor. A nil err stays nil.
+func (tx *transaction) wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &txError{sender: tx.sender, project: tx.project.Name, err: err}
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.LMTPSession = (*session)(nil)
+)
+
+// enter marks a session method as running; it reports false after Logout.
+func (s *session) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.busy = true
+	return true
+}
+
+// leave marks the end of a session method and finishes a Logout that came meanwhile.
+func (s *session) leave() {
+	s.mu.Lock()
+	s.busy = false
+	var tx *transaction
+	if s.closed {
+		tx, s.tx = s.tx, nil
+	}
+	s.mu.Unlock()
+	s.finish(tx, nil)
+}
+
+// Mail starts a transaction: project, limits, credential, upstream connection, upstream MAIL.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if !s.enter() {
+		return replyFor(stageMail, errShuttingDown)
+	}
+	defer s.leave()
+	if s.tx != nil {
+		// go-smtp lets MAIL through inside a transaction and keeps its recipients: refuse it, or
+		// recipients of the old transaction could be reported delivered by the new one.
+		return replyFor(stageMail, errNestedMail)
+	}
+	if s.dc != nil && !s.dc.begin() {
+		return replyFor(stageMail, errShuttingDown)
+	}
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	tx := &transaction{sender: from, started: time.Now(), log: s.log.With("sender", from)}
+	if err := s.open(tx, opts); err != nil {
+		reply := replyFor(stageMail, tx.wrap(err))
+		s.logRefusal(tx.log, stageMail, reply, err)
+		s.endTransaction()
+		return reply
+	}
+	s.tx = tx
+	return nil
+}
+
+// open does the work of MAIL FROM. On success tx.conn holds an upstream connection in a transaction.
+func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
+	ctx := s.ctx
+	p, err := s.srv.opts.Resolver.Resolve(ctx, tx.sender)
+	if err != nil {
+		return err
+	}
+	tx.project = p
+	tx.log = tx.log.With("project", p.Name)
+	if !p.Enabled {
+		return errDisabled
+	}
+	if max := p.Limits.MaxMessageBytes; max > 0 && opts.Size > max {
+		return fmt.Errorf("SIZE=%d over the project's limit of %d bytes: %w", opts.Size, max, errMessageTooLarge)
+	}
+	if err := s.srv.limiters.wait(ctx, p, s.srv.opts.RateWait); err != nil {
+		return err
+	}
+
+	creds := s.srv.opts.Credentials
+	auth, err := creds.Credential(ctx, p, false)
+	if err != nil {
+		return fmt.Errorf("getting the credential: %w", err)
+	}
+	conn, err := s.srv.opts.Upstreams.Acquire(ctx, p, auth)
+	if authFailed(err) && p.Auth.Type == project.AuthOAuth2 {
+		tx.log.Info("the upstream refused the credential: trying a fresh one", "error", err)
+		auth, err = creds.Credential(ctx, p, true)
+		if err != nil {
+			return fmt.Errorf("getting a fresh credential: %w", err)
+		}
+		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, auth)
+	}
+	if authFailed(err) {
+		creds.Rejected(ctx, p, err)
+	}
+	if err != nil {
+		return err
+	}
+
+	if max := conn.MaxSize(); max > 0 && opts.Size > max {
+		conn.Release()
+		return fmt.Errorf("SIZE=%d over the upstream's limit of %d bytes: %w", opts.Size, max, errMessageTooLarge)
+	}
+	if err := conn.Mail(ctx, tx.sender, &smtp.MailOptions{Size: opts.Size, Body: opts.Body, UTF8: opts.UTF8}); err != nil {
+		giveBack(conn, err)
+		return err
+	}
+	tx.conn = conn
+	return nil
+}
+
+// Rcpt enforces the project's recipient limit and asks the upstream.
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if !s.enter() {
+		return replyFor(stageRcpt, errShuttingDown)
+	}
+	defer s.leave()
+	tx := s.tx
+	if tx == nil {
+		return replyFor(stageRcpt, errors.New("RCPT without a transaction"))
+	}
+	err := tx.broken
+	if err == nil {
+		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
+			err = fmt.Errorf("%d recipients accepted, the project's limit is %d: %w", len(tx.rcpts), max, errTooManyRecipients)
+		} else if err = tx.conn.Rcpt(s.ctx, to, nil); err != nil && stateUnknown(err) {
+			tx.broken = err
+		}
+	}
+	if err != nil {
+		reply := replyFor(stageRcpt, tx.wrap(err))
+		s.logRefusal(tx.log.With("recipient", to), stageRcpt, reply, err)
+		return reply
+	}
+	tx.rcpts = append(tx.rcpts, to)
+	return nil
+}
+
+// Data streams the message to the upstream and returns its final reply (SMTP).
+func (s *session) Data(r io.Reader) error {
+	return asError(s.data(r, nil))
+}
+
+// LMTPData streams the message to the upstream and gives every accepted recipient the upstream's
+// one final reply.
+func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	return asError(s.data(r, status))
+}
+
+func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError {
+	if !s.enter() {
+		return replyFor(stageData, errShuttingDown)
+	}
+	defer s.leave()
+	tx := s.tx
+	if tx == nil {
+		return replyFor(stageData, errors.New("DATA without a transaction"))
+	}
+	s.tx = nil
+
+	body := &countingReader{r: r, max: tx.project.Limits.MaxMessageBytes}
+	err := tx.broken
+	var accepted string
+	if err == nil {
+		err = tx.conn.Data(s.ctx, body)
+		if err == nil {
+			accepted = tx.conn.LastReply()
+		}
+		giveBack(tx.conn, err)
+	} else {
+		tx.conn.Discard()
+	}
+	reply := replyFor(stageData, tx.wrap(err))
+	log := tx.log.With("recipients", len(tx.rcpts), "bytes", body.n, "duration", time.Since(tx.started).Round(time.Millisecond))
+	if reply == nil {
+		if id := upstreamID(accepted); id != "" {
+			log = log.With("upstream_id", id)
+		}
+		log.Info("delivered", "upstream_reply", clean(accepted, 300))
+	} else {
+		s.logRefusal(log, stageData, reply, err)
+	}
+	if status != nil {
+		for _, rcpt := range tx.rcpts {
+			status.SetStatus(rcpt, asError(reply))
+		}
+	}
+	return reply
+}
+
+// Reset ends the transaction (RSET, a new EHLO, or after DATA).
+func (s *session) Reset() {
+	if !s.enter() {
+		return
+	}
+	defer s.leave()
+	tx := s.tx
+	s.tx = nil
+	s.finish(tx, nil)
+	s.endTransaction()
+}
+
+// Logout ends the session: ctx is cancelled, and the upstream connection goes back to its pool
+// now, or when the call still running ends.
+func (s *session) Logout() error {
+	s.cancel()
+	s.mu.Lock()
+	s.closed = true
+	var tx *transaction
+	if !s.busy {
+		tx, s.tx = s.tx, nil
+	}
+	s.mu.Unlock()
+	s.finish(tx, nil)
+	s.endTransaction()
+	return nil
+}
+
+// finish returns an unfinished transaction's upstream connection: to the pool (which RSETs it)
+// unless its state is unknown.
+func (s *session) finish(tx *transaction, err error) {
+	if tx == nil || tx.conn == nil {
+		return
+	}
+	if tx.broken != nil {
+		err = tx.broken
+	}
+	giveBack(tx.conn, err)
+}
+
+func (s *session) endTransaction() {
+	if s.dc != nil {
+		s.dc.end()
+	}
+}
+
+// logRefusal logs a failure: definite refusals at info, temporary ones at warn (with the cause).
+func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPError, err error) {
+	level := slog.LevelWarn
+	if reply.Code >= 500 {
+		level = slog.LevelInfo
+	}
+	log.Log(context.Background(), level, "refused",
+		"stage", stage, "reply", fmt.Sprintf("%d %d.%d.%d %s", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message),
+		"error", err)
+}
+
+// giveBack releases conn after an exchange that ended with err, or discards it when err left the
+// connection's state unknown.
+func giveBack(conn *upstream.Conn, err error) {
+	if stateUnknown(err) {
+		conn.Discard()
+		return
+	}
+	conn.Release()
+}
+
+// stateUnknown reports whether err leaves an upstream connection in an unknown state: anything
+// but a reply from the upstream.
+func stateUnknown(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ue *upstream.Error
+	return !errors.As(err, &ue) || ue.Code == 0 || ue.Code == 421
+}
+
+func authFailed(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.AuthFailed()
+}
+
+// countingReader counts the bytes of a message and fails once they pass max (0: no limit of its
+// own; the server's limit is go-smtp's).
+type countingReader struct {
+	r   io.Reader
+	max int64
+	n   int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.max > 0 && c.n > c.max {
+		return n, fmt.Errorf("message passed the project's limit of %d bytes: %w", c.max, errMessageTooLarge)
+	}
+	return n, err
+}
+
+// upstreamIDPatterns find the upstream's own queue id in its reply to the final dot.
+var upstreamIDPatterns = []*regexp.Regexp{
+	regexp.MustCompile(`(?i)queued as ([A-Za-z0-9._-]+)`),                // Postfix, Dovecot, many others
+	regexp.MustCompile(`(?i)\bOK\s+\d+\s+([A-Za-z0-9._-]+)\s+-\s+gsmtp`), // Gmail
+	regexp.MustCompile(`<([^<>\s]+@[^<>\s]+)>`),                          // Exchange Online's message id
+}
+
+// upstreamID returns the upstream's queue id from its accepting reply, or "".
+func upstreamID(reply string) string {
+	for _, re := range upstreamIDPatterns {
+		if m := re.FindStringSubmatch(reply); m != nil {
+			return m[1]
+		}
+	}
+	return ""
+}
