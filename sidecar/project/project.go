@@ -11,8 +11,10 @@ package project
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/mail"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,7 +82,7 @@ type Upstream struct {
 }
 
 // Address is host:port.
-func (u Upstream) Address() string { return fmt.Sprintf("%s:%d", u.Host, u.Port) }
+func (u Upstream) Address() string { return net.JoinHostPort(u.Host, strconv.Itoa(u.Port)) }
 
 // Auth is how a project signs in upstream.
 type Auth struct {

@@ -1,0 +1,44 @@
+package sidecar
+
+import (
+	"context"
+
+	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/token"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+// credentials hands each project's sign-in to the source for its auth type: the project's own
+// username and password for basic auth, the token broker for OAuth.
+type credentials struct {
+	basic  credential.Basic
+	broker *token.Broker
+}
+
+var _ smtpd.Credentials = (*credentials)(nil)
+
+func (c *credentials) source(p project.Project) smtpd.Credentials {
+	if p.Auth.Type == project.AuthOAuth2 {
+		return c.broker
+	}
+	return c.basic
+}
+
+func (c *credentials) Credential(ctx context.Context, p project.Project, force bool) (upstream.Auth, error) {
+	return c.source(p).Credential(ctx, p, force)
+}
+
+func (c *credentials) Rejected(ctx context.Context, p project.Project, err error) {
+	c.source(p).Rejected(ctx, p, err)
+}
+
+// State is the credential's health as the milter and status page see it.
+func (c *credentials) State(p project.Project) (project.TokenState, string) {
+	if p.Auth.Type != project.AuthOAuth2 {
+		return project.TokenOK, ""
+	}
+	s := c.broker.Status(p.Name)
+	return s.State, s.Reason
+}

@@ -1,0 +1,258 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/cli"
+	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/milter"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/socketmap"
+	"github.com/postern/postern/sidecar/token"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+// Run is `postern serve`: it opens the store, loads the projects, starts every configured listener
+// and serves until ctx ends. Shutdown is ordered: the lookup and milter listeners and the mail
+// listeners stop accepting, transactions in flight finish (bounded), then the upstream
+// connections close, then the store.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
+	}
+	st, err := cli.OpenStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, Logger: log.With("component", "directory")})
+	if err := dir.Load(ctx); err != nil {
+		// Not fatal: mail for unknown projects gets 4xx until the store answers.
+		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
+	}
+	pools := upstream.NewPools(upstream.Options{
+		LocalName:       cfg.Upstream.HeloName,
+		DialTimeout:     cfg.Upstream.DialTimeout,
+		GreetingTimeout: cfg.Upstream.GreetingTimeout,
+		CommandTimeout:  cfg.Upstream.CommandTimeout,
+		DataTimeout:     cfg.Upstream.DataTimeout,
+		IdleTimeout:     cfg.Upstream.IdleTimeout,
+		MaxConnWait:     cfg.Upstream.MaxConnWait,
+		DownBackoff:     cfg.Upstream.DownBackoff,
+		Logger:          log.With("component", "upstream"),
+	})
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: log.With("component", "token")})
+	defer broker.Close()
+	creds := &credentials{basic: credential.Basic{Logger: log.With("component", "credential")}, broker: broker}
+
+	mail, err := smtpd.New(smtpd.Options{
+		Resolver:        dir,
+		Credentials:     creds,
+		Upstreams:       pools,
+		Logger:          log.With("component", "smtpd"),
+		Hostname:        cfg.Upstream.HeloName,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
+		MaxRecipients:   cfg.Limits.MaxRecipients,
+		RateWait:        cfg.Limits.RateWait,
+	})
+	if err != nil {
+		return fmt.Errorf("configuring the mail server: %w", err)
+	}
+
+	mode, err := cfg.Listen.SocketFileMode()
+	if err != nil {
+		return err
+	}
+	var servers []func(context.Context) error
+	open := func(name, addr string, serve func(context.Context, net.Listener) error) error {
+		if addr == "" {
+			return nil
+		}
+		l, err := listen(addr, cfg.Listen.SocketGroup, mode)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		log.Info("listening", "server", name, "addr", addr)
+		servers = append(servers, func(ctx context.Context) error {
+			if err := serve(ctx, l); err != nil {
+				return fmt.Errorf("%s on %s: %w", name, addr, err)
+			}
+			return nil
+		})
+		return nil
+	}
+
+	lookups := &socketmap.Server{
+		Lookup: socketmap.Senders{Resolver: dir, Transport: cfg.Transport}.Lookup,
+		Logger: log.With("component", "socketmap"),
+	}
+	var mil *milter.Server
+	if cfg.Listen.Milter != "" {
+		mil, err = milter.New(milter.Options{
+			Resolver:      dir,
+			Domains:       dir,
+			IsNoProject:   func(err error) bool { return errors.Is(err, directory.ErrNoProject) },
+			IsUnavailable: func(err error) bool { return errors.Is(err, directory.ErrUnavailable) },
+			Credentials:   milter.CredentialStateFunc(creds.State),
+			Logger:        log.With("component", "milter"),
+		})
+		if err != nil {
+			return fmt.Errorf("configuring the milter: %w", err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker})
+	adm := admin.New(admin.Options{
+		Logger:   log.With("component", "admin"),
+		Registry: reg,
+		Checks: []admin.Check{{Name: "projects", Func: func(context.Context) error {
+			if ok, why := dir.Ready(); !ok {
+				return errors.New(why)
+			}
+			return nil
+		}}},
+		Projects: func(context.Context) []admin.ProjectStatus { return projectStatus(dir, broker, pools) },
+	})
+
+	errs := []error{
+		open("lmtp", cfg.Listen.LMTP, mail.ServeLMTP),
+		open("smtp", cfg.Listen.SMTP, mail.ServeSMTP),
+		open("socketmap", cfg.Listen.Socketmap, lookups.Serve),
+		open("admin", cfg.Listen.Admin, adm.Serve),
+	}
+	if mil != nil {
+		errs = append(errs, open("milter", cfg.Listen.Milter, mil.Serve))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = dir.Run(ctx) })
+	for _, serve := range servers {
+		wg.Go(func() {
+			if err := serve(ctx); err != nil {
+				log.Error("server stopped", "err", err)
+				cancel(err)
+			}
+		})
+	}
+	log.Info("postern is serving", "instance", cfg.Instance, "transport", cfg.Transport, "projects", len(dir.Projects()))
+	<-ctx.Done()
+	log.Info("shutting down: finishing transactions in flight")
+	wg.Wait()
+	if err := pools.Close(); err != nil {
+		log.Warn("closing upstream connections", "err", err)
+	}
+	if n := broker.PendingWrites(); n > 0 {
+		log.Error("token writes still pending at shutdown; the next start refreshes again", "pending", n)
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func projectStatus(dir *directory.Directory, broker *token.Broker, pools *upstream.Pools) []admin.ProjectStatus {
+	down := map[string]upstream.PoolStats{}
+	for _, s := range pools.Stats() {
+		down[s.Project] = s
+	}
+	var out []admin.ProjectStatus
+	for _, p := range dir.Projects() {
+		row := admin.ProjectStatus{
+			Name: p.Name, Enabled: p.Enabled, Auth: string(p.Auth.Type),
+			Upstream: p.Upstream.Address(), Senders: p.Senders, State: "ok",
+		}
+		if p.Auth.Type == project.AuthOAuth2 {
+			ts := broker.Status(p.Name)
+			row.Expiry = ts.Expiry
+			switch {
+			case ts.State == project.TokenNeedsReauth:
+				row.State, row.Reason = "needs_reauth", ts.Reason
+				row.Action = "the mailbox owner must sign in again: postern authorize-link " + p.Name
+			case ts.Rejected != "":
+				row.State, row.Reason = "unhealthy", ts.Rejected
+				row.Action = "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox"
+			case ts.LastError != "":
+				row.State, row.Reason = "unhealthy", ts.LastError
+				row.Action = "token refresh is failing; Postern retries by itself"
+			}
+		}
+		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
+			row.State, row.Reason = "upstream_down", s.LastError
+			row.Action = "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
+		}
+		if !p.Enabled {
+			row.State, row.Action = "disabled", "postern project enable "+p.Name
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+// collector exposes what the parts count, read at scrape time.
+type collector struct {
+	dir    *directory.Directory
+	pools  *upstream.Pools
+	broker *token.Broker
+}
+
+var (
+	descStoreReads   = prometheus.NewDesc("postern_store_project_reads_total", "Reads of the project list from the store.", nil, nil)
+	descProjects     = prometheus.NewDesc("postern_projects", "Projects loaded.", nil, nil)
+	descPendingWrite = prometheus.NewDesc("postern_token_pending_writes", "Refreshed tokens not yet written to the store.", nil, nil)
+	descConns        = prometheus.NewDesc("postern_upstream_connections", "Upstream connections by state.", []string{"project", "state"}, nil)
+	descDials        = prometheus.NewDesc("postern_upstream_dials_total", "Upstream connections opened.", []string{"project"}, nil)
+	descAuthFail     = prometheus.NewDesc("postern_upstream_auth_failures_total", "Upstream AUTH refusals.", []string{"project"}, nil)
+	descUp           = prometheus.NewDesc("postern_upstream_up", "0 while a project's upstream is considered down.", []string{"project"}, nil)
+	descTokenOK      = prometheus.NewDesc("postern_token_ok", "1 when an OAuth project's grant works, 0 when it needs re-authorisation.", []string{"project"}, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descStoreReads, prometheus.CounterValue, float64(c.dir.StoreReads()))
+	projects := c.dir.Projects()
+	ch <- prometheus.MustNewConstMetric(descProjects, prometheus.GaugeValue, float64(len(projects)))
+	ch <- prometheus.MustNewConstMetric(descPendingWrite, prometheus.GaugeValue, float64(c.broker.PendingWrites()))
+	now := time.Now()
+	for _, s := range c.pools.Stats() {
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.Idle), s.Project, "idle")
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.InUse), s.Project, "in_use")
+		ch <- prometheus.MustNewConstMetric(descDials, prometheus.CounterValue, float64(s.Dials), s.Project)
+		ch <- prometheus.MustNewConstMetric(descAuthFail, prometheus.CounterValue, float64(s.AuthFailures), s.Project)
+		up := 1.0
+		if s.DownUntil.After(now) {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, s.Project)
+	}
+	for _, p := range projects {
+		if p.Auth.Type != project.AuthOAuth2 {
+			continue
+		}
+		ok := 1.0
+		if strings.EqualFold(string(c.broker.Status(p.Name).State), string(project.TokenNeedsReauth)) {
+			ok = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descTokenOK, prometheus.GaugeValue, ok, p.Name)
+	}
+}
