@@ -1,0 +1,51 @@
+package sidecar
+
+import (
+	"bytes"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDependencyDirection enforces the map in DESIGN: plugin imports neither sidecar nor vault;
+// vault knows nothing of SMTP or the sidecar; fakes in xxxtest packages are imported only by
+// tests.
+func TestDependencyDirection(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "github.com/postern/postern/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	const mod = "github.com/postern/postern/"
+	rules := []struct {
+		pkg, forbidden, why string
+	}{
+		{mod + "plugin", mod + "sidecar", "the plugin contract must stand alone"},
+		{mod + "plugin", mod + "vault", "the plugin contract must stand alone"},
+		{mod + "vault", mod + "sidecar", "vault knows nothing of the sidecar"},
+		{mod + "vault", "github.com/emersion/go-smtp", "vault knows nothing of SMTP"},
+	}
+	checked := 0
+	for _, line := range strings.Split(string(bytes.TrimSpace(out)), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		pkg, imports := fields[0], fields[1:]
+		checked++
+		for _, imp := range imports {
+			for _, r := range rules {
+				if strings.HasPrefix(pkg, r.pkg) && strings.HasPrefix(imp, r.forbidden) {
+					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
+				}
+			}
+			if strings.HasPrefix(imp, mod) && strings.HasSuffix(imp, "test") && !strings.HasSuffix(pkg, "test") &&
+				!strings.HasPrefix(pkg, mod+"integration") {
+				t.Errorf("%s imports the test fake %s outside tests", pkg, imp)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("only %d packages listed; the check looked at nothing", checked)
+	}
+}

@@ -1,0 +1,665 @@
+// Package vaultstore keeps projects and tokens in HashiCorp Vault's KV version 2 engine, over the
+// vault package. It implements store.Store.
+//
+// Layout, under a mount (default "secret") and a prefix (default "postern"):
+//
+//	<prefix>/projects/<name>  a project: written by administrators, read by the sidecar
+//	<prefix>/tokens/<name>    the project's OAuth token record: written by the sidecar
+//	<prefix>/index            {"projects": {"<name>": <version>, ...}}: written with every
+//	                          PutProject and DeleteProject, read by the sidecar
+//
+// A record's data is the JSON that project.MarshalStored or MarshalStoredToken writes, as a KV
+// object, so that administrators can read and edit records with `vault kv get`, `put` and `patch`
+// (README.md lists the fields). A record's store version is its KV v2 version.
+//
+//  1. Token is one read. PutToken is a check-and-set write on the version read, so two sidecars
+//     never lose a rotated refresh token; version 0 means "must not exist yet", which includes a
+//     record deleted by DeleteProject. A lost race is store.ErrConflict.
+//  2. Projects is what the sidecar calls every reload interval, so its cost must not grow with the
+//     number of projects. A cache of decoded projects is kept between calls, and:
+//     a. A quick poll reads the index (1 request), then reads only the projects whose index entry
+//     changed since the previous poll and was not already seen at that version, and the projects
+//     that left the index (to confirm a delete). Steady state: 1 request per poll.
+//     b. A full scan, on the first call and then at least every Options.FullScanInterval (default
+//     1 min), reads the index, LISTs projects/, and for every name listed reads the metadata if
+//     the project is cached or the data if not (2+N requests, N counting the tombstones of deleted
+//     projects), then the data of each cached project whose version changed. It is what picks up
+//     records written with plain `vault kv put`, which leaves the index alone.
+//     c. A record that cannot be decoded is logged once per version and the last good decoding of
+//     that project, if any, is kept: one bad edit never hides a project or the others.
+//     d. A failed request fails the whole call and changes nothing: the caller keeps its last good
+//     snapshot and the next call starts from the same state.
+//  3. PutProject writes the project (a check-and-set when its Version is not 0), then records the
+//     new version in the index with a check-and-set loop. When the index is missing it is rebuilt
+//     from a full scan first. If the index cannot be updated the project is still written; the
+//     next full scan picks it up.
+//  4. DeleteProject leaves a tombstone: it writes an empty version over the record (so a writer
+//     holding an older version gets a conflict and versions keep increasing when the record is
+//     created again), then destroys every version's data for good, for the project and for its
+//     token; then it removes the project from the index.
+//
+// When Vault cannot be reached, every method returns an error wrapping ErrUnavailable
+// (vault.ErrUnavailable); a policy that forbids the request gives vault.ErrForbidden.
+package vaultstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/vault"
+)
+
+// ErrUnavailable is wrapped by errors returned while Vault cannot be reached or cannot serve
+// (sealed, standby, rate limited) or the client holds no working token. It is vault.ErrUnavailable.
+var ErrUnavailable = vault.ErrUnavailable
+
+// Defaults for the zero Options.
+const (
+	DefaultPrefix           = "postern"
+	DefaultFullScanInterval = time.Minute
+)
+
+// Options configure a Store. The zero value uses the defaults.
+type Options struct {
+	// Mount is the KV v2 mount; empty means the vault client's (vault.Options.Mount, "secret").
+	Mount string
+	// Prefix is the path under the mount that holds Postern's records; empty means "postern".
+	Prefix string
+	// FullScanInterval is the longest time between two full scans in Projects; zero means 1 min.
+	FullScanInterval time.Duration
+	// Logger receives the store's log; nil discards it. Open passes it to the vault client too
+	// when vault.Options.Logger is nil.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store is the Vault store.
+type Store struct {
+	vc       *vault.Client
+	prefix   string
+	fullScan time.Duration
+	log      *slog.Logger
+	now      func() time.Time
+
+	stop      context.CancelFunc // set by Open: ends the client's Run
+	done      chan struct{}
+	closeOnce sync.Once
+
+	mu        sync.Mutex // one Projects call at a time; guards the fields below
+	cache     map[string]entry
+	lastIndex map[string]int // the index as the previous call read it
+	lastFull  time.Time
+	scanned   bool
+	badNames  map[string]bool // records under projects/ whose names are not project names, logged once
+}
+
+// entry is what the cache knows of one project.
+type entry struct {
+	seen int             // the newest version examined, usable or not
+	p    project.Project // the last good decoding (p.Version is its version), if ok
+	ok   bool
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open signs in to Vault with vo and returns a store that keeps the client's token alive until
+// Close.
+func Open(ctx context.Context, vo vault.Options, o Options) (*Store, error) {
+	if o.Mount != "" {
+		vo.Mount = o.Mount
+	}
+	if vo.Logger == nil {
+		vo.Logger = o.Logger
+	}
+	vc, err := vault.New(ctx, vo)
+	if err != nil {
+		return nil, fmt.Errorf("opening the vault store: %w", err)
+	}
+	s, err := New(vc, o)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop, s.done = cancel, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		vc.Run(runCtx)
+	}()
+	return s, nil
+}
+
+// New returns a store over a client the caller owns (and runs). o.Mount, if set, must be the
+// client's mount.
+func New(vc *vault.Client, o Options) (*Store, error) {
+	if m := strings.Trim(o.Mount, "/"); m != "" && m != vc.Mount() {
+		return nil, fmt.Errorf("vault store: mount %q differs from the vault client's %q", m, vc.Mount())
+	}
+	s := &Store{
+		vc:       vc,
+		prefix:   strings.Trim(o.Prefix, "/"),
+		fullScan: o.FullScanInterval,
+		log:      o.Logger,
+		now:      o.Now,
+		cache:    map[string]entry{},
+		badNames: map[string]bool{},
+	}
+	if s.prefix == "" {
+		s.prefix = DefaultPrefix
+	}
+	if s.fullScan <= 0 {
+		s.fullScan = DefaultFullScanInterval
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Client is the vault client the store uses (for Healthy and Stats).
+func (s *Store) Client() *vault.Client { return s.vc }
+
+// Healthy reports the vault client's last failure, or nil.
+func (s *Store) Healthy() error { return s.vc.Healthy() }
+
+// Close stops the token upkeep started by Open. It does not revoke the token.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if s.stop != nil {
+			s.stop()
+			<-s.done
+		}
+	})
+	return nil
+}
+
+func (s *Store) projectPath(name string) string { return s.prefix + "/projects/" + name }
+func (s *Store) tokenPath(name string) string   { return s.prefix + "/tokens/" + name }
+func (s *Store) indexPath() string              { return s.prefix + "/index" }
+
+// Project returns one project with its Version set, or store.ErrNotFound.
+func (s *Store) Project(ctx context.Context, name string) (project.Project, error) {
+	if !project.ValidName(name) {
+		return project.Project{}, fmt.Errorf("reading project %q: %w", name, store.ErrNotFound)
+	}
+	data, v, err := s.vc.Read(ctx, s.projectPath(name))
+	if errors.Is(err, vault.ErrNotFound) {
+		return project.Project{}, fmt.Errorf("reading project %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return project.Project{}, fmt.Errorf("reading project %s: %w", name, err)
+	}
+	return decodeProject(name, data, v)
+}
+
+// Token returns the token record of a project with its Version set, or store.ErrNotFound.
+func (s *Store) Token(ctx context.Context, name string) (project.Token, error) {
+	if !project.ValidName(name) {
+		return project.Token{}, fmt.Errorf("reading the token of project %q: %w", name, store.ErrNotFound)
+	}
+	data, v, err := s.vc.Read(ctx, s.tokenPath(name))
+	if errors.Is(err, vault.ErrNotFound) || (err == nil && len(data) == 0) {
+		return project.Token{}, fmt.Errorf("reading the token of project %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return project.Token{}, fmt.Errorf("reading the token of project %s: %w", name, err)
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return project.Token{}, fmt.Errorf("reading the token of project %s: %w", name, err)
+	}
+	t, err := project.UnmarshalStoredToken(b)
+	if err != nil {
+		return project.Token{}, fmt.Errorf("reading the token of project %s (version %d): %w", name, v, err)
+	}
+	t.Version = v
+	return t, nil
+}
+
+// PutToken writes t if the stored version is still t.Version (0: no token record may exist) and
+// returns the new version; otherwise it returns store.ErrConflict and writes nothing.
+func (s *Store) PutToken(ctx context.Context, name string, t project.Token) (int, error) {
+	if !project.ValidName(name) {
+		return 0, fmt.Errorf("writing token: invalid project name %q", name)
+	}
+	b, err := project.MarshalStoredToken(t)
+	if err != nil {
+		return 0, fmt.Errorf("encoding the token of project %s: %w", name, err)
+	}
+	data, err := toMap(b)
+	if err != nil {
+		return 0, fmt.Errorf("encoding the token of project %s: %w", name, err)
+	}
+	v, err := s.write(ctx, s.tokenPath(name), data, t.Version)
+	if err != nil {
+		return 0, fmt.Errorf("writing the token of project %s at version %d: %w", name, t.Version, err)
+	}
+	return v, nil
+}
+
+// PutProject creates or replaces a project; when p.Version is not 0 only if the stored version is
+// still p.Version. It returns the new version, and records it in the index.
+func (s *Store) PutProject(ctx context.Context, p project.Project) (int, error) {
+	if !project.ValidName(p.Name) {
+		return 0, fmt.Errorf("writing project: invalid name %q", p.Name)
+	}
+	b, err := project.MarshalStored(p)
+	if err != nil {
+		return 0, fmt.Errorf("encoding project %s: %w", p.Name, err)
+	}
+	data, err := toMap(b)
+	if err != nil {
+		return 0, fmt.Errorf("encoding project %s: %w", p.Name, err)
+	}
+	cas := p.Version
+	if cas == 0 {
+		cas = -1
+	}
+	v, err := s.write(ctx, s.projectPath(p.Name), data, cas)
+	if err != nil {
+		return 0, fmt.Errorf("writing project %s at version %d: %w", p.Name, p.Version, err)
+	}
+	if err := s.updateIndex(ctx, func(m map[string]int) { m[p.Name] = v }); err != nil {
+		s.log.Warn("project written but the index was not updated: sidecars see it at their next full scan",
+			"project", p.Name, "version", v, "err", err)
+	}
+	return v, nil
+}
+
+// DeleteProject removes a project and its token record. It returns store.ErrNotFound when neither
+// exists.
+func (s *Store) DeleteProject(ctx context.Context, name string) error {
+	if !project.ValidName(name) {
+		return fmt.Errorf("deleting project %q: %w", name, store.ErrNotFound)
+	}
+	hadProject, err := s.tombstone(ctx, s.projectPath(name))
+	if err != nil {
+		return fmt.Errorf("deleting project %s: %w", name, err)
+	}
+	hadToken, err := s.tombstone(ctx, s.tokenPath(name))
+	if err != nil {
+		return fmt.Errorf("deleting the token of project %s: %w", name, err)
+	}
+	if hadProject {
+		if err := s.updateIndex(ctx, func(m map[string]int) { delete(m, name) }); err != nil {
+			s.log.Warn("project deleted but the index was not updated: sidecars see it at their next full scan",
+				"project", name, "err", err)
+		}
+	}
+	if !hadProject && !hadToken {
+		return fmt.Errorf("deleting project %s: %w", name, store.ErrNotFound)
+	}
+	return nil
+}
+
+// write is a KV write where version 0 means "must not exist", including a record that was deleted
+// and left its last version behind, and a negative version writes unconditionally.
+func (s *Store) write(ctx context.Context, path string, data map[string]any, version int) (int, error) {
+	v, err := s.vc.Write(ctx, path, data, version)
+	if version == 0 && errors.Is(err, vault.ErrConflict) {
+		old, cur, rerr := s.vc.Read(ctx, path)
+		switch {
+		case errors.Is(rerr, vault.ErrNotFound) && cur > 0, rerr == nil && len(old) == 0:
+			v, err = s.vc.Write(ctx, path, data, cur)
+		case rerr != nil && !errors.Is(rerr, vault.ErrNotFound):
+			return 0, rerr
+		}
+	}
+	if errors.Is(err, vault.ErrConflict) {
+		return 0, fmt.Errorf("%w (%w)", store.ErrConflict, err)
+	}
+	return v, err
+}
+
+// tombstone writes an empty version over a live record and destroys the data of every version. It
+// reports whether the record existed.
+func (s *Store) tombstone(ctx context.Context, path string) (bool, error) {
+	for range 5 {
+		md, err := s.vc.Metadata(ctx, path)
+		if errors.Is(err, vault.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		var versions []int
+		for n, vi := range md.Versions {
+			if !vi.Destroyed {
+				versions = append(versions, n)
+			}
+		}
+		if md.Live {
+			v, err := s.vc.Write(ctx, path, map[string]any{}, md.CurrentVersion)
+			if errors.Is(err, vault.ErrConflict) {
+				continue // written meanwhile: look again
+			}
+			if err != nil {
+				return false, err
+			}
+			versions = append(versions, v)
+		}
+		sort.Ints(versions)
+		if err := s.vc.Destroy(ctx, path, versions); err != nil {
+			return false, err
+		}
+		return md.Live, nil
+	}
+	return false, fmt.Errorf("deleting %s: it keeps changing: %w", path, store.ErrConflict)
+}
+
+// Projects returns every project, sorted by name, each with its Version set. See the package
+// documentation for what each call costs.
+func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	var err error
+	if !s.scanned || now.Sub(s.lastFull) >= s.fullScan {
+		err = s.fullScanLocked(ctx, now)
+	} else {
+		err = s.quickPollLocked(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(s.cache))
+	for name, e := range s.cache {
+		if e.ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	out := make([]project.Project, 0, len(names))
+	for _, name := range names {
+		out = append(out, clone(s.cache[name].p))
+	}
+	return out, nil
+}
+
+// quickPollLocked reads the index and the projects whose entries changed.
+func (s *Store) quickPollLocked(ctx context.Context) error {
+	index, _, err := s.readIndex(ctx)
+	if err != nil {
+		return err
+	}
+	next := maps.Clone(s.cache)
+	var stale []string
+	for name, v := range index {
+		if prev, ok := s.lastIndex[name]; ok && prev == v {
+			continue
+		}
+		if e, ok := next[name]; ok && e.seen == v {
+			continue
+		}
+		stale = append(stale, name)
+	}
+	for name := range s.lastIndex {
+		if _, still := index[name]; !still {
+			if _, cached := next[name]; cached {
+				stale = append(stale, name)
+			}
+		}
+	}
+	sort.Strings(stale)
+	for _, name := range stale {
+		if err := s.refresh(ctx, next, name); err != nil {
+			return err
+		}
+	}
+	s.cache, s.lastIndex = next, index
+	return nil
+}
+
+// fullScanLocked lists every project and reads what changed.
+func (s *Store) fullScanLocked(ctx context.Context, now time.Time) error {
+	index, _, err := s.readIndex(ctx)
+	if err != nil {
+		return err
+	}
+	names, err := s.vc.List(ctx, s.prefix+"/projects")
+	if err != nil {
+		return fmt.Errorf("listing projects: %w", err)
+	}
+	next := make(map[string]entry, len(names))
+	for _, name := range names {
+		if strings.HasSuffix(name, "/") {
+			continue
+		}
+		if !project.ValidName(name) {
+			if !s.badNames[name] {
+				s.badNames[name] = true
+				s.log.Warn("ignoring a record whose name is not a valid project name", "path", s.projectPath(name))
+			}
+			continue
+		}
+		e, cached := s.cache[name]
+		if cached {
+			md, err := s.vc.Metadata(ctx, s.projectPath(name))
+			if errors.Is(err, vault.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("reading the metadata of project %s: %w", name, err)
+			}
+			if !md.Live {
+				continue
+			}
+			if e.seen == md.CurrentVersion {
+				next[name] = e
+				continue
+			}
+			next[name] = e
+		}
+		if err := s.refresh(ctx, next, name); err != nil {
+			return err
+		}
+	}
+	s.cache, s.lastIndex, s.lastFull, s.scanned = next, index, now, true
+	return nil
+}
+
+// refresh reads one project into next: it is dropped when gone, replaced when it decodes, and kept
+// at its last good version when it does not.
+func (s *Store) refresh(ctx context.Context, next map[string]entry, name string) error {
+	data, v, err := s.vc.Read(ctx, s.projectPath(name))
+	if errors.Is(err, vault.ErrNotFound) || (err == nil && len(data) == 0) {
+		delete(next, name)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading project %s: %w", name, err)
+	}
+	p, err := decodeProject(name, data, v)
+	if err != nil {
+		e := next[name]
+		if e.seen != v {
+			s.log.Error("cannot use a project record: keeping its last good version", "project", name, "version", v,
+				"last_good_version", e.p.Version, "err", err)
+		}
+		e.seen = v
+		next[name] = e
+		return nil
+	}
+	next[name] = entry{seen: v, p: p, ok: true}
+	return nil
+}
+
+// readIndex returns the index and its version; a missing index is an empty one.
+func (s *Store) readIndex(ctx context.Context) (map[string]int, int, error) {
+	data, v, err := s.vc.Read(ctx, s.indexPath())
+	if errors.Is(err, vault.ErrNotFound) {
+		return nil, v, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading the project index: %w", err)
+	}
+	m := map[string]int{}
+	raw, _ := data["projects"].(map[string]any)
+	for name, x := range raw {
+		if n, ok := x.(json.Number); ok {
+			if i, err := n.Int64(); err == nil {
+				m[name] = int(i)
+			}
+		}
+	}
+	return m, v, nil
+}
+
+// updateIndex applies change to the index with a check-and-set loop. A missing index is rebuilt
+// from a scan first.
+func (s *Store) updateIndex(ctx context.Context, change func(map[string]int)) error {
+	for range 10 {
+		m, v, err := s.readIndex(ctx)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			if m, err = s.scanVersions(ctx); err != nil {
+				return err
+			}
+		}
+		change(m)
+		if _, err = s.vc.Write(ctx, s.indexPath(), indexData(m), v); !errors.Is(err, vault.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("updating the project index: too many concurrent writers: %w", store.ErrConflict)
+}
+
+// Reindex rebuilds the index from the projects in Vault, for after records were written or deleted
+// with plain `vault kv` commands. It returns the number of projects indexed.
+func (s *Store) Reindex(ctx context.Context) (int, error) {
+	m, err := s.scanVersions(ctx)
+	if err != nil {
+		return 0, err
+	}
+	err = s.updateIndex(ctx, func(cur map[string]int) {
+		clear(cur)
+		maps.Copy(cur, m)
+	})
+	return len(m), err
+}
+
+// scanVersions lists the projects and reads the current version of each live one.
+func (s *Store) scanVersions(ctx context.Context) (map[string]int, error) {
+	names, err := s.vc.List(ctx, s.prefix+"/projects")
+	if err != nil {
+		return nil, fmt.Errorf("listing projects: %w", err)
+	}
+	m := map[string]int{}
+	for _, name := range names {
+		if strings.HasSuffix(name, "/") || !project.ValidName(name) {
+			continue
+		}
+		md, err := s.vc.Metadata(ctx, s.projectPath(name))
+		if errors.Is(err, vault.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the metadata of project %s: %w", name, err)
+		}
+		if md.Live {
+			m[name] = md.CurrentVersion
+		}
+	}
+	return m, nil
+}
+
+func indexData(m map[string]int) map[string]any {
+	projects := make(map[string]any, len(m))
+	for k, v := range m {
+		projects[k] = v
+	}
+	return map[string]any{"projects": projects}
+}
+
+// toMap turns a stored record's JSON into the KV object written to Vault.
+func toMap(b []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// decodeProject turns a KV object back into a project. Top-level values that the project keeps as
+// something other than a string (enabled, senders, upstream, ...) may be given as JSON text, since
+// `vault kv put key=value` and `vault kv patch key=value` only write strings.
+func decodeProject(name string, data map[string]any, version int) (project.Project, error) {
+	if len(data) == 0 {
+		return project.Project{}, fmt.Errorf("reading project %s: %w", name, store.ErrNotFound)
+	}
+	fixed := make(map[string]any, len(data))
+	for k, v := range data {
+		if str, ok := v.(string); ok && jsonValued[k] {
+			var parsed any
+			dec := json.NewDecoder(strings.NewReader(str))
+			dec.UseNumber()
+			if err := dec.Decode(&parsed); err == nil && !dec.More() {
+				if _, isString := parsed.(string); !isString {
+					v = parsed
+				}
+			}
+		}
+		fixed[k] = v
+	}
+	if n, ok := fixed["name"].(string); ok && n != "" && n != name {
+		return project.Project{}, fmt.Errorf("project record %s (version %d) names project %q", name, version, n)
+	}
+	fixed["name"] = name
+	b, err := json.Marshal(fixed)
+	if err != nil {
+		return project.Project{}, fmt.Errorf("project %s (version %d): %w", name, version, err)
+	}
+	p, err := project.UnmarshalStored(b)
+	if err != nil {
+		return project.Project{}, fmt.Errorf("project %s (version %d): %w", name, version, err)
+	}
+	p.Version = version
+	return p, nil
+}
+
+// jsonValued names the top-level fields of a stored project whose values are not strings.
+var jsonValued = func() map[string]bool {
+	m := map[string]bool{}
+	t := reflect.TypeFor[project.Project]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" || name == "-" || f.Type.Kind() == reflect.String {
+			continue
+		}
+		m[name] = true
+	}
+	return m
+}()
+
+// clone returns a copy of p that shares no memory with it.
+func clone(p project.Project) project.Project {
+	p.Senders = slices.Clone(p.Senders)
+	p.SendAs = slices.Clone(p.SendAs)
+	if p.Auth.OAuth != nil {
+		o := *p.Auth.OAuth
+		o.Scopes = slices.Clone(o.Scopes)
+		p.Auth.OAuth = &o
+	}
+	return p
+}
