@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
-	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
@@ -33,7 +32,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
-	st, err := cli.OpenStore(ctx, cfg)
+	st, err := openStore(ctx, cfg, log.With("component", "store"))
 	if err != nil {
 		return err
 	}

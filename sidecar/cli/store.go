@@ -4,26 +4,66 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/vaultstore"
+	"github.com/postern/postern/vault"
 )
 
-// OpenStore opens the store cfg.Store names. The file store is created (key file included) when it
-// does not exist yet. The Vault store plugs in here as another case.
+// VaultOpenTimeout bounds signing in to Vault when the caller's context has no deadline.
+const VaultOpenTimeout = 20 * time.Second
+
+// OpenStore opens the store cfg.Store names: the embedded file store (created, key file included,
+// when it does not exist yet) or Vault.
 func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
+	return OpenStoreLogged(ctx, cfg, nil)
+}
+
+// OpenStoreLogged is OpenStore with the store's own log going to l (nil discards it).
+func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (store.Store, error) {
 	switch {
 	case cfg.Store.File != nil && cfg.Store.Vault != nil:
 		return nil, errors.New("opening store: both store.file and store.vault are configured; use one")
 	case cfg.Store.Vault != nil:
-		return nil, errors.New("opening store: the vault store is not available in this build")
+		v := cfg.Store.Vault
+		if _, ok := ctx.Deadline(); !ok {
+			// Signing in retries while Vault is unreachable; a command must not wait forever.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, VaultOpenTimeout)
+			defer cancel()
+		}
+		s, err := vaultstore.Open(ctx, VaultOptions(v, l), vaultstore.Options{Mount: v.Mount, Prefix: v.Prefix, Logger: l})
+		if err != nil {
+			return nil, fmt.Errorf("opening the Vault store at %s: %w (check store.vault.address or VAULT_ADDR, that Vault is unsealed, and the login settings)", v.Address, err)
+		}
+		return s, nil
 	case cfg.Store.File != nil:
-		s, err := filestore.Open(ctx, filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: true})
+		s, err := filestore.Open(ctx, filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: true, Logger: l})
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
 		return s, nil
 	}
 	return nil, errors.New("opening store: no store is configured")
+}
+
+// VaultOptions maps the configuration's Vault section onto the client's options. Settings left
+// empty fall back to Vault's standard environment (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, ...).
+func VaultOptions(v *config.VaultConfig, log *slog.Logger) vault.Options {
+	o := vault.Options{Address: v.Address, CACert: v.CAFile, Mount: v.Mount, Logger: log}
+	switch a := v.Auth; {
+	case a.AppRole != nil:
+		o.Auth = vault.Auth{Method: vault.MethodAppRole, MountPath: a.AppRole.Mount, RoleID: a.AppRole.RoleID, SecretIDFile: a.AppRole.SecretIDFile}
+	case a.Kubernetes != nil:
+		o.Auth = vault.Auth{Method: vault.MethodKubernetes, MountPath: a.Kubernetes.Mount, Role: a.Kubernetes.Role, ServiceAccountTokenFile: a.Kubernetes.TokenFile}
+	case a.TokenFile != "":
+		o.Auth = vault.Auth{Method: vault.MethodTokenFile, TokenFile: a.TokenFile}
+	default:
+		o.Auth = vault.Auth{Method: vault.MethodToken}
+	}
+	return o
 }
