@@ -57,7 +57,7 @@ func VaultOptions(v *config.VaultConfig, log *slog.Logger) vault.Options {
 	o := vault.Options{Address: v.Address, CACert: v.CAFile, Mount: v.Mount, Logger: log}
 	switch a := v.Auth; {
 	case a.AppRole != nil:
-		o.Auth = vault.Auth{Method: vault.MethodAppRole, MountPath: a.AppRole.Mount, RoleID: a.AppRole.RoleID, SecretIDFile: a.AppRole.SecretIDFile}
+		o.Auth = vault.Auth{Method: vault.MethodAppRole, MountPath: a.AppRole.Mount, RoleID: a.AppRole.RoleID, SecretIDFile: a.AppRole.SecretIDFile, SecretIDWrapped: a.AppRole.SecretIDWrapped}
 	case a.Kubernetes != nil:
 		o.Auth = vault.Auth{Method: vault.MethodKubernetes, MountPath: a.Kubernetes.Mount, Role: a.Kubernetes.Role, ServiceAccountTokenFile: a.Kubernetes.TokenFile}
 	case a.TokenFile != "":

@@ -48,6 +48,14 @@ const (
 	DefaultVaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 )
 
+// Defaults of the sign-in pages.
+const (
+	DefaultSignInKeyFile = "/var/lib/postern/signin.key"
+	DefaultSignInLinkTTL = 72 * time.Hour
+	// MaxSignInLinkTTL bounds signin.link_ttl: a link that lives longer is a standing credential.
+	MaxSignInLinkTTL = 30 * 24 * time.Hour
+)
+
 // DefaultTransportService is the master.cf service name in derived transports.
 const DefaultTransportService = "postern"
 
@@ -75,6 +83,8 @@ type Config struct {
 	Upstream Upstream `yaml:"upstream"`
 	// Limits apply to every message, whatever its project.
 	Limits Limits `yaml:"limits"`
+	// SignIn configures the pages where a mailbox owner signs an OAuth project's mailbox in.
+	SignIn SignIn `yaml:"signin"`
 	// ReloadInterval is how often the projects are read again from the store. Default 10s.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
@@ -170,6 +180,9 @@ type VaultAppRole struct {
 	RoleID string `yaml:"role_id"`
 	// SecretIDFile holds the secret id.
 	SecretIDFile string `yaml:"secret_id_file"`
+	// SecretIDWrapped says SecretIDFile holds a response-wrapping token around the secret id
+	// (vault write -wrap-ttl=... -f auth/approle/role/NAME/secret-id); Postern unwraps it once.
+	SecretIDWrapped bool `yaml:"secret_id_wrapped"`
 	// Mount is the auth method's mount. Default "approle".
 	Mount string `yaml:"mount"`
 }
@@ -219,6 +232,33 @@ type Limits struct {
 	RateWait time.Duration `yaml:"rate_wait"`
 }
 
+// SignIn configures the sign-in pages on the admin listener, where the owner of an OAuth project's
+// mailbox signs it in through a link from `postern authorize-link`.
+type SignIn struct {
+	// KeyFile holds the key that signs sign-in links and the browser's sign-in cookie, created on
+	// first use with mode 0600. Every Postern that serves the links, and the host where
+	// `postern authorize-link` runs, needs the same file. Default /var/lib/postern/signin.key.
+	KeyFile string `yaml:"key_file"`
+	// LinkTTL is how long a sign-in link works (each link works once). Default 72h, at most 720h.
+	LinkTTL time.Duration `yaml:"link_ttl"`
+	// PublicURL is the admin listener as the mailbox owner's browser reaches it, usually through a
+	// reverse proxy: for example https://postern.example.com. The redirect URI to register at the
+	// identity provider is PublicURL + "/signin/callback". Default: http://<listen.admin>.
+	PublicURL string `yaml:"public_url"`
+}
+
+// SignInURL is the base URL of the sign-in pages: signin.public_url without a trailing slash, or
+// http://<listen.admin> when it is empty ("" when the admin listener is off too).
+func (c *Config) SignInURL() string {
+	if u := strings.TrimRight(c.SignIn.PublicURL, "/"); u != "" {
+		return u
+	}
+	if c.Listen.Admin == "" {
+		return ""
+	}
+	return "http://" + c.Listen.Admin
+}
+
 // base is the configuration before decoding: every default that does not depend on other keys.
 func base() *Config {
 	return &Config{
@@ -243,6 +283,10 @@ func base() *Config {
 			MaxMessageBytes: 50 << 20,
 			MaxRecipients:   1000,
 			RateWait:        30 * time.Second,
+		},
+		SignIn: SignIn{
+			KeyFile: DefaultSignInKeyFile,
+			LinkTTL: DefaultSignInLinkTTL,
 		},
 		ReloadInterval: 10 * time.Second,
 	}
@@ -509,7 +553,44 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	if c.Limits.RateWait < 0 {
 		add("limits.rate_wait %v: must not be negative", c.Limits.RateWait)
 	}
+	errs = append(errs, c.validateSignIn()...)
 	return errs
+}
+
+func (c *Config) validateSignIn() []error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	s := c.SignIn
+	if s.KeyFile == "" {
+		add("signin.key_file is empty")
+	} else if f := c.Store.File; f != nil && (s.KeyFile == f.KeyFile || s.KeyFile == f.Path) {
+		add("signin.key_file %q must not be a file of the store", s.KeyFile)
+	}
+	if s.LinkTTL <= 0 || s.LinkTTL > MaxSignInLinkTTL {
+		add("signin.link_ttl %v: must be more than 0 and at most %v", s.LinkTTL, MaxSignInLinkTTL)
+	}
+	if s.PublicURL == "" {
+		return errs
+	}
+	u, err := url.Parse(s.PublicURL)
+	switch {
+	case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil:
+		add("signin.public_url %q: use the URL the mailbox owner's browser reaches the admin listener at, for example https://postern.example.com", s.PublicURL)
+	case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(s.PublicURL, "?") || strings.HasSuffix(s.PublicURL, "#"):
+		add("signin.public_url %q: must have no query or fragment", s.PublicURL)
+	case u.Scheme == "http" && !isLoopbackHost(u.Hostname()):
+		add("signin.public_url %q: use https; identity providers accept http redirect URIs only for localhost", s.PublicURL)
+	}
+	return errs
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback address.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (s Store) validate() []error {
@@ -591,11 +672,7 @@ func checkLoopback(addr string) error {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("%q: port %q is not a TCP port", addr, port)
 	}
-	if host == "localhost" {
-		return nil
-	}
-	ip := net.ParseIP(host)
-	if ip == nil || !ip.IsLoopback() {
+	if !isLoopbackHost(host) {
 		return fmt.Errorf("%q is not a loopback address: use 127.0.0.1 or [::1]", addr)
 	}
 	return nil
