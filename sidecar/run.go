@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -13,12 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/socketmap"
 	"github.com/postern/postern/sidecar/token"
 	"github.com/postern/postern/sidecar/upstream"
@@ -43,20 +46,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
-	pools := upstream.NewPools(upstream.Options{
-		LocalName:       cfg.Upstream.HeloName,
-		DialTimeout:     cfg.Upstream.DialTimeout,
-		GreetingTimeout: cfg.Upstream.GreetingTimeout,
-		CommandTimeout:  cfg.Upstream.CommandTimeout,
-		DataTimeout:     cfg.Upstream.DataTimeout,
-		IdleTimeout:     cfg.Upstream.IdleTimeout,
-		MaxConnWait:     cfg.Upstream.MaxConnWait,
-		DownBackoff:     cfg.Upstream.DownBackoff,
-		Logger:          log.With("component", "upstream"),
-	})
+	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
 	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: log.With("component", "token")})
 	defer broker.Close()
 	creds := &credentials{basic: credential.Basic{Logger: log.With("component", "credential")}, broker: broker}
+
+	// The sign-in pages for OAuth mailboxes, on the admin listener. Their upstream check has pools
+	// of its own, so that it always opens a new connection and signs in with the new token.
+	checks := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "signin")))
+	defer checks.Close()
+	var signinRoutes map[string]http.Handler
+	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
+		key, err := signin.LoadKey(cfg.SignIn.KeyFile)
+		if err != nil {
+			return err
+		}
+		pages, err := signin.New(signin.Options{
+			Key: key, PublicURL: base, Projects: st, Tokens: st, Grants: broker,
+			TestAuth: signin.UpstreamCheck(checks, broker),
+			Logger:   log.With("component", "signin"),
+		})
+		if err != nil {
+			return fmt.Errorf("configuring the sign-in pages: %w", err)
+		}
+		signinRoutes = pages.Routes()
+		log.Info("serving the sign-in pages", "url", base+"/signin", "redirect_uri", pages.RedirectURL())
+	}
 
 	mail, err := smtpd.New(smtpd.Options{
 		Resolver:        dir,
@@ -125,6 +140,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return nil
 		}}},
 		Projects: func(context.Context) []admin.ProjectStatus { return projectStatus(dir, broker, pools) },
+		Extra:    signinRoutes,
 	})
 
 	errs := []error{

@@ -2,15 +2,20 @@
 // in-memory input and output; cmd/postern only wires it to the process.
 //
 //  1. App.Run takes the arguments after the program name and picks the command: serve, project
-//     (add, update, list, show, remove, enable, disable), postfix-config, version or help.
+//     (add, update, list, show, remove, enable, disable), authorize, authorize-link,
+//     postfix-config, version or help.
 //  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
 //     usage. Flags may come before or after the positional arguments.
 //  3. Commands that need the configuration read --config (default /etc/postern/postern.yaml; when
 //     that default file does not exist, the built-in defaults apply).
 //  4. Project commands open the store the configuration names with OpenStore and go through
-//     store.Admin. Passwords are read from the terminal without echo, or from standard input with
-//     --password-stdin; never from a flag, and never printed.
-//  5. serve validates the configuration and hands it to the injected Runner (sidecar.Run), which
+//     store.Admin. Passwords and client secrets are read from the terminal without echo, or from
+//     standard input with --password-stdin / --client-secret-stdin; never from a flag, and never
+//     printed.
+//  5. authorize and authorize-link sign an OAuth project's mailbox in (package signin): a link for
+//     the mailbox owner, or the device code grant at this terminal, or an app-only token; the grant
+//     is saved through a token broker over the same store.
+//  6. serve validates the configuration and hands it to the injected Runner (sidecar.Run), which
 //     runs until its context is cancelled.
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -75,7 +80,10 @@ func commands() []command {
 	return []command{
 		{"serve", "run the sidecar, or check its configuration with --check-config", runServe},
 		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
+		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
+		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},
 		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
+		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
 		{"version", "print the version", runVersion},
 		{"help", "show help for a command", runHelp},
 	}

@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
@@ -101,6 +103,17 @@ type projectFlags struct {
 	insecure, disabled                   bool
 	maxConns, perMinute, perDay, maxRcpt int
 	maxBytes                             int64
+
+	// OAuth 2.0 settings (--auth oauth2).
+	provider, tenant, clientID, scopes, grant           string
+	authURL, tokenURL, deviceURL, revocationURL, issuer string
+	secretStdin, secretPrompt                           bool
+}
+
+// oauthFlags are the flags that only an OAuth project takes.
+var oauthFlags = []string{
+	"provider", "tenant", "client-id", "client-secret-stdin", "client-secret-prompt", "scopes", "grant",
+	"auth-url", "token-url", "device-url", "revocation-url", "issuer",
 }
 
 func (f *projectFlags) register(fs *flagSet, update bool) {
@@ -116,13 +129,25 @@ func (f *projectFlags) register(fs *flagSet, update bool) {
 	fs.StringVar(&f.caFile, "ca-file", "", "`PEM` file of CA certificates to trust for the upstream instead of the system's")
 	fs.StringVar(&f.serverName, "server-name", "", "`NAME` the upstream's certificate must carry (default: the host)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do not verify the upstream's certificate (never in production)")
-	fs.StringVar(&f.auth, "auth", string(project.AuthBasic), "how to sign in upstream: basic, or none")
+	fs.StringVar(&f.auth, "auth", string(project.AuthBasic), "how to sign in upstream: basic, oauth2, or none")
 	fs.StringVar(&f.username, "username", "", "`USER` to sign in as")
 	fs.BoolVar(&f.passwordStdin, "password-stdin", false, "read the password from standard input")
 	if update {
 		fs.BoolVar(&f.passwordPrompt, "password-prompt", false, "ask for a new password on the terminal")
 	}
 	fs.StringVar(&f.mechanism, "mechanism", "", "force the SASL `MECHANISM`: PLAIN or LOGIN (default: what the server offers, PLAIN first)")
+	fs.StringVar(&f.provider, "provider", "", "OAuth identity `PROVIDER`: microsoft, google or generic (--auth oauth2)")
+	fs.StringVar(&f.tenant, "tenant", "", "Microsoft Entra `TENANT` id or domain (provider microsoft)")
+	fs.StringVar(&f.clientID, "client-id", "", "OAuth client `ID` of the app registration")
+	fs.BoolVar(&f.secretStdin, "client-secret-stdin", false, "read the OAuth client secret from standard input")
+	fs.BoolVar(&f.secretPrompt, "client-secret-prompt", false, "ask for the OAuth client secret on the terminal")
+	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's)")
+	fs.StringVar(&f.grant, "grant", "", "OAuth `GRANT`: authorization_code (default), device_code or client_credentials")
+	fs.StringVar(&f.authURL, "auth-url", "", "authorization endpoint `URL` (provider generic)")
+	fs.StringVar(&f.tokenURL, "token-url", "", "token endpoint `URL` (provider generic)")
+	fs.StringVar(&f.deviceURL, "device-url", "", "device authorization endpoint `URL` (provider generic)")
+	fs.StringVar(&f.revocationURL, "revocation-url", "", "token revocation endpoint `URL` (provider generic)")
+	fs.StringVar(&f.issuer, "issuer", "", "expected `ISSUER` of id_tokens (default: the provider's; generic: none checked)")
 	fs.IntVar(&f.maxConns, "max-connections", 0, "concurrent upstream connections, `N` (0: the default of 3)")
 	fs.IntVar(&f.perMinute, "messages-per-minute", 0, "messages per minute, `N` (0: no limit)")
 	fs.IntVar(&f.perDay, "recipients-per-day", 0, "recipients per day, `N` (0: no limit)")
@@ -188,12 +213,10 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	}
 	if set("auth") {
 		switch t := project.AuthType(strings.ToLower(f.auth)); t {
-		case project.AuthBasic, project.AuthNone:
+		case project.AuthBasic, project.AuthNone, project.AuthOAuth2:
 			p.Auth.Type = t
-		case project.AuthOAuth2:
-			errs = append(errs, errors.New("--auth oauth2: OAuth projects are set up with 'postern authorize'"))
 		default:
-			errs = append(errs, fmt.Errorf("--auth %q: use basic or none", f.auth))
+			errs = append(errs, fmt.Errorf("--auth %q: use basic, oauth2 or none", f.auth))
 		}
 	}
 	if set("username") {
@@ -202,6 +225,7 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	if set("mechanism") {
 		p.Auth.Mechanism = strings.ToUpper(f.mechanism)
 	}
+	errs = append(errs, f.applyOAuth(given, set, p)...)
 	if set("max-connections") {
 		p.Limits.MaxConnections = f.maxConns
 	}
@@ -223,7 +247,129 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	if f.passwordStdin && f.passwordPrompt {
 		errs = append(errs, errors.New("--password-stdin and --password-prompt: give one"))
 	}
+	if f.secretStdin && f.secretPrompt {
+		errs = append(errs, errors.New("--client-secret-stdin and --client-secret-prompt: give one"))
+	}
+	if f.secretStdin && f.passwordStdin {
+		errs = append(errs, errors.New("--password-stdin and --client-secret-stdin: standard input holds one secret"))
+	}
 	return errs
+}
+
+// applyOAuth sets the OAuth settings of an oauth2 project from the flags, and refuses OAuth flags
+// for other projects. Switching to oauth2 drops the basic password; switching away drops the OAuth
+// settings, client secret included.
+func (f *projectFlags) applyOAuth(given map[string]bool, set func(string) bool, p *project.Project) []error {
+	var errs []error
+	if p.Auth.Type != project.AuthOAuth2 {
+		for _, name := range oauthFlags {
+			if given[name] {
+				errs = append(errs, fmt.Errorf("--%s is for OAuth projects (--auth oauth2); project %s uses %s", name, p.Name, p.Auth.Type))
+			}
+		}
+		p.Auth.OAuth = nil
+		return errs
+	}
+	if given["mechanism"] && p.Auth.Mechanism != "" {
+		errs = append(errs, errors.New("--mechanism is for basic authentication; OAuth projects sign in with XOAUTH2"))
+	}
+	p.Auth.Password, p.Auth.Mechanism = secret.Secret{}, ""
+	if p.Auth.OAuth == nil {
+		p.Auth.OAuth = &project.OAuth{}
+	}
+	o := p.Auth.OAuth
+	for _, v := range []struct {
+		name  string
+		field *string
+		value string
+	}{
+		{"provider", &o.Provider, strings.ToLower(strings.TrimSpace(f.provider))},
+		{"tenant", &o.Tenant, strings.TrimSpace(f.tenant)},
+		{"client-id", &o.ClientID, strings.TrimSpace(f.clientID)},
+		{"grant", &o.Grant, strings.ToLower(strings.TrimSpace(f.grant))},
+		{"auth-url", &o.AuthURL, strings.TrimSpace(f.authURL)},
+		{"token-url", &o.TokenURL, strings.TrimSpace(f.tokenURL)},
+		{"device-url", &o.DeviceURL, strings.TrimSpace(f.deviceURL)},
+		{"revocation-url", &o.RevocationURL, strings.TrimSpace(f.revocationURL)},
+		{"issuer", &o.Issuer, strings.TrimSpace(f.issuer)},
+	} {
+		if set(v.name) {
+			*v.field = v.value
+		}
+	}
+	if set("scopes") {
+		o.Scopes = strings.FieldsFunc(f.scopes, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
+	}
+	// Settings the provider does not take: refused when given, dropped when left from another provider.
+	if o.Provider != oauth.Microsoft && o.Tenant != "" {
+		if given["tenant"] {
+			errs = append(errs, fmt.Errorf("--tenant is for the microsoft provider, not %q", o.Provider))
+		}
+		o.Tenant = ""
+	}
+	if o.Provider != oauth.Generic {
+		for _, e := range []struct {
+			name  string
+			field *string
+		}{{"auth-url", &o.AuthURL}, {"token-url", &o.TokenURL}, {"device-url", &o.DeviceURL}, {"revocation-url", &o.RevocationURL}} {
+			if *e.field == "" {
+				continue
+			}
+			if given[e.name] {
+				errs = append(errs, fmt.Errorf("--%s is for the generic provider: %s has its own endpoints", e.name, orQuoted(o.Provider)))
+			}
+			*e.field = ""
+		}
+	}
+	return errs
+}
+
+func orQuoted(s string) string {
+	if s == "" {
+		return "an unset provider"
+	}
+	return s
+}
+
+// oauthProblems are the problems oauth.NewProvider finds in an OAuth project (Google's lack of a
+// device flow, client credentials without a secret or with a multi-tenant endpoint, a generic
+// provider without the endpoint its grant needs), unless project.Validate found the OAuth settings
+// wanting already. secretComing says a client secret is still to be read.
+func oauthProblems(p project.Project, secretComing bool) []error {
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		return nil
+	}
+	for _, err := range p.Validate() {
+		if strings.HasPrefix(err.Error(), "auth.oauth") {
+			return nil
+		}
+	}
+	o := *p.Auth.OAuth
+	if secretComing {
+		o.ClientSecret = secret.New("to be read")
+	}
+	if _, err := oauth.NewProvider(&o, oauth.Options{}); err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+// nextStep says how an OAuth project's mailbox gets signed in.
+func nextStep(p project.Project, signInURL string) string {
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		return ""
+	}
+	switch p.Auth.OAuth.Grant {
+	case oauth.GrantClientCredentials:
+		return fmt.Sprintf("check the app registration (no person signs in): postern authorize %s", p.Name)
+	case oauth.GrantDeviceCode:
+		return fmt.Sprintf("sign the mailbox in from a terminal: postern authorize --device %s", p.Name)
+	}
+	s := fmt.Sprintf("send the mailbox owner a sign-in link: postern authorize-link %s", p.Name)
+	if signInURL != "" {
+		s += fmt.Sprintf(" (the app registration's redirect URI must be %s/signin/callback)", signInURL)
+	}
+	return s
 }
 
 func normalize(list []string) []string {
@@ -284,9 +430,15 @@ func senderConflicts(p project.Project, others []project.Project) []error {
 
 // openProjectStore loads the configuration and opens its store, printing what went wrong.
 func (a *App) openProjectStore(ctx context.Context, load func() (*config.Config, string, bool)) (store.Store, bool) {
+	_, st, ok := a.openConfigStore(ctx, load)
+	return st, ok
+}
+
+// openConfigStore is openProjectStore returning the configuration too.
+func (a *App) openConfigStore(ctx context.Context, load func() (*config.Config, string, bool)) (*config.Config, store.Store, bool) {
 	cfg, _, ok := load()
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
 	open := a.OpenStore
 	if open == nil {
@@ -295,9 +447,9 @@ func (a *App) openProjectStore(ctx context.Context, load func() (*config.Config,
 	st, err := open(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
-		return nil, false
+		return nil, nil, false
 	}
-	return st, true
+	return cfg, st, true
 }
 
 const addAbout = `
@@ -309,6 +461,17 @@ input with --password-stdin:
 
   printf '%s' "$PASSWORD" | postern project add client-a --sender noreply@client.co.uk \
       --host smtp.client.co.uk --username noreply@client.co.uk --password-stdin
+
+For OAuth 2.0 (XOAUTH2), --username is the mailbox that signs in, and the app registration at the
+identity provider is given with --provider, --client-id and the like; a client secret is read like a
+password, with --client-secret-stdin or --client-secret-prompt:
+
+  printf '%s' "$SECRET" | postern project add client-b --sender noreply@client-b.com \
+      --host smtp.office365.com --username noreply@client-b.com --auth oauth2 \
+      --provider microsoft --tenant client-b.com --client-id 0b6f... --client-secret-stdin
+
+The mailbox is then signed in once: 'postern authorize-link', 'postern authorize --device', or for
+--grant client_credentials no sign-in at all ('postern authorize' checks the registration).
 
 Nothing is written unless every setting is valid; all problems are listed at once.`
 
@@ -324,7 +487,7 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 	p := project.Project{Name: pos[0], Enabled: true}
 	problems := f.apply(fs, &p, true)
 
-	st, ok := a.openProjectStore(ctx, load)
+	cfg, st, ok := a.openConfigStore(ctx, load)
 	if !ok {
 		return ExitFail
 	}
@@ -341,6 +504,8 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 		}
 	}
 	problems = append(problems, senderConflicts(p, all)...)
+	newSecret := f.secretStdin || f.secretPrompt
+	problems = append(problems, oauthProblems(p, newSecret)...)
 
 	needPassword := p.Auth.Type == project.AuthBasic
 	if !a.checkProject(p, needPassword, problems) {
@@ -354,8 +519,16 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 		}
 		p.Auth.Password = pw
 	} else if f.passwordStdin {
-		fmt.Fprintln(a.Stderr, "postern project add: --password-stdin: the project signs in with no password (--auth none)")
+		fmt.Fprintf(a.Stderr, "postern project add: --password-stdin: the project signs in with %s, without a password\n", p.Auth.Type)
 		return ExitFail
+	}
+	if newSecret {
+		sec, err := a.clientSecret(f.secretStdin, p.Auth.OAuth.ClientID)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern project add: %v; nothing was changed\n", err)
+			return ExitFail
+		}
+		p.Auth.OAuth.ClientSecret = sec
 	}
 	v, err := st.PutProject(ctx, p)
 	if err != nil {
@@ -363,6 +536,9 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 		return ExitFail
 	}
 	fmt.Fprintf(a.Stdout, "added project %s (version %d)\n", p.Name, v)
+	if step := nextStep(p, cfg.SignInURL()); step != "" {
+		fmt.Fprintf(a.Stdout, "next: %s\n", step)
+	}
 	return ExitOK
 }
 
@@ -372,6 +548,15 @@ lists. To change the password:
 
   postern project update client-a --password-stdin      (the password on standard input)
   postern project update client-a --password-prompt     (asked on the terminal)
+
+To move a project from basic authentication to OAuth 2.0, and back, without touching Postfix:
+
+  printf '%s' "$SECRET" | postern project update client-a --auth oauth2 --provider microsoft \
+      --tenant client.co.uk --client-id 0b6f... --client-secret-stdin
+  printf '%s' "$PASSWORD" | postern project update client-a --auth basic --password-stdin
+
+Switching to oauth2 drops the password; switching back drops the OAuth settings. An OAuth project's
+mailbox must then be signed in (see 'postern authorize'); its mail waits in Postfix's queue meanwhile.
 
 Nothing is written unless every setting is valid; all problems are listed at once.`
 
@@ -385,7 +570,7 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 		return code
 	}
 	name := pos[0]
-	st, ok := a.openProjectStore(ctx, load)
+	cfg, st, ok := a.openConfigStore(ctx, load)
 	if !ok {
 		return ExitFail
 	}
@@ -395,6 +580,7 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 		fmt.Fprintf(a.Stderr, "postern project update: %v\n", explainNotFound(err, name))
 		return ExitFail
 	}
+	wasOAuth := p.Auth.Type == project.AuthOAuth2
 	problems := f.apply(fs, &p, false)
 	all, err := st.Projects(ctx)
 	if err != nil {
@@ -411,6 +597,8 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 	if noPassword {
 		problems = append(problems, errors.New("auth.password is empty: give one with --password-stdin or --password-prompt"))
 	}
+	newSecret := f.secretStdin || f.secretPrompt
+	problems = append(problems, oauthProblems(p, newSecret)...)
 	if !a.checkProject(p, newPassword || noPassword, problems) {
 		return ExitFail
 	}
@@ -422,6 +610,14 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 		}
 		p.Auth.Password = pw
 	}
+	if newSecret {
+		sec, err := a.clientSecret(f.secretStdin, p.Auth.OAuth.ClientID)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern project update: %v; nothing was changed\n", err)
+			return ExitFail
+		}
+		p.Auth.OAuth.ClientSecret = sec
+	}
 	v, err := st.PutProject(ctx, p)
 	if errors.Is(err, store.ErrConflict) {
 		fmt.Fprintf(a.Stderr, "postern project update: project %s was changed by someone else meanwhile; nothing was changed, run the command again\n", name)
@@ -432,6 +628,11 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 		return ExitFail
 	}
 	fmt.Fprintf(a.Stdout, "updated project %s (version %d)\n", name, v)
+	oauthChanged := false
+	fs.Visit(func(fl *flag.Flag) { oauthChanged = oauthChanged || slices.Contains(oauthFlags, fl.Name) })
+	if step := nextStep(p, cfg.SignInURL()); step != "" && (!wasOAuth || oauthChanged) {
+		fmt.Fprintf(a.Stdout, "next: %s\n", step)
+	}
 	return ExitOK
 }
 
@@ -457,36 +658,47 @@ func (a *App) checkProject(p project.Project, skipPassword bool, problems []erro
 // password reads a password from standard input, or from the terminal (twice, to catch typing
 // mistakes).
 func (a *App) password(fromStdin bool, prompt string) (secret.Secret, error) {
+	return a.readSecret(fromStdin, "password", "--password-stdin", prompt)
+}
+
+// clientSecret reads an OAuth client secret as password reads a password.
+func (a *App) clientSecret(fromStdin bool, clientID string) (secret.Secret, error) {
+	return a.readSecret(fromStdin, "client secret", "--client-secret-stdin", fmt.Sprintf("Client secret of the app %s: ", clientID))
+}
+
+// readSecret reads the secret called what from standard input, or from the terminal (twice);
+// stdinFlag is the flag that reads it from standard input.
+func (a *App) readSecret(fromStdin bool, what, stdinFlag, prompt string) (secret.Secret, error) {
 	if fromStdin {
 		b, err := io.ReadAll(io.LimitReader(a.Stdin, maxPasswordBytes+1))
 		if err != nil {
-			return secret.Secret{}, fmt.Errorf("reading the password from standard input: %w", err)
+			return secret.Secret{}, fmt.Errorf("reading the %s from standard input: %w", what, err)
 		}
 		if len(b) > maxPasswordBytes {
-			return secret.Secret{}, errors.New("standard input holds more than a password")
+			return secret.Secret{}, fmt.Errorf("standard input holds more than a %s", what)
 		}
 		pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 		if pw == "" {
-			return secret.Secret{}, errors.New("no password on standard input")
+			return secret.Secret{}, fmt.Errorf("no %s on standard input", what)
 		}
 		return secret.New(pw), nil
 	}
 	if a.ReadPassword == nil {
-		return secret.Secret{}, errors.New("no terminal to ask for the password: pipe it in with --password-stdin")
+		return secret.Secret{}, fmt.Errorf("no terminal to ask for the %s: pipe it in with %s", what, stdinFlag)
 	}
 	pw, err := a.ReadPassword(prompt)
 	if err != nil {
 		return secret.Secret{}, err
 	}
 	if pw == "" {
-		return secret.Secret{}, errors.New("the password is empty")
+		return secret.Secret{}, fmt.Errorf("the %s is empty", what)
 	}
-	again, err := a.ReadPassword("Repeat the password: ")
+	again, err := a.ReadPassword("Repeat the " + what + ": ")
 	if err != nil {
 		return secret.Secret{}, err
 	}
 	if again != pw {
-		return secret.Secret{}, errors.New("the passwords differ")
+		return secret.Secret{}, fmt.Errorf("the %ss differ", what)
 	}
 	return secret.New(pw), nil
 }
@@ -674,6 +886,11 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			row("refreshed by", tok.RefreshedBy)
 			if !tok.UpdatedAt.IsZero() {
 				row("token updated", tok.UpdatedAt.Format(time.RFC3339))
+			}
+		}
+		if tok == nil || tok.State == project.TokenNeedsReauth {
+			if step := nextStep(p, ""); step != "" {
+				row("next step", step)
 			}
 		}
 	}

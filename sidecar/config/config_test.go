@@ -307,6 +307,17 @@ func TestValidate(t *testing.T) {
 		{"zero message size", "limits: {max_message_bytes: 0}\n", "limits.max_message_bytes 0"},
 		{"negative rate wait", "limits: {rate_wait: -5s}\n", "limits.rate_wait"},
 		{"helo with a space", "upstream: {helo_name: 'a b'}\n", "upstream.helo_name"},
+		{"https public url", "signin: {public_url: 'https://postern.example.com/'}\n", ""},
+		{"public url with a path", "signin: {public_url: 'https://example.com/postern'}\n", ""},
+		{"http public url on loopback", "signin: {public_url: 'http://127.0.0.1:8025'}\n", ""},
+		{"http public url elsewhere", "signin: {public_url: 'http://postern.example.com'}\n", "signin.public_url \"http://postern.example.com\": use https"},
+		{"public url without scheme", "signin: {public_url: 'postern.example.com'}\n", "signin.public_url \"postern.example.com\": use the URL"},
+		{"public url with a query", "signin: {public_url: 'https://postern.example.com/?a=b'}\n", "no query or fragment"},
+		{"public url with credentials", "signin: {public_url: 'https://u:p@postern.example.com'}\n", "signin.public_url"},
+		{"zero link ttl", "signin: {link_ttl: 0s}\n", "signin.link_ttl 0s"},
+		{"link ttl too long", "signin: {link_ttl: 2000h}\n", "at most 720h"},
+		{"no signin key file", "signin: {key_file: ''}\n", "signin.key_file is empty"},
+		{"signin key is the store key", "signin: {key_file: /var/lib/postern/store.key}\n", "must not be a file of the store"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -350,6 +361,37 @@ func TestValidateChecksTheSocketGroup(t *testing.T) {
 	c.Listen.SocketGroup = ""
 	if errs := c.validate(noGroup); len(errs) != 0 {
 		t.Fatalf("an empty socket_group is looked up: %v", errs)
+	}
+}
+
+func TestSignIn(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, yaml, url string
+		ttl             time.Duration
+		keyFile         string
+	}{
+		{"defaults", "", "http://127.0.0.1:8025", DefaultSignInLinkTTL, DefaultSignInKeyFile},
+		{"admin elsewhere", "listen: {admin: '[::1]:9000'}\n", "http://[::1]:9000", DefaultSignInLinkTTL, DefaultSignInKeyFile},
+		{"admin off", "listen: {admin: ''}\n", "", DefaultSignInLinkTTL, DefaultSignInKeyFile},
+		{"public url wins, trailing slash dropped", "signin: {public_url: 'https://postern.example.com/'}\n", "https://postern.example.com", DefaultSignInLinkTTL, DefaultSignInKeyFile},
+		{"partial section keeps defaults", "signin: {link_ttl: 24h}\n", "http://127.0.0.1:8025", 24 * time.Hour, DefaultSignInKeyFile},
+		{"key file", "signin: {key_file: /etc/postern/signin.key}\n", "http://127.0.0.1:8025", DefaultSignInLinkTTL, "/etc/postern/signin.key"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustParse(t, tc.yaml)
+			if got := c.SignInURL(); got != tc.url {
+				t.Errorf("SignInURL() = %q, want %q", got, tc.url)
+			}
+			if c.SignIn.LinkTTL != tc.ttl || c.SignIn.KeyFile != tc.keyFile {
+				t.Errorf("signin %+v", c.SignIn)
+			}
+		})
+	}
+	if _, err := Parse([]byte("signin: {link_tl: 1h}\n")); err == nil || !strings.Contains(err.Error(), `unknown key "link_tl"`) {
+		t.Errorf("a misspelt signin key: %v", err)
 	}
 }
 

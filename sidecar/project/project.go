@@ -314,6 +314,9 @@ type Token struct {
 	// RefreshedBy names the Postern instance that wrote this record last.
 	RefreshedBy string    `json:"refreshed_by,omitempty"`
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
+	// SignInNonce is the nonce of the sign-in link the grant was made with: that link is used up,
+	// on every replica.
+	SignInNonce string `json:"signin_nonce,omitempty"`
 
 	// Version is the store's version of this record (set by the store, never stored).
 	Version int `json:"-"`

@@ -456,6 +456,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 			Expiry:       b.expiry(tok, now),
 			RefreshToken: rec.RefreshToken,
 			Account:      rec.Account,
+			SignInNonce:  rec.SignInNonce,
 			State:        project.TokenOK,
 			RefreshedBy:  b.opts.Instance,
 			UpdatedAt:    now,

@@ -8,8 +8,9 @@
 //  2. It greets, in plain text or (TLSImplicit) after a TLS handshake with a certificate for
 //     127.0.0.1, ::1 and localhost signed by a CA made in memory (CAPEM).
 //  3. With TLSStartTLS it offers STARTTLS and refuses AUTH and MAIL before it.
-//  4. It offers AUTH PLAIN and LOGIN checked against Options.Users (or Options.Mechanisms), and
-//     requires AUTH before MAIL when any mechanism is offered.
+//  4. It offers AUTH PLAIN and LOGIN checked against Options.Users (or Options.Mechanisms, which
+//     may hold XOAUTH2Mechanism for OAuth 2.0 access tokens), and requires AUTH before MAIL when any
+//     mechanism is offered.
 //  5. It takes MAIL, RCPT and DATA, asks Options.RejectRcpt and Options.RejectData, and records
 //     every accepted message with its envelope and the user who signed in.
 //
@@ -173,6 +174,9 @@ func (s *Server) Start() error {
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
 	srv.EnableSMTPUTF8 = s.opts.SMTPUTF8
 	srv.ErrorLog = log.New(io.Discard, "", 0)
+	if offersXOAUTH2(s.opts) {
+		srv.MaxLineLength = maxXOAUTH2Line
+	}
 	switch s.opts.TLS {
 	case project.TLSStartTLS:
 		srv.TLSConfig = s.tlsCf

@@ -4,8 +4,11 @@ import (
 	"encoding/base64"
 	"net"
 	"net/textproto"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/sidecar/upstream/upstreamtest"
 )
@@ -122,5 +125,75 @@ func TestHang(t *testing.T) {
 	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := nc.Read(make([]byte, 1)); err == nil {
 		t.Error("Stop left the hanging connection open")
+	}
+}
+
+func TestXOAUTH2(t *testing.T) {
+	t.Parallel()
+	const user = "noreply@client.example"
+	good := strings.Repeat("T", 5<<10) // access tokens are several kilobytes
+	check := func(u, tok string) bool { return u == user && tok == good }
+	response := func(u, tok string) string {
+		return base64.StdEncoding.EncodeToString([]byte("user=" + u + "\x01auth=Bearer " + tok + "\x01\x01"))
+	}
+	cases := []struct {
+		name  string
+		mech  upstreamtest.Mechanism
+		token string
+		// replies after the response: codes in order
+		codes []int
+		text  string // in the last reply
+	}{
+		{"accepted", upstreamtest.XOAUTH2Mechanism(check), good, []int{235}, ""},
+		{"refused google style", upstreamtest.XOAUTH2Mechanism(check), "bad", []int{334, 535}, "5.7.8"},
+		{"refused microsoft style", upstreamtest.XOAUTH2{Check: check, Direct: true}.Mechanism(), "bad", []int{535}, "5.7.3"},
+		{"custom refusal", upstreamtest.XOAUTH2{Check: check, Refusal: &smtp.SMTPError{
+			Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.",
+		}}.Mechanism(), good + "x", []int{535}, "SmtpClientAuthentication is disabled"},
+		{"nil check refuses", upstreamtest.XOAUTH2{Direct: true}.Mechanism(), good, []int{535}, "5.7.3"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := upstreamtest.NewServer(t, upstreamtest.Options{Mechanisms: map[string]upstreamtest.Mechanism{"XOAUTH2": tc.mech}})
+			c := dial(t, srv)
+			expect(t, c, "", 220)
+			if msg := expect(t, c, "EHLO client.example", 250); !strings.Contains(msg, "AUTH XOAUTH2") {
+				t.Fatalf("EHLO does not offer XOAUTH2: %q", msg)
+			}
+			expect(t, c, "AUTH XOAUTH2", 334)
+			var msg string
+			for i, code := range tc.codes {
+				line := response(user, tc.token)
+				if i > 0 {
+					line = "" // the empty answer to the error challenge
+				}
+				if err := c.PrintfLine("%s", line); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if _, msg, err = c.ReadResponse(code); err != nil {
+					t.Fatalf("reply %d: %v", i+1, err)
+				}
+			}
+			if !strings.Contains(msg, tc.text) {
+				t.Errorf("last reply %q does not say %q", msg, tc.text)
+			}
+			st := srv.Stats()
+			if ok := tc.codes[len(tc.codes)-1] == 235; ok {
+				if st.Auths != 1 {
+					t.Errorf("stats %+v", st)
+				}
+				expect(t, c, "MAIL FROM:<"+user+">", 250)
+				expect(t, c, "RCPT TO:<v@example.org>", 250)
+				expect(t, c, "DATA", 354)
+				expect(t, c, "Subject: x\r\n\r\nbody\r\n.", 250)
+				if m := srv.Messages(); len(m) != 1 || m[0].User != user {
+					t.Errorf("recorded %+v", m)
+				}
+			} else if st.AuthFailures != 1 || st.Auths != 0 {
+				t.Errorf("stats %+v", st)
+			}
+		})
 	}
 }

@@ -1,0 +1,279 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/oauth"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/signin"
+	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/token"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+const authorizeAbout = `
+Sign an OAuth project's mailbox in, or check an app-only registration. What happens depends on the
+project's grant:
+
+  authorization_code  print a sign-in link for the mailbox owner, as 'postern authorize-link' does
+  device_code         sign in from this terminal (also with --device for an authorization_code
+                      project whose app registration allows public client flows): open the address
+                      shown, on any device, enter the code, and sign in as the mailbox
+  client_credentials  fetch an app-only token once, to prove the app registration works
+
+After a device sign-in Postern checks that the account that signed in is the project's mailbox
+(another account is refused and nothing is saved) and saves the grant to the store. Then, unless
+--check=false, it signs in to the upstream mail server with the new token, without sending mail, and
+says what to do if the server refuses.`
+
+func runAuthorize(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("authorize", "PROJECT", authorizeAbout)
+	load := a.configFlag(fs)
+	device := fs.Bool("device", false, "sign in from this terminal with the device code grant")
+	check := fs.Bool("check", true, "sign in to the upstream mail server with the new token (no mail is sent)")
+	ttl := fs.Duration("ttl", 0, "how long a printed sign-in link works, `DURATION` (default: signin.link_ttl)")
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	cfg, st, ok := a.openConfigStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	p, ok := a.oauthProject(ctx, st, pos[0], "authorize")
+	if !ok {
+		return ExitFail
+	}
+	switch grant := p.Auth.OAuth.Grant; {
+	case grant == oauth.GrantClientCredentials:
+		if *device {
+			fmt.Fprintf(a.Stderr, "postern authorize: project %s uses the client_credentials grant: no person signs in, so there is no device sign-in\n", p.Name)
+			return ExitUsage
+		}
+		return a.authorizeApp(ctx, cfg, st, p, *check)
+	case *device || grant == oauth.GrantDeviceCode:
+		return a.authorizeDevice(ctx, cfg, st, p, *check)
+	}
+	return a.printLink(cfg, p, *ttl, "authorize")
+}
+
+const authorizeLinkAbout = `
+Print a sign-in link for the owner of an OAuth project's mailbox. The link opens Postern's sign-in
+page on the admin listener (signin.public_url), which sends the owner to the identity provider's
+login; once they have signed in as the project's mailbox, the grant is saved and mail flows.
+
+The link is signed with the key in signin.key_file (created on first use), works once, and expires
+after --ttl (default signin.link_ttl, 72h). Only the link goes to standard output:
+
+  postern authorize-link client-a | mail -s "Please sign in" it@client.co.uk`
+
+func runAuthorizeLink(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("authorize-link", "PROJECT", authorizeLinkAbout)
+	load := a.configFlag(fs)
+	ttl := fs.Duration("ttl", 0, "how long the link works, `DURATION` (default: signin.link_ttl)")
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	cfg, st, ok := a.openConfigStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	p, ok := a.oauthProject(ctx, st, pos[0], "authorize-link")
+	if !ok {
+		return ExitFail
+	}
+	return a.printLink(cfg, p, *ttl, "authorize-link")
+}
+
+// oauthProject reads the project called name and checks that it signs in with OAuth.
+func (a *App) oauthProject(ctx context.Context, st store.Admin, name, cmd string) (project.Project, bool) {
+	p, err := st.Project(ctx, name)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, explainNotFound(err, name))
+		return p, false
+	}
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		fmt.Fprintf(a.Stderr, "postern %s: project %s signs in with %s, not OAuth: there is nothing to authorize (switch it with 'postern project update %s --auth oauth2 ...')\n",
+			cmd, p.Name, p.Auth.Type, p.Name)
+		return p, false
+	}
+	return p, true
+}
+
+// printLink prints a sign-in link for p on standard output, and what to do with it on standard
+// error.
+func (a *App) printLink(cfg *config.Config, p project.Project, ttl time.Duration, cmd string) int {
+	if ttl == 0 {
+		ttl = cfg.SignIn.LinkTTL
+	}
+	base := cfg.SignInURL()
+	if base == "" {
+		fmt.Fprintf(a.Stderr, "postern %s: the sign-in pages are not served: the admin listener is off (listen.admin) and signin.public_url is not set\n", cmd)
+		return ExitFail
+	}
+	if err := signin.Eligible(p); err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
+		return ExitFail
+	}
+	key, err := signin.LoadKey(cfg.SignIn.KeyFile)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
+		return ExitFail
+	}
+	links, err := signin.NewLinks(key, base)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
+		return ExitFail
+	}
+	u, link, err := links.New(p, ttl, time.Now())
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: --ttl: %v\n", cmd, err)
+		return ExitFail
+	}
+	fmt.Fprintln(a.Stdout, u)
+	fmt.Fprintf(a.Stderr, "Send this link to the owner of the mailbox %s. It works once, until %s.\n", link.Mailbox, link.Expiry.Format(time.RFC1123))
+	fmt.Fprintf(a.Stderr, "The app registration's redirect URI must be %s/signin/callback.\n", links.Base())
+	return ExitOK
+}
+
+// authorizeDevice signs p's mailbox in with the device code grant, from this terminal.
+func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(a.Stderr, "postern authorize: "+format+"\n", args...)
+		return ExitFail
+	}
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{})
+	if err != nil {
+		return fail("project %s: %v", p.Name, err)
+	}
+	da, err := prov.DeviceAuth(ctx)
+	if err != nil {
+		return fail("%s", explainOAuth(err))
+	}
+	mailbox := p.Auth.Username
+	fmt.Fprintf(a.Stdout, "To sign in the mailbox %s for project %s:\n", mailbox, p.Name)
+	fmt.Fprintf(a.Stdout, "  1. open %s in a browser, on any device\n", da.VerificationURI)
+	fmt.Fprintf(a.Stdout, "  2. enter the code %s\n", da.UserCode)
+	fmt.Fprintf(a.Stdout, "  3. sign in as %s and allow access\n", mailbox)
+	if da.VerificationURIComplete != "" {
+		fmt.Fprintf(a.Stdout, "(or open %s, which has the code filled in)\n", da.VerificationURIComplete)
+	}
+	if !da.Expiry.IsZero() {
+		fmt.Fprintf(a.Stdout, "The code works until %s.\n", da.Expiry.Format(time.TimeOnly))
+	}
+	tok, err := prov.DeviceToken(ctx, da, func(ev oauth.DevicePoll) {
+		if ev.Code == "slow_down" {
+			fmt.Fprintf(a.Stdout, "waiting for sign-in... (attempt %d; asked to wait %s between attempts)\n", ev.Attempt, ev.Interval)
+			return
+		}
+		fmt.Fprintf(a.Stdout, "waiting for sign-in... (attempt %d)\n", ev.Attempt)
+	})
+	if err != nil {
+		return fail("no sign-in: %s; nothing was saved", explainOAuth(err))
+	}
+	account, err := prov.Account(ctx, tok)
+	if err != nil {
+		return fail("could not verify which account signed in (the scopes must include openid and email): %v; nothing was saved", err)
+	}
+	if !strings.EqualFold(account, mailbox) {
+		return fail("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
+			"a token of another account is the classic cause of \"535 5.7.3 Authentication unsuccessful\"", account, p.Name, mailbox, mailbox)
+	}
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
+	defer broker.Close()
+	if err := broker.Store(ctx, p, tok, account); err != nil {
+		return fail("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
+	}
+	fmt.Fprintf(a.Stdout, "signed in as %s: the grant of project %s is saved\n", account, p.Name)
+	return a.checkUpstream(ctx, cfg, p, broker, check)
+}
+
+// authorizeApp proves an app-only (client credentials) registration by fetching a token, and saves
+// it, which also clears a needs_reauth state left by an earlier failure.
+func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{})
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern authorize: project %s: %v\n", p.Name, err)
+		return ExitFail
+	}
+	tok, err := prov.ClientCredentials(ctx)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern authorize: the identity provider refused the app of project %s: %s\n", p.Name, explainOAuth(err))
+		return ExitFail
+	}
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
+	defer broker.Close()
+	if err := broker.Store(ctx, p, tok, ""); err != nil {
+		fmt.Fprintf(a.Stderr, "postern authorize: the app registration works, but saving its token failed: %v\n", err)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "the app registration of project %s works: the identity provider issued an app-only token (no person signs in)\n", p.Name)
+	return a.checkUpstream(ctx, cfg, p, broker, check)
+}
+
+// explainOAuth is a token-endpoint failure in the provider's words, with what it means.
+func explainOAuth(err error) string {
+	reason := oauth.Reason(err)
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
+	case strings.HasPrefix(reason, "access_denied"):
+		return "the sign-in was declined (" + reason + ")"
+	case strings.HasPrefix(reason, "expired_token"):
+		return "the code expired before anyone signed in: run the command again (" + reason + ")"
+	}
+	switch oauth.Classify(err) {
+	case oauth.BadClient:
+		return reason + " (check the client id, the client secret and the app registration)"
+	case oauth.Transient:
+		return reason + " (the identity provider could not be reached or had a problem: try again)"
+	}
+	return reason
+}
+
+// checkUpstream signs in to p's upstream with the credential creds now gives, without sending
+// mail, and says what the server said.
+func (a *App) checkUpstream(ctx context.Context, cfg *config.Config, p project.Project, creds signin.Credentials, check bool) int {
+	if !check {
+		return ExitOK
+	}
+	pools := upstream.NewPools(UpstreamOptions(cfg, nil))
+	defer pools.Close()
+	fmt.Fprintf(a.Stdout, "signing in to %s with the new token (no mail is sent)...\n", p.Upstream.Address())
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := signin.UpstreamCheck(pools, creds)(ctx, p); err != nil {
+		fmt.Fprintf(a.Stderr, "postern authorize: the mail server refused the sign-in: %v\n", err)
+		if advice := signin.Advice(p, err); advice != "" {
+			fmt.Fprintln(a.Stderr, advice)
+		}
+		fmt.Fprintf(a.Stderr, "The grant is saved; mail of project %s waits in Postfix's queue until this is fixed.\n", p.Name)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stdout, "the mail server accepted the token: mail of project %s flows\n", p.Name)
+	return ExitOK
+}
+
+// UpstreamOptions are the upstream connection settings of cfg, for upstream.NewPools.
+func UpstreamOptions(cfg *config.Config, log *slog.Logger) upstream.Options {
+	return upstream.Options{
+		LocalName:       cfg.Upstream.HeloName,
+		DialTimeout:     cfg.Upstream.DialTimeout,
+		GreetingTimeout: cfg.Upstream.GreetingTimeout,
+		CommandTimeout:  cfg.Upstream.CommandTimeout,
+		DataTimeout:     cfg.Upstream.DataTimeout,
+		IdleTimeout:     cfg.Upstream.IdleTimeout,
+		MaxConnWait:     cfg.Upstream.MaxConnWait,
+		DownBackoff:     cfg.Upstream.DownBackoff,
+		Logger:          log,
+	}
+}
