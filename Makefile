@@ -18,8 +18,7 @@ test: fmt-check vet test-unit test-integration
 test-unit:
 	$(GO) test $(GOFLAGS_T) $(PKGS)
 
-test-integration:
-	bash integration/scripts/install-deps.sh
+test-integration: deps
 	$(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./integration/...
 
 vet:
@@ -32,6 +31,8 @@ fmt-check:
 ## deps: install what the integration tests need (Debian packages, npm packages, the Vault dev server).
 deps:
 	bash integration/scripts/install-deps.sh
+	bash integration/oauth/install.sh --chromium
+	bash integration/vaultdev/build.sh >/dev/null
 
 ci-deps: deps
 

@@ -145,10 +145,13 @@ func MasterCF(cfg *config.Config) string {
 		opt("smtp_sasl_auth_enable", "no")
 	}
 	opt(client+"_"+greeting+"_timeout", fmt.Sprintf("%ds", int(postfixGreetingTimeout/time.Second)))
-	opt(client+"_mail_timeout", command)
+	// At MAIL FROM Postern may first connect and greet upstream, then send MAIL FROM there.
+	u := cfg.Upstream
+	opt(client+"_mail_timeout", secs(u.DialTimeout+u.GreetingTimeout+u.CommandTimeout))
 	opt(client+"_rcpt_timeout", command)
 	opt(client+"_data_init_timeout", command)
 	opt(client+"_data_xfer_timeout", command)
-	opt(client+"_data_done_timeout", secs(cfg.Upstream.DataTimeout))
+	// The upstream answers DATA and then the end of data.
+	opt(client+"_data_done_timeout", secs(u.CommandTimeout+u.DataTimeout))
 	return b.String()
 }

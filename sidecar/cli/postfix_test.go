@@ -96,7 +96,7 @@ func TestPostfixConfigCommand(t *testing.T) {
 		"sender_dependent_default_transport_maps = socketmap:unix:$postern_run_dir/socketmap.sock:senders\n",
 		"# ---- add to master.cf ----",
 		"postern   unix  -       -       n       -       -       lmtp\n",
-		"  -o lmtp_data_done_timeout=660s\n",
+		"  -o lmtp_data_done_timeout=960s\n",
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, r.stdout)
@@ -128,8 +128,8 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 				"postern_destination_recipient_limit":     "50",
 			},
 			master: map[string][]string{"postern/unix": {"postern", "unix", "-", "-", "n", "-", "-", "lmtp",
-				"lmtp_connection_cache_on_demand=yes", "lmtp_data_done_timeout=360s", "lmtp_data_init_timeout=180s",
-				"lmtp_data_xfer_timeout=180s", "lmtp_lhlo_timeout=60s", "lmtp_mail_timeout=180s", "lmtp_rcpt_timeout=180s",
+				"lmtp_connection_cache_on_demand=yes", "lmtp_data_done_timeout=480s", "lmtp_data_init_timeout=180s",
+				"lmtp_data_xfer_timeout=180s", "lmtp_lhlo_timeout=60s", "lmtp_mail_timeout=240s", "lmtp_rcpt_timeout=180s",
 				"lmtp_send_xforward_command=no", "syslog_name=postfix/postern"}},
 		},
 		{
@@ -143,8 +143,8 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 				"smtpd_milters":                           "{ unix:/run/postern/milter.sock, default_action=accept }",
 			},
 			master: map[string][]string{"relay2/unix": {"relay2", "unix", "-", "-", "n", "-", "-", "smtp",
-				"smtp_connection_cache_on_demand=yes", "smtp_data_done_timeout=660s", "smtp_data_init_timeout=360s",
-				"smtp_data_xfer_timeout=360s", "smtp_helo_timeout=60s", "smtp_mail_timeout=360s", "smtp_rcpt_timeout=360s",
+				"smtp_connection_cache_on_demand=yes", "smtp_data_done_timeout=960s", "smtp_data_init_timeout=360s",
+				"smtp_data_xfer_timeout=360s", "smtp_helo_timeout=60s", "smtp_mail_timeout=420s", "smtp_rcpt_timeout=360s",
 				"smtp_sasl_auth_enable=no", "smtp_send_xforward_command=no", "smtp_tls_security_level=none", "syslog_name=postfix/relay2"}},
 		},
 		{

@@ -1,0 +1,19 @@
+// Package integration holds Postern's end-to-end tests against real software. They are behind the
+// build tag "integration" and need root, Postfix and Dovecot (integration/scripts/install-deps.sh
+// installs them):
+//
+//	go test -race -tags integration -count=1 -timeout 20m ./integration/...
+//
+// The relay tests (relay_test.go) run the whole path of a message:
+//
+//  1. the test submits mail to the front Postfix, which carries contrib/postfix/main.cf and
+//     master.cf verbatim;
+//  2. Postfix asks Postern's socketmap for the sender's transport and delivers the mail of
+//     routed senders to Postern's LMTP socket, everything else to the direct destination;
+//  3. Postern, built from ./sidecar/cmd/postern (or POSTERN_BIN), relays it with STARTTLS and AUTH
+//     to the organisation's own server, played by the upstream Postfix with Dovecot SASL;
+//  4. the test reads the delivered mail from the upstream's Maildirs and Postfix's queue and log.
+//
+// The parts are started by package integration/harness. Without Postfix or Dovecot the tests
+// fail, unless POSTERN_IT_SKIP=1; POSTERN_IT_KEEP=1 keeps each test's directory for inspection.
+package integration
