@@ -55,6 +55,9 @@ type PosternOptions struct {
 	// SMTP makes Postern listen for Postfix on SMTP (listen.smtp, a free port on 127.0.0.1)
 	// instead of LMTP.
 	SMTP bool
+	// Store is the YAML of the config's store section (indented by two spaces, e.g. from
+	// (*Vault).StoreYAML); empty means the embedded file store in Dir.
+	Store string
 }
 
 // Postern is a `postern serve` process with a generated config and the embedded file store.
@@ -112,6 +115,11 @@ func NewPostern(opts PosternOptions) (*Postern, error) {
 		p.SMTPAddr = fmt.Sprintf("127.0.0.1:%d", smtpPort)
 		listenPostfix = fmt.Sprintf("lmtp: \"\"\n  smtp: %s", p.SMTPAddr)
 	}
+	storeYAML := opts.Store
+	if storeYAML == "" {
+		storeYAML = fmt.Sprintf("  file: {path: %s, key_file: %s}",
+			filepath.Join(opts.Dir, "store.db"), filepath.Join(opts.Dir, "store.key"))
+	}
 	conf := fmt.Sprintf(`instance: %s
 log: {level: %s, format: text}
 listen:
@@ -121,10 +129,9 @@ listen:
   socket_group: postfix
   socket_mode: "0660"
 store:
-  file: {path: %s, key_file: %s}
+%s
 reload_interval: 1s
-`, opts.Instance, opts.LogLevel, listenPostfix, p.SocketmapSocket, p.AdminAddr,
-		filepath.Join(opts.Dir, "store.db"), filepath.Join(opts.Dir, "store.key"))
+`, opts.Instance, opts.LogLevel, listenPostfix, p.SocketmapSocket, p.AdminAddr, storeYAML)
 	if opts.ExtraConfig != "" {
 		conf += strings.TrimRight(opts.ExtraConfig, "\n") + "\n"
 	}

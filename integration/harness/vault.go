@@ -1,0 +1,227 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// VaultRootToken is the dev server's root token in tests.
+const VaultRootToken = "postern-it-root"
+
+// Vault is a real Vault server: Vault's own core, HTTP API, KV v2 engine, AppRole and ACL policies
+// (integration/vaultdev), with in-memory storage, on a loopback port.
+type Vault struct {
+	// Addr is the URL, e.g. http://127.0.0.1:8200.
+	Addr string
+	// RootToken may do anything.
+	RootToken string
+
+	bin  string
+	port int
+	dir  string
+	t    T
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *syncBuffer
+}
+
+var buildVaultOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// BuildVaultDev builds (or finds up to date in the cache) the Vault dev server, once per process.
+func BuildVaultDev(ctx context.Context) (string, error) {
+	buildVaultOnce.Do(func() {
+		if p := os.Getenv("POSTERN_VAULTDEV"); p != "" {
+			buildVaultOnce.path = p
+			return
+		}
+		root, err := ModuleRoot()
+		if err != nil {
+			buildVaultOnce.err = err
+			return
+		}
+		var out, errb bytes.Buffer
+		cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "integration", "vaultdev", "build.sh"))
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			buildVaultOnce.err = fmt.Errorf("building the Vault dev server: %w\n%s", err, errb.String())
+			return
+		}
+		buildVaultOnce.path = strings.TrimSpace(out.String())
+	})
+	return buildVaultOnce.path, buildVaultOnce.err
+}
+
+// StartVault builds and starts a Vault dev server with KV v2 at secret/ and AppRole enabled, and
+// stops it at cleanup.
+func StartVault(t T) *Vault {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	bin, err := BuildVaultDev(ctx)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	v := &Vault{
+		Addr: fmt.Sprintf("http://127.0.0.1:%d", port), RootToken: VaultRootToken,
+		bin: bin, port: port, dir: TempDir(t), t: t, out: &syncBuffer{},
+	}
+	t.Cleanup(func() {
+		v.Stop()
+		if t.Failed() {
+			t.Logf("vault dev server output:\n%s", v.out.String())
+		}
+	})
+	if err := v.Start(); err != nil {
+		t.Fatalf("%v", err)
+	}
+	return v
+}
+
+// Start starts the server (again, on the same port, with empty storage after a Stop: use Pause and
+// Resume to keep the data).
+func (v *Vault) Start() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ready := filepath.Join(v.dir, "ready")
+	_ = os.Remove(ready)
+	cmd := exec.Command(v.bin, "-addr", fmt.Sprintf("127.0.0.1:%d", v.port), "-root-token", v.RootToken, "-ready-file", ready)
+	cmd.Stdout, cmd.Stderr = v.out, v.out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting vaultdev: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	v.cmd, v.done = cmd, done
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("vaultdev exited before it was ready:\n%s", v.out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vaultdev not ready after 60s:\n%s", v.out.String())
+		}
+	}
+}
+
+// Pause stops the server from answering without losing its data (SIGSTOP): to clients it looks
+// unreachable (connections hang until their timeouts).
+func (v *Vault) Pause() error { return v.signal(syscall.SIGSTOP) }
+
+// Resume undoes Pause.
+func (v *Vault) Resume() error { return v.signal(syscall.SIGCONT) }
+
+func (v *Vault) signal(s syscall.Signal) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cmd == nil || v.cmd.Process == nil {
+		return fmt.Errorf("vault is not running")
+	}
+	return v.cmd.Process.Signal(s)
+}
+
+// Stop stops the server; its data is gone.
+func (v *Vault) Stop() {
+	v.mu.Lock()
+	cmd, done := v.cmd, v.done
+	v.cmd = nil
+	v.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Env returns VAULT_ADDR and VAULT_TOKEN (root) for commands such as `postern project`.
+func (v *Vault) Env() []string {
+	return []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.RootToken}
+}
+
+// StoreYAML is the store section of a Postern config using this server with a token file.
+func (v *Vault) StoreYAML(tokenFile string) string {
+	return fmt.Sprintf("  vault:\n    address: %s\n    auth:\n      token_file: %s", v.Addr, tokenFile)
+}
+
+// Request makes an HTTP API call with token (the root token when empty) and decodes the JSON
+// answer into out (when not nil). It returns the HTTP status.
+func (v *Vault) Request(ctx context.Context, method, path, token string, body, out any) (int, error) {
+	if token == "" {
+		token = v.RootToken
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, v.Addr+"/v1/"+strings.TrimPrefix(path, "/"), rd)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("X-Vault-Token", token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("vault %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("vault %s %s: decoding %q: %w", method, path, b, err)
+		}
+	}
+	if resp.StatusCode >= 300 && out == nil {
+		return resp.StatusCode, fmt.Errorf("vault %s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	return resp.StatusCode, nil
+}
+
+// KVVersion returns the current version of a KV v2 record under secret/ (0 when missing).
+func (v *Vault) KVVersion(ctx context.Context, path string) (int, error) {
+	var out struct {
+		Data struct {
+			CurrentVersion int `json:"current_version"`
+		} `json:"data"`
+	}
+	code, err := v.Request(ctx, http.MethodGet, "secret/metadata/"+path, "", nil, &out)
+	if code == http.StatusNotFound {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return out.Data.CurrentVersion, nil
+}
