@@ -26,8 +26,14 @@
 //     operational fault is a temporary (4xx) reply, so mail waits in Postfix's queue; only a
 //     definite no from the upstream is a 5xx.
 //
+// A mailbox owner signs an OAuth project in once, through the provider's own login page, from a
+// signed, expiring, single-use link on Postern's admin listener (package signin; `postern
+// authorize-link`). After that the token broker refreshes by itself and writes every rotated
+// refresh token back to the store before using the new access token; a revoked grant marks the
+// project needs_reauth, its mail waits in Postfix's queue, and flows once the owner signs in again.
+//
 // Projects and tokens live in a store (package store): an embedded encrypted file on a single
-// host (store/filestore), or HashiCorp Vault. Run wires the parts together and shuts them down in
+// host (store/filestore), or HashiCorp Vault (store/vaultstore over package vault). Run wires the parts together and shuts them down in
 // order: stop accepting, let transactions in flight finish, close upstream connections, close
 // the store.
 package sidecar
