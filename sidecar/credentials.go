@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"time"
 
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
@@ -39,6 +40,12 @@ func (c *credentials) State(p project.Project) (project.TokenState, string) {
 	if p.Auth.Type != project.AuthOAuth2 {
 		return project.TokenOK, ""
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), observeTimeout)
+	defer cancel()
+	_ = c.broker.Observe(ctx, p) // a store read the first time only; a failure leaves the state unknown
 	s := c.broker.Status(p.Name)
 	return s.State, s.Reason
 }
+
+// observeTimeout bounds the one store read that teaches the broker a project's stored state.
+const observeTimeout = 5 * time.Second

@@ -20,8 +20,8 @@ import (
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
-	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/signin"
+	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/socketmap"
 	"github.com/postern/postern/sidecar/token"
 	"github.com/postern/postern/sidecar/upstream"
@@ -139,7 +139,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			}
 			return nil
 		}}},
-		Projects: func(context.Context) []admin.ProjectStatus { return projectStatus(dir, broker, pools) },
+		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
 		Extra:    signinRoutes,
 	})
 
@@ -185,7 +185,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return nil
 }
 
-func projectStatus(dir *directory.Directory, broker *token.Broker, pools *upstream.Pools) []admin.ProjectStatus {
+func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.Broker, pools *upstream.Pools) []admin.ProjectStatus {
 	down := map[string]upstream.PoolStats{}
 	for _, s := range pools.Stats() {
 		down[s.Project] = s
@@ -197,6 +197,7 @@ func projectStatus(dir *directory.Directory, broker *token.Broker, pools *upstre
 			Upstream: p.Upstream.Address(), Senders: p.Senders, State: "ok",
 		}
 		if p.Auth.Type == project.AuthOAuth2 {
+			_ = broker.Observe(ctx, p)
 			ts := broker.Status(p.Name)
 			row.Expiry = ts.Expiry
 			switch {

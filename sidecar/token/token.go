@@ -739,3 +739,42 @@ func (b *Broker) PendingWrites() int {
 }
 
 func secretOf(s string) secret.Secret { return secret.New(s) }
+
+// Observe reads a project's stored token record into the cache when nothing is known of it yet,
+// without asking the identity provider, so that the status page and the milter know a stored
+// needs_reauth (or a project never signed in) from the start, not only after a delivery tried.
+func (b *Broker) Observe(ctx context.Context, p project.Project) error {
+	if p.Auth.Type != project.AuthOAuth2 || b.opts.Store == nil {
+		return nil
+	}
+	b.mu.Lock()
+	e := b.entryLocked(p.Name)
+	known := e.loaded || e.flight != nil || e.state != ""
+	b.mu.Unlock()
+	if known {
+		return nil
+	}
+	e.io.Lock()
+	defer e.io.Unlock()
+	t, err := b.opts.Store.Token(ctx, p.Name)
+	notSignedIn := errors.Is(err, store.ErrNotFound)
+	if err != nil && !notSignedIn {
+		return fmt.Errorf("reading the token record of project %q: %w", p.Name, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e.loaded || e.flight != nil || e.state != "" {
+		return nil
+	}
+	switch {
+	case notSignedIn:
+		e.state, e.reason = project.TokenNeedsReauth, "the mailbox has not been signed in yet"
+	case t.State == project.TokenNeedsReauth:
+		// Not loaded: the next Credential goes through the store and answers needs_reauth.
+		e.state, e.reason = project.TokenNeedsReauth, t.Reason
+	default:
+		e.state = project.TokenOK
+		e.tok, e.loaded = t, true
+	}
+	return nil
+}

@@ -861,3 +861,61 @@ func TestStoreSignInWhileStoreDown(t *testing.T) {
 		t.Fatalf("stored sign-in: version %d account %q", rec.Version, rec.Account)
 	}
 }
+
+// A restarted Postern knows a stored needs_reauth, or a mailbox never signed in, before any
+// delivery tries: the milter and the status page ask Observe first. It reads the store once and
+// never calls the identity provider.
+func TestObserveStoredState(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name       string
+		record     func(f *fixture)
+		wantState  project.TokenState
+		wantReason string
+	}{
+		{"ok", func(*fixture) {}, project.TokenOK, ""},
+		{"needs reauth", func(f *fixture) {
+			r := f.store.get(projectName)
+			r.State, r.Reason = project.TokenNeedsReauth, "invalid_grant: AADSTS700082 expired"
+			if _, err := f.store.PutToken(context.Background(), projectName, r); err != nil {
+				t.Fatal(err)
+			}
+		}, project.TokenNeedsReauth, "AADSTS700082"},
+		{"never signed in", func(f *fixture) {
+			f.store.mu.Lock()
+			delete(f.store.recs, projectName)
+			f.store.mu.Unlock()
+		}, project.TokenNeedsReauth, "not been signed in"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, oauthtest.Options{}, time.Hour)
+			c.record(f)
+			b := f.broker(t, "a")
+			if s := b.Status(projectName); s.State != "" {
+				t.Fatalf("state known before Observe: %+v", s)
+			}
+			reads := f.store.readCount()
+			for range 3 {
+				if err := b.Observe(context.Background(), f.p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := b.Status(projectName)
+			if s.State != c.wantState || !strings.Contains(s.Reason, c.wantReason) {
+				t.Fatalf("status %+v, want %s %q", s, c.wantState, c.wantReason)
+			}
+			if got := f.store.readCount() - reads; got != 1 {
+				t.Fatalf("%d store reads for three Observes, want 1", got)
+			}
+			if n := f.idp.Requests(); n != 0 {
+				t.Fatalf("Observe called the identity provider %d times", n)
+			}
+			_, err := b.Credential(context.Background(), f.p, false)
+			if (c.wantState == project.TokenNeedsReauth) != errors.Is(err, credential.ErrNeedsReauth) {
+				t.Fatalf("Credential after Observe: %v", err)
+			}
+		})
+	}
+}
