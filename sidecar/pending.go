@@ -106,3 +106,15 @@ func (p *pendingStore) Close() error {
 	}
 	return nil
 }
+
+// Healthy reports the store's health: not open yet, or what the open store says.
+func (p *pendingStore) Healthy() error {
+	s, err := p.get()
+	if err != nil {
+		return err
+	}
+	if h, ok := s.(interface{ Healthy() error }); ok {
+		return h.Healthy()
+	}
+	return nil
+}

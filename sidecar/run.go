@@ -23,6 +23,7 @@ import (
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/socketmap"
+	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/token"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -133,12 +134,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	adm := admin.New(admin.Options{
 		Logger:   log.With("component", "admin"),
 		Registry: reg,
-		Checks: []admin.Check{{Name: "projects", Func: func(context.Context) error {
-			if ok, why := dir.Ready(); !ok {
-				return errors.New(why)
-			}
-			return nil
-		}}},
+		Checks:   readiness(dir, st, broker),
 		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
 		Extra:    signinRoutes,
 	})
@@ -270,5 +266,37 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ok = 0
 		}
 		ch <- prometheus.MustNewConstMetric(descTokenOK, prometheus.GaugeValue, ok, p.Name)
+	}
+}
+
+// readiness: not ready until the projects are loaded; degraded (still ready, mail still flows with
+// cached credentials) while the store is unreachable or refreshed tokens wait to be written.
+func readiness(dir *directory.Directory, st store.Store, broker *token.Broker) []admin.Check {
+	return []admin.Check{
+		{Name: "projects", Func: func(context.Context) error {
+			switch ok, why := dir.Ready(); {
+			case !ok:
+				return errors.New(why)
+			case why != "":
+				return fmt.Errorf("%s: %w", why, admin.ErrDegraded)
+			}
+			return nil
+		}},
+		{Name: "store", Func: func(context.Context) error {
+			h, ok := st.(interface{ Healthy() error })
+			if !ok {
+				return nil
+			}
+			if err := h.Healthy(); err != nil {
+				return fmt.Errorf("%w: %w", err, admin.ErrDegraded)
+			}
+			return nil
+		}},
+		{Name: "token_writes", Func: func(context.Context) error {
+			if n := broker.PendingWrites(); n > 0 {
+				return fmt.Errorf("%d refreshed token(s) wait to be written to the store: %w", n, admin.ErrDegraded)
+			}
+			return nil
+		}},
 	}
 }
