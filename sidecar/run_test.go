@@ -130,7 +130,9 @@ reload_interval: 50ms
 	if !strings.Contains(string(metrics), `postern_upstream_dials_total{project="client-a"} 1`) {
 		t.Errorf("metrics lack the upstream dial:\n%s", metrics)
 	}
-	var status struct{ Projects []struct{ Name, State string } }
+	var status struct {
+		Projects []struct{ Name, State string }
+	}
 	resp, err = http.Get("http://" + admin + "/api/v1/projects")
 	if err != nil {
 		t.Fatal(err)
