@@ -14,15 +14,19 @@ import (
 // credentials hands each project's sign-in to the source for its auth type: the project's own
 // username and password for basic auth, the token broker for OAuth.
 type credentials struct {
-	basic  credential.Basic
-	broker *token.Broker
+	basic   credential.Basic
+	broker  *token.Broker
+	plugins *pluginCredentials
 }
 
 var _ smtpd.Credentials = (*credentials)(nil)
 
 func (c *credentials) source(p project.Project) smtpd.Credentials {
-	if p.Auth.Type == project.AuthOAuth2 {
+	switch p.Auth.Type {
+	case project.AuthOAuth2:
 		return c.broker
+	case project.AuthPlugin:
+		return c.plugins
 	}
 	return c.basic
 }
@@ -37,7 +41,11 @@ func (c *credentials) Rejected(ctx context.Context, p project.Project, err error
 
 // State is the credential's health as the milter and status page see it.
 func (c *credentials) State(p project.Project) (project.TokenState, string) {
-	if p.Auth.Type != project.AuthOAuth2 {
+	switch p.Auth.Type {
+	case project.AuthPlugin:
+		return c.plugins.State(p)
+	case project.AuthOAuth2:
+	default:
 		return project.TokenOK, ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), observeTimeout)

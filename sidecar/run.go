@@ -50,7 +50,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
 	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: log.With("component", "token")})
 	defer broker.Close()
-	creds := &credentials{basic: credential.Basic{Logger: log.With("component", "credential")}, broker: broker}
+	providers, closeProviders := openProviders(ctx, cfg.CredentialProviders, log.With("component", "plugin"))
+	defer closeProviders()
+	creds := &credentials{
+		basic:   credential.Basic{Logger: log.With("component", "credential")},
+		broker:  broker,
+		plugins: &pluginCredentials{providers: providers, log: log.With("component", "plugin"), now: time.Now, cache: map[string]pluginEntry{}},
+	}
 
 	// The sign-in pages for OAuth mailboxes, on the admin listener. Their upstream check has pools
 	// of its own, so that it always opens a new connection and signs in with the new token.
@@ -129,6 +135,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("configuring the milter: %w", err)
 		}
 	}
+	var api *admin.APIOptions
+	if cfg.API.TokenFile != "" {
+		tok, err := admin.LoadAPIToken(cfg.API.TokenFile)
+		if err != nil {
+			return err
+		}
+		api = &admin.APIOptions{Store: st, Token: tok}
+		log.Info("serving the project API", "url", "http://"+cfg.Listen.Admin+"/api/v1/projects/{name}", "token_file", cfg.API.TokenFile)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker})
 	adm := admin.New(admin.Options{
@@ -137,6 +152,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Checks:   readiness(dir, st, broker),
 		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
 		Extra:    signinRoutes,
+		API:      api,
 	})
 
 	errs := []error{

@@ -1,14 +1,18 @@
 // Package admin is Postern's HTTP side for operators and monitoring: liveness (/healthz),
 // readiness (/readyz), Prometheus metrics (/metrics) and the status of every project
-// (/status as HTML, /api/v1/projects as JSON). It listens on loopback only.
+// (/status as HTML, /api/v1/projects as JSON), and, when configured, the project API that reads and
+// writes projects (/api/v1/projects/{name}, see api.go). It listens on loopback only.
 //
-//  1. New takes the checks that decide readiness and the function that lists project status.
+//  1. New takes the checks that decide readiness, the function that lists project status, and the
+//     store and bearer token of the project API.
 //  2. Handler routes the requests; Serve runs it on a listener until ctx ends.
-//  3. Nothing here writes: the status page shows state, with what to do next for each problem.
+//  3. The status page shows state, with what to do next for each problem. Only the project API
+//     writes, and only with its bearer token.
 package admin
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -55,6 +59,8 @@ type Options struct {
 	Projects func(context.Context) []ProjectStatus // nil: no project status
 	// Extra lets other packages add routes (the OAuth sign-in pages).
 	Extra map[string]http.Handler
+	// API turns the project API on. nil: its routes answer 404 saying how to turn it on.
+	API *APIOptions
 }
 
 // Server is the admin HTTP server.
@@ -81,6 +87,15 @@ func New(opts Options) *Server {
 			http.Redirect(w, r, "/status", http.StatusFound)
 		})
 	}
+	var api *projectAPI
+	switch a := opts.API; {
+	case a == nil:
+	case a.Store == nil || a.Token.IsZero():
+		opts.Logger.Error("the project API is off: it needs both a store and a bearer token")
+	default:
+		api = &projectAPI{st: a.Store, token: sha256.Sum256([]byte(a.Token.Reveal())), log: opts.Logger}
+	}
+	api.routes(s.mux)
 	for pattern, h := range opts.Extra {
 		s.mux.Handle(pattern, h)
 	}

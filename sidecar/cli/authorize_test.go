@@ -156,7 +156,7 @@ func TestProjectOAuthFlagErrors(t *testing.T) {
 	}{
 		{"provider for a basic project", "pw", add("--password-stdin", "--provider", "microsoft", "--scopes", "x"),
 			[]string{"--provider is for OAuth projects", "--scopes is for OAuth projects"}},
-		{"unknown auth", "", add("--auth", "kerberos"), []string{`--auth "kerberos": use basic, oauth2 or none`}},
+		{"unknown auth", "", add("--auth", "kerberos"), []string{`--auth "kerberos": use basic, oauth2, plugin or none`}},
 		{"google device flow", "", add("--auth", "oauth2", "--provider", "google", "--client-id", "g", "--grant", "device_code"), []string{"no device flow"}},
 		{"tenant for google", "", add("--auth", "oauth2", "--provider", "google", "--client-id", "g", "--tenant", "t"), []string{"--tenant is for the microsoft provider"}},
 		{"endpoint for microsoft", "", add(append(ms, "--token-url", "https://idp.example/token")...), []string{"--token-url is for the generic provider"}},

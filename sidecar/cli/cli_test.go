@@ -667,3 +667,28 @@ func TestDefaultStoreLocationsAgree(t *testing.T) {
 		t.Fatal("config and filestore disagree on the default store files")
 	}
 }
+
+func TestProjectWithCredentialProvider(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "")
+	h.mustRun("pw-Basic-12345", "project", "add", "acme", "--sender", "noreply@acme.example", "--host", "smtp.acme.example",
+		"--username", "noreply@acme.example", "--password-stdin")
+	h.mustRun("", "project", "update", "acme", "--auth", "plugin", "--plugin-provider", "hsm",
+		"--plugin-config", "path=mail/acme", "--plugin-config", "slot=3")
+	p := h.project("acme")
+	if p.Auth.Type != project.AuthPlugin || p.Auth.Plugin == nil || p.Auth.Plugin.Provider != "hsm" ||
+		p.Auth.Plugin.Config["path"] != "mail/acme" || p.Auth.Plugin.Config["slot"] != "3" || !p.Auth.Password.IsZero() {
+		t.Fatalf("project after switching to a provider: %+v", p.Auth)
+	}
+	if r := h.mustRun("", "project", "show", "acme"); !strings.Contains(r.stdout, "hsm") || !strings.Contains(r.stdout, "mail/acme") {
+		t.Fatalf("show:\n%s", r.stdout)
+	}
+	if r := h.run("", "project", "update", "acme", "--auth", "plugin", "--plugin-config", "novalue"); r.code != ExitFail ||
+		!strings.Contains(r.stderr, "KEY=VALUE") {
+		t.Fatalf("bad --plugin-config: %v", r)
+	}
+	if r := h.run("", "project", "update", "acme", "--auth", "none", "--plugin-provider", "x"); r.code != ExitFail ||
+		!strings.Contains(r.stderr, "--auth plugin") {
+		t.Fatalf("--plugin-provider on a non-plugin project: %v", r)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -108,6 +109,10 @@ type projectFlags struct {
 	provider, tenant, clientID, scopes, grant           string
 	authURL, tokenURL, deviceURL, revocationURL, issuer string
 	secretStdin, secretPrompt                           bool
+
+	// Credential provider settings (--auth plugin).
+	pluginProvider string
+	pluginConfig   stringList
 }
 
 // oauthFlags are the flags that only an OAuth project takes.
@@ -129,7 +134,9 @@ func (f *projectFlags) register(fs *flagSet, update bool) {
 	fs.StringVar(&f.caFile, "ca-file", "", "`PEM` file of CA certificates to trust for the upstream instead of the system's")
 	fs.StringVar(&f.serverName, "server-name", "", "`NAME` the upstream's certificate must carry (default: the host)")
 	fs.BoolVar(&f.insecure, "insecure-skip-verify", false, "do not verify the upstream's certificate (never in production)")
-	fs.StringVar(&f.auth, "auth", string(project.AuthBasic), "how to sign in upstream: basic, oauth2, or none")
+	fs.StringVar(&f.auth, "auth", string(project.AuthBasic), "how to sign in upstream: basic, oauth2, plugin (a credential provider), or none")
+	fs.StringVar(&f.pluginProvider, "plugin-provider", "", "credential provider `NAME` from credential_providers in Postern's configuration (--auth plugin)")
+	fs.Var(&f.pluginConfig, "plugin-config", "`KEY=VALUE` setting handed to the credential provider; repeat (--auth plugin; replaces the settings)")
 	fs.StringVar(&f.username, "username", "", "`USER` to sign in as")
 	fs.BoolVar(&f.passwordStdin, "password-stdin", false, "read the password from standard input")
 	if update {
@@ -213,10 +220,10 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	}
 	if set("auth") {
 		switch t := project.AuthType(strings.ToLower(f.auth)); t {
-		case project.AuthBasic, project.AuthNone, project.AuthOAuth2:
+		case project.AuthBasic, project.AuthNone, project.AuthOAuth2, project.AuthPlugin:
 			p.Auth.Type = t
 		default:
-			errs = append(errs, fmt.Errorf("--auth %q: use basic, oauth2 or none", f.auth))
+			errs = append(errs, fmt.Errorf("--auth %q: use basic, oauth2, plugin or none", f.auth))
 		}
 	}
 	if set("username") {
@@ -226,6 +233,7 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 		p.Auth.Mechanism = strings.ToUpper(f.mechanism)
 	}
 	errs = append(errs, f.applyOAuth(given, set, p)...)
+	errs = append(errs, f.applyPlugin(given, set, p)...)
 	if set("max-connections") {
 		p.Limits.MaxConnections = f.maxConns
 	}
@@ -252,6 +260,40 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	}
 	if f.secretStdin && f.passwordStdin {
 		errs = append(errs, errors.New("--password-stdin and --client-secret-stdin: standard input holds one secret"))
+	}
+	return errs
+}
+
+// applyPlugin sets the credential provider of a plugin project, and refuses its flags for other
+// projects. Switching to plugin drops the basic password.
+func (f *projectFlags) applyPlugin(given map[string]bool, set func(string) bool, p *project.Project) []error {
+	var errs []error
+	if p.Auth.Type != project.AuthPlugin {
+		for _, name := range []string{"plugin-provider", "plugin-config"} {
+			if given[name] {
+				errs = append(errs, fmt.Errorf("--%s is for projects with --auth plugin; project %s uses %s", name, p.Name, p.Auth.Type))
+			}
+		}
+		p.Auth.Plugin = nil
+		return errs
+	}
+	p.Auth.Password, p.Auth.Mechanism = secret.Secret{}, ""
+	if p.Auth.Plugin == nil {
+		p.Auth.Plugin = &project.PluginAuth{}
+	}
+	if set("plugin-provider") {
+		p.Auth.Plugin.Provider = strings.TrimSpace(f.pluginProvider)
+	}
+	if set("plugin-config") {
+		p.Auth.Plugin.Config = map[string]string{}
+		for _, kv := range f.pluginConfig {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || strings.TrimSpace(k) == "" {
+				errs = append(errs, fmt.Errorf("--plugin-config %q: use KEY=VALUE", kv))
+				continue
+			}
+			p.Auth.Plugin.Config[strings.TrimSpace(k)] = v
+		}
 	}
 	return errs
 }
@@ -410,24 +452,6 @@ func readCAFile(path string) (string, error) {
 	return string(b), nil
 }
 
-// senderConflicts reports the senders of p that another project already routes.
-func senderConflicts(p project.Project, others []project.Project) []error {
-	var errs []error
-	for _, o := range others {
-		if o.Name == p.Name {
-			continue
-		}
-		for _, s := range p.Senders {
-			for _, theirs := range o.Senders {
-				if strings.EqualFold(s, theirs) {
-					errs = append(errs, fmt.Errorf("sender %s already belongs to project %s", s, o.Name))
-				}
-			}
-		}
-	}
-	return errs
-}
-
 // openProjectStore loads the configuration and opens its store, printing what went wrong.
 func (a *App) openProjectStore(ctx context.Context, load func() (*config.Config, string, bool)) (store.Store, bool) {
 	_, st, ok := a.openConfigStore(ctx, load)
@@ -503,7 +527,7 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 			return ExitFail
 		}
 	}
-	problems = append(problems, senderConflicts(p, all)...)
+	problems = append(problems, project.SenderConflicts(p, all)...)
 	newSecret := f.secretStdin || f.secretPrompt
 	problems = append(problems, oauthProblems(p, newSecret)...)
 
@@ -587,7 +611,7 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 		fmt.Fprintf(a.Stderr, "postern project update: %v\n", err)
 		return ExitFail
 	}
-	problems = append(problems, senderConflicts(p, all)...)
+	problems = append(problems, project.SenderConflicts(p, all)...)
 
 	newPassword := f.passwordStdin || f.passwordPrompt
 	if newPassword && p.Auth.Type != project.AuthBasic {
@@ -853,6 +877,18 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 	case project.AuthBasic:
 		row("password", setOrNot(p.Auth.Password))
 		row("mechanism", orDefault(p.Auth.Mechanism, "(the server's, PLAIN first)"))
+	case project.AuthPlugin:
+		if pa := p.Auth.Plugin; pa != nil {
+			row("credential provider", pa.Provider)
+			keys := make([]string, 0, len(pa.Config))
+			for k := range pa.Config {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				row("provider config "+k, pa.Config[k])
+			}
+		}
 	case project.AuthOAuth2:
 		if o := p.Auth.OAuth; o != nil {
 			row("oauth provider", o.Provider)

@@ -85,6 +85,11 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// SignIn configures the pages where a mailbox owner signs an OAuth project's mailbox in.
 	SignIn SignIn `yaml:"signin"`
+	// API configures the project API on the admin listener.
+	API API `yaml:"api"`
+	// CredentialProviders declares out-of-process credential providers (package plugin) by name.
+	// A project with auth type "plugin" names one of them; only programs declared here are run.
+	CredentialProviders map[string]CredentialProvider `yaml:"credential_providers"`
 	// ReloadInterval is how often the projects are read again from the store. Default 10s.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
@@ -245,6 +250,17 @@ type SignIn struct {
 	// reverse proxy: for example https://postern.example.com. The redirect URI to register at the
 	// identity provider is PublicURL + "/signin/callback". Default: http://<listen.admin>.
 	PublicURL string `yaml:"public_url"`
+}
+
+// API configures the project API on the admin listener: GET, PUT and DELETE
+// /api/v1/projects/<name> and POST /api/v1/projects/<name>/enable and /disable, which read and write
+// projects in the store as `postern project` does. With the Vault store, Postern's Vault token must
+// then be allowed to write projects too (`postern vault-policy --admin`).
+type API struct {
+	// TokenFile holds the bearer token every request carries (Authorization: Bearer <token>). A
+	// missing file is created with a random token and mode 0600; a file readable by group or others
+	// is refused. Default "": the API is off and its routes answer 404.
+	TokenFile string `yaml:"token_file"`
 }
 
 // SignInURL is the base URL of the sign-in pages: signin.public_url without a trailing slash, or
@@ -554,6 +570,61 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 		add("limits.rate_wait %v: must not be negative", c.Limits.RateWait)
 	}
 	errs = append(errs, c.validateSignIn()...)
+	errs = append(errs, c.validateAPI()...)
+	errs = append(errs, c.validateProviders()...)
+	return errs
+}
+
+// CredentialProvider is a credential provider program (see plugin/README.md).
+type CredentialProvider struct {
+	// Path is the provider's executable, an absolute path.
+	Path string `yaml:"path"`
+	// Args are its arguments. Never put secrets here: they show in process lists and debug logs.
+	Args []string `yaml:"args"`
+	// Env is its whole environment (KEY=value); Postern's own environment is not passed on.
+	Env []string `yaml:"env"`
+	// StartTimeout bounds its start. Default 30s.
+	StartTimeout time.Duration `yaml:"start_timeout"`
+}
+
+func (c *Config) validateProviders() []error {
+	var errs []error
+	for name, p := range c.CredentialProviders {
+		switch fi, err := os.Stat(p.Path); {
+		case !filepath.IsAbs(p.Path):
+			errs = append(errs, fmt.Errorf("credential_providers.%s.path %q: use an absolute path", name, p.Path))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("credential_providers.%s.path: %w", name, err))
+		case fi.IsDir() || fi.Mode()&0o111 == 0:
+			errs = append(errs, fmt.Errorf("credential_providers.%s.path %s is not an executable file", name, p.Path))
+		}
+		if p.StartTimeout < 0 {
+			errs = append(errs, fmt.Errorf("credential_providers.%s.start_timeout %v: must not be negative", name, p.StartTimeout))
+		}
+	}
+	return errs
+}
+
+func (c *Config) validateAPI() []error {
+	f := c.API.TokenFile
+	if f == "" {
+		return nil
+	}
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if strings.HasSuffix(f, "/") {
+		add("api.token_file %q names a directory, not a file", f)
+	}
+	if c.Listen.Admin == "" {
+		add("api.token_file is set but listen.admin is off: the API is served on the admin listener")
+	}
+	others := map[string]string{c.SignIn.KeyFile: "signin.key_file"}
+	if s := c.Store.File; s != nil {
+		others[s.Path], others[s.KeyFile] = "store.file.path", "store.file.key_file"
+	}
+	if key, ok := others[f]; ok {
+		add("api.token_file %q must not be the file of %s", f, key)
+	}
 	return errs
 }
 

@@ -318,6 +318,13 @@ func TestValidate(t *testing.T) {
 		{"link ttl too long", "signin: {link_ttl: 2000h}\n", "at most 720h"},
 		{"no signin key file", "signin: {key_file: ''}\n", "signin.key_file is empty"},
 		{"signin key is the store key", "signin: {key_file: /var/lib/postern/store.key}\n", "must not be a file of the store"},
+		{"api on", "api: {token_file: /var/lib/postern/api.token}\n", ""},
+		{"api token file is a directory", "api: {token_file: /var/lib/postern/}\n", `api.token_file "/var/lib/postern/" names a directory`},
+		{"api without the admin listener", "listen: {admin: ''}\napi: {token_file: /var/lib/postern/api.token}\n", "listen.admin is off"},
+		{"api token is the store key", "api: {token_file: /var/lib/postern/store.key}\n", "must not be the file of store.file.key_file"},
+		{"api token is the store data", "api: {token_file: /var/lib/postern/store.db}\n", "must not be the file of store.file.path"},
+		{"api token is the signin key", "api: {token_file: /var/lib/postern/signin.key}\n", "must not be the file of signin.key_file"},
+		{"api off without the admin listener", "listen: {admin: ''}\n", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -392,6 +399,19 @@ func TestSignIn(t *testing.T) {
 	}
 	if _, err := Parse([]byte("signin: {link_tl: 1h}\n")); err == nil || !strings.Contains(err.Error(), `unknown key "link_tl"`) {
 		t.Errorf("a misspelt signin key: %v", err)
+	}
+}
+
+func TestAPI(t *testing.T) {
+	t.Parallel()
+	if f := Default().API.TokenFile; f != "" {
+		t.Errorf("the API is on by default: token_file %q", f)
+	}
+	if c := mustParse(t, "api: {token_file: /etc/postern/api.token}\n"); c.API.TokenFile != "/etc/postern/api.token" {
+		t.Errorf("api %+v", c.API)
+	}
+	if _, err := Parse([]byte("api: {token: x}\n")); err == nil || !strings.Contains(err.Error(), `unknown key "token"`) {
+		t.Errorf("a misspelt api key: %v", err)
 	}
 }
 

@@ -43,6 +43,9 @@ const (
 	AuthOAuth2 AuthType = "oauth2"
 	// AuthNone sends without AUTH (an upstream that trusts the connection).
 	AuthNone AuthType = "none"
+	// AuthPlugin asks an out-of-process credential provider (see package plugin) for the
+	// credential: for secrets kept somewhere Postern does not know.
+	AuthPlugin AuthType = "plugin"
 )
 
 // Project is one sending identity: a mailbox at a client organisation's mail server.
@@ -96,6 +99,17 @@ type Auth struct {
 
 	// OAuth holds the OAuth 2.0 client settings when Type is AuthOAuth2.
 	OAuth *OAuth `json:"oauth,omitempty"`
+	// Plugin names the credential provider when Type is AuthPlugin.
+	Plugin *PluginAuth `json:"plugin,omitempty"`
+}
+
+// PluginAuth names a credential provider declared in Postern's configuration
+// (credential_providers) and the settings it gets for this project. A project record can only
+// name a provider the operator declared: writing projects never makes Postern run a program.
+type PluginAuth struct {
+	Provider string `json:"provider"`
+	// Config is passed to the provider as it is. It is not secret: secrets stay with the provider.
+	Config map[string]string `json:"config,omitempty"`
 }
 
 // OAuth is an OAuth 2.0 client registration at an identity provider.
@@ -214,8 +228,12 @@ func (p Project) Validate() []error {
 			errs = append(errs, p.Auth.OAuth.validate()...)
 		}
 	case AuthNone:
+	case AuthPlugin:
+		if p.Auth.Plugin == nil || p.Auth.Plugin.Provider == "" {
+			add("auth.plugin.provider is empty: name a credential provider from Postern's configuration")
+		}
 	default:
-		add("auth.type %q: use basic, oauth2 or none", p.Auth.Type)
+		add("auth.type %q: use basic, oauth2, plugin or none", p.Auth.Type)
 	}
 	if p.Limits.MaxConnections < 0 || p.Limits.MessagesPerMinute < 0 || p.Limits.RecipientsPerDay < 0 ||
 		p.Limits.MaxRecipients < 0 || p.Limits.MaxMessageBytes < 0 {

@@ -135,7 +135,7 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 		return fmt.Errorf("getting the credential: %w", err)
 	}
 	conn, err := s.srv.opts.Upstreams.Acquire(ctx, p, auth)
-	if authFailed(err) && p.Auth.Type == project.AuthOAuth2 {
+	if authFailed(err) && (p.Auth.Type == project.AuthOAuth2 || p.Auth.Type == project.AuthPlugin) {
 		tx.log.Info("the upstream refused the credential: trying a fresh one", "error", err)
 		auth, err = creds.Credential(ctx, p, true)
 		if err != nil {
