@@ -104,6 +104,10 @@ type Options struct {
 	ConfigFor func(*project.OAuth) (*oauth2.Config, error)
 	// RefreshTimeout bounds one refresh (store read, token request, store write); zero means 30 s.
 	RefreshTimeout time.Duration
+	// StoreTimeout bounds each store call of a refresh (the read, each write), so that a store
+	// that does not answer leaves time to refresh from memory and keep the new token pending;
+	// zero means a third of RefreshTimeout.
+	StoreTimeout time.Duration
 	// ForceWindow: a forced refresh within this long after the last completed one returns the
 	// current token instead; zero means 5 s.
 	ForceWindow time.Duration
@@ -184,6 +188,9 @@ func New(opts Options) *Broker {
 	}
 	if opts.RefreshTimeout <= 0 {
 		opts.RefreshTimeout = 30 * time.Second
+	}
+	if opts.StoreTimeout <= 0 {
+		opts.StoreTimeout = opts.RefreshTimeout / 3
 	}
 	if opts.ForceWindow <= 0 {
 		opts.ForceWindow = 5 * time.Second
@@ -384,7 +391,10 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 
 	if pending {
 		// A rotated token waits for the store: write it first, so the record read below is ours.
-		if cur, werr := b.write(ctx, name, mem); werr == nil {
+		wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+		cur, werr := b.write(wctx, name, mem)
+		cancel()
+		if werr == nil {
 			b.mu.Lock()
 			e.tok, e.pending, mem = cur, false, cur
 			b.mu.Unlock()
@@ -399,7 +409,9 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 		if pending {
 			rec, fromMemory = mem, true
 		} else {
-			rec, err = b.opts.Store.Token(ctx, name)
+			rctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+			rec, err = b.opts.Store.Token(rctx, name)
+			cancel()
 			switch {
 			case errors.Is(err, store.ErrNotFound) && cc:
 				rec = project.Token{}
@@ -436,7 +448,9 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 				marked := rec
 				marked.State, marked.Reason = project.TokenNeedsReauth, reason
 				marked.RefreshedBy, marked.UpdatedAt = b.opts.Instance, now
-				_, werr := b.opts.Store.PutToken(ctx, name, marked)
+				wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+				_, werr := b.opts.Store.PutToken(wctx, name, marked)
+				cancel()
 				if errors.Is(werr, store.ErrConflict) && attempt < maxAttempts {
 					continue // someone else wrote meanwhile: look again
 				}
@@ -469,7 +483,9 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 		if next.Account == "" {
 			next.Account, _ = oauth.Account(tok)
 		}
-		cur, werr := b.write(ctx, name, next)
+		wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+		cur, werr := b.write(wctx, name, next)
+		cancel()
 		if werr != nil {
 			log.Error("could not write the refreshed token to the store: keeping it in memory and retrying", "error", werr, "rotated", rotated)
 			return result{tok: next, refreshed: true, pending: true}

@@ -46,6 +46,7 @@ type memStore struct {
 	mu      sync.Mutex
 	recs    map[string]project.Token
 	down    bool
+	hang    bool // calls wait for their context to end, as with a server that stopped answering
 	reads   int
 	events  []string
 	secrets []string
@@ -57,7 +58,10 @@ func newMemStore() *memStore { return &memStore{recs: make(map[string]project.To
 
 var errDown = errors.New("store unreachable: connection refused")
 
-func (s *memStore) Token(_ context.Context, name string) (project.Token, error) {
+func (s *memStore) Token(ctx context.Context, name string) (project.Token, error) {
+	if err := s.wait(ctx); err != nil {
+		return project.Token{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reads++
@@ -71,7 +75,10 @@ func (s *memStore) Token(_ context.Context, name string) (project.Token, error) 
 	return t, nil
 }
 
-func (s *memStore) PutToken(_ context.Context, name string, t project.Token) (int, error) {
+func (s *memStore) PutToken(ctx context.Context, name string, t project.Token) (int, error) {
+	if err := s.wait(ctx); err != nil {
+		return 0, err
+	}
 	s.mu.Lock()
 	hook := s.beforePut
 	s.mu.Unlock()
@@ -92,6 +99,29 @@ func (s *memStore) PutToken(_ context.Context, name string, t project.Token) (in
 	s.events = append(s.events, "put "+t.AccessToken.Reveal())
 	s.secrets = append(s.secrets, t.AccessToken.Reveal(), t.RefreshToken.Reveal())
 	return t.Version, nil
+}
+
+// wait blocks while the store hangs, until ctx ends.
+func (s *memStore) wait(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		hang := s.hang
+		s.mu.Unlock()
+		if !hang {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (s *memStore) setHang(hang bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hang = hang
 }
 
 func (s *memStore) get(name string) project.Token {
@@ -649,6 +679,35 @@ func TestRefreshTimeout(t *testing.T) {
 	_, err := b.Credential(context.Background(), f.p, false)
 	if !errors.Is(err, token.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+}
+
+// A store that stops answering (no error, no reply) must not eat the whole refresh: the read and
+// the write give up after StoreTimeout, the token is refreshed from memory and kept pending.
+func TestStoreHangsDuringRefresh(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, oauthtest.Options{}, time.Hour)
+	b := token.New(token.Options{
+		Store: f.store, Now: f.clock.Now, Instance: "a",
+		RefreshTimeout: 2 * time.Second, StoreTimeout: 100 * time.Millisecond,
+		Backoff: token.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond},
+	})
+	defer b.Close()
+	mustCredential(t, b, f.p, false) // loaded in memory
+
+	f.clock.Advance(time.Hour) // expired
+	f.store.setHang(true)
+	a := mustCredential(t, b, f.p, false)
+	if a.Secret.Equal(f.seed.AccessToken) {
+		t.Fatal("no new token")
+	}
+	if n := b.PendingWrites(); n != 1 {
+		t.Fatalf("PendingWrites = %d, want 1", n)
+	}
+	f.store.setHang(false)
+	waitFor(t, "the pending write", func() bool { return b.PendingWrites() == 0 })
+	if rec := f.store.get(projectName); !rec.AccessToken.Equal(a.Secret) {
+		t.Fatal("the store does not hold the token refreshed while it hung")
 	}
 }
 
