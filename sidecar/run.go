@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
 	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: log.With("component", "token")})
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Margin: cfg.Tokens.RefreshMargin, Logger: log.With("component", "token")})
 	defer broker.Close()
 	providers, closeProviders := openProviders(ctx, cfg.CredentialProviders, log.With("component", "plugin"))
 	defer closeProviders()

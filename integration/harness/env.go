@@ -24,9 +24,15 @@ type Options struct {
 	LogLevel string
 	// PosternConfig is YAML appended to Postern's generated config.
 	PosternConfig string
+	// PosternStore is the YAML of Postern's store section (PosternOptions.Store, e.g. from
+	// (*Vault).StoreYAML); empty means the embedded file store.
+	PosternStore string
 	// SMTP has Postfix deliver to Postern over SMTP on loopback (contrib master-smtp.cf) instead of
 	// LMTP (master.cf).
 	SMTP bool
+	// Milter makes Postern serve its milter (PosternOptions.Milter) and the front Postfix load
+	// contrib main-milter.cf verbatim after main.cf (FrontOptions.Milter).
+	Milter bool
 }
 
 // Env is one complete set of real parts in one temporary directory.
@@ -66,7 +72,7 @@ func Start(t T, opts Options) *Env {
 	e.Upstream = StartUpstream(t, e.Dir, e.CA, e.Dovecot, opts.Upstream)
 	upstreamDone := time.Now()
 	e.Postern, err = NewPostern(PosternOptions{Bin: opts.PosternBin, Dir: filepath.Join(e.Dir, "postern"),
-		LogLevel: opts.LogLevel, SMTP: opts.SMTP, ExtraConfig: opts.PosternConfig})
+		LogLevel: opts.LogLevel, SMTP: opts.SMTP, ExtraConfig: opts.PosternConfig, Store: opts.PosternStore, Milter: opts.Milter})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -80,6 +86,7 @@ func Start(t T, opts Options) *Env {
 		RunDir:     e.Postern.Dir,
 		RelayAddr:  e.Upstream.DirectAddr(),
 		Main:       opts.FrontMain,
+		Milter:     opts.Milter,
 	})
 	t.Logf("harness up in %s (dovecot+upstream %s, postern %s, front %s) in %s",
 		time.Since(started).Round(time.Millisecond), upstreamDone.Sub(started).Round(time.Millisecond),

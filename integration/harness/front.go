@@ -28,6 +28,9 @@ type FrontOptions struct {
 	Main string
 	// AllowWarnings starts the instance even when postconf warns about its configuration.
 	AllowWarnings bool
+	// Milter appends the contrib main-milter.cf (Postern's milter) verbatim after main.cf, before
+	// Main.
+	Milter bool
 }
 
 // Front is the operator's Postfix: a loopback smtpd for the test to submit to, relayhost set to
@@ -118,6 +121,15 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 	}
 	if err := p.AppendMain(string(contribMain)); err != nil {
 		return nil, err
+	}
+	if opts.Milter {
+		milterMain, err := os.ReadFile(filepath.Join(opts.ContribDir, MilterMainFile))
+		if err != nil {
+			return nil, fmt.Errorf("reading the contrib %s: %w", MilterMainFile, err)
+		}
+		if err := p.AppendMain(string(milterMain)); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Main != "" {
 		if err := p.AppendMain(opts.Main); err != nil {

@@ -58,6 +58,8 @@ type PosternOptions struct {
 	// Store is the YAML of the config's store section (indented by two spaces, e.g. from
 	// (*Vault).StoreYAML); empty means the embedded file store in Dir.
 	Store string
+	// Milter makes Postern serve its milter on Dir/milter.sock (listen.milter).
+	Milter bool
 }
 
 // Postern is a `postern serve` process with a generated config and the embedded file store.
@@ -71,6 +73,8 @@ type Postern struct {
 	SocketmapSocket string
 	// SMTPAddr is the SMTP listener (host:port) when PosternOptions.SMTP was set.
 	SMTPAddr string
+	// MilterSocket is the milter's unix socket when PosternOptions.Milter was set, else empty.
+	MilterSocket string
 	// AdminAddr is the admin HTTP listener (host:port).
 	AdminAddr string
 
@@ -115,6 +119,10 @@ func NewPostern(opts PosternOptions) (*Postern, error) {
 		p.SMTPAddr = fmt.Sprintf("127.0.0.1:%d", smtpPort)
 		listenPostfix = fmt.Sprintf("lmtp: \"\"\n  smtp: %s", p.SMTPAddr)
 	}
+	if opts.Milter {
+		p.MilterSocket = filepath.Join(opts.Dir, "milter.sock")
+		listenPostfix += "\n  milter: " + p.MilterSocket
+	}
 	storeYAML := opts.Store
 	if storeYAML == "" {
 		storeYAML = fmt.Sprintf("  file: {path: %s, key_file: %s}",
@@ -148,7 +156,7 @@ reload_interval: 1s
 	return p, nil
 }
 
-// Start runs `postern serve --config Config` and waits until both sockets accept connections.
+// Start runs `postern serve --config Config` and waits until its sockets accept connections.
 func (p *Postern) Start(ctx context.Context) error {
 	if p.Bin == "" {
 		return errors.New("starting postern: no binary")
@@ -178,7 +186,7 @@ func (p *Postern) Start(ctx context.Context) error {
 			return false, fmt.Errorf("postern serve exited: %v", p.err)
 		default:
 		}
-		for _, s := range []string{p.LMTPSocket, p.SocketmapSocket} {
+		for _, s := range []string{p.LMTPSocket, p.SocketmapSocket, p.MilterSocket} {
 			if s == "" {
 				continue
 			}

@@ -170,7 +170,7 @@ func (v *Vault) Env() []string {
 
 // StoreYAML is the store section of a Postern config using this server with a token file.
 func (v *Vault) StoreYAML(tokenFile string) string {
-	return fmt.Sprintf("  vault:\n    address: %s\n    auth:\n      token_file: %s", v.Addr, tokenFile)
+	return fmt.Sprintf("  vault:\n    address: %s\n    full_scan_interval: 5s\n    auth:\n      token_file: %s", v.Addr, tokenFile)
 }
 
 // Request makes an HTTP API call with token (the root token when empty) and decodes the JSON

@@ -33,7 +33,7 @@ func (v *Vault) WriteRootTokenFile(dir string) (string, error) {
 // AppRoleStoreYAML is the store section of a Postern config signing in to addr (this server, or
 // a proxy in front of it) with AppRole.
 func AppRoleStoreYAML(addr, roleID, secretIDFile string, wrapped bool) string {
-	return fmt.Sprintf("  vault:\n    address: %s\n    auth:\n      approle:\n        role_id: %s\n        secret_id_file: %s\n        secret_id_wrapped: %t",
+	return fmt.Sprintf("  vault:\n    address: %s\n    full_scan_interval: 5s\n    auth:\n      approle:\n        role_id: %s\n        secret_id_file: %s\n        secret_id_wrapped: %t",
 		addr, roleID, secretIDFile, wrapped)
 }
 

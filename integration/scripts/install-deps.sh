@@ -5,13 +5,15 @@
 #   dovecot-submissiond  Dovecot's submission server (XOAUTH2 upstream tests)
 #   openssl, ca-certificates, ssl-cert
 #                        TLS tooling used by Postfix and Dovecot's package scripts
+#   libsasl2-modules     the SASL PLAIN client Postfix's SMTP client signs in with
+#                        (make bench: Postfix relaying through an authenticating server)
 # Idempotent: installs only what is missing, says what it does, changes nothing
 # else. Postfix is installed with "No configuration" (no system main.cf, no
 # running daemon): the tests run their own instances with `postfix -c DIR`.
 # Needs root (or sudo) and Debian's package archive.
 set -euo pipefail
 
-packages=(postfix dovecot-core dovecot-submissiond openssl ca-certificates ssl-cert)
+packages=(postfix dovecot-core dovecot-submissiond openssl ca-certificates ssl-cert libsasl2-modules)
 
 say() { printf 'install-deps: %s\n' "$*"; }
 

@@ -103,10 +103,29 @@ func MainCF(cfg *config.Config) string {
 	fmt.Fprintf(&b, "%s_initial_destination_concurrency = %d\n", name, postfixConcurrency)
 	fmt.Fprintf(&b, "%s_destination_recipient_limit = %d\n", name, postfixRecipientLimit)
 	if cfg.Listen.Milter != "" {
-		b.WriteString("\n# Postern's checks at submission time. If smtpd_milters is already set, append this milter\n")
-		b.WriteString("# to it instead; default_action=accept lets mail in while Postern is down.\n")
-		fmt.Fprintf(&b, "smtpd_milters = { %s, default_action=accept }\n", socketAddr(cfg.Listen.Milter))
+		b.WriteString("\n")
+		b.WriteString(MilterCF(socketAddr(cfg.Listen.Milter)))
 	}
+	return b.String()
+}
+
+// postfixMilterParam is the user-defined main.cf parameter naming Postern's milter, so that a site
+// with milters of its own adds it to its lists by name.
+const postfixMilterParam = "postern_milter"
+
+// MilterCF returns the main.cf lines that have Postfix ask Postern's milter at addr (as Postfix
+// names it, e.g. "unix:$postern_run_dir/milter.sock") about mail received over SMTP and mail
+// submitted with sendmail. default_action=accept: while the milter cannot be reached, mail is
+// accepted without the early checks, and Postern still enforces its limits at delivery.
+func MilterCF(addr string) string {
+	var b strings.Builder
+	b.WriteString("# Postern's checks at submission time. While the milter cannot be reached, Postfix accepts\n")
+	b.WriteString("# mail without them (default_action=accept); Postern still enforces its limits at delivery.\n")
+	fmt.Fprintf(&b, "%s = { %s, default_action=accept }\n", postfixMilterParam, addr)
+	b.WriteString("# If smtpd_milters or non_smtpd_milters is already set, add $" + postfixMilterParam + " to it.\n")
+	fmt.Fprintf(&b, "smtpd_milters = $%s\n", postfixMilterParam)
+	fmt.Fprintf(&b, "non_smtpd_milters = $%s\n", postfixMilterParam)
+	b.WriteString("milter_protocol = 6\n")
 	return b.String()
 }
 

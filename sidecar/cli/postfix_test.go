@@ -12,16 +12,27 @@ import (
 )
 
 // The documented Postfix snippets in contrib/postfix are what `postern postfix-config` prints for
-// the default configuration, setting for setting (comments and layout may differ).
+// the default configuration, setting for setting (comments and layout may differ). main-milter.cf
+// holds the lines added when listen.milter is $postern_run_dir/milter.sock.
 func TestPostfixConfigMatchesContrib(t *testing.T) {
 	t.Parallel()
 	cfg := config.Default()
+	withMilter := config.Default()
+	withMilter.Listen.Milter = filepath.Join(filepath.Dir(withMilter.Listen.Socketmap), "milter.sock")
+	milterLines := func(s string) any {
+		all, without := mainCFSettings(s), mainCFSettings(MainCF(cfg))
+		for k := range without {
+			delete(all, k)
+		}
+		return all
+	}
 	for _, tc := range []struct {
 		file, generated string
 		parse           func(string) any
 	}{
 		{"main.cf", MainCF(cfg), func(s string) any { return mainCFSettings(s) }},
 		{"master.cf", MasterCF(cfg), func(s string) any { return masterCFServices(s) }},
+		{"main-milter.cf", MainCF(withMilter), milterLines},
 	} {
 		path := filepath.Join("..", "..", "contrib", "postfix", tc.file)
 		b, err := os.ReadFile(path)
@@ -140,7 +151,10 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 				"relay2_destination_concurrency_limit":    "50",
 				"relay2_initial_destination_concurrency":  "50",
 				"relay2_destination_recipient_limit":      "50",
-				"smtpd_milters":                           "{ unix:/run/postern/milter.sock, default_action=accept }",
+				"postern_milter":                          "{ unix:/run/postern/milter.sock, default_action=accept }",
+				"smtpd_milters":                           "$postern_milter",
+				"non_smtpd_milters":                       "$postern_milter",
+				"milter_protocol":                         "6",
 			},
 			master: map[string][]string{"relay2/unix": {"relay2", "unix", "-", "-", "n", "-", "-", "smtp",
 				"smtp_connection_cache_on_demand=yes", "smtp_data_done_timeout=960s", "smtp_data_init_timeout=360s",
@@ -156,7 +170,10 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 				"postern_destination_concurrency_limit":   "50",
 				"postern_initial_destination_concurrency": "50",
 				"postern_destination_recipient_limit":     "50",
-				"smtpd_milters":                           "{ unix:$postern_run_dir/milter.sock, default_action=accept }",
+				"postern_milter":                          "{ unix:$postern_run_dir/milter.sock, default_action=accept }",
+				"smtpd_milters":                           "$postern_milter",
+				"non_smtpd_milters":                       "$postern_milter",
+				"milter_protocol":                         "6",
 			},
 		},
 	}

@@ -36,7 +36,7 @@ func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (s
 			ctx, cancel = context.WithTimeout(ctx, VaultOpenTimeout)
 			defer cancel()
 		}
-		s, err := vaultstore.Open(ctx, VaultOptions(v, l), vaultstore.Options{Mount: v.Mount, Prefix: v.Prefix, Logger: l})
+		s, err := vaultstore.Open(ctx, VaultOptions(v, l), vaultstore.Options{Mount: v.Mount, Prefix: v.Prefix, FullScanInterval: v.FullScanInterval, Logger: l})
 		if err != nil {
 			return nil, fmt.Errorf("opening the Vault store at %s: %w (check store.vault.address or VAULT_ADDR, that Vault is unsealed, and the login settings)", v.Address, err)
 		}
@@ -54,7 +54,7 @@ func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (s
 // VaultOptions maps the configuration's Vault section onto the client's options. Settings left
 // empty fall back to Vault's standard environment (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT, ...).
 func VaultOptions(v *config.VaultConfig, log *slog.Logger) vault.Options {
-	o := vault.Options{Address: v.Address, CACert: v.CAFile, Mount: v.Mount, Logger: log}
+	o := vault.Options{Address: v.Address, CACert: v.CAFile, Mount: v.Mount, Timeout: v.Timeout, Logger: log}
 	switch a := v.Auth; {
 	case a.AppRole != nil:
 		o.Auth = vault.Auth{Method: vault.MethodAppRole, MountPath: a.AppRole.Mount, RoleID: a.AppRole.RoleID, SecretIDFile: a.AppRole.SecretIDFile, SecretIDWrapped: a.AppRole.SecretIDWrapped}

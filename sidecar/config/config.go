@@ -87,6 +87,8 @@ type Config struct {
 	SignIn SignIn `yaml:"signin"`
 	// API configures the project API on the admin listener.
 	API API `yaml:"api"`
+	// Tokens configures the OAuth token broker.
+	Tokens Tokens `yaml:"tokens"`
 	// CredentialProviders declares out-of-process credential providers (package plugin) by name.
 	// A project with auth type "plugin" names one of them; only programs declared here are run.
 	CredentialProviders map[string]CredentialProvider `yaml:"credential_providers"`
@@ -167,6 +169,12 @@ type VaultConfig struct {
 	CAFile string `yaml:"ca_file"`
 	// Auth says how Postern logs in to Vault: exactly one method.
 	Auth VaultAuth `yaml:"auth"`
+	// Timeout bounds each request to Vault, so that an unresponsive Vault is noticed (readiness
+	// turns degraded) while deliveries go on with cached credentials. Default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+	// FullScanInterval is the longest time before a project record written directly in Vault
+	// (not through postern project or the API, which update the index) is noticed. Default 1m.
+	FullScanInterval time.Duration `yaml:"full_scan_interval"`
 }
 
 // VaultAuth is the Vault login method: exactly one of its fields.
@@ -304,6 +312,7 @@ func base() *Config {
 			KeyFile: DefaultSignInKeyFile,
 			LinkTTL: DefaultSignInLinkTTL,
 		},
+		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin},
 		ReloadInterval: 10 * time.Second,
 	}
 }
@@ -393,6 +402,9 @@ func (c *Config) applyDerived() {
 		}
 		if v.Prefix == "" {
 			v.Prefix = DefaultVaultPrefix
+		}
+		if v.Timeout == 0 {
+			v.Timeout = 10 * time.Second
 		}
 		if a := v.Auth.AppRole; a != nil && a.Mount == "" {
 			a.Mount = DefaultVaultAppRoleMount
@@ -572,8 +584,22 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	errs = append(errs, c.validateSignIn()...)
 	errs = append(errs, c.validateAPI()...)
 	errs = append(errs, c.validateProviders()...)
+	if c.Tokens.RefreshMargin <= 0 {
+		add("tokens.refresh_margin %v: must be more than 0", c.Tokens.RefreshMargin)
+	}
 	return errs
 }
+
+// Tokens configures how OAuth access tokens are refreshed.
+type Tokens struct {
+	// RefreshMargin: an access token is refreshed, in the background, once it expires within this
+	// long; no delivery waits for it. Microsoft's high-volume service refuses tokens close to
+	// expiry, so keep the default of 10m for real providers.
+	RefreshMargin time.Duration `yaml:"refresh_margin"`
+}
+
+// DefaultRefreshMargin is the default of tokens.refresh_margin.
+const DefaultRefreshMargin = 10 * time.Minute
 
 // CredentialProvider is a credential provider program (see plugin/README.md).
 type CredentialProvider struct {

@@ -335,6 +335,12 @@ type Token struct {
 	// SignInNonce is the nonce of the sign-in link the grant was made with: that link is used up,
 	// on every replica.
 	SignInNonce string `json:"signin_nonce,omitempty"`
+	// RefreshingBy and RefreshingUntil claim the next refresh for one Postern instance, so that
+	// replicas sharing a store never redeem the same refresh token twice (servers with reuse
+	// detection revoke the whole grant when that happens). A claim ends when the claimer writes
+	// the new record, or at RefreshingUntil.
+	RefreshingBy    string    `json:"refreshing_by,omitempty"`
+	RefreshingUntil time.Time `json:"refreshing_until,omitzero"`
 
 	// Version is the store's version of this record (set by the store, never stored).
 	Version int `json:"-"`

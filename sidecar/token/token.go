@@ -11,8 +11,10 @@
 //  3. Expired or missing (or force, after the upstream refused the token): callers wait for a
 //     refresh; concurrent callers share one.
 //  4. A refresh reads the store record first. If another replica already wrote a newer valid
-//     token, that one is used. Otherwise the refresh token (or client credentials) goes to the
-//     token endpoint, and the new record — with the new refresh token — is written with a
+//     token, that one is used. If another replica has claimed the refresh (RefreshingBy, until
+//     RefreshingUntil), this one keeps its valid token, or waits for the other's record, and never
+//     redeems the refresh token itself. Otherwise it claims the refresh with a check-and-set
+//     write, then the refresh token (or client credentials) goes to the token endpoint, and the new record — with the new refresh token — is written with a
 //     check-and-set on the version read. On a conflict the record is read again: a valid newer
 //     token there wins, else the write is retried on the new version. Only then is the new access
 //     token cached and handed out.
@@ -122,6 +124,8 @@ const (
 	defaultLifetime = time.Hour
 	// maxAttempts bounds the re-reads of one refresh after write conflicts.
 	maxAttempts = 5
+	// claimPoll is how often a replica waiting for another's refresh reads the record again.
+	claimPoll = 250 * time.Millisecond
 )
 
 // Broker is the credential source of OAuth projects. It is safe for concurrent use.
@@ -225,14 +229,15 @@ func (b *Broker) entryLocked(name string) *entry {
 	return e
 }
 
-// valid: usable on the wire now.
-func valid(t project.Token, now time.Time) bool {
-	return !t.AccessToken.IsZero() && now.Add(minValidity).Before(t.Expiry)
+// valid: usable on the wire now: not expiring within a minute, or within half the margin when
+// the margin is shorter (tokens that live only seconds, as in tests).
+func (b *Broker) valid(t project.Token, now time.Time) bool {
+	return !t.AccessToken.IsZero() && now.Add(min(minValidity, b.opts.Margin/2)).Before(t.Expiry)
 }
 
 // fresh: valid and not due for a refresh.
 func (b *Broker) fresh(t project.Token, now time.Time) bool {
-	return valid(t, now) && now.Add(b.opts.Margin).Before(t.Expiry)
+	return b.valid(t, now) && now.Add(b.opts.Margin).Before(t.Expiry)
 }
 
 // Credential returns the project's upstream sign-in: XOAUTH2 with a valid access token. force asks
@@ -249,19 +254,20 @@ func (b *Broker) Credential(ctx context.Context, p project.Project, force bool) 
 	now := b.opts.Now()
 	b.mu.Lock()
 	e := b.entryLocked(p.Name)
+	usable := e.loaded && e.state != project.TokenNeedsReauth // a dead grant's token is not used
 	switch {
-	case !force && e.loaded && b.fresh(e.tok, now):
+	case !force && usable && b.fresh(e.tok, now):
 		tok := e.tok
 		b.mu.Unlock()
 		return b.auth(p, tok), nil
-	case !force && e.loaded && valid(e.tok, now):
+	case !force && usable && b.valid(e.tok, now):
 		if e.flight == nil && !now.Before(e.retryAt) && !b.closed {
 			b.startLocked(e, p, false)
 		}
 		tok := e.tok
 		b.mu.Unlock()
 		return b.auth(p, tok), nil
-	case force && e.loaded && valid(e.tok, now) && !e.lastRefresh.IsZero() && now.Sub(e.lastRefresh) < b.opts.ForceWindow:
+	case force && usable && b.valid(e.tok, now) && !e.lastRefresh.IsZero() && now.Sub(e.lastRefresh) < b.opts.ForceWindow:
 		tok := e.tok
 		b.mu.Unlock()
 		return b.auth(p, tok), nil
@@ -330,8 +336,9 @@ func (b *Broker) startLocked(e *entry, p project.Project, force bool) {
 // result is the outcome of one refresh.
 type result struct {
 	tok       project.Token
-	refreshed bool // a token request succeeded (not only a store read)
-	pending   bool // tok could not be written
+	retryAt   time.Time // with a token: do not start another refresh before this
+	refreshed bool      // a token request succeeded (not only a store read)
+	pending   bool      // tok could not be written
 	kind      oauth.Kind
 	reason    string
 	err       error
@@ -349,7 +356,7 @@ func (b *Broker) apply(e *entry, r result) {
 		}
 		e.tok, e.loaded = r.tok, true
 		e.pending = r.pending
-		e.failures, e.retryAt, e.lastErr = 0, time.Time{}, nil
+		e.failures, e.retryAt, e.lastErr = 0, r.retryAt, nil
 		e.state, e.reason = project.TokenOK, ""
 		if e.pending && !e.writer {
 			e.writer = true
@@ -432,6 +439,39 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 			return result{tok: rec, pending: fromMemory && pending}
 		}
 
+		if !fromMemory && !cc {
+			if rec.RefreshingBy != "" && rec.RefreshingBy != b.opts.Instance && now.Before(rec.RefreshingUntil) {
+				// Another replica is redeeming the refresh token: never redeem it too.
+				switch {
+				case b.valid(rec, now) && !(force && rec.AccessToken.Equal(mem.AccessToken)):
+					return result{tok: rec, retryAt: rec.RefreshingUntil}
+				case loaded && b.valid(mem, now) && !force:
+					return result{tok: mem, retryAt: rec.RefreshingUntil}
+				}
+				select {
+				case <-ctx.Done():
+					return unavailable(name, fmt.Errorf("waiting for %s to refresh the token: %w", rec.RefreshingBy, ctx.Err()))
+				case <-time.After(claimPoll):
+				}
+				attempt--
+				continue
+			}
+			claim := rec
+			claim.RefreshingBy, claim.RefreshingUntil = b.opts.Instance, now.Add(b.opts.RefreshTimeout)
+			wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+			v, werr := b.opts.Store.PutToken(wctx, name, claim)
+			cancel()
+			switch {
+			case errors.Is(werr, store.ErrConflict) && attempt < maxAttempts:
+				continue // someone else wrote meanwhile: look again
+			case werr != nil:
+				log.Warn("could not claim the refresh in the store; refreshing unclaimed", "error", werr)
+			default:
+				rec.Version = v
+				rec.RefreshingBy, rec.RefreshingUntil = claim.RefreshingBy, claim.RefreshingUntil
+			}
+		}
+
 		tok, err := b.request(ctx, cfg, cc, rec)
 		if err != nil {
 			kind := oauth.Classify(err)
@@ -446,6 +486,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 					return b.reauth(name, reason, kind)
 				}
 				marked := rec
+				marked.RefreshingBy, marked.RefreshingUntil = "", time.Time{}
 				marked.State, marked.Reason = project.TokenNeedsReauth, reason
 				marked.RefreshedBy, marked.UpdatedAt = b.opts.Instance, now
 				wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
@@ -460,6 +501,14 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 				return b.reauth(name, reason, kind)
 			default:
 				log.Warn("refreshing the access token failed: backing off", "kind", kind.String(), "reason", reason)
+				if !fromMemory && rec.RefreshingBy == b.opts.Instance {
+					// Give the claim up, so another replica need not wait for it to lapse.
+					released := rec
+					released.RefreshingBy, released.RefreshingUntil = "", time.Time{}
+					wctx, cancel := context.WithTimeout(ctx, b.opts.StoreTimeout)
+					_, _ = b.opts.Store.PutToken(wctx, name, released)
+					cancel()
+				}
 				return unavailable(name, fmt.Errorf("refreshing the access token: %w", err))
 			}
 		}

@@ -96,7 +96,11 @@ func (s *memStore) PutToken(ctx context.Context, name string, t project.Token) (
 	}
 	t.Version = cur.Version + 1
 	s.recs[name] = t
-	s.events = append(s.events, "put "+t.AccessToken.Reveal())
+	if t.RefreshingBy != "" {
+		s.events = append(s.events, "claim by "+t.RefreshingBy)
+	} else {
+		s.events = append(s.events, "put "+t.AccessToken.Reveal())
+	}
 	s.secrets = append(s.secrets, t.AccessToken.Reveal(), t.RefreshToken.Reveal())
 	return t.Version, nil
 }
@@ -349,7 +353,8 @@ func TestBackgroundRefreshAheadOfMargin(t *testing.T) {
 		t.Fatalf("%d token requests, want 1", n)
 	}
 	rec := f.store.get(projectName)
-	if !rec.AccessToken.Equal(a.Secret) || rec.RefreshToken.Equal(f.seed.RefreshToken) || rec.RefreshedBy != "a" || rec.Version != 2 {
+	// Version 2 was the claim on the refresh, 3 the new token.
+	if !rec.AccessToken.Equal(a.Secret) || rec.RefreshToken.Equal(f.seed.RefreshToken) || rec.RefreshedBy != "a" || rec.Version != 3 || rec.RefreshingBy != "" {
 		t.Fatalf("store record not updated: version %d, refreshed by %q", rec.Version, rec.RefreshedBy)
 	}
 	if !rec.Expiry.Equal(f.clock.Now().Add(time.Hour)) {
@@ -397,7 +402,10 @@ func TestWriteBeforeUse(t *testing.T) {
 	f := newFixture(t, oauthtest.Options{}, -time.Minute)
 	b := f.broker(t, "a")
 	put := make(chan struct{})
-	f.store.beforePut = func(project.Token) {
+	f.store.beforePut = func(t project.Token) {
+		if t.RefreshingBy != "" {
+			return // the claim on the refresh, before the token request
+		}
 		put <- struct{}{} // hold the write until the test has looked
 		<-put
 	}
@@ -428,75 +436,85 @@ func TestWriteBeforeUse(t *testing.T) {
 	f.store.mu.Lock()
 	events := append([]string(nil), f.store.events...)
 	f.store.mu.Unlock()
-	want := []string{"put " + a.Secret.Reveal(), "handed out " + a.Secret.Reveal()}
-	if len(events) != 2 || events[0] != want[0] || events[1] != want[1] {
+	want := []string{"claim by a", "put " + a.Secret.Reveal(), "handed out " + a.Secret.Reveal()}
+	if len(events) != 3 || events[0] != want[0] || events[1] != want[1] || events[2] != want[2] {
 		t.Fatalf("order of events is wrong (%d events)", len(events))
 	}
 }
 
 func TestConflict(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		// other runs when broker a first writes; it changes the store under a's feet.
-		other func(t *testing.T, f *fixture, b2 *token.Broker)
-		// adopt: a ends up with b's token rather than writing its own.
-		adopt bool
-	}{
-		{
-			name: "another replica refreshed: its token is used",
-			other: func(t *testing.T, f *fixture, b2 *token.Broker) {
-				if _, err := b2.Credential(context.Background(), f.p, false); err != nil {
-					t.Error(err) // not Fatal: this runs on the broker's goroutine
-				}
-			},
-			adopt: true,
-		},
-		{
-			name: "another write without a fresh token: the write is retried",
-			other: func(t *testing.T, f *fixture, _ *token.Broker) {
-				rec := f.store.get(projectName)
-				rec.UpdatedAt = f.clock.Now()
-				if _, err := f.store.PutToken(context.Background(), projectName, rec); err != nil {
-					t.Error(err)
-				}
-			},
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			f := newFixture(t, oauthtest.Options{}, -time.Minute)
-			a := f.broker(t, "a")
-			b2 := f.broker(t, "b")
-			var once sync.Once
-			f.store.beforePut = func(rec project.Token) {
-				if rec.RefreshedBy == "a" {
-					once.Do(func() { tc.other(t, f, b2) })
-				}
+	t.Run("another replica claimed the refresh: its token is waited for and used", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, oauthtest.Options{}, -time.Minute)
+		a := f.broker(t, "a")
+		b2 := f.broker(t, "b")
+		rec := f.store.get(projectName)
+		rec.RefreshingBy, rec.RefreshingUntil = "b", f.clock.Now().Add(30*time.Second)
+		if _, err := f.store.PutToken(context.Background(), projectName, rec); err != nil {
+			t.Fatal(err)
+		}
+		waiting := make(chan upstream.Auth, 1)
+		go func() {
+			got, err := a.Credential(context.Background(), f.p, false)
+			if err != nil {
+				t.Error(err)
 			}
-			got := mustCredential(t, a, f.p, false)
-			rec := f.store.get(projectName)
-			if !rec.AccessToken.Equal(got.Secret) {
-				t.Fatal("broker a uses a token that is not the stored one")
+			waiting <- got
+		}()
+		waitFor(t, "broker a to wait on b's claim", func() bool { return f.store.readCount() >= 2 })
+		if n := f.idp.Requests(); n != 0 {
+			t.Fatalf("broker a redeemed the refresh token under b's claim (%d requests)", n)
+		}
+		bb := mustCredential(t, b2, f.p, false)
+		got := recv(t, waiting, "broker a")
+		if !got.Secret.Equal(bb.Secret) {
+			t.Fatal("the replicas use different tokens")
+		}
+		if n := f.idp.Requests(); n != 1 {
+			t.Fatalf("%d token requests, want 1: only the claimer redeems", n)
+		}
+		if rec := f.store.get(projectName); rec.RefreshedBy != "b" || rec.RefreshingBy != "" {
+			t.Fatalf("record refreshed by %q, claim %q", rec.RefreshedBy, rec.RefreshingBy)
+		}
+	})
+	t.Run("a lapsed claim is taken over", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, oauthtest.Options{}, -time.Minute)
+		a := f.broker(t, "a")
+		rec := f.store.get(projectName)
+		rec.RefreshingBy, rec.RefreshingUntil = "crashed", f.clock.Now().Add(-time.Second)
+		if _, err := f.store.PutToken(context.Background(), projectName, rec); err != nil {
+			t.Fatal(err)
+		}
+		mustCredential(t, a, f.p, false)
+		if rec := f.store.get(projectName); rec.RefreshedBy != "a" || rec.RefreshingBy != "" {
+			t.Fatalf("record refreshed by %q, claim %q", rec.RefreshedBy, rec.RefreshingBy)
+		}
+	})
+	t.Run("another write without a fresh token: the write is retried", func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, oauthtest.Options{}, -time.Minute)
+		a := f.broker(t, "a")
+		var once sync.Once
+		f.store.beforePut = func(rec project.Token) {
+			if rec.RefreshedBy == "a" && rec.RefreshingBy == "" {
+				once.Do(func() {
+					cur := f.store.get(projectName)
+					cur.UpdatedAt = f.clock.Now()
+					if _, err := f.store.PutToken(context.Background(), projectName, cur); err != nil {
+						t.Error(err)
+					}
+				})
 			}
-			if tc.adopt {
-				if rec.RefreshedBy != "b" || rec.Version != 2 {
-					t.Fatalf("record refreshed by %q at version %d, want b's at 2", rec.RefreshedBy, rec.Version)
-				}
-				if n := f.idp.Requests(); n != 2 {
-					t.Fatalf("%d token requests, want 2 (one per replica)", n)
-				}
-				if bb := mustCredential(t, b2, f.p, false); !bb.Secret.Equal(got.Secret) {
-					t.Fatal("the replicas use different tokens")
-				}
-			} else {
-				if rec.RefreshedBy != "a" || rec.Version != 3 {
-					t.Fatalf("record refreshed by %q at version %d, want a's at 3", rec.RefreshedBy, rec.Version)
-				}
-			}
-		})
-	}
+		}
+		got := mustCredential(t, a, f.p, false)
+		rec := f.store.get(projectName)
+		// 1 the seed, 2 a's claim, 3 the other write, 4 a's token written again over it.
+		if !rec.AccessToken.Equal(got.Secret) || rec.RefreshedBy != "a" || rec.Version != 4 {
+			t.Fatalf("record refreshed by %q at version %d, want a's at 4", rec.RefreshedBy, rec.Version)
+		}
+	})
 }
 
 func TestNeedsReauth(t *testing.T) {
@@ -626,8 +644,9 @@ func TestTransient(t *testing.T) {
 	if n := f.idp.Requests(); n != 1 {
 		t.Fatalf("%d token requests while backing off, want 1", n)
 	}
-	if rec := f.store.get(projectName); rec.State != project.TokenOK || rec.Version != 1 {
-		t.Fatal("a transient failure changed the store record")
+	if rec := f.store.get(projectName); rec.State != project.TokenOK || !rec.RefreshToken.Equal(f.seed.RefreshToken) ||
+		!rec.AccessToken.Equal(f.seed.AccessToken) || rec.RefreshingBy != "" {
+		t.Fatal("a transient failure changed the token record, or left the claim on the refresh")
 	}
 
 	// After the backoff the next call refreshes in the background, successfully.

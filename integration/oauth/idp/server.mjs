@@ -11,7 +11,8 @@
 //     revocation and introspection, one resource server (the SMTP scope) with opaque access tokens
 //     that a mail server validates through the introspection endpoint.
 //  4. Serve the sign-in and consent pages (plain HTML forms, no external resources) and, when
-//     enabled, the test-only admin route POST /test/revoke?account=... .
+//     enabled, the test-only admin routes POST /test/revoke?account=... and
+//     POST /test/drop-access-token (form field token).
 //  5. Print one JSON line with the issuer and endpoint URLs on stdout once ready; log to stderr.
 //
 // Nothing is stored on disk: all grants, sessions and tokens live in memory and die with the process.
@@ -483,6 +484,25 @@ async function handleTestRevoke(req, res, url) {
   send(res, 200, `${JSON.stringify(result)}\n`, 'application/json');
 }
 
+// Test-only: destroy one access token and nothing else. The standard revocation endpoint revokes
+// the token's whole grant (oidc-provider revokes by grant id); this leaves the grant and its
+// refresh token valid, as a provider does whose resource server stops accepting one token.
+async function handleTestDropAccessToken(req, res) {
+  if (req.method !== 'POST') {
+    send(res, 405, '{"error":"method not allowed"}\n', 'application/json');
+    return;
+  }
+  const form = await readForm(req);
+  const token = await provider.AccessToken.find(form.get('token') ?? '');
+  if (!token) {
+    send(res, 404, '{"error":"unknown access token"}\n', 'application/json');
+    return;
+  }
+  await token.destroy();
+  log('test drop access token', { account: token.accountId, client: token.clientId });
+  send(res, 200, '{"dropped":1}\n', 'application/json');
+}
+
 const providerCallback = provider.callback();
 const interactionPath = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login|confirm|abort))?\/?$/;
 
@@ -500,6 +520,10 @@ handler = async (req, res) => {
     }
     if (settings.testRoutes && url.pathname === '/test/revoke') {
       await handleTestRevoke(req, res, url);
+      return;
+    }
+    if (settings.testRoutes && url.pathname === '/test/drop-access-token') {
+      await handleTestDropAccessToken(req, res);
       return;
     }
     if (url.pathname === '/healthz') {

@@ -1,0 +1,253 @@
+// Package bench measures Postern against Postfix relaying directly, in one run, on one machine,
+// with real Postfix: what `make bench` runs (integration/scripts/bench.sh, which first runs the
+// Go benchmarks of the hot path).
+//
+// The run:
+//
+//  1. Start a fast Go sink twice on loopback (package sink): plain, and with STARTTLS (a
+//     harness CA) and AUTH PLAIN. Measure the sink alone with a Go load client, far above what
+//     any path reaches, so that it is never the bottleneck.
+//  2. Start postern serve (embedded file store, reload_interval at its default) with one project
+//     whose upstream is the authenticating sink, and the front Postfix with contrib/postfix
+//     appended verbatim and three ways out for three senders: A through Postern; B through
+//     Postfix's own SMTP client with sender-dependent relayhost and SASL authentication over
+//     TLS, as an operator without Postern relays a client's mail; and Postfix's plain relay.
+//     Everything else in the front's configuration is shared.
+//  3. For each message size, round and concurrency step, submit with Postfix's smtp-source
+//     (sessions = destination concurrency of every path) and time from the first submission to
+//     the last arrival at the sink, alternating the order of A and B between rounds.
+//  4. Count Postern's store reads (postern_store_project_reads_total) over those cells against
+//     the messages it delivered.
+//  5. Add an OAuth project: a real OAuth 2.0 server (oidc-provider) issues access tokens that
+//     Postern refreshes every few seconds; the sink validates each new token at the server's
+//     introspection endpoint. Measure path A with XOAUTH2 and count refreshes and deliveries that
+//     waited for one.
+//  6. Write 10,000 projects into a file store with package filestore, start Postern on it and
+//     measure start-up until /readyz, resident memory and the socketmap round trip.
+//  7. Summarise: a table on stdout, results.json and a PNG chart of throughput against
+//     concurrency.
+package bench
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/integration/harness"
+)
+
+// Options configure Run. Zero values take the defaults noted.
+type Options struct {
+	// Bin is the postern binary (required).
+	Bin string
+	// Out is the directory for results.json and chart.png.
+	Out string
+	// Sizes are the message sizes in bytes; default 1 KB and 100 KB.
+	Sizes []int
+	// Steps are the concurrency steps; default 1, 10, 50.
+	Steps []int
+	// Rounds each measure every path once per size and step; default 2.
+	Rounds int
+	// Counts are the messages per cell by size; CountsAtOne at concurrency 1.
+	Counts, CountsAtOne map[int]int
+	// Projects is the number of projects of the scale measurement; default 10,000. Negative
+	// skips it.
+	Projects int
+	// SkipXOAUTH2 leaves the XOAUTH2 measurement out.
+	SkipXOAUTH2 bool
+	// GoBench is the output of the Go benchmarks to summarise, if it exists.
+	GoBench string
+}
+
+func (o *Options) defaults() {
+	if len(o.Sizes) == 0 {
+		o.Sizes = []int{1024, 100 * 1024}
+	}
+	if len(o.Steps) == 0 {
+		o.Steps = []int{1, 10, 50}
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 2
+	}
+	if o.Counts == nil {
+		o.Counts = map[int]int{1024: 800, 100 * 1024: 300}
+	}
+	if o.CountsAtOne == nil {
+		o.CountsAtOne = map[int]int{1024: 200, 100 * 1024: 100}
+	}
+	if o.Projects == 0 {
+		o.Projects = 10000
+	}
+}
+
+func (o *Options) count(size, conc int) int {
+	m := o.Counts
+	if conc == 1 {
+		m = o.CountsAtOne
+	}
+	if n, ok := m[size]; ok {
+		return n
+	}
+	return 200
+}
+
+// Run runs every measurement and writes the results to opts.Out.
+func Run(r *Runner, opts Options) *Results {
+	opts.defaults()
+	res := &Results{Started: time.Now(), Machine: machine()}
+	res.Config = Config{Sizes: opts.Sizes, Steps: opts.Steps, Rounds: opts.Rounds, Counts: opts.Counts, CountsAtOne: opts.CountsAtOne}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	maxConc := 0
+	for _, s := range opts.Steps {
+		maxConc = max(maxConc, s)
+	}
+
+	relay := r.Sub()
+	r.Step("starting the sinks, postern and the front postfix")
+	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc})
+
+	r.Step("measuring the sink alone")
+	users := rl.sinkUsers()
+	for _, l := range []struct {
+		mode              string
+		size, conc, count int
+	}{
+		{LoadPooled, 1024, maxConc, 10000},
+		{LoadPooled, 100 * 1024, maxConc, 2000},
+		{LoadPerMessage, 1024, maxConc, 2000},
+	} {
+		s, err := LoadSink(ctx, rl.Auth, rl.CA.ClientTLS("127.0.0.1"), "bench-b", users["bench-b"], l.mode, l.size, l.conc, l.count)
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		r.Logf("%s %s c%d: %.0f msg/s", s.Mode, sizeLabel(s.Size), s.Concurrency, s.Rate)
+		res.Sink = append(res.Sink, s)
+	}
+
+	r.Step("warming up the three paths")
+	if err := rl.Warm(ctx, PathPlain, PathPostern, PathDirect); err != nil {
+		r.Fatalf("%v", err)
+	}
+	before, err := rl.Metrics(ctx)
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	t0 := time.Now()
+	for _, size := range opts.Sizes {
+		for round := 1; round <= opts.Rounds; round++ {
+			for i, conc := range opts.Steps {
+				order := []string{PathPostern, PathDirect, PathPlain}
+				if (round+i)%2 == 0 {
+					order = []string{PathDirect, PathPostern, PathPlain}
+				}
+				r.Step("%s, round %d, concurrency %d: %s", sizeLabel(size), round, conc, strings.Join(order, ", "))
+				for _, path := range order {
+					c, err := rl.Measure(ctx, path, size, conc, opts.count(size, conc), round)
+					if err != nil {
+						r.Fatalf("%v", err)
+					}
+					r.Logf("%-8s %7.1f msg/s  (%d in %.2fs; postern CPU %.2fs; sink conns %d; CPU busy %.0f%%: %s)",
+						path, c.Rate, c.Count, c.Seconds, c.PosternCPUSeconds, c.SinkConns, 100*c.CPUBusy, formatShares(c.CPUTop))
+					res.Cells = append(res.Cells, c)
+				}
+			}
+		}
+	}
+	after, err := rl.Metrics(ctx)
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	res.Store = storeReads(before, after, time.Since(t0), res.Cells)
+
+	if !opts.SkipXOAUTH2 {
+		r.Step("XOAUTH2: starting the OAuth 2.0 server and adding an OAuth project")
+		x := rl.StartXOAUTH2(relay, XOAUTH2Options{FreshFor: 2 * time.Second, MaxConcurrency: maxConc})
+		if err := rl.Warm(ctx, PathXOAUTH2); err != nil {
+			r.Fatalf("%v", err)
+		}
+		r.Step("XOAUTH2: measuring with tokens refreshed every ~2s")
+		xr, err := rl.MeasureXOAUTH2(ctx, x, 1024, []int{10, maxConc}, opts.Counts[1024]*2)
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		for _, c := range xr.Cells {
+			r.Logf("%s c%d: %.1f msg/s (%d in %.2fs)", PathXOAUTH2, c.Concurrency, c.Rate, c.Count, c.Seconds)
+		}
+		r.Logf("refreshes %d, waits (derived) %d, tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.TokensSeen)
+		res.XOAUTH2 = &xr
+	}
+	relay.Close()
+
+	if opts.Projects > 0 {
+		r.Step("scale: %d projects", opts.Projects)
+		scale := r.Sub()
+		s := RunScale(scale, ScaleOptions{Bin: opts.Bin, Projects: opts.Projects, Lookups: 20000, IdleFor: 12 * time.Second})
+		r.Logf("start-up %.2fs, RSS %.1f MB, socketmap %.0f µs", s.StartupSeconds, s.RSSMB, s.SocketmapMeanMicro)
+		scale.Close()
+		res.Scale = &s
+	}
+
+	if opts.GoBench != "" {
+		if gb, err := ReadGoBench(opts.GoBench); err == nil {
+			res.GoBench = gb
+		} else if !os.IsNotExist(err) {
+			r.Fatalf("reading %s: %v", opts.GoBench, err)
+		}
+	}
+	res.Summarize()
+	res.Evaluate()
+	res.TotalSeconds = time.Since(res.Started).Seconds()
+	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
+		r.Fatalf("%v", err)
+	}
+	if err := res.WriteJSON(filepath.Join(opts.Out, "results.json")); err != nil {
+		r.Fatalf("%v", err)
+	}
+	if err := res.WriteChart(filepath.Join(opts.Out, "chart.png")); err != nil {
+		r.Fatalf("%v", err)
+	}
+	return res
+}
+
+// storeReads relates the growth of Postern's store reads to the messages of path A in cells.
+func storeReads(before, after string, d time.Duration, cells []Cell) StoreReads {
+	b, _ := harness.MetricValue(before, "postern_store_project_reads_total")
+	a, _ := harness.MetricValue(after, "postern_store_project_reads_total")
+	iv := ProductionReloadInterval.Seconds()
+	s := StoreReads{Reads: int64(a - b), Seconds: d.Seconds(), ReloadInterval: iv}
+	for _, c := range cells {
+		if c.Round == 0 {
+			continue
+		}
+		if c.Path != PathPostern {
+			s.OtherReads += c.StoreReads
+			s.OtherMessages += int64(c.Count)
+			continue
+		}
+		s.PosternReads += c.StoreReads
+		s.PosternSeconds += c.Seconds
+		s.Periodic += int64(math.Floor(c.Seconds/iv)) + 1
+		s.Deliveries += int64(c.Count)
+	}
+	if s.Deliveries > 0 {
+		s.PerMessage = float64(s.PosternReads) / float64(s.Deliveries)
+		s.ExtraPerMessage = float64(max(0, s.PosternReads-s.Periodic)) / float64(s.Deliveries)
+	}
+	return s
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m.Postfix = harness.PostfixVersion(ctx)
+	return m
+}

@@ -1,0 +1,66 @@
+// Command postern-bench measures Postern against Postfix relaying directly, end to end with real
+// Postfix, and writes a table to stdout, results.json and chart.png (see package
+// integration/bench). `make bench` runs it through integration/scripts/bench.sh, which builds
+// postern and runs the Go benchmarks first.
+//
+// It needs root, Postfix (with smtp-source) and the OAuth server's npm packages:
+// integration/scripts/install-deps.sh and integration/oauth/install.sh install them (make deps).
+//
+//	go run ./integration/bench/cmd/postern-bench -postern bin/postern -out bench-results
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/postern/postern/integration/bench"
+	"github.com/postern/postern/integration/harness"
+)
+
+func main() {
+	bin := flag.String("postern", "", "postern binary (required)")
+	out := flag.String("out", "bench-results", "directory for results.json and chart.png")
+	goBench := flag.String("go-bench", "", "output of the Go benchmarks to include in the summary")
+	rounds := flag.Int("rounds", 0, "rounds of every path, size and concurrency (default 2)")
+	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
+	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
+	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
+	flag.Parse()
+	if *bin == "" {
+		fmt.Fprintln(os.Stderr, "postern-bench: -postern is required")
+		os.Exit(2)
+	}
+	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, SkipXOAUTH2: *noXOAUTH2}
+	for _, s := range strings.Split(*steps, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "postern-bench: bad concurrency step %q\n", s)
+			os.Exit(2)
+		}
+		opts.Steps = append(opts.Steps, n)
+	}
+
+	r := bench.NewRunner()
+	go func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
+		<-c
+		r.Fatalf("interrupted")
+	}()
+	harness.Require(r)
+	if !harness.HaveSMTPSource() {
+		r.Fatalf("smtp-source (package postfix) is missing: run integration/scripts/install-deps.sh")
+	}
+	res := bench.Run(r, opts)
+	r.Close()
+	res.PrintTable(os.Stdout)
+	fmt.Printf("\nresults: %s/results.json\nchart:   %s/chart.png\n", *out, *out)
+}

@@ -1,0 +1,338 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Results is everything one run measured; it is written as JSON.
+type Results struct {
+	Started      time.Time `json:"started"`
+	TotalSeconds float64   `json:"total_seconds"`
+	Machine      Machine   `json:"machine"`
+	Config       Config    `json:"config"`
+	// Cells are every end-to-end measurement, in the order they ran.
+	Cells []Cell `json:"cells"`
+	// Summary is one row per message size and concurrency: each path's mean rate over the
+	// rounds and the ratios.
+	Summary []Row          `json:"summary"`
+	Sink    []SinkLoad     `json:"sink_alone"`
+	XOAUTH2 *XOAUTH2Result `json:"xoauth2,omitempty"`
+	Store   StoreReads     `json:"store_reads"`
+	Scale   *ScaleResult   `json:"scale,omitempty"`
+	GoBench []GoBench      `json:"go_benchmarks,omitempty"`
+	Targets []Target       `json:"targets"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs    int    `json:"cpus"`
+	Postfix string `json:"postfix"`
+	Go      string `json:"go"`
+	Kernel  string `json:"kernel"`
+}
+
+// Config is what was asked for.
+type Config struct {
+	Sizes  []int       `json:"sizes_bytes"`
+	Steps  []int       `json:"concurrency_steps"`
+	Rounds int         `json:"rounds"`
+	Counts map[int]int `json:"messages_per_cell_by_size"`
+	// CountsAtOne are the messages per cell at concurrency 1 (fewer: the direct path is slow).
+	CountsAtOne map[int]int `json:"messages_per_cell_at_concurrency_1_by_size"`
+}
+
+// Row is one size and concurrency of the summary.
+type Row struct {
+	Size        int     `json:"size_bytes"`
+	Concurrency int     `json:"concurrency"`
+	Postern     float64 `json:"postern_msgs_per_sec"`
+	Direct      float64 `json:"direct_msgs_per_sec"`
+	Plain       float64 `json:"plain_msgs_per_sec"`
+	// AOverB is Postern / direct; AOverPlain is Postern / plain.
+	AOverB     float64 `json:"a_over_b"`
+	AOverPlain float64 `json:"a_over_plain"`
+	// CPUBusy is the mean machine CPU use during the Postern cells; PosternCPUPerMsg is Postern's
+	// own CPU time per message in milliseconds.
+	CPUBusyPostern   float64 `json:"cpu_busy_postern"`
+	PosternCPUPerMsg float64 `json:"postern_cpu_ms_per_msg"`
+}
+
+// StoreReads relates Postern's store reads (postern_store_project_reads_total) to the messages
+// it delivered during the end-to-end cells.
+type StoreReads struct {
+	// Reads is the growth of the counter from the first to the last cell, over Seconds.
+	Reads          int64   `json:"reads"`
+	Seconds        float64 `json:"seconds"`
+	ReloadInterval float64 `json:"reload_interval_seconds"`
+	// PosternReads were counted during the cells of path A, which lasted PosternSeconds and
+	// delivered Deliveries messages; Periodic is the most reload_interval alone makes in those
+	// cells (one per started interval of each cell).
+	PosternReads   int64   `json:"postern_cell_reads"`
+	PosternSeconds float64 `json:"postern_cell_seconds"`
+	Periodic       int64   `json:"postern_cell_periodic_allowance"`
+	Deliveries     int64   `json:"postern_messages"`
+	// PerMessage is PosternReads / Deliveries; ExtraPerMessage counts only reads beyond Periodic.
+	PerMessage      float64 `json:"per_message"`
+	ExtraPerMessage float64 `json:"extra_per_message"`
+	// OtherReads were counted during the cells of the other paths, whose OtherMessages Postfix
+	// looked up in Postern's socketmap (and got NOTFOUND).
+	OtherReads    int64 `json:"other_cell_reads"`
+	OtherMessages int64 `json:"other_messages"`
+}
+
+// GoBench is one Go benchmark's median over its runs.
+type GoBench struct {
+	Name        string  `json:"name"`
+	Runs        int     `json:"runs"`
+	NsPerOp     float64 `json:"ns_per_op"`
+	BytesPerOp  float64 `json:"bytes_per_op"`
+	AllocsPerOp float64 `json:"allocs_per_op"`
+}
+
+// Target is one goal of the issue and whether this run met it.
+type Target struct {
+	Name  string `json:"name"`
+	Goal  string `json:"goal"`
+	Value string `json:"value"`
+	Met   bool   `json:"met"`
+}
+
+// Summarize fills Summary from Cells.
+func (res *Results) Summarize() {
+	type key struct{ size, conc int }
+	sums := map[key]map[string][]float64{}
+	cpu := map[key][]float64{}
+	per := map[key][]float64{}
+	var keys []key
+	for _, c := range res.Cells {
+		if c.Round == 0 || c.Path == PathXOAUTH2 {
+			continue
+		}
+		k := key{c.Size, c.Concurrency}
+		if sums[k] == nil {
+			sums[k] = map[string][]float64{}
+			keys = append(keys, k)
+		}
+		sums[k][c.Path] = append(sums[k][c.Path], c.Rate)
+		if c.Path == PathPostern {
+			cpu[k] = append(cpu[k], c.CPUBusy)
+			per[k] = append(per[k], 1000*c.PosternCPUSeconds/float64(c.Count))
+		}
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		if a.size != b.size {
+			return a.size - b.size
+		}
+		return a.conc - b.conc
+	})
+	res.Summary = nil
+	for _, k := range keys {
+		r := Row{Size: k.size, Concurrency: k.conc,
+			Postern: mean(sums[k][PathPostern]), Direct: mean(sums[k][PathDirect]), Plain: mean(sums[k][PathPlain]),
+			CPUBusyPostern: mean(cpu[k]), PosternCPUPerMsg: mean(per[k])}
+		if r.Direct > 0 {
+			r.AOverB = r.Postern / r.Direct
+		}
+		if r.Plain > 0 {
+			r.AOverPlain = r.Postern / r.Plain
+		}
+		res.Summary = append(res.Summary, r)
+	}
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+// Evaluate fills Targets from the measurements.
+func (res *Results) Evaluate() {
+	res.Targets = nil
+	minAB, minAP := 0.0, 0.0
+	for i, r := range res.Summary {
+		if i == 0 || r.AOverB < minAB {
+			minAB = r.AOverB
+		}
+		if i == 0 || r.AOverPlain < minAP {
+			minAP = r.AOverPlain
+		}
+	}
+	var ab, ap []string
+	for _, r := range res.Summary {
+		ab = append(ab, fmt.Sprintf("%s c%d %.2f", sizeLabel(r.Size), r.Concurrency, r.AOverB))
+		ap = append(ap, fmt.Sprintf("%s c%d %.2f", sizeLabel(r.Size), r.Concurrency, r.AOverPlain))
+	}
+	res.Targets = append(res.Targets,
+		Target{Name: "A/B (STARTTLS+AUTH upstream)", Goal: ">= 4 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAB, strings.Join(ab, ", ")), Met: len(res.Summary) > 0 && minAB >= 4},
+		Target{Name: "A / Postfix plain relay", Goal: ">= 0.9 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAP, strings.Join(ap, ", ")), Met: len(res.Summary) > 0 && minAP >= 0.9},
+	)
+	if x := res.XOAUTH2; x != nil {
+		res.Targets = append(res.Targets, Target{Name: "deliveries waiting on a token refresh (XOAUTH2)", Goal: "0",
+			Value: fmt.Sprintf("%d (derived; %d refreshes during the run)", x.RefreshWaits, x.Refreshes), Met: x.RefreshWaits == 0 && x.Refreshes > 0})
+	}
+	st := res.Store
+	res.Targets = append(res.Targets, Target{Name: "store reads per message delivered through Postern", Goal: "0 (steady state)",
+		Value: fmt.Sprintf("%.4f beyond the periodic reloads (%d reads during %d messages in %.0fs of path-A cells; reload_interval allows %d)",
+			st.ExtraPerMessage, st.PosternReads, st.Deliveries, st.PosternSeconds, st.Periodic),
+		Met: st.Deliveries > 0 && st.PosternReads <= st.Periodic})
+	if s := res.Scale; s != nil {
+		res.Targets = append(res.Targets, Target{Name: fmt.Sprintf("resident memory with %d projects", s.Projects), Goal: "<= 100 MB",
+			Value: fmt.Sprintf("%.1f MB (peak %.1f MB)", s.RSSMB, s.PeakRSSMB), Met: s.RSSMB <= 100})
+	}
+}
+
+func sizeLabel(size int) string {
+	if size%1024 == 0 {
+		return fmt.Sprintf("%dKB", size/1024)
+	}
+	return fmt.Sprintf("%dB", size)
+}
+
+// WriteJSON writes res to path.
+func (res *Results) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding the results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// PrintTable writes the human summary.
+func (res *Results) PrintTable(w io.Writer) {
+	fmt.Fprintf(w, "\nEnd to end through a real Postfix (%d CPUs, Postfix %s), messages/s from the first submission to the last arrival at the sink,\nmean of %d alternating rounds. A = Postfix -> Postern -> sink (STARTTLS+AUTH, pooled); B = Postfix's SMTP client -> sink\n(STARTTLS+AUTH, sender-dependent relayhost and authentication); plain = Postfix -> sink (no TLS/AUTH).\n\n",
+		res.Machine.CPUs, res.Machine.Postfix, res.Config.Rounds)
+	fmt.Fprintf(w, "%-6s %5s %10s %10s %10s %7s %8s %9s %12s\n", "size", "conc", "A postern", "B direct", "plain", "A/B", "A/plain", "CPU busy", "postern ms/msg")
+	for _, r := range res.Summary {
+		fmt.Fprintf(w, "%-6s %5d %10.1f %10.1f %10.1f %7.2f %8.2f %8.0f%% %12.3f\n", sizeLabel(r.Size), r.Concurrency,
+			r.Postern, r.Direct, r.Plain, r.AOverB, r.AOverPlain, 100*r.CPUBusyPostern, r.PosternCPUPerMsg)
+	}
+	if len(res.Sink) > 0 {
+		fmt.Fprintf(w, "\nThe sink alone (Go load client, same process as the sink):\n")
+		for _, s := range res.Sink {
+			fmt.Fprintf(w, "  %-40s %6s c%-3d %8.0f msg/s\n", s.Mode, sizeLabel(s.Size), s.Concurrency, s.Rate)
+		}
+	}
+	if x := res.XOAUTH2; x != nil {
+		fmt.Fprintf(w, "\nXOAUTH2 (path A, tokens from oidc-provider living %.0fs, refreshed %.0fs before expiry, i.e. every ~%.0fs):\n",
+			x.TokenLifetimeSeconds, x.RefreshMarginSeconds, x.TokenLifetimeSeconds-x.RefreshMarginSeconds)
+		for _, c := range x.Cells {
+			fmt.Fprintf(w, "  %s c%d: %.1f msg/s (%d messages in %.1fs)\n", sizeLabel(c.Size), c.Concurrency, c.Rate, c.Count, c.Seconds)
+		}
+		fmt.Fprintf(w, "  refreshes %d, deliveries that waited on a refresh %d (derived), distinct tokens validated by the sink %d (%d introspections), sink XOAUTH2 sign-ins %d, refusals %d\n",
+			x.Refreshes, x.RefreshWaits, x.TokensSeen, x.Introspection, x.SinkAuths, x.AuthFailures)
+	}
+	st := res.Store
+	fmt.Fprintf(w, "\nStore (reload_interval %.0fs): %d project reads during the path-A cells (%d messages, %.0fs; periodic reloads allow %d): %.4f per message, %.4f beyond the periodic ones.\n",
+		st.ReloadInterval, st.PosternReads, st.Deliveries, st.PosternSeconds, st.Periodic, st.PerMessage, st.ExtraPerMessage)
+	fmt.Fprintf(w, "  During the other paths' cells: %d reads for %d messages whose senders Postern does not route (each NOTFOUND lookup may trigger a reload, at most one per 2s).\n",
+		st.OtherReads, st.OtherMessages)
+	fmt.Fprintf(w, "  Whole end-to-end run: %d reads in %.0fs.\n", st.Reads, st.Seconds)
+	if s := res.Scale; s != nil {
+		fmt.Fprintf(w, "\nScale, %d projects in the file store (%.1f MB, written with filestore in %.0fs):\n", s.Projects, float64(s.StoreBytes)/(1<<20), s.StoreWriteSeconds)
+		fmt.Fprintf(w, "  start-up to /readyz with every project loaded %.2fs; RSS %.1f MB (peak %.1f MB); idle CPU %.1f%% (re-reading the store every %.0fs)\n",
+			s.StartupSeconds, s.RSSMB, s.PeakRSSMB, s.IdleCPUPercent, st.ReloadInterval)
+		fmt.Fprintf(w, "  socketmap round trip, known senders: mean %.0f µs, p99 %.0f µs (%d lookups over one connection)\n",
+			s.SocketmapMeanMicro, s.SocketmapP99Micro, s.SocketmapLookups)
+		fmt.Fprintf(w, "  socketmap round trip, unknown senders: mean %.0f µs, p99 %.0f µs (%d lookups); one that triggers a reload of every project waits %.0f ms\n",
+			s.MissMeanMicro, s.MissP99Micro, s.MissLookups, s.MissReloadMillis)
+	}
+	if len(res.GoBench) > 0 {
+		fmt.Fprintf(w, "\nGo benchmarks (median of runs; full output in go-bench.txt):\n")
+		for _, g := range res.GoBench {
+			fmt.Fprintf(w, "  %-60s %12.0f ns/op %8.0f B/op %6.0f allocs/op\n", g.Name, g.NsPerOp, g.BytesPerOp, g.AllocsPerOp)
+		}
+	}
+	fmt.Fprintf(w, "\nTargets:\n")
+	for _, t := range res.Targets {
+		mark := "MISSED"
+		if t.Met {
+			mark = "met"
+		}
+		fmt.Fprintf(w, "  [%-6s] %s: goal %s; measured %s\n", mark, t.Name, t.Goal, t.Value)
+	}
+	fmt.Fprintf(w, "\nTotal time %.0fs\n", res.TotalSeconds)
+}
+
+// ReadGoBench reads `go test -bench` output and returns each benchmark's median.
+func ReadGoBench(path string) ([]GoBench, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	type vals struct{ ns, b, allocs []float64 }
+	got := map[string]*vals{}
+	var order []string
+	pkg := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := sc.Text()
+		if p, ok := strings.CutPrefix(l, "pkg: "); ok {
+			pkg = p[strings.LastIndexByte(p, '/')+1:]
+			continue
+		}
+		if !strings.HasPrefix(l, "Benchmark") {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		name := pkg + "." + f[0]
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			name = name[:i] // the GOMAXPROCS suffix
+		}
+		v := got[name]
+		if v == nil {
+			v = &vals{}
+			got[name] = v
+			order = append(order, name)
+		}
+		for i := 2; i+1 < len(f); i += 2 {
+			x, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				continue
+			}
+			switch f[i+1] {
+			case "ns/op":
+				v.ns = append(v.ns, x)
+			case "B/op":
+				v.b = append(v.b, x)
+			case "allocs/op":
+				v.allocs = append(v.allocs, x)
+			}
+		}
+	}
+	var out []GoBench
+	for _, name := range order {
+		v := got[name]
+		out = append(out, GoBench{Name: name, Runs: len(v.ns), NsPerOp: median(v.ns), BytesPerOp: median(v.b), AllocsPerOp: median(v.allocs)})
+	}
+	return out, sc.Err()
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

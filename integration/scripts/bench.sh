@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make bench`: Postern measured against Postfix relaying directly, in one run, on this machine.
+#   1. builds postern,
+#   2. runs the Go benchmarks of the hot path (route lookup, the token broker's cache hit, an
+#      upstream delivery pooled and on a new connection, an LMTP delivery through smtpd) with
+#      -benchmem -count 5, saved for benchstat as $out/go-bench.txt, and a CPU profile of the
+#      LMTP delivery ($out/profile-lmtp-delivery.txt),
+#   3. runs integration/bench/cmd/postern-bench: real Postfix fed by Postfix's smtp-source,
+#      Postern, Postfix's own SMTP client and its plain relay into a fast Go sink; XOAUTH2 with a
+#      real OAuth 2.0 server; 10,000 projects. It prints the table and writes
+#      $out/results.json and $out/chart.png.
+# Needs root, Go, and what `make deps` installs (Postfix with smtp-source; the OAuth server's
+# npm packages). Not part of `make test`. Environment:
+#   BENCH_OUT        output directory (default bench-results)
+#   BENCH_GOTIME     -benchtime of each Go benchmark run (default 300ms)
+#   BENCH_ARGS       extra arguments for postern-bench (e.g. "-rounds 1 -projects -1")
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+
+out=${BENCH_OUT:-bench-results}
+gotime=${BENCH_GOTIME:-300ms}
+step() { printf '==> [%4ds] %s\n' "$(($(date +%s) - start))" "$*"; }
+start=$(date +%s)
+
+if ((EUID != 0)); then
+	echo "bench.sh: run as root: the Postfix instances switch to the postfix user" >&2
+	exit 1
+fi
+if ! command -v go >/dev/null 2>&1; then
+	echo "bench.sh: Go is needed (see go.mod for the version)" >&2
+	exit 1
+fi
+if ! PATH=$PATH:/usr/sbin command -v smtp-source >/dev/null 2>&1; then
+	echo "bench.sh: smtp-source (package postfix) is missing: run integration/scripts/install-deps.sh (make deps)" >&2
+	exit 1
+fi
+if [[ ! -d integration/oauth/idp/node_modules/oidc-provider ]]; then
+	echo "bench.sh: the OAuth server is not installed: run integration/oauth/install.sh (make deps)" >&2
+	exit 1
+fi
+mkdir -p "$out"
+
+step "building postern"
+bin_dir=$(mktemp -d)
+trap 'rm -rf "$bin_dir"' EXIT
+go build -o "$bin_dir/postern" ./sidecar/cmd/postern
+go build -o "$bin_dir/postern-bench" ./integration/bench/cmd/postern-bench
+
+pkgs=(./sidecar/route ./sidecar/token ./sidecar/upstream ./sidecar/smtpd)
+step "Go benchmarks (-benchmem -count 5 -benchtime $gotime) > $out/go-bench.txt"
+go test -run '^$' -bench . -benchmem -count 5 -benchtime "$gotime" "${pkgs[@]}" | tee "$out/go-bench.txt"
+
+step "CPU profile of one LMTP delivery (100 KB) > $out/profile-lmtp-delivery.txt"
+go test -run '^$' -bench 'LMTPDelivery/100KB' -benchtime 2s -cpuprofile "$bin_dir/lmtp.prof" \
+	-o "$bin_dir/smtpd.test" ./sidecar/smtpd >/dev/null
+go tool pprof -top -nodecount=25 "$bin_dir/smtpd.test" "$bin_dir/lmtp.prof" >"$out/profile-lmtp-delivery.txt" 2>/dev/null
+head -n 12 "$out/profile-lmtp-delivery.txt"
+
+step "end to end with real Postfix (postern-bench)"
+# shellcheck disable=SC2086 # BENCH_ARGS is split on purpose
+"$bin_dir/postern-bench" -postern "$bin_dir/postern" -out "$out" -go-bench "$out/go-bench.txt" ${BENCH_ARGS:-}
+
+step "done in $(($(date +%s) - start))s: $out/results.json, $out/chart.png, $out/go-bench.txt"
