@@ -247,6 +247,7 @@ var (
 	descStoreReads   = prometheus.NewDesc("postern_store_project_reads_total", "Reads of the project list from the store.", nil, nil)
 	descProjects     = prometheus.NewDesc("postern_projects", "Projects loaded.", nil, nil)
 	descPendingWrite = prometheus.NewDesc("postern_token_pending_writes", "Refreshed tokens not yet written to the store.", nil, nil)
+	descRefreshWaits = prometheus.NewDesc("postern_token_refresh_waits_total", "Deliveries that waited for an OAuth token refresh.", nil, nil)
 	descConns        = prometheus.NewDesc("postern_upstream_connections", "Upstream connections by state.", []string{"project", "state"}, nil)
 	descDials        = prometheus.NewDesc("postern_upstream_dials_total", "Upstream connections opened.", []string{"project"}, nil)
 	descAuthFail     = prometheus.NewDesc("postern_upstream_auth_failures_total", "Upstream AUTH refusals.", []string{"project"}, nil)
@@ -261,6 +262,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	projects := c.dir.Projects()
 	ch <- prometheus.MustNewConstMetric(descProjects, prometheus.GaugeValue, float64(len(projects)))
 	ch <- prometheus.MustNewConstMetric(descPendingWrite, prometheus.GaugeValue, float64(c.broker.PendingWrites()))
+	ch <- prometheus.MustNewConstMetric(descRefreshWaits, prometheus.CounterValue, float64(c.broker.RefreshWaits()))
 	now := time.Now()
 	for _, s := range c.pools.Stats() {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.Idle), s.Project, "idle")

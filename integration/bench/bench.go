@@ -178,7 +178,7 @@ func Run(r *Runner, opts Options) *Results {
 		for _, c := range xr.Cells {
 			r.Logf("%s c%d: %.1f msg/s (%d in %.2fs)", PathXOAUTH2, c.Concurrency, c.Rate, c.Count, c.Seconds)
 		}
-		r.Logf("refreshes %d, waits (derived) %d, tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.TokensSeen)
+		r.Logf("refreshes %d, waits %d (derived from the log: %d), tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.RefreshWaitsDerived, xr.TokensSeen)
 		res.XOAUTH2 = &xr
 	}
 	relay.Close()

@@ -182,7 +182,7 @@ func (res *Results) Evaluate() {
 	)
 	if x := res.XOAUTH2; x != nil {
 		res.Targets = append(res.Targets, Target{Name: "deliveries waiting on a token refresh (XOAUTH2)", Goal: "0",
-			Value: fmt.Sprintf("%d (derived; %d refreshes during the run)", x.RefreshWaits, x.Refreshes), Met: x.RefreshWaits == 0 && x.Refreshes > 0})
+			Value: fmt.Sprintf("%d (postern_token_refresh_waits_total; %d refreshes during the run)", x.RefreshWaits, x.Refreshes), Met: x.RefreshWaits == 0 && x.Refreshes > 0})
 	}
 	st := res.Store
 	res.Targets = append(res.Targets, Target{Name: "store reads per message delivered through Postern", Goal: "0 (steady state)",

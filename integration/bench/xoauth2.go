@@ -120,11 +120,12 @@ type XOAUTH2Result struct {
 	RefreshMarginSeconds float64 `json:"refresh_margin_seconds"`
 	// Refreshes are the token refreshes Postern logged during the measured cells.
 	Refreshes int `json:"refreshes"`
-	// RefreshWaits are deliveries that waited for a refresh. Postern counts none itself: this is
-	// derived from its refresh log (a refresh that completed when the token it replaced had less
-	// than a minute left, when the broker makes callers wait) plus the sink's XOAUTH2 refusals
-	// (each one forces a waited-for refresh).
-	RefreshWaits int `json:"refresh_waits_derived"`
+	// RefreshWaits are deliveries that waited for a refresh: Postern's
+	// postern_token_refresh_waits_total over the measured cells.
+	RefreshWaits int `json:"refresh_waits"`
+	// RefreshWaitsDerived cross-checks it from Postern's refresh log (a refresh that completed
+	// when the token it replaced had less than a minute left) plus the sink's XOAUTH2 refusals.
+	RefreshWaitsDerived int `json:"refresh_waits_derived"`
 	// TokensSeen is the number of distinct access tokens the sink validated (at the IdP's
 	// introspection endpoint, cached until the token's exp).
 	TokensSeen    int   `json:"tokens_seen"`
@@ -142,6 +143,10 @@ func (rl *Relay) MeasureXOAUTH2(ctx context.Context, x *XOAUTH2, size int, steps
 	}
 	before := x.Sink.Counts()
 	logFrom := len(rl.Postern.Log())
+	waitsBefore, err := refreshWaits(ctx, rl)
+	if err != nil {
+		return res, err
+	}
 	for _, conc := range steps {
 		c, err := rl.Measure(ctx, PathXOAUTH2, size, conc, count, 1)
 		if err != nil {
@@ -155,7 +160,12 @@ func (rl *Relay) MeasureXOAUTH2(ctx context.Context, x *XOAUTH2, size int, steps
 	if err != nil {
 		return res, err
 	}
-	res.Refreshes, res.RefreshWaits = refreshes, late+int(res.AuthFailures)
+	res.Refreshes, res.RefreshWaitsDerived = refreshes, late+int(res.AuthFailures)
+	waitsAfter, err := refreshWaits(ctx, rl)
+	if err != nil {
+		return res, err
+	}
+	res.RefreshWaits = int(waitsAfter - waitsBefore)
 	res.TokensSeen, res.Introspection = x.intro.stats()
 	return res, nil
 }
@@ -274,4 +284,17 @@ func (i *introspector) stats() (tokens int, calls int64) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	return len(i.cache), i.calls.Load()
+}
+
+// refreshWaits reads Postern's count of deliveries that waited for a token refresh.
+func refreshWaits(ctx context.Context, rl *Relay) (float64, error) {
+	text, err := rl.Postern.Get(ctx, "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	v, ok := harness.MetricValue(text, "postern_token_refresh_waits_total")
+	if !ok {
+		return 0, fmt.Errorf("postern_token_refresh_waits_total is missing from /metrics")
+	}
+	return v, nil
 }

@@ -162,8 +162,9 @@ func (d *Directory) Lookup(ctx context.Context, sender string) (p project.Projec
 	if p, ok := s.lookup(sender); ok {
 		return p, true, nil
 	}
-	if sender == "" {
-		// Bounces never belong to a project: no reload can change that.
+	if !routable(sender) {
+		// Bounces (Postfix asks for the null sender as "<>" too) and keys without a domain
+		// never belong to a project: no reload can change that.
 		if s == nil {
 			return project.Project{}, false, ErrUnavailable
 		}
@@ -374,4 +375,14 @@ func (s *snapshot) lookup(sender string) (project.Project, bool) {
 	}
 	p, ok := s.projects[name]
 	return p, ok
+}
+
+// routable reports whether sender could belong to a project at all.
+func routable(sender string) bool {
+	switch sender {
+	case "", "<>", `"<>"`:
+		return false
+	}
+	at := strings.LastIndexByte(sender, '@')
+	return at > 0 && at < len(sender)-1
 }

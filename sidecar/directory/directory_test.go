@@ -383,3 +383,24 @@ func TestAccessors(t *testing.T) {
 		t.Fatal("accessors read the store")
 	}
 }
+
+// Postfix asks for the null sender as "<>" (and quoted); such keys, and keys without a domain,
+// never reach the store, however often they come.
+func TestNullSenderNeverReloads(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Options{MinReloadGap: time.Nanosecond}, proj("client-a", true, "@client-a.example"))
+	if err := f.dir.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"", "<>", `"<>"`, "postmaster", "x@", "@client-a.example"} {
+		for range 10 {
+			_, found, err := f.dir.Lookup(t.Context(), key)
+			if found || err != nil {
+				t.Fatalf("Lookup(%q) = %v, %v", key, found, err)
+			}
+		}
+	}
+	if got := f.dir.StoreReads(); got != 1 {
+		t.Fatalf("null-sender lookups caused %d store reads, want none", got-1)
+	}
+}

@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -139,7 +140,14 @@ type Broker struct {
 	mu      sync.Mutex
 	closed  bool
 	entries map[string]*entry
+
+	waits atomic.Int64 // Credential calls that waited for a refresh
 }
+
+// RefreshWaits returns how many Credential calls have waited for the identity provider: their
+// token was expired or refused upstream. Refreshes ahead of expiry keep this at zero; reading a
+// token from the store after a start does not count.
+func (b *Broker) RefreshWaits() int64 { return b.waits.Load() }
 
 // entry is one project's state. Fields are guarded by Broker.mu; io serialises the store writes
 // of refreshes, pending-write retries and Store for the project.
@@ -165,9 +173,10 @@ type entry struct {
 }
 
 type flight struct {
-	done chan struct{}
-	tok  project.Token
-	err  error
+	done      chan struct{}
+	tok       project.Token
+	err       error
+	refreshed bool // the identity provider was asked (not only the store read)
 }
 
 // New returns a broker. Call Close to stop its background work.
@@ -289,7 +298,11 @@ func (b *Broker) Credential(ctx context.Context, p project.Project, force bool) 
 
 	select {
 	case <-f.done:
+		if f.refreshed {
+			b.waits.Add(1)
+		}
 	case <-ctx.Done():
+		b.waits.Add(1)
 		return upstream.Auth{}, fmt.Errorf("project %q: waiting for a token refresh: %w: %w", p.Name, ErrUnavailable, ctx.Err())
 	}
 	if f.err != nil {
@@ -328,7 +341,7 @@ func (b *Broker) startLocked(e *entry, p project.Project, force bool) {
 		b.mu.Lock()
 		e.flight = nil
 		b.mu.Unlock()
-		f.tok, f.err = res.tok, res.err
+		f.tok, f.err, f.refreshed = res.tok, res.err, res.refreshed
 		close(f.done)
 	}()
 }

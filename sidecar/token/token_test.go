@@ -339,6 +339,9 @@ func TestBackgroundRefreshAheadOfMargin(t *testing.T) {
 	if n := f.idp.RequestsOf("refresh_token"); n != 1 {
 		t.Fatalf("%d refresh requests, want 1", n)
 	}
+	if n := b.RefreshWaits(); n != 0 {
+		t.Fatalf("%d callers waited for the background refresh, want 0", n)
+	}
 	release()
 	waitFor(t, "the background refresh", func() bool { return !b.Status(projectName).Refreshing })
 
@@ -394,6 +397,9 @@ func TestSingleFlight(t *testing.T) {
 	}
 	if n := f.store.readCount(); n != 1 {
 		t.Fatalf("%d store reads for 100 concurrent callers, want 1 (one shared refresh)", n)
+	}
+	if n := b.RefreshWaits(); n != 100 {
+		t.Fatalf("RefreshWaits = %d: all 100 callers of an expired token waited", n)
 	}
 }
 
