@@ -661,5 +661,10 @@ func clone(p project.Project) project.Project {
 		o.Scopes = slices.Clone(o.Scopes)
 		p.Auth.OAuth = &o
 	}
+	if p.Auth.Plugin != nil {
+		pa := *p.Auth.Plugin
+		pa.Config = maps.Clone(pa.Config)
+		p.Auth.Plugin = &pa
+	}
 	return p
 }
