@@ -522,9 +522,15 @@ func TestVaultOAuthTwoReplicasThenVaultPaused(t *testing.T) {
 		arrived(t, m)
 		wait, cancelWait := context.WithTimeout(ctx, 60*time.Second)
 		defer cancelWait()
+		// The refresh writes twice: its claim on the record, then the new token, which ends the
+		// claim and names the writer.
 		err = vaultWaitFor(wait, "the refresh to be written", func() (bool, error) {
 			n, err := v.KVVersion(wait, "postern/tokens/oauth-a")
-			return n > before, err
+			if err != nil || n <= before {
+				return false, err
+			}
+			rec := tokenRecord(t, 0)
+			return rec.RefreshingBy == "" && rec.RefreshedBy != "" && n >= before+2, nil
 		})
 		if err != nil {
 			t.Fatal(err)

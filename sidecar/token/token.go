@@ -127,6 +127,8 @@ const (
 	maxAttempts = 5
 	// claimPoll is how often a replica waiting for another's refresh reads the record again.
 	claimPoll = 250 * time.Millisecond
+	// claimRecheck is how soon a replica that kept its token under another's claim looks again.
+	claimRecheck = time.Second
 )
 
 // Broker is the credential source of OAuth projects. It is safe for concurrent use.
@@ -455,11 +457,16 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 		if !fromMemory && !cc {
 			if rec.RefreshingBy != "" && rec.RefreshingBy != b.opts.Instance && now.Before(rec.RefreshingUntil) {
 				// Another replica is redeeming the refresh token: never redeem it too.
+				// Look again soon: the other's refresh usually lands within a second.
+				again := now.Add(claimRecheck)
+				if rec.RefreshingUntil.Before(again) {
+					again = rec.RefreshingUntil
+				}
 				switch {
 				case b.valid(rec, now) && !(force && rec.AccessToken.Equal(mem.AccessToken)):
-					return result{tok: rec, retryAt: rec.RefreshingUntil}
+					return result{tok: rec, retryAt: again}
 				case loaded && b.valid(mem, now) && !force:
-					return result{tok: mem, retryAt: rec.RefreshingUntil}
+					return result{tok: mem, retryAt: again}
 				}
 				select {
 				case <-ctx.Done():
