@@ -621,9 +621,8 @@ func TestOAuthRevokedGrantHoldsMailUntilSignedInAgain(t *testing.T) {
 	if s := w.status(t, ctx); s.State != "ok" {
 		t.Errorf("status after the new sign-in %q (%s), want ok", s.State, s.Reason)
 	}
-	if err := w.e.Front.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stop := w.e.Front.KeepFlushing(ctx, 2*time.Second)
+	defer stop()
 	w.delivered(t, ctx, append(m1, held...)...)
 	if bounced := w.e.Front.LogLines(regexp.MustCompile(`status=bounced`)); len(bounced) > 0 {
 		t.Errorf("the front bounced mail: %q", bounced)

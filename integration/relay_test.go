@@ -205,9 +205,8 @@ func TestRelayWrongPasswordKeepsMailQueued(t *testing.T) {
 	if err := e.SetProjectPassword(ctx, "client-a", password); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Front.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stop := e.Front.KeepFlushing(ctx, 2*time.Second)
+	defer stop()
 	got, err := e.Upstream.WaitForMessage(ctx, "alice@dest.test", harness.WithID(m.ID))
 	if err != nil {
 		t.Fatal(err)
@@ -254,9 +253,8 @@ func TestRelayUpstreamDownThenBack(t *testing.T) {
 	if err := e.Upstream.StartOrg(ctx, "client-a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Front.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	stop := e.Front.KeepFlushing(ctx, 2*time.Second)
+	defer stop()
 	if _, err := e.Upstream.WaitForMessage(ctx, "alice@dest.test", harness.WithID(m.ID)); err != nil {
 		t.Fatal(err)
 	}

@@ -489,3 +489,26 @@ func startPostfix(t T, p *Postfix) {
 	}
 	t.Logf("postfix %s started in %s", p.Hostname, time.Since(began).Round(time.Millisecond))
 }
+
+// KeepFlushing flushes the queue now and then every interval until stop is called or ctx ends,
+// as an operator would after fixing a fault. One flush can miss a message: a flush that arrives
+// while the message is being delivered skips it ("still being delivered"), and the message then
+// waits for its next scheduled retry.
+func (p *Postfix) KeepFlushing(ctx context.Context, interval time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			_ = p.Flush(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
