@@ -7,7 +7,7 @@
 set -euo pipefail
 
 src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cache_dir=${POSTERN_CACHE:-$HOME/.cache/postern}
+cache_dir=${POSTERN_CACHE:-${HOME:-/root}/.cache/postern}
 bin_dir=$cache_dir/bin
 out=$bin_dir/vaultdev
 stamp=$out.stamp
