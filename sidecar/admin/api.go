@@ -22,14 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"unicode"
 
 	"github.com/postern/postern/sidecar/oauth"
@@ -549,89 +545,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // readable by group or others is refused, as is a token shorter than 16 characters. Created as
 // root, the file is given to the owner of its directory.
 func LoadAPIToken(path string) (secret.Secret, error) {
-	tok, err := readAPIToken(path)
-	if !errors.Is(err, fs.ErrNotExist) {
-		return tok, err
-	}
-	if err := createAPIToken(path); err != nil {
-		return secret.Secret{}, fmt.Errorf("creating the API token file %s: %w", path, err)
-	}
-	return readAPIToken(path)
-}
-
-func readAPIToken(path string) (secret.Secret, error) {
-	fi, err := os.Stat(path)
+	b, err := secret.LoadOrCreateFile(path, "the API token file", func() ([]byte, error) {
+		raw := make([]byte, 32)
+		_, err := rand.Read(raw)
+		return []byte(base64.RawURLEncoding.EncodeToString(raw) + "\n"), err
+	})
 	if err != nil {
-		return secret.Secret{}, fmt.Errorf("reading the API token file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return secret.Secret{}, fmt.Errorf("the API token file %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return secret.Secret{}, fmt.Errorf("the API token file %s is readable by group or others (mode %04o): chmod 600 %s", path, perm, path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return secret.Secret{}, fmt.Errorf("reading the API token file: %w", err)
+		return secret.Secret{}, err
 	}
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < minAPITokenLen || strings.ContainsAny(tok, " \t\r\n") {
 		return secret.Secret{}, fmt.Errorf("the API token file %s must hold one token of at least %d characters without blanks: remove the file and restart to have one made", path, minAPITokenLen)
 	}
 	return secret.New(tok), nil
-}
-
-// createAPIToken writes a new token beside path and links it into place, so that it never
-// overwrites a token another process created meanwhile.
-func createAPIToken(path string) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if err := chownToDir(f, dir); err != nil {
-		return err
-	}
-	if _, err := f.WriteString(base64.RawURLEncoding.EncodeToString(raw) + "\n"); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := os.Link(f.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return nil
-}
-
-// chownToDir gives f the owner of dir when this process runs as root.
-func chownToDir(f *os.File, dir string) error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || (st.Uid == 0 && st.Gid == 0) {
-		return nil
-	}
-	return f.Chown(int(st.Uid), int(st.Gid))
 }

@@ -3,6 +3,9 @@
 //
 // A Secret prints as "[redacted]" through fmt, slog, JSON and YAML. The only way to the value is
 // Reveal, which is called where the value is put on the wire or into encrypted storage.
+//
+// LoadOrCreateFile keeps a generated secret (a signing key, an API token) in a file only its
+// owner may read.
 package secret
 
 import (

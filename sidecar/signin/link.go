@@ -9,15 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
 )
 
 // KeySize is the size of a new key file, in bytes; shorter keys are refused.
@@ -161,88 +158,16 @@ func (l *Links) Verify(signed string, now time.Time) (Link, error) {
 // refused. Created as root, the file is given to the owner of its directory, so a sidecar running
 // as that user can read it.
 func LoadKey(path string) ([]byte, error) {
-	key, err := readKey(path)
-	if !errors.Is(err, fs.ErrNotExist) {
+	key, err := secret.LoadOrCreateFile(path, "the sign-in key file", func() ([]byte, error) {
+		key := make([]byte, KeySize)
+		_, err := rand.Read(key)
 		return key, err
-	}
-	if err := createKey(path); err != nil {
-		return nil, fmt.Errorf("creating the sign-in key file %s: %w", path, err)
-	}
-	return readKey(path)
-}
-
-func readKey(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("reading the sign-in key file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("the sign-in key file %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("the sign-in key file %s is readable by group or others (mode %04o): chmod 600 %s", path, perm, path)
-	}
-	key, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the sign-in key file: %w", err)
+		return nil, err
 	}
 	if len(key) < KeySize {
 		return nil, fmt.Errorf("the sign-in key file %s holds %d bytes, fewer than %d", path, len(key), KeySize)
 	}
 	return key, nil
-}
-
-// createKey writes a new key beside path and links it into place, so that it never overwrites a
-// key another process created meanwhile.
-func createKey(path string) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	key := make([]byte, KeySize)
-	if _, err := rand.Read(key); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if err := chownToDir(f, dir); err != nil {
-		return err
-	}
-	if _, err := f.Write(key); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := os.Link(f.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return nil
-}
-
-// chownToDir gives f the owner of dir when this process runs as root.
-func chownToDir(f *os.File, dir string) error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || (st.Uid == 0 && st.Gid == 0) {
-		return nil
-	}
-	return f.Chown(int(st.Uid), int(st.Gid))
 }
