@@ -235,8 +235,8 @@ func (res *Results) PrintTable(w io.Writer) {
 		for _, c := range x.Cells {
 			fmt.Fprintf(w, "  %s c%d: %.1f msg/s (%d messages in %.1fs)\n", sizeLabel(c.Size), c.Concurrency, c.Rate, c.Count, c.Seconds)
 		}
-		fmt.Fprintf(w, "  refreshes %d, deliveries that waited on a refresh %d (derived), distinct tokens validated by the sink %d (%d introspections), sink XOAUTH2 sign-ins %d, refusals %d\n",
-			x.Refreshes, x.RefreshWaits, x.TokensSeen, x.Introspection, x.SinkAuths, x.AuthFailures)
+		fmt.Fprintf(w, "  refreshes %d, deliveries that waited on a refresh %d (postern_token_refresh_waits_total; %d derived from the log), distinct tokens validated by the sink %d (%d introspections), sink XOAUTH2 sign-ins %d, refusals %d\n",
+			x.Refreshes, x.RefreshWaits, x.RefreshWaitsDerived, x.TokensSeen, x.Introspection, x.SinkAuths, x.AuthFailures)
 	}
 	st := res.Store
 	fmt.Fprintf(w, "\nStore (reload_interval %.0fs): %d project reads during the path-A cells (%d messages, %.0fs; periodic reloads allow %d): %.4f per message, %.4f beyond the periodic ones.\n",
