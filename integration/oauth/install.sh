@@ -63,3 +63,17 @@ if [ ! -d "$idp/node_modules/oidc-provider" ] || [ ! -f "$stamp" ] || [ "$(cat "
 fi
 
 echo "oauth install: dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1), node $(node --version), oidc-provider $(node -p "require('$idp/node_modules/oidc-provider/package.json').version")"
+
+# A freshly installed Chromium has been seen to fail its very first page load; load one page now,
+# so that the sign-in tests meet a Chromium that has started before.
+if [ "$with_chromium" = 1 ]; then
+	profile="$(mktemp -d)"
+	if timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+		--disable-background-networking --disable-component-update --disable-sync \
+		--user-data-dir="$profile" --dump-dom about:blank >/dev/null 2>&1; then
+		echo "oauth install: chromium $(chromium --version 2>/dev/null | awk '{print $2}') starts headless"
+	else
+		echo "oauth install: warning: chromium's first headless start failed; the sign-in tests will start it again" >&2
+	fi
+	rm -rf "$profile"
+fi
