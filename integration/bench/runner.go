@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/postern/postern/integration/harness"
@@ -15,11 +14,7 @@ type Runner struct {
 	Start time.Time
 
 	parent *Runner
-
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-	once     sync.Once
+	harness.Cleanups
 }
 
 var _ harness.T = (*Runner)(nil)
@@ -40,9 +35,7 @@ func (r *Runner) Logf(format string, args ...any) {
 
 // Fatalf reports the failure, runs the cleanups and exits with status 1.
 func (r *Runner) Fatalf(format string, args ...any) {
-	r.mu.Lock()
-	r.failed = true
-	r.mu.Unlock()
+	r.MarkFailed()
 	r.Close()
 	if r.parent != nil {
 		r.parent.Fatalf(format, args...)
@@ -56,27 +49,5 @@ func (r *Runner) Fatalf(format string, args ...any) {
 // ends r.
 func (r *Runner) Sub() *Runner { return &Runner{Start: r.Start, parent: r} }
 
-func (r *Runner) Cleanup(f func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cleanups = append(r.cleanups, f)
-}
-
-func (r *Runner) Failed() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.failed
-}
-
 // Close runs the cleanups once, last registered first.
-func (r *Runner) Close() {
-	r.once.Do(func() {
-		r.mu.Lock()
-		fs := r.cleanups
-		r.cleanups = nil
-		r.mu.Unlock()
-		for i := len(fs) - 1; i >= 0; i-- {
-			fs[i]()
-		}
-	})
-}
+func (r *Runner) Close() { r.RunCleanups() }

@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -144,11 +143,7 @@ func (r *runner) run(bin string) {
 // runner is the demo's harness.T: progress on stderr, cleanups run at the end or on a failure.
 type runner struct {
 	start time.Time
-
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-	once     sync.Once
+	harness.Cleanups
 }
 
 var _ harness.T = (*runner)(nil)
@@ -166,38 +161,16 @@ func (r *runner) Helper() {}
 func (r *runner) Logf(format string, args ...any) { r.detail(format, args...) }
 
 func (r *runner) Fatalf(format string, args ...any) {
-	r.mu.Lock()
-	r.failed = true
-	r.mu.Unlock()
+	r.MarkFailed()
 	fmt.Fprintf(os.Stderr, "demo failed: %s\n", fmt.Sprintf(format, args...))
 	r.cleanup()
 	os.Exit(1)
 }
 
-func (r *runner) Cleanup(f func()) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.cleanups = append(r.cleanups, f)
-}
-
-func (r *runner) Failed() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.failed
-}
-
-// cleanup runs the cleanups once, last registered first.
+// cleanup runs the cleanups once, last registered first, then says so.
 func (r *runner) cleanup() {
-	r.once.Do(func() {
-		r.mu.Lock()
-		fs := r.cleanups
-		r.cleanups = nil
-		r.mu.Unlock()
-		for i := len(fs) - 1; i >= 0; i-- {
-			fs[i]()
-		}
-		fmt.Printf("[%5.1fs] ==> stopped\n", time.Since(r.start).Seconds())
-	})
+	r.RunCleanups()
+	fmt.Printf("[%5.1fs] ==> stopped\n", time.Since(r.start).Seconds())
 }
 
 func (r *runner) stopOnSignal() {
