@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// of its own, so that it always opens a new connection and signs in with the new token.
 	checks := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "signin")))
 	defer checks.Close()
-	var signinRoutes map[string]http.Handler
+	var extraRoutes map[string]http.Handler
 	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
 		key, err := signin.LoadKey(cfg.SignIn.KeyFile)
 		if err != nil {
@@ -76,7 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("configuring the sign-in pages: %w", err)
 		}
-		signinRoutes = pages.Routes()
+		extraRoutes = pages.Routes()
 		log.Info("serving the sign-in pages", "url", base+"/signin", "redirect_uri", pages.RedirectURL())
 	}
 
@@ -144,6 +144,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		api = &admin.APIOptions{Store: st, Token: tok}
 		log.Info("serving the project API", "url", "http://"+cfg.Listen.Admin+"/api/v1/projects/{name}", "token_file", cfg.API.TokenFile)
 	}
+	if cfg.Debug.Pprof {
+		extraRoutes = withProfiler(extraRoutes)
+		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker})
 	adm := admin.New(admin.Options{
@@ -151,7 +155,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Registry: reg,
 		Checks:   readiness(dir, st, broker),
 		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
-		Extra:    signinRoutes,
+		Extra:    extraRoutes,
 		API:      api,
 	})
 

@@ -130,6 +130,9 @@ reload_interval: 50ms
 	if !strings.Contains(string(metrics), `postern_upstream_dials_total{project="client-a"} 1`) {
 		t.Errorf("metrics lack the upstream dial:\n%s", metrics)
 	}
+	if code := get(admin, "/debug/pprof/"); code != 404 {
+		t.Errorf("GET /debug/pprof/ = %d without debug.pprof, want 404", code)
+	}
 	var status struct {
 		Projects []struct{ Name, State string }
 	}

@@ -34,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,7 +51,7 @@ type Options struct {
 	Sizes []int
 	// Steps are the concurrency steps; default 1, 10, 50.
 	Steps []int
-	// Rounds each measure every path once per size and step; default 2.
+	// Rounds each measure every path once per size and step; default 3.
 	Rounds int
 	// Counts are the messages per cell by size; CountsAtOne at concurrency 1.
 	Counts, CountsAtOne map[int]int
@@ -71,7 +72,7 @@ func (o *Options) defaults() {
 		o.Steps = []int{1, 10, 50}
 	}
 	if o.Rounds <= 0 {
-		o.Rounds = 2
+		o.Rounds = 3
 	}
 	if o.Counts == nil {
 		o.Counts = map[int]int{1024: 800, 100 * 1024: 300}
@@ -141,10 +142,10 @@ func Run(r *Runner, opts Options) *Results {
 	for _, size := range opts.Sizes {
 		for round := 1; round <= opts.Rounds; round++ {
 			for i, conc := range opts.Steps {
-				order := []string{PathPostern, PathDirect, PathPlain}
-				if (round+i)%2 == 0 {
-					order = []string{PathDirect, PathPostern, PathPlain}
-				}
+				// Each path goes first, second and third in turn.
+				paths := []string{PathPostern, PathDirect, PathPlain}
+				n := (round + i) % len(paths)
+				order := append(slices.Clone(paths[n:]), paths[:n]...)
 				r.Step("%s, round %d, concurrency %d: %s", sizeLabel(size), round, conc, strings.Join(order, ", "))
 				for _, path := range order {
 					c, err := rl.Measure(ctx, path, size, conc, opts.count(size, conc), round)
@@ -163,6 +164,19 @@ func Run(r *Runner, opts Options) *Results {
 		r.Fatalf("%v", err)
 	}
 	res.Store = storeReads(before, after, time.Since(t0), res.Cells)
+
+	for _, size := range opts.Sizes {
+		const d = 3 * time.Second
+		conc := min(10, maxConc)
+		r.Step("profiling postern for %s: path A, %s at concurrency %d", d, sizeLabel(size), conc)
+		// Enough messages to keep Postern busy for the whole profile.
+		count := opts.count(size, conc) * 2
+		p, err := rl.ProfilePostern(ctx, opts.Out, size, conc, count, d)
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		res.Profiles = append(res.Profiles, p)
+	}
 
 	if !opts.SkipXOAUTH2 {
 		r.Step("XOAUTH2: starting the OAuth 2.0 server and adding an OAuth project")

@@ -113,7 +113,8 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 	}
 	r.Cleanup(func() { rl.Auth.Close() })
 
-	rl.Postern, err = harness.NewPostern(harness.PosternOptions{Bin: opts.Bin, Dir: filepath.Join(dir, "postern"), LogLevel: "info"})
+	rl.Postern, err = harness.NewPostern(harness.PosternOptions{Bin: opts.Bin, Dir: filepath.Join(dir, "postern"), LogLevel: "info",
+		ExtraConfig: "debug: {pprof: true}"})
 	if err != nil {
 		r.Fatalf("%v", err)
 	}

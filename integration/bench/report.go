@@ -20,7 +20,7 @@ type Results struct {
 	Config       Config    `json:"config"`
 	// Cells are every end-to-end measurement, in the order they ran.
 	Cells []Cell `json:"cells"`
-	// Summary is one row per message size and concurrency: each path's mean rate over the
+	// Summary is one row per message size and concurrency: each path's median rate over the
 	// rounds and the ratios.
 	Summary []Row          `json:"summary"`
 	Sink    []SinkLoad     `json:"sink_alone"`
@@ -28,7 +28,9 @@ type Results struct {
 	Store   StoreReads     `json:"store_reads"`
 	Scale   *ScaleResult   `json:"scale,omitempty"`
 	GoBench []GoBench      `json:"go_benchmarks,omitempty"`
-	Targets []Target       `json:"targets"`
+	// Profiles are CPU profiles of Postern under load (path A), beside results.json.
+	Profiles []Profile `json:"postern_profiles,omitempty"`
+	Targets  []Target  `json:"targets"`
 }
 
 // Machine describes where the run happened.
@@ -56,11 +58,12 @@ type Row struct {
 	Postern     float64 `json:"postern_msgs_per_sec"`
 	Direct      float64 `json:"direct_msgs_per_sec"`
 	Plain       float64 `json:"plain_msgs_per_sec"`
-	// AOverB is Postern / direct; AOverPlain is Postern / plain.
+	// The rates are medians over the rounds. AOverB is the median over the rounds of Postern /
+	// direct in that round; AOverPlain the same of Postern / plain.
 	AOverB     float64 `json:"a_over_b"`
 	AOverPlain float64 `json:"a_over_plain"`
-	// CPUBusy is the mean machine CPU use during the Postern cells; PosternCPUPerMsg is Postern's
-	// own CPU time per message in milliseconds.
+	// CPUBusy is the median machine CPU use during the Postern cells; PosternCPUPerMsg is
+	// Postern's own CPU time per message in milliseconds (median).
 	CPUBusyPostern   float64 `json:"cpu_busy_postern"`
 	PosternCPUPerMsg float64 `json:"postern_cpu_ms_per_msg"`
 }
@@ -105,10 +108,17 @@ type Target struct {
 	Met   bool   `json:"met"`
 }
 
-// Summarize fills Summary from Cells.
+// Summarize fills Summary from Cells: per size and concurrency, the median over the rounds of
+// each path's rate and of the ratios within each round (the paths of a round run back to back,
+// so a round's ratio is not disturbed by what the machine did during another round).
 func (res *Results) Summarize() {
 	type key struct{ size, conc int }
-	sums := map[key]map[string][]float64{}
+	type roundKey struct {
+		key
+		round int
+	}
+	rates := map[key]map[string][]float64{}
+	byRound := map[roundKey]map[string]float64{}
 	cpu := map[key][]float64{}
 	per := map[key][]float64{}
 	var keys []key
@@ -117,11 +127,16 @@ func (res *Results) Summarize() {
 			continue
 		}
 		k := key{c.Size, c.Concurrency}
-		if sums[k] == nil {
-			sums[k] = map[string][]float64{}
+		if rates[k] == nil {
+			rates[k] = map[string][]float64{}
 			keys = append(keys, k)
 		}
-		sums[k][c.Path] = append(sums[k][c.Path], c.Rate)
+		rates[k][c.Path] = append(rates[k][c.Path], c.Rate)
+		rk := roundKey{k, c.Round}
+		if byRound[rk] == nil {
+			byRound[rk] = map[string]float64{}
+		}
+		byRound[rk][c.Path] = c.Rate
 		if c.Path == PathPostern {
 			cpu[k] = append(cpu[k], c.CPUBusy)
 			per[k] = append(per[k], 1000*c.PosternCPUSeconds/float64(c.Count))
@@ -136,27 +151,36 @@ func (res *Results) Summarize() {
 	res.Summary = nil
 	for _, k := range keys {
 		r := Row{Size: k.size, Concurrency: k.conc,
-			Postern: mean(sums[k][PathPostern]), Direct: mean(sums[k][PathDirect]), Plain: mean(sums[k][PathPlain]),
-			CPUBusyPostern: mean(cpu[k]), PosternCPUPerMsg: mean(per[k])}
-		if r.Direct > 0 {
-			r.AOverB = r.Postern / r.Direct
+			Postern: median(rates[k][PathPostern]), Direct: median(rates[k][PathDirect]), Plain: median(rates[k][PathPlain]),
+			CPUBusyPostern: median(cpu[k]), PosternCPUPerMsg: median(per[k])}
+		var ab, ap []float64
+		for rk, paths := range byRound {
+			if rk.key != k || paths[PathPostern] == 0 {
+				continue
+			}
+			if d := paths[PathDirect]; d > 0 {
+				ab = append(ab, paths[PathPostern]/d)
+			}
+			if p := paths[PathPlain]; p > 0 {
+				ap = append(ap, paths[PathPostern]/p)
+			}
 		}
-		if r.Plain > 0 {
-			r.AOverPlain = r.Postern / r.Plain
-		}
+		r.AOverB, r.AOverPlain = median(ab), median(ap)
 		res.Summary = append(res.Summary, r)
 	}
 }
 
-func mean(xs []float64) float64 {
+// median is the middle value of xs (the mean of the two middle ones for an even count), 0 for
+// none.
+func median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
 	}
-	var s float64
-	for _, x := range xs {
-		s += x
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
 	}
-	return s / float64(len(xs))
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // Evaluate fills Targets from the measurements.
@@ -216,7 +240,7 @@ func (res *Results) WriteJSON(path string) error {
 
 // PrintTable writes the human summary.
 func (res *Results) PrintTable(w io.Writer) {
-	fmt.Fprintf(w, "\nEnd to end through a real Postfix (%d CPUs, Postfix %s), messages/s from the first submission to the last arrival at the sink,\nmean of %d alternating rounds. A = Postfix -> Postern -> sink (STARTTLS+AUTH, pooled); B = Postfix's SMTP client -> sink\n(STARTTLS+AUTH, sender-dependent relayhost and authentication); plain = Postfix -> sink (no TLS/AUTH).\n\n",
+	fmt.Fprintf(w, "\nEnd to end through a real Postfix (%d CPUs, Postfix %s), messages/s from the first submission to the last arrival at the sink,\nmedian of %d rounds, each path first, second and third in turn (ratios: median of each round's ratio). A = Postfix -> Postern -> sink (STARTTLS+AUTH, pooled); B = Postfix's SMTP client -> sink\n(STARTTLS+AUTH, sender-dependent relayhost and authentication); plain = Postfix -> sink (no TLS/AUTH).\n\n",
 		res.Machine.CPUs, res.Machine.Postfix, res.Config.Rounds)
 	fmt.Fprintf(w, "%-6s %5s %10s %10s %10s %7s %8s %9s %12s\n", "size", "conc", "A postern", "B direct", "plain", "A/B", "A/plain", "CPU busy", "postern ms/msg")
 	for _, r := range res.Summary {
@@ -326,13 +350,4 @@ func ReadGoBench(path string) ([]GoBench, error) {
 		out = append(out, GoBench{Name: name, Runs: len(v.ns), NsPerOp: median(v.ns), BytesPerOp: median(v.b), AllocsPerOp: median(v.allocs)})
 	}
 	return out, sc.Err()
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

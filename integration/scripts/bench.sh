@@ -7,8 +7,9 @@
 #      LMTP delivery ($out/profile-lmtp-delivery.txt),
 #   3. runs integration/bench/cmd/postern-bench: real Postfix fed by Postfix's smtp-source,
 #      Postern, Postfix's own SMTP client and its plain relay into a fast Go sink; XOAUTH2 with a
-#      real OAuth 2.0 server; 10,000 projects. It prints the table and writes
-#      $out/results.json and $out/chart.png.
+#      real OAuth 2.0 server; 10,000 projects; CPU profiles of Postern itself under load
+#      (debug.pprof). It prints the table and writes $out/results.json, $out/chart.png and
+#      $out/postern-cpu-{1KB,100KB}.pprof (summarised in .txt beside them).
 # Needs root, Go, and what `make deps` installs (Postfix with smtp-source; the OAuth server's
 # npm packages). Not part of `make test`. Environment:
 #   BENCH_OUT        output directory (default bench-results)
@@ -61,5 +62,12 @@ head -n 12 "$out/profile-lmtp-delivery.txt"
 step "end to end with real Postfix (postern-bench)"
 # shellcheck disable=SC2086 # BENCH_ARGS is split on purpose
 "$bin_dir/postern-bench" -postern "$bin_dir/postern" -out "$out" -go-bench "$out/go-bench.txt" ${BENCH_ARGS:-}
+
+for prof in "$out"/postern-cpu-*.pprof; do
+	[[ -e $prof ]] || continue
+	step "Postern's CPU profile under load: ${prof%.pprof}.txt"
+	go tool pprof -top -nodecount=30 "$bin_dir/postern" "$prof" >"${prof%.pprof}.txt" 2>/dev/null
+	sed -n '4,16p' "${prof%.pprof}.txt"
+done
 
 step "done in $(($(date +%s) - start))s: $out/results.json, $out/chart.png, $out/go-bench.txt"

@@ -94,6 +94,16 @@ type Config struct {
 	CredentialProviders map[string]CredentialProvider `yaml:"credential_providers"`
 	// ReloadInterval is how often the projects are read again from the store. Default 10s.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
+	// Debug holds what helps find out where Postern spends its time.
+	Debug Debug `yaml:"debug"`
+}
+
+// Debug holds what helps find out where Postern spends its time.
+type Debug struct {
+	// Pprof serves Go's profiler (net/http/pprof) at /debug/pprof/ on the admin listener, for
+	// example `go tool pprof http://127.0.0.1:8025/debug/pprof/profile?seconds=30`. Off by
+	// default: keep it off wherever the admin listener is reachable through a proxy.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Log says how Postern logs.
@@ -490,6 +500,9 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	}
 
 	l := c.Listen
+	if c.Debug.Pprof && l.Admin == "" {
+		add("debug.pprof is on but listen.admin is off: the profiler is served on the admin listener")
+	}
 	if l.LMTP == "" && l.SMTP == "" {
 		add("listen: neither lmtp nor smtp is set: Postfix needs one of them to deliver to Postern")
 	}

@@ -320,6 +320,8 @@ func TestValidate(t *testing.T) {
 		{"signin key is the store key", "signin: {key_file: /var/lib/postern/store.key}\n", "must not be a file of the store"},
 		{"api on", "api: {token_file: /var/lib/postern/api.token}\n", ""},
 		{"api token file is a directory", "api: {token_file: /var/lib/postern/}\n", `api.token_file "/var/lib/postern/" names a directory`},
+		{"profiler", "debug: {pprof: true}\n", ""},
+		{"profiler without the admin listener", "listen: {admin: ''}\ndebug: {pprof: true}\n", "debug.pprof is on but listen.admin is off"},
 		{"api without the admin listener", "listen: {admin: ''}\napi: {token_file: /var/lib/postern/api.token}\n", "listen.admin is off"},
 		{"api token is the store key", "api: {token_file: /var/lib/postern/store.key}\n", "must not be the file of store.file.key_file"},
 		{"api token is the store data", "api: {token_file: /var/lib/postern/store.db}\n", "must not be the file of store.file.path"},

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bufio"
 	"net"
 	"sync"
 	"time"
@@ -82,12 +83,23 @@ var past = time.Unix(1, 0)
 // drainConn is one Postfix connection.
 type drainConn struct {
 	net.Conn
-	l *drainListener
+	l  *drainListener
+	rd *bufio.Reader // reads ahead of go-smtp's own small buffer: a message body in few reads
 
 	mu       sync.Mutex
 	busy     bool // inside a transaction
 	draining bool
 	closed   bool
+}
+
+// readAhead is how much of a message body one read from Postfix's connection may take in.
+const readAhead = 32 << 10
+
+func (c *drainConn) Read(b []byte) (int, error) {
+	if c.rd == nil {
+		c.rd = bufio.NewReaderSize(c.Conn, readAhead)
+	}
+	return c.rd.Read(b)
 }
 
 // SetReadDeadline is go-smtp's call before each command: while draining and idle, the deadline is

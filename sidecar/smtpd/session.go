@@ -176,6 +176,10 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err == nil {
 		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
 			err = fmt.Errorf("%d recipients accepted, the project's limit is %d: %w", len(tx.rcpts), max, errTooManyRecipients)
+		} else if s.lmtp {
+			// LMTP answers for each recipient after the message: the recipients go upstream
+			// with DATA (in one round trip where the upstream pipelines), and a recipient the
+			// upstream refuses gets its refusal then.
 		} else if err = tx.conn.Rcpt(s.ctx, to, nil); err != nil && stateUnknown(err) {
 			tx.broken = err
 		}
@@ -214,8 +218,13 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 	body := &countingReader{r: r, max: tx.project.Limits.MaxMessageBytes}
 	err := tx.broken
 	var accepted string
+	var refused []*upstream.Error // LMTP: the upstream's refusal of each recipient, if any
 	if err == nil {
-		err = tx.conn.Data(s.ctx, body)
+		if status != nil {
+			refused, err = tx.conn.Send(s.ctx, tx.rcpts, body)
+		} else {
+			err = tx.conn.Data(s.ctx, body)
+		}
 		if err == nil {
 			accepted = tx.conn.LastReply()
 		}
@@ -224,19 +233,33 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 		tx.conn.Discard()
 	}
 	reply := replyFor(stageData, tx.wrap(err))
-	log := tx.log.With("recipients", len(tx.rcpts), "bytes", body.n, "duration", time.Since(tx.started).Round(time.Millisecond))
-	if reply == nil {
+	n := len(tx.rcpts)
+	if status != nil {
+		// go-smtp writes each recipient's reply as soon as it is set: read the rest of a message
+		// the upstream did not take first.
+		io.Copy(io.Discard, r)
+		for i, rcpt := range tx.rcpts {
+			if i < len(refused) && refused[i] != nil {
+				n--
+				rr := replyFor(stageRcpt, tx.wrap(refused[i]))
+				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i])
+				status.SetStatus(rcpt, rr)
+				continue
+			}
+			status.SetStatus(rcpt, asError(reply))
+		}
+	}
+	log := tx.log.With("recipients", n, "bytes", body.n, "duration", time.Since(tx.started).Round(time.Millisecond))
+	switch {
+	case n == 0:
+		log.Info("no recipient accepted")
+	case reply == nil:
 		if id := upstreamID(accepted); id != "" {
 			log = log.With("upstream_id", id)
 		}
 		log.Info("delivered", "upstream_reply", clean(accepted, 300))
-	} else {
+	default:
 		s.logRefusal(log, stageData, reply, err)
-	}
-	if status != nil {
-		for _, rcpt := range tx.rcpts {
-			status.SetStatus(rcpt, asError(reply))
-		}
 	}
 	return reply
 }

@@ -15,11 +15,16 @@
 //     is 451 4.7.0 with the reason. An upstream connection is acquired (Upstreams). If the
 //     upstream refuses the credential and it can be renewed (OAuth), a fresh one is asked for and
 //     tried exactly once more; a refusal that stands is reported to Credentials.Rejected and
-//     answered 451 4.7.0. Then the upstream gets MAIL FROM with SIZE and BODY.
+//     answered 451 4.7.0. Then MAIL FROM with SIZE and BODY is ready for the upstream (sent at
+//     once, or with the first recipient when the upstream offers PIPELINING).
 //  3. RCPT TO: past the project's recipient limit 452 4.5.3 (Postfix sends the rest in another
-//     transaction); otherwise the upstream's reply for that recipient is passed back.
-//  4. DATA: the body streams to the upstream. Over LMTP every accepted recipient gets the
-//     upstream's one final reply.
+//     transaction). Over SMTP the upstream's reply for that recipient is passed back. Over LMTP
+//     the recipient is taken, and goes upstream with DATA.
+//  4. DATA: over LMTP, the recipients and DATA go upstream together (one round trip where the
+//     upstream pipelines), then the body streams to the upstream if it took a recipient. Each
+//     recipient then gets its own reply: the upstream's refusal of that recipient, or its one
+//     final reply to the message. Over SMTP the body streams to the upstream and its final reply
+//     is passed back.
 //  5. The upstream connection goes back to its pool at the end of the transaction (RSET, Reset,
 //     logout), or is discarded when a failure left its state unknown.
 //

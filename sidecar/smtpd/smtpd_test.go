@@ -202,6 +202,14 @@ type result struct {
 	data map[string]error // per accepted recipient
 }
 
+// refusal is the reply refusing rcpt, at RCPT or, over LMTP, after the message.
+func (r result) refusal(rcpt string) error {
+	if err := r.rcpt[rcpt]; err != nil {
+		return err
+	}
+	return r.data[rcpt]
+}
+
 func (r result) delivered(rcpt string) bool {
 	d, ok := r.data[rcpt]
 	return r.mail == nil && ok && d == nil
@@ -379,14 +387,37 @@ func TestUpstreamRejectsOneRecipient(t *testing.T) {
 		return nil
 	}}, "user@a.example")
 	h := newHarness(t, Options{}, basicProject("a", "a.example", up))
-	res := send(t, h.dial(), "noreply@a.example", []string{"x@dest.example", "gone@dest.example", "busy@dest.example", "y@dest.example"}, body, nil)
-	wantReply(t, "RCPT gone", res.rcpt["gone@dest.example"], 550, smtp.EnhancedCode{5, 1, 1}, "User unknown")
-	wantReply(t, "RCPT busy", res.rcpt["busy@dest.example"], 450, smtp.EnhancedCode{4, 2, 1}, "Mailbox busy")
+	c := h.dial()
+	res := send(t, c, "noreply@a.example", []string{"x@dest.example", "gone@dest.example", "busy@dest.example", "y@dest.example"}, body, nil)
+	// Over LMTP the recipients go upstream with DATA: each refusal is that recipient's reply
+	// after the message.
+	for rcpt, err := range res.rcpt {
+		if err != nil {
+			t.Errorf("RCPT %s = %v, want it accepted until the upstream answers", rcpt, err)
+		}
+	}
+	wantReply(t, "gone", res.refusal("gone@dest.example"), 550, smtp.EnhancedCode{5, 1, 1}, "User unknown")
+	wantReply(t, "busy", res.refusal("busy@dest.example"), 450, smtp.EnhancedCode{4, 2, 1}, "Mailbox busy")
 	if !res.delivered("x@dest.example") || !res.delivered("y@dest.example") {
 		t.Fatalf("the other recipients were not delivered: %+v", res)
 	}
 	if msgs := up.Messages(); len(msgs) != 1 || !slices.Equal(msgs[0].To, []string{"x@dest.example", "y@dest.example"}) {
 		t.Fatalf("upstream got %+v", msgs)
+	}
+
+	// Every recipient refused: nothing is sent, each gets its refusal, the connections go on.
+	res = send(t, c, "noreply@a.example", []string{"gone@dest.example", "busy@dest.example"}, body, nil)
+	wantReply(t, "gone alone", res.refusal("gone@dest.example"), 550, smtp.EnhancedCode{5, 1, 1}, "User unknown")
+	wantReply(t, "busy alone", res.refusal("busy@dest.example"), 450, smtp.EnhancedCode{4, 2, 1}, "Mailbox busy")
+	res = send(t, c, "noreply@a.example", []string{"z@dest.example"}, body, nil)
+	if !res.delivered("z@dest.example") {
+		t.Fatalf("the next message was not delivered: %+v", res)
+	}
+	if msgs := up.Messages(); len(msgs) != 2 {
+		t.Fatalf("upstream got %d messages, want 2", len(msgs))
+	}
+	if st := up.Stats(); st.Conns != 1 {
+		t.Errorf("upstream saw %d connections, want 1: a refused recipient leaves the connection usable", st.Conns)
 	}
 }
 

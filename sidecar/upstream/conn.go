@@ -34,13 +34,20 @@ type Conn struct {
 	nc     net.Conn // the TCP connection
 	guard  *guardConn
 	trace  *tracer
+	wire   *wireConn // what client talks over
 	client *smtp.Client
+	rd     *textproto.Reader // the replies of transactions (tx.go)
+	bw     *bufio.Writer     // message bodies
 
 	maxSize   int64
 	encrypted bool
 	lastUsed  time.Time
 	idleGen   uint64
 	idleTimer *time.Timer
+
+	pipelining bool      // the upstream offers PIPELINING
+	queue      []command // MAIL, until it goes out with the recipients
+	mailErr    *Error    // the upstream refused this transaction's MAIL
 
 	txOpen    bool   // MAIL was sent and the transaction has not ended
 	broken    bool   // an error left the session in an unknown state
@@ -127,7 +134,8 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		rest, _ := pre.R.Peek(pre.R.Buffered())
 		replay = io.MultiReader(replay, bytes.NewReader(bytes.Clone(rest)))
 	}
-	c.client = smtp.NewClient(&wireConn{Conn: conn, replay: replay, trace: c.trace})
+	c.wire = &wireConn{Conn: conn, replay: replay, trace: c.trace}
+	c.client = smtp.NewClient(c.wire)
 	c.client.CommandTimeout = o.GreetingTimeout
 	c.client.SubmissionTimeout = o.DataTimeout
 	if err := c.client.Hello(o.LocalName); err != nil {
@@ -195,6 +203,7 @@ func (c *Conn) tlsError(ctx context.Context, name string, err error) *Error {
 
 // readExtensions notes what the upstream's last EHLO reply said that Mail needs.
 func (c *Conn) readExtensions() {
+	c.pipelining = c.has("PIPELINING")
 	c.maxSize = 0
 	if ok, v := c.client.Extension("SIZE"); ok {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
@@ -214,23 +223,6 @@ func (c *Conn) MaxSize() int64 { return c.maxSize }
 // LastReply is the upstream's text accepting the last message sent over c (often with its queue
 // id), for logs.
 func (c *Conn) LastReply() string { return c.reply }
-
-// Mail starts a transaction. go-smtp's client adds BODY=8BITMIME whenever the upstream supports it
-// and passes SIZE, SMTPUTF8, REQUIRETLS and DSN parameters where the upstream advertises them.
-// What the upstream declared it cannot take is refused here with a permanent *Error (Local set):
-// an 8-bit or binary body without 8BITMIME (554 5.6.3), an internationalised address without
-// SMTPUTF8 (553 5.6.7), REQUIRETLS without REQUIRETLS (554 5.7.30), a declared size above the
-// upstream's SIZE (552 5.3.4).
-func (c *Conn) Mail(ctx context.Context, from string, opts *smtp.MailOptions) error {
-	if e := c.unusable(StageMail); e != nil {
-		return e
-	}
-	if e := c.refuse(opts); e != nil {
-		return e
-	}
-	c.txOpen = true
-	return c.run(ctx, StageMail, c.opts.CommandTimeout, func() error { return c.client.Mail(from, opts) })
-}
 
 func (c *Conn) refuse(opts *smtp.MailOptions) *Error {
 	if opts == nil {
@@ -254,74 +246,13 @@ func (c *Conn) refuse(opts *smtp.MailOptions) *Error {
 	return nil
 }
 
-// Rcpt adds a recipient. A 5xx reply is permanent for this recipient only.
-func (c *Conn) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
-	if e := c.unusable(StageRcpt); e != nil {
-		return e
-	}
-	return c.run(ctx, StageRcpt, c.opts.CommandTimeout, func() error { return c.client.Rcpt(to, opts) })
-}
-
-// Data streams r to the upstream as the message and returns the upstream's final reply as an
-// *Error if it was not 2xx. If reading r fails, the connection is closed before the final dot, so
-// the upstream never takes a truncated message.
-func (c *Conn) Data(ctx context.Context, r io.Reader) error {
-	if e := c.unusable(StageData); e != nil {
-		return e
-	}
-	end := c.guard.begin(ctx, c.opts.DataTimeout)
-	defer end()
-	w, err := c.client.Data()
-	if err != nil {
-		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
-	}
-	src := &sourceReader{r: r}
-	c.trace.setMode(traceBody)
-	_, err = io.Copy(w, src)
-	if err != nil {
-		c.trace.setMode(traceCommands)
-		if src.err != nil {
-			c.broken = true
-			c.closeNow()
-			return &Error{Stage: StageData, Addr: c.addr, Message: "reading the message failed; the upstream transaction was abandoned", Err: src.err}
-		}
-		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
-	}
-	resp, err := w.CloseWithResponse() // the final dot is written in body mode: not traced
-	c.trace.setMode(traceCommands)
-	if err != nil {
-		e := c.ioError(ctx, StageData, err, c.opts.DataTimeout)
-		if e.Code != 0 {
-			c.txOpen = false // the upstream gave its final word on this message
-		}
-		return e
-	}
-	c.txOpen = false
-	c.reply = resp.StatusText
-	return nil
-}
-
-// sourceReader remembers its reader's error, telling a message that could not be read from an
-// upstream that could not be written to.
-type sourceReader struct {
-	r   io.Reader
-	err error
-}
-
-func (s *sourceReader) Read(b []byte) (int, error) {
-	n, err := s.r.Read(b)
-	if err != nil && err != io.EOF {
-		s.err = err
-	}
-	return n, err
-}
-
 // Release returns c to its pool for the next message: after RSET when a transaction is still
 // open, or closed instead when an error left it in an unknown state. c must not be used after.
 func (c *Conn) Release() {
 	if c.done {
 		return
 	}
+	c.queue, c.mailErr = nil, nil
 	if !c.broken && c.txOpen {
 		err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, func() error {
 			if err := c.client.Reset(); err != nil {

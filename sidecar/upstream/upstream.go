@@ -19,9 +19,12 @@
 //     username and password, or the SASL client the caller supplies (XOAUTH2). Credentials are
 //     never sent over an unencrypted connection unless the project's TLS mode is none, which only
 //     a loopback upstream may use.
-//  4. Mail, Rcpt and Data relay the message; Data streams it while Postfix waits. Every failure is
-//     an *Error naming the stage and carrying the upstream's reply, with Temporary and AuthFailed
-//     to decide what Postfix hears.
+//  4. Mail, Rcpt and Data relay the message, or Mail and Send, which takes the recipients with
+//     the message; the message is streamed while Postfix waits. With an upstream that offers
+//     PIPELINING (RFC 2920), MAIL goes out with the first RCPT, and Send puts MAIL, every RCPT and
+//     DATA in one write: two round trips per message. Every failure is an *Error naming the stage
+//     and carrying the upstream's reply, with Temporary and AuthFailed to decide what Postfix
+//     hears.
 //  5. Release hands the connection back (RSET first when a transaction was left open; closed
 //     instead when an error left its state unknown), Discard closes it. Idle connections close after
 //     Options.IdleTimeout; connections opened with settings that have since changed (host, port,

@@ -220,6 +220,56 @@ func TestDeliver(t *testing.T) {
 	}
 }
 
+// TestBodiesArriveIntact sends bodies that need dot-stuffing or line-ending care one after the
+// other over one pooled connection, in TLS and in plain text, and compares what the upstream
+// stored.
+func TestBodiesArriveIntact(t *testing.T) {
+	t.Parallel()
+	big := strings.Repeat("a line of a long message, with a dot.\r\n.and one that starts with one\r\n", 4000)
+	bodies := []struct{ name, sent, stored string }{
+		{"plain", body, body},
+		{"dot lines", "Subject: x\r\n\r\n.\r\n..\r\n.x\r\n", "Subject: x\r\n\r\n.\r\n..\r\n.x\r\n"},
+		{"first byte a dot", ".\r\n", ".\r\n"},
+		{"no final line ending", "Subject: x\r\n\r\nend", "Subject: x\r\n\r\nend\r\n"},
+		{"bare LF", "Subject: x\n\n.a\nb\n", "Subject: x\r\n\r\n.a\r\nb\r\n"},
+		{"bare CR inside a line", "Subject: x\r\n\r\na\rb\r\n", "Subject: x\r\n\r\na\rb\r\n"},
+		{"large", big, big},
+		{"empty", "", "\r\n"},
+		{"after an empty one", body, body},
+	}
+	for _, tls := range []project.TLSMode{project.TLSStartTLS, project.TLSNone} {
+		t.Run(string(tls), func(t *testing.T) {
+			t.Parallel()
+			srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: tls, Users: users()})
+			pools, _ := newPools(t, upstream.Options{})
+			p := proj("client-a", srv)
+			ctx := ctxFor(t)
+			c, err := pools.Acquire(ctx, p, basic("PLAIN"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Discard()
+			for _, b := range bodies {
+				if err := send(ctx, c, []string{to}, b.sent); err != nil {
+					t.Fatalf("%s: %v", b.name, err)
+				}
+			}
+			msgs := srv.Messages()
+			if len(msgs) != len(bodies) {
+				t.Fatalf("upstream got %d messages, want %d", len(msgs), len(bodies))
+			}
+			for i, b := range bodies {
+				if got := string(msgs[i].Data); got != b.stored {
+					t.Errorf("%s: upstream stored %d bytes %.80q..., want %d bytes %.80q...", b.name, len(got), got, len(b.stored), b.stored)
+				}
+			}
+			if st := srv.Stats(); st.Conns != 1 {
+				t.Errorf("upstream saw %d connections, want 1 for all messages", st.Conns)
+			}
+		})
+	}
+}
+
 func TestWrongPassword(t *testing.T) {
 	t.Parallel()
 	srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: project.TLSStartTLS, Users: users()})

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -499,4 +502,224 @@ func TestRootGivesFilesToTheDirectoryOwner(t *testing.T) {
 			t.Errorf("%s is owned by %d:%d, want %d:%d", filepath.Base(f), st.Uid, st.Gid, uid, gid)
 		}
 	}
+}
+
+func TestPutProjects(t *testing.T) {
+	t.Parallel()
+	edited := func(name string, version int) project.Project {
+		p := storetest.BasicProject(name)
+		p.Upstream.Port = 465
+		p.Version = version
+		return p
+	}
+	tests := []struct {
+		name string
+		// setup writes what is stored before the batch.
+		setup func(t *testing.T, s *Store)
+		batch []project.Project
+		// want holds the versions returned; nil when the batch must fail.
+		want []int
+		// wantErr is a target for errors.Is, or nil; wantMsg is part of the error's text.
+		wantErr error
+		wantMsg string
+	}{
+		{
+			name:  "new projects",
+			batch: []project.Project{storetest.BasicProject("c"), storetest.OAuthProject("a"), storetest.BasicProject("b")},
+			want:  []int{1, 1, 1},
+		},
+		{
+			name: "new, replaced and checked-and-set together",
+			setup: func(t *testing.T, s *Store) {
+				put(t, s, storetest.BasicProject("a"))
+				put(t, s, storetest.BasicProject("b"))
+				put(t, s, edited("b", 1))
+			},
+			batch: []project.Project{edited("a", 1), edited("b", 0), storetest.BasicProject("c")},
+			want:  []int{2, 3, 1},
+		},
+		{
+			name: "a deleted project continues its count",
+			setup: func(t *testing.T, s *Store) {
+				put(t, s, storetest.BasicProject("a"))
+				put(t, s, edited("a", 1))
+				if err := s.DeleteProject(t.Context(), "a"); err != nil {
+					t.Fatal(err)
+				}
+			},
+			batch: []project.Project{storetest.BasicProject("a")},
+			want:  []int{3},
+		},
+		{
+			name:    "a stale version in one entry writes none",
+			setup:   func(t *testing.T, s *Store) { put(t, s, storetest.BasicProject("b")); put(t, s, edited("b", 1)) },
+			batch:   []project.Project{storetest.BasicProject("a"), edited("b", 1), storetest.BasicProject("c")},
+			wantErr: store.ErrConflict,
+			wantMsg: `"b" at version 1`,
+		},
+		{
+			name:    "a version for a missing project writes none",
+			batch:   []project.Project{storetest.BasicProject("a"), edited("b", 1)},
+			wantErr: store.ErrConflict,
+			wantMsg: `"b" at version 1`,
+		},
+		{
+			name:    "a name given twice writes none",
+			batch:   []project.Project{storetest.BasicProject("a"), storetest.BasicProject("b"), edited("a", 0)},
+			wantMsg: `"a" is given twice (entries 1 and 3)`,
+		},
+		{
+			name:    "an invalid name writes none",
+			batch:   []project.Project{storetest.BasicProject("a"), storetest.BasicProject("../escape")},
+			wantMsg: `invalid name "../escape"`,
+		},
+		{
+			name:  "empty",
+			setup: func(t *testing.T, s *Store) { put(t, s, storetest.BasicProject("a")) },
+			want:  []int{},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			o := paths(t)
+			s := open(t, o)
+			if tc.setup != nil {
+				tc.setup(t, s)
+			}
+			before, err := s.Projects(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			file, err := os.ReadFile(o.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			got, err := s.PutProjects(ctx, tc.batch)
+
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("PutProjects succeeded with versions %v", got)
+				}
+				if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+					t.Errorf("error %v does not wrap %v", err, tc.wantErr)
+				}
+				if !strings.Contains(err.Error(), tc.wantMsg) {
+					t.Errorf("error %q does not say %q", err, tc.wantMsg)
+				}
+				if got != nil {
+					t.Errorf("a failed PutProjects returned versions %v", got)
+				}
+			} else if err != nil {
+				t.Fatalf("PutProjects: %v", err)
+			} else if !slices.Equal(got, tc.want) {
+				t.Fatalf("PutProjects returned versions %v, want %v", got, tc.want)
+			}
+
+			after, err := os.ReadFile(o.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(tc.batch) == 0 || tc.want == nil {
+				// Nothing written: every write draws a fresh nonce, so any write changes the file.
+				if !bytes.Equal(file, after) {
+					t.Fatal("the data file was rewritten")
+				}
+				if now, err := s.Projects(ctx); err != nil || !reflect.DeepEqual(now, before) {
+					t.Fatalf("the projects changed: %d before, %d after (error %v)", len(before), len(now), err)
+				}
+				return
+			}
+
+			// Every entry reads back with its new version, here and through a second open of the
+			// files, as another process would see them.
+			again := open(t, Options{Path: o.Path, KeyFile: o.KeyFile})
+			for _, r := range []*Store{s, again} {
+				stored := make(map[string]project.Project)
+				all, err := r.Projects(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range all {
+					stored[p.Name] = p
+				}
+				for i, want := range tc.batch {
+					want.Version = tc.want[i]
+					one, err := r.Project(ctx, want.Name)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !reflect.DeepEqual(one, want) {
+						t.Errorf("Project(%q) = %+v, want %+v", want.Name, one, want)
+					}
+					if !reflect.DeepEqual(stored[want.Name], want) {
+						t.Errorf("Projects holds %+v, want %+v", stored[want.Name], want)
+					}
+				}
+			}
+		})
+	}
+}
+
+func put(t *testing.T, s *Store, p project.Project) {
+	t.Helper()
+	if _, err := s.PutProject(t.Context(), p); err != nil {
+		t.Fatalf("PutProject %s: %v", p.Name, err)
+	}
+}
+
+// A batch replaces the data file once, whatever its size. The bytes this process writes are read
+// from /proc/self/io: writing the file once writes its size; rewriting it per project would write
+// about n/2 times that. The test is not parallel, so that no other test writes meanwhile.
+func TestPutProjectsRewritesTheFileOnce(t *testing.T) {
+	const n = 2000
+	o := paths(t)
+	s := open(t, o)
+	put(t, s, storetest.BasicProject("existing"))
+	ps := make([]project.Project, n)
+	for i := range ps {
+		ps[i] = storetest.BasicProject(fmt.Sprintf("p%04d", i))
+	}
+	w0, err := bytesWritten()
+	if err != nil {
+		t.Skipf("cannot count the bytes written: %v", err)
+	}
+	versions, err := s.PutProjects(t.Context(), ps)
+	w1, _ := bytesWritten()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(o.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written, size := w1-w0, fi.Size()
+	if written == 0 {
+		t.Skip("/proc/self/io does not count this process's writes here")
+	}
+	if written < size || written >= size+size/2 {
+		t.Errorf("writing %d projects wrote %d bytes for a %d-byte file: want one rewrite", n, written, size)
+	}
+	if len(versions) != n {
+		t.Fatalf("%d versions returned, want %d", len(versions), n)
+	}
+	if all, err := s.Projects(t.Context()); err != nil || len(all) != n+1 {
+		t.Fatalf("%d projects stored (error %v), want %d", len(all), err, n+1)
+	}
+}
+
+// bytesWritten returns how many bytes this process has passed to write calls (wchar).
+func bytesWritten() (int64, error) {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "wchar:"); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("no wchar in /proc/self/io")
 }

@@ -26,7 +26,7 @@ func main() {
 	bin := flag.String("postern", "", "postern binary (required)")
 	out := flag.String("out", "bench-results", "directory for results.json and chart.png")
 	goBench := flag.String("go-bench", "", "output of the Go benchmarks to include in the summary")
-	rounds := flag.Int("rounds", 0, "rounds of every path, size and concurrency (default 2)")
+	rounds := flag.Int("rounds", 0, "rounds of every path, size and concurrency (default 3)")
 	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")

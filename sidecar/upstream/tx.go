@@ -1,0 +1,360 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/textproto"
+	"slices"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+)
+
+// A transaction (MAIL, RCPT, DATA, the message) is Postern's own exchange on the connection that
+// go-smtp's client opened and signed in: go-smtp's client sends one command and waits for its
+// reply, and writes a message a byte at a time. With an upstream that offers PIPELINING (RFC 2920),
+// MAIL, the recipients and DATA go out in one write and the message follows the 354 reply: two
+// round trips per message instead of three plus one per recipient.
+//
+// Both read the same stream, each through its own buffer; they take turns, and each reads only
+// the replies to its own commands. An upstream that sends more than it was asked for leaves the
+// connection broken, never in a state where the wrong reply is read.
+
+// command is one command of a transaction and the reply code class it expects.
+type command struct {
+	stage  string
+	line   string
+	expect int // for textproto.ReadResponse: 250, 25 (any 25x) or 354
+}
+
+// mailCommand formats MAIL FROM as go-smtp's client does: BODY=8BITMIME whenever the upstream
+// offers 8BITMIME, SIZE when known and the upstream offers SIZE, SMTPUTF8 and REQUIRETLS when
+// asked for (refuse has checked the upstream offers them).
+func (c *Conn) mailCommand(from string, opts *smtp.MailOptions) (command, *Error) {
+	if strings.ContainsAny(from, "\r\n") {
+		return command{}, &Error{Stage: StageMail, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 7}, Message: "the sender address holds a line break", Local: true}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "MAIL FROM:<%s>", from)
+	if c.has("8BITMIME") {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if opts != nil {
+		if opts.Size > 0 && c.has("SIZE") {
+			fmt.Fprintf(&b, " SIZE=%d", opts.Size)
+		}
+		if opts.UTF8 {
+			b.WriteString(" SMTPUTF8")
+		}
+		if opts.RequireTLS {
+			b.WriteString(" REQUIRETLS")
+		}
+	}
+	return command{stage: StageMail, line: b.String(), expect: 250}, nil
+}
+
+func (c *Conn) rcptCommand(to string) (command, *Error) {
+	if strings.ContainsAny(to, "\r\n") {
+		return command{}, &Error{Stage: StageRcpt, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 3}, Message: "the recipient address holds a line break", Local: true}
+	}
+	return command{stage: StageRcpt, line: "RCPT TO:<" + to + ">", expect: 25}, nil
+}
+
+// exchange sends cmds and reads their replies, all in one write when the upstream offers
+// PIPELINING and one by one otherwise, in which case it stops at the first refusal of MAIL or
+// DATA. replies holds an *Error for each refused command (nil: accepted; a command not sent
+// counts as refused by the last reply). A failure to talk to the upstream returns err and leaves
+// c broken.
+func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, err *Error) {
+	end := c.guard.begin(ctx, c.opts.CommandTimeout)
+	defer end()
+	replies = make([]*Error, len(cmds))
+	if c.rd == nil {
+		c.rd = textproto.NewReader(bufio.NewReader(c.wire))
+	}
+	send := func(cmds []command) *Error {
+		var b strings.Builder
+		for _, cmd := range cmds {
+			b.WriteString(cmd.line)
+			b.WriteString("\r\n")
+		}
+		if cmds[0].stage == StageMail {
+			c.txOpen = true
+		}
+		if _, err := io.WriteString(c.wire, b.String()); err != nil {
+			return c.ioError(ctx, cmds[0].stage, err, c.opts.CommandTimeout)
+		}
+		return nil
+	}
+	read := func(i int) *Error {
+		_, _, err := c.rd.ReadResponse(cmds[i].expect)
+		var te *textproto.Error
+		if errors.As(err, &te) {
+			replies[i] = replyError(cmds[i].stage, c.addr, toSMTPError(te.Code, te.Msg))
+			if replies[i].Code == 421 {
+				c.broken = true
+				c.closeNow()
+				return replies[i]
+			}
+			return nil
+		}
+		if err != nil {
+			return c.ioError(ctx, cmds[i].stage, err, c.opts.CommandTimeout)
+		}
+		return nil
+	}
+	finish := func() *Error {
+		if c.rd.R.Buffered() > 0 {
+			c.broken = true
+			c.closeNow()
+			return &Error{Stage: cmds[len(cmds)-1].stage, Addr: c.addr, Message: "the upstream sent more replies than commands it was given"}
+		}
+		return nil
+	}
+
+	if c.pipelining {
+		if e := send(cmds); e != nil {
+			return nil, e
+		}
+		for i := range cmds {
+			if e := read(i); e != nil {
+				return nil, e
+			}
+		}
+		return replies, finish()
+	}
+	for i, cmd := range cmds {
+		if e := send(cmds[i : i+1]); e != nil {
+			return nil, e
+		}
+		if e := read(i); e != nil {
+			return nil, e
+		}
+		if replies[i] != nil && cmd.stage != StageRcpt {
+			for j := i + 1; j < len(cmds); j++ {
+				replies[j] = replies[i]
+			}
+			break
+		}
+	}
+	return replies, finish()
+}
+
+// Mail starts a transaction. go-smtp's client adds BODY=8BITMIME whenever the upstream supports it
+// and passes SIZE and SMTPUTF8 where the upstream advertises them. What the upstream declared it
+// cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary body
+// without 8BITMIME (554 5.6.3), an internationalised address without SMTPUTF8 (553 5.6.7),
+// REQUIRETLS without REQUIRETLS (554 5.7.30), a declared size above the upstream's SIZE
+// (552 5.3.4).
+//
+// With an upstream that offers PIPELINING, MAIL waits to go out with the first recipient (Rcpt,
+// Send), whose call then returns the upstream's refusal of MAIL, if any, as an *Error of stage
+// mail.
+func (c *Conn) Mail(ctx context.Context, from string, opts *smtp.MailOptions) error {
+	if e := c.unusable(StageMail); e != nil {
+		return e
+	}
+	if e := c.refuse(opts); e != nil {
+		return e
+	}
+	cmd, e := c.mailCommand(from, opts)
+	if e != nil {
+		return e
+	}
+	c.mailErr = nil
+	c.queue = []command{cmd}
+	if c.pipelining {
+		return nil
+	}
+	return c.flush(ctx)
+}
+
+// flush sends the queued MAIL on its own.
+func (c *Conn) flush(ctx context.Context) error {
+	cmds := c.queue
+	c.queue = nil
+	replies, e := c.exchange(ctx, cmds)
+	if e != nil {
+		return e
+	}
+	if r := replies[0]; r != nil {
+		c.mailErr, c.txOpen = r, false
+		return r
+	}
+	return nil
+}
+
+// Rcpt adds a recipient and returns the upstream's answer. A 5xx reply is permanent for this
+// recipient only.
+func (c *Conn) Rcpt(ctx context.Context, to string, _ *smtp.RcptOptions) error {
+	errs, err := c.rcpts(ctx, []string{to}, false)
+	if err != nil {
+		return err
+	}
+	if errs[0] != nil {
+		return errs[0]
+	}
+	return nil
+}
+
+// rcpts sends the queued MAIL, RCPT for each of to and, with data, DATA. It returns the reply to
+// each RCPT; err is the refusal of MAIL or DATA, or a failure to talk to the upstream.
+func (c *Conn) rcpts(ctx context.Context, to []string, data bool) (rcptErrs []*Error, err *Error) {
+	stage := StageRcpt
+	if data {
+		stage = StageData
+	}
+	if e := c.unusable(stage); e != nil {
+		return nil, e
+	}
+	if c.mailErr != nil {
+		return nil, c.mailErr
+	}
+	mailQueued := len(c.queue) > 0
+	cmds := c.queue
+	c.queue = nil
+	for _, t := range to {
+		cmd, e := c.rcptCommand(t)
+		if e != nil {
+			return nil, e
+		}
+		cmds = append(cmds, cmd)
+	}
+	if data {
+		cmds = append(cmds, command{stage: StageData, line: "DATA", expect: 354})
+	}
+	replies, e := c.exchange(ctx, cmds)
+	if e != nil {
+		return nil, e
+	}
+	if mailQueued {
+		if r := replies[0]; r != nil {
+			c.mailErr, c.txOpen = r, false
+			if data && replies[len(replies)-1] == nil {
+				c.abortData(ctx) // a 354 after all: end the empty message
+			}
+			return nil, r
+		}
+		replies = replies[1:]
+	}
+	rcptErrs = replies[:len(to)]
+	if !data {
+		return rcptErrs, nil
+	}
+	if r := replies[len(to)]; r != nil {
+		return rcptErrs, r
+	}
+	if len(to) > 0 && !slices.ContainsFunc(rcptErrs, func(e *Error) bool { return e == nil }) {
+		c.abortData(ctx) // a 354 although no recipient was accepted
+		return rcptErrs, &Error{Stage: StageData, Addr: c.addr, Code: 554, Enhanced: smtp.EnhancedCode{5, 5, 0}, Message: "the upstream accepted no recipient", Local: true}
+	}
+	return rcptErrs, nil
+}
+
+// abortData ends a DATA the upstream accepted although no recipient was: an empty message, which
+// it must refuse, and RSET at release.
+func (c *Conn) abortData(ctx context.Context) {
+	end := c.guard.begin(ctx, c.opts.CommandTimeout)
+	defer end()
+	if _, err := io.WriteString(c.wire, ".\r\n"); err != nil {
+		c.ioError(ctx, StageData, err, c.opts.CommandTimeout)
+		return
+	}
+	if _, _, err := c.rd.ReadResponse(0); err != nil {
+		var te *textproto.Error
+		if !errors.As(err, &te) {
+			c.ioError(ctx, StageData, err, c.opts.CommandTimeout)
+		}
+	}
+	c.txOpen = true
+}
+
+// Data sends DATA and the message to the recipients Rcpt added, and returns the upstream's final
+// reply as an *Error if it was not 2xx. If reading r fails, the connection is closed before the
+// final dot, so the upstream never takes a truncated message.
+func (c *Conn) Data(ctx context.Context, r io.Reader) error {
+	if _, err := c.rcpts(ctx, nil, true); err != nil {
+		return err
+	}
+	return c.body(ctx, r)
+}
+
+// Send sends the recipients to (which Rcpt has not added), DATA and the message: with an upstream
+// that offers PIPELINING, MAIL, every RCPT and DATA in one write. rcptErrs holds the upstream's
+// refusal of each recipient (nil: accepted); err is the outcome for the accepted ones: nil when
+// the upstream took the message, the refusal of MAIL, DATA or the message, or a failure to talk to
+// the upstream. The message is sent only if a recipient was accepted, and read from r only then.
+func (c *Conn) Send(ctx context.Context, to []string, r io.Reader) (rcptErrs []*Error, err error) {
+	rcptErrs, e := c.rcpts(ctx, to, true)
+	if e != nil {
+		return rcptErrs, e
+	}
+	return rcptErrs, c.body(ctx, r)
+}
+
+// body sends the message after the upstream's 354 and reads its final reply.
+func (c *Conn) body(ctx context.Context, r io.Reader) error {
+	end := c.guard.begin(ctx, c.opts.DataTimeout)
+	defer end()
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(c.wire, bodyBufferSize)
+	}
+	c.bw.Reset(c.wire)
+	src, body := &sourceReader{r: r}, &bodyWriter{w: c.bw}
+	c.trace.setMode(traceBody)
+	_, err := io.Copy(body, src)
+	if err == nil {
+		err = body.finish()
+	}
+	c.trace.setMode(traceCommands)
+	if err != nil {
+		if src.err != nil {
+			c.broken = true
+			c.closeNow()
+			return &Error{Stage: StageData, Addr: c.addr, Message: "reading the message failed; the upstream transaction was abandoned", Err: src.err}
+		}
+		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
+	}
+	_, msg, err := c.rd.ReadResponse(250)
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		c.txOpen = false // the upstream gave its final word on this message
+		e := replyError(StageData, c.addr, toSMTPError(te.Code, te.Msg))
+		if e.Code == 421 {
+			c.broken = true
+			c.closeNow()
+		}
+		return e
+	}
+	if err != nil {
+		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
+	}
+	if c.rd.R.Buffered() > 0 {
+		c.broken = true
+		c.closeNow()
+	}
+	c.txOpen = false
+	c.reply = msg
+	return nil
+}
+
+// bodyBufferSize is the write buffer of a message body: one TLS record's worth of plaintext.
+const bodyBufferSize = 16 << 10
+
+// sourceReader remembers its reader's error, telling a message that could not be read from an
+// upstream that could not be written to.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
