@@ -2,9 +2,12 @@ package smtpd
 
 import (
 	"bufio"
+	"bytes"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // Graceful shutdown works below go-smtp, on the connections themselves. go-smtp sets a read deadline
@@ -83,8 +86,9 @@ var past = time.Unix(1, 0)
 // drainConn is one Postfix connection.
 type drainConn struct {
 	net.Conn
-	l  *drainListener
-	rd *bufio.Reader // reads ahead of go-smtp's own small buffer: a message body in few reads
+	l    *drainListener
+	rd   *bufio.Reader // reads ahead of go-smtp's own small buffer: a message body in few reads
+	line int           // bytes read since the last line end
 
 	mu       sync.Mutex
 	busy     bool // inside a transaction
@@ -95,11 +99,35 @@ type drainConn struct {
 // readAhead is how much of a message body one read from Postfix's connection may take in.
 const readAhead = 32 << 10
 
+// maxLineLength is the longest line Postfix may send, as go-smtp's default limit (its own check,
+// a byte at a time, is off: Read checks in bulk). A longer line fails with smtp.ErrTooLongLine,
+// which go-smtp answers with 500 5.4.0 and closes the connection.
+const maxLineLength = 2000
+
 func (c *drainConn) Read(b []byte) (int, error) {
 	if c.rd == nil {
 		c.rd = bufio.NewReaderSize(c.Conn, readAhead)
 	}
-	return c.rd.Read(b)
+	if c.line > maxLineLength {
+		return 0, smtp.ErrTooLongLine
+	}
+	n, err := c.rd.Read(b)
+	for p := b[:n]; ; {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			c.line += len(p)
+			break
+		}
+		if c.line+i+1 > maxLineLength {
+			c.line = maxLineLength + 1
+			return 0, smtp.ErrTooLongLine
+		}
+		c.line, p = 0, p[i+1:]
+	}
+	if c.line > maxLineLength {
+		return 0, smtp.ErrTooLongLine
+	}
+	return n, err
 }
 
 // SetReadDeadline is go-smtp's call before each command: while draining and idle, the deadline is

@@ -226,6 +226,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	srv.MaxRecipients = s.opts.MaxRecipients
 	// Passed through: the upstream connection refuses (553 5.6.7) what its upstream cannot take.
 	srv.EnableSMTPUTF8 = true
+	srv.MaxLineLength = 0 // drainConn limits lines to maxLineLength
 	srv.ReadTimeout = s.opts.ReadTimeout
 	srv.WriteTimeout = s.opts.WriteTimeout
 	srv.ErrorLog = errorLog{log}

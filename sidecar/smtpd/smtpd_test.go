@@ -650,6 +650,30 @@ func TestSizeLimits(t *testing.T) {
 	}
 }
 
+func TestLineLengthLimit(t *testing.T) {
+	t.Parallel()
+	up := fakeUpstream(t, upstreamtest.Options{}, "user@a.example")
+	h := newHarness(t, Options{}, basicProject("a", "a.example", up))
+	longest := body + strings.Repeat("x", maxLineLength-2) + "\r\n"
+	if res := send(t, h.dial(), "noreply@a.example", []string{"x@dest.example"}, longest, nil); !res.delivered("x@dest.example") {
+		t.Fatalf("a line of %d bytes: %+v", maxLineLength, res)
+	}
+	if msgs := up.Messages(); len(msgs) != 1 || string(msgs[0].Data) != longest {
+		t.Fatalf("upstream got %d messages, want the one with the longest line intact", len(msgs))
+	}
+	// One byte more: the message is not relayed, and Postfix hears a temporary failure or loses
+	// the connection, which it retries.
+	tooLong := body + strings.Repeat("x", maxLineLength-1) + "\r\n"
+	res := send(t, h.dial(), "noreply@a.example", []string{"x@dest.example"}, tooLong, nil)
+	var se *smtp.SMTPError
+	if err := res.data["x@dest.example"]; err == nil || errors.As(err, &se) && se.Code/100 != 4 {
+		t.Fatalf("a line of %d bytes: %v, want a temporary failure", maxLineLength+1, err)
+	}
+	if n := len(up.Messages()); n != 1 {
+		t.Fatalf("upstream got %d messages, want still 1", n)
+	}
+}
+
 func TestTooManyRecipients(t *testing.T) {
 	t.Parallel()
 	up := fakeUpstream(t, upstreamtest.Options{}, "user@a.example")
