@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker})
+	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker, mail: mail})
 	adm := admin.New(admin.Options{
 		Logger:   log.With("component", "admin"),
 		Registry: reg,
@@ -245,6 +245,7 @@ type collector struct {
 	dir    *directory.Directory
 	pools  *upstream.Pools
 	broker *token.Broker
+	mail   *smtpd.Server
 }
 
 var (
@@ -257,6 +258,8 @@ var (
 	descAuthFail     = prometheus.NewDesc("postern_upstream_auth_failures_total", "Upstream AUTH refusals.", []string{"project"}, nil)
 	descUp           = prometheus.NewDesc("postern_upstream_up", "0 while a project's upstream is considered down.", []string{"project"}, nil)
 	descTokenOK      = prometheus.NewDesc("postern_token_ok", "1 when an OAuth project's grant works, 0 when it needs re-authorisation.", []string{"project"}, nil)
+	descSessions     = prometheus.NewDesc("postern_sessions_total", "Connections Postfix opened to deliver to Postern (LMTP and SMTP).", nil, nil)
+	descRecipients   = prometheus.NewDesc("postern_recipients_total", "Recipients by what Postfix heard: delivered, deferred (4xx, retried) or refused (5xx, returned to the sender).", []string{"project", "outcome"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -267,6 +270,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descProjects, prometheus.GaugeValue, float64(len(projects)))
 	ch <- prometheus.MustNewConstMetric(descPendingWrite, prometheus.GaugeValue, float64(c.broker.PendingWrites()))
 	ch <- prometheus.MustNewConstMetric(descRefreshWaits, prometheus.CounterValue, float64(c.broker.RefreshWaits()))
+	ms := c.mail.Stats()
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.CounterValue, float64(ms.Sessions))
+	for name, o := range ms.Recipients {
+		ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.CounterValue, float64(o.Delivered), name, "delivered")
+		ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.CounterValue, float64(o.Deferred), name, "deferred")
+		ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.CounterValue, float64(o.Refused), name, "refused")
+	}
 	now := time.Now()
 	for _, s := range c.pools.Stats() {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.Idle), s.Project, "idle")

@@ -127,8 +127,14 @@ reload_interval: 50ms
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(metrics), `postern_upstream_dials_total{project="client-a"} 1`) {
-		t.Errorf("metrics lack the upstream dial:\n%s", metrics)
+	for _, want := range []string{
+		`postern_upstream_dials_total{project="client-a"} 1`,
+		`postern_recipients_total{outcome="delivered",project="client-a"} 1`,
+		`postern_sessions_total 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s:\n%s", want, metrics)
+		}
 	}
 	if code := get(admin, "/debug/pprof/"); code != 404 {
 		t.Errorf("GET /debug/pprof/ = %d without debug.pprof, want 404", code)

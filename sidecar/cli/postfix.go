@@ -164,7 +164,9 @@ func MasterCF(cfg *config.Config) string {
 		opt("smtp_sasl_auth_enable", "no")
 	}
 	opt(client+"_"+greeting+"_timeout", fmt.Sprintf("%ds", int(postfixGreetingTimeout/time.Second)))
-	// At MAIL FROM Postern may first connect and greet upstream, then send MAIL FROM there.
+	// At MAIL FROM Postern may first connect and greet upstream, then send MAIL FROM there (unless
+	// the upstream pipelines: then MAIL goes with the recipients, over LMTP with DATA, while the
+	// message streams in).
 	u := cfg.Upstream
 	opt(client+"_mail_timeout", secs(u.DialTimeout+u.GreetingTimeout+u.CommandTimeout))
 	opt(client+"_rcpt_timeout", command)

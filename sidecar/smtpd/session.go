@@ -187,6 +187,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err != nil {
 		reply := replyFor(stageRcpt, tx.wrap(err))
 		s.logRefusal(tx.log.With("recipient", to), stageRcpt, reply, err)
+		s.srv.counts.recipient(tx.project.Name, reply.Code)
 		return reply
 	}
 	tx.rcpts = append(tx.rcpts, to)
@@ -234,6 +235,10 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 	}
 	reply := replyFor(stageData, tx.wrap(err))
 	n := len(tx.rcpts)
+	code := 0
+	if reply != nil {
+		code = reply.Code
+	}
 	if status != nil {
 		// go-smtp writes each recipient's reply as soon as it is set: read the rest of a message
 		// the upstream did not take first.
@@ -243,10 +248,16 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 				n--
 				rr := replyFor(stageRcpt, tx.wrap(refused[i]))
 				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i])
+				s.srv.counts.recipient(tx.project.Name, rr.Code)
 				status.SetStatus(rcpt, rr)
 				continue
 			}
+			s.srv.counts.recipient(tx.project.Name, code)
 			status.SetStatus(rcpt, asError(reply))
+		}
+	} else {
+		for range tx.rcpts {
+			s.srv.counts.recipient(tx.project.Name, code)
 		}
 	}
 	log := tx.log.With("recipients", n, "bytes", body.n, "duration", time.Since(tx.started).Round(time.Millisecond))

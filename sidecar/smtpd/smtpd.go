@@ -123,6 +123,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	limiters *limiters
+	counts   counters
 }
 
 // New checks opts and returns a Server, or every problem with opts at once.
@@ -274,6 +275,7 @@ type backend struct {
 func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ctx, cancel := context.WithCancel(b.base)
 	dc, _ := c.Conn().(*drainConn)
+	b.srv.counts.session()
 	return &session{
 		srv:    b.srv,
 		dc:     dc,

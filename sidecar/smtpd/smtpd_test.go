@@ -102,6 +102,7 @@ type harness struct {
 	creds  *fakeCreds
 	pools  *upstream.Pools
 	logs   *logBuffer
+	srv    *Server
 	sock   string
 	cancel context.CancelFunc
 	served chan error
@@ -153,6 +154,7 @@ func newHarnessWithStore(t *testing.T, opts Options, store *memStore) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.srv = srv
 	// A short directory keeps the socket path within the unix limit.
 	dir, err := os.MkdirTemp("", "smtpd")
 	if err != nil {
@@ -418,6 +420,10 @@ func TestUpstreamRejectsOneRecipient(t *testing.T) {
 	}
 	if st := up.Stats(); st.Conns != 1 {
 		t.Errorf("upstream saw %d connections, want 1: a refused recipient leaves the connection usable", st.Conns)
+	}
+	want := Outcomes{Delivered: 3, Deferred: 2, Refused: 2}
+	if st := h.srv.Stats(); st.Sessions != 1 || len(st.Recipients) != 1 || st.Recipients["a"] != want {
+		t.Errorf("Stats = %+v, want 1 session and project a's recipients %+v", st, want)
 	}
 }
 
