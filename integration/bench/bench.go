@@ -152,8 +152,8 @@ func Run(r *Runner, opts Options) *Results {
 					if err != nil {
 						r.Fatalf("%v", err)
 					}
-					r.Logf("%-8s %7.1f msg/s  (%d in %.2fs; postern CPU %.2fs; sink conns %d; CPU busy %.0f%%: %s)",
-						path, c.Rate, c.Count, c.Seconds, c.PosternCPUSeconds, c.SinkConns, 100*c.CPUBusy, formatShares(c.CPUTop))
+					r.Logf("%-8s %7.1f msg/s  (%d in %.2fs; postern CPU %.2fs, sessions %d; sink conns %d; CPU busy %.0f%%: %s)",
+						path, c.Rate, c.Count, c.Seconds, c.PosternCPUSeconds, c.PosternSessions, c.SinkConns, 100*c.CPUBusy, formatShares(c.CPUTop))
 					res.Cells = append(res.Cells, c)
 				}
 			}

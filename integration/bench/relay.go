@@ -215,6 +215,9 @@ type Cell struct {
 	CPUTop  []CPUShare `json:"cpu_top"`
 	// StoreReads is the growth of postern_store_project_reads_total during the cell.
 	StoreReads int64 `json:"store_reads"`
+	// PosternSessions is the growth of postern_sessions_total: the connections Postfix opened
+	// to Postern.
+	PosternSessions int64 `json:"postern_sessions"`
 }
 
 // Measure submits count messages of size bytes from path's sender with conc smtp-source sessions
@@ -230,7 +233,7 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	pid := rl.Postern.PID()
 	cpu0, _ := procCPU(pid)
 	sample0 := sampleCPU()
-	reads0, err := rl.storeReads(ctx)
+	reads0, sessions0, err := rl.storeReads(ctx)
 	if err != nil {
 		return Cell{}, err
 	}
@@ -274,11 +277,11 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	c.Rate = float64(count) / c.Seconds
 	c.PosternCPUSeconds = cpu1 - cpu0
 	c.SinkConns, c.SinkAuths = after.Conns-before.Conns, after.Auths-before.Auths
-	reads1, err := rl.storeReads(ctx)
+	reads1, sessions1, err := rl.storeReads(ctx)
 	if err != nil {
 		return c, err
 	}
-	c.StoreReads = reads1 - reads0
+	c.StoreReads, c.PosternSessions = reads1-reads0, sessions1-sessions0
 	// Postfix removes a queue file just after the delivery agent's success: wait for that, so
 	// that the next cell starts with an empty queue.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -312,17 +315,21 @@ func (rl *Relay) describeQueue(ctx context.Context) string {
 	return b.String()
 }
 
-// storeReads returns postern_store_project_reads_total.
-func (rl *Relay) storeReads(ctx context.Context) (int64, error) {
-	m, err := rl.Metrics(ctx)
+// storeReads returns postern_store_project_reads_total and postern_sessions_total.
+func (rl *Relay) storeReads(ctx context.Context) (reads, sessions int64, err error) {
+	m, err := rl.Postern.Get(ctx, "/metrics")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	v, ok := harness.MetricValue(m, "postern_store_project_reads_total")
+	r, ok := harness.MetricValue(m, "postern_store_project_reads_total")
 	if !ok {
-		return 0, fmt.Errorf("postern's /metrics has no postern_store_project_reads_total")
+		return 0, 0, fmt.Errorf("postern's /metrics has no postern_store_project_reads_total")
 	}
-	return int64(v), nil
+	n, ok := harness.MetricValue(m, "postern_sessions_total")
+	if !ok {
+		return 0, 0, fmt.Errorf("postern's /metrics has no postern_sessions_total")
+	}
+	return int64(r), int64(n), nil
 }
 
 // Metrics returns Postern's /metrics text.
