@@ -20,7 +20,8 @@ type scripted struct {
 	t          *testing.T
 	ln         net.Listener
 	pipelining bool
-	// replies answers one transaction's commands (MAIL, RCPTs, DATA), given their lines.
+	// replies answers one transaction's commands (MAIL, RCPTs, DATA), given their lines; fewer
+	// replies than commands make the upstream hang up after them.
 	replies func(cmds []string) []string
 	done    chan error
 	bodies  chan string   // each message, its lines ending in LF
@@ -105,6 +106,9 @@ func (s *scripted) serve() error {
 				isData := strings.EqualFold(cmds[len(cmds)-1], "DATA")
 				if isData || br.Buffered() == 0 {
 					out := s.replies(cmds)
+					if len(out) < len(cmds) { // the script hangs up after these replies
+						return reply(out[answered:]...)
+					}
 					if err := reply(out[answered:]...); err != nil {
 						return err
 					}
@@ -312,5 +316,25 @@ func batches(s *scripted) int {
 		default:
 			return n
 		}
+	}
+}
+
+func TestPipelinedMailRefusedAndHungUp(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	srv := startScripted(t, true, func(cmds []string) []string { return []string{"554 5.7.1 go away"} })
+	pools, _ := newPools(t, upstream.Options{})
+	c, err := pools.Acquire(ctx, srv.project(), upstream.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if err := c.Mail(ctx, from, nil); err != nil {
+		t.Fatal(err)
+	}
+	refused, err := c.Send(ctx, []string{"a@dest.example", "b@dest.example"}, strings.NewReader(body))
+	// The refusal of MAIL is the answer, not the lost connection after it.
+	if e := asError(t, err); e.Stage != upstream.StageMail || e.Code != 554 || refused != nil {
+		t.Fatalf("Send = %v, %#v; want the refusal of MAIL for the whole message", refused, e)
 	}
 }

@@ -63,9 +63,9 @@ func (c *Conn) rcptCommand(to string) (command, *Error) {
 	return command{stage: StageRcpt, line: "RCPT TO:<" + to + ">", expect: 25}, nil
 }
 
-// exchange sends cmds and reads their replies, all in one write when the upstream offers
-// PIPELINING and one by one otherwise, in which case it stops at the first refusal of MAIL or
-// DATA. replies holds an *Error for each refused command (nil: accepted; a command not sent
+// exchange sends cmds and reads their replies, all within one Options.CommandTimeout: all in one
+// write when the upstream offers PIPELINING, and one by one otherwise, in which case it stops at
+// the first refusal of MAIL or DATA. replies holds an *Error for each refused command (nil: accepted; a command not sent
 // counts as refused by the last reply). A failure to talk to the upstream returns err and leaves
 // c broken.
 func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, err *Error) {
@@ -121,6 +121,13 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 		}
 		for i := range cmds {
 			if e := read(i); e != nil {
+				if i > 0 && replies[0] != nil && cmds[0].stage == StageMail {
+					// The upstream refused MAIL and hung up: its refusal stands for the rest.
+					for j := i; j < len(cmds); j++ {
+						replies[j] = replies[0]
+					}
+					return replies, nil
+				}
 				return nil, e
 			}
 		}
@@ -143,10 +150,10 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 	return replies, finish()
 }
 
-// Mail starts a transaction. go-smtp's client adds BODY=8BITMIME whenever the upstream supports it
-// and passes SIZE and SMTPUTF8 where the upstream advertises them. What the upstream declared it
-// cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary body
-// without 8BITMIME (554 5.6.3), an internationalised address without SMTPUTF8 (553 5.6.7),
+// Mail starts a transaction: MAIL FROM with BODY=8BITMIME whenever the upstream offers 8BITMIME
+// (as go-smtp's client sends it), and SIZE and SMTPUTF8 where it offers them. What the upstream
+// declared it cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary
+// body without 8BITMIME (554 5.6.3), an internationalised address without SMTPUTF8 (553 5.6.7),
 // REQUIRETLS without REQUIRETLS (554 5.7.30), a declared size above the upstream's SIZE
 // (552 5.3.4).
 //
