@@ -4,7 +4,7 @@ BIN       ?= bin/postern
 GOFLAGS_T ?= -race -count=1
 PKGS      := ./...
 
-.PHONY: all build test test-unit test-integration vet fmt-check deps ci-deps demo bench clean
+.PHONY: all build test test-unit test-integration vet fmt-check deps ci-deps bench-deps demo bench clean
 
 all: build
 
@@ -41,7 +41,14 @@ ci-deps: deps
 demo:
 	bash integration/scripts/demo.sh
 
-bench:
+## bench-deps: what `make bench` needs on a fresh machine (Postfix with smtp-source, the OAuth
+## server's npm packages); no browser, no Vault.
+bench-deps:
+	bash integration/scripts/install-deps.sh
+	bash integration/oauth/install.sh
+
+## bench: Postern against Postfix relaying directly, on this machine (not part of `make test`).
+bench: bench-deps
 	bash integration/scripts/bench.sh
 
 clean:

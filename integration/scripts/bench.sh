@@ -10,8 +10,8 @@
 #      real OAuth 2.0 server; 10,000 projects; CPU profiles of Postern itself under load
 #      (debug.pprof). It prints the table and writes $out/results.json, $out/chart.png and
 #      $out/postern-cpu-{1KB,100KB}.pprof (summarised in .txt beside them).
-# Needs root, Go, and what `make deps` installs (Postfix with smtp-source; the OAuth server's
-# npm packages). Not part of `make test`. Environment:
+# Needs root, Go, and what `make bench-deps` installs (Postfix with smtp-source; the OAuth
+# server's npm packages), which `make bench` runs first. Not part of `make test`. Environment:
 #   BENCH_OUT        output directory (default bench-results)
 #   BENCH_GOTIME     -benchtime of each Go benchmark run (default 300ms)
 #   BENCH_ARGS       extra arguments for postern-bench (e.g. "-rounds 1 -projects -1")
@@ -34,11 +34,11 @@ if ! command -v go >/dev/null 2>&1; then
 	exit 1
 fi
 if ! PATH=$PATH:/usr/sbin command -v smtp-source >/dev/null 2>&1; then
-	echo "bench.sh: smtp-source (package postfix) is missing: run integration/scripts/install-deps.sh (make deps)" >&2
+	echo "bench.sh: smtp-source (package postfix) is missing: run make bench-deps" >&2
 	exit 1
 fi
 if [[ ! -d integration/oauth/idp/node_modules/oidc-provider ]]; then
-	echo "bench.sh: the OAuth server is not installed: run integration/oauth/install.sh (make deps)" >&2
+	echo "bench.sh: the OAuth server is not installed: run make bench-deps" >&2
 	exit 1
 fi
 mkdir -p "$out"
