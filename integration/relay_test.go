@@ -202,9 +202,31 @@ func TestRelayWrongPasswordKeepsMailQueued(t *testing.T) {
 		t.Fatalf("a wrong password bounced the mail: %v", bounced)
 	}
 
+	// postern check says what is wrong and what to do.
+	out, err := e.Postern.CLI(ctx, "", "check", "client-a")
+	if err == nil || !strings.Contains(err.Error(), "client-a: basic upstream") || !strings.Contains(err.Error(), "FAILED") ||
+		!strings.Contains(err.Error(), "next: the upstream refused the username or password: postern project update client-a --password-stdin") {
+		t.Errorf("postern check with the wrong password: %v\n%s", err, out)
+	}
+
 	if err := e.SetProjectPassword(ctx, "client-a", password); err != nil {
 		t.Fatal(err)
 	}
+	if out, err := e.Postern.CLI(ctx, "", "check"); err != nil || !strings.Contains(out, "client-a: basic upstream") || !strings.Contains(out, "all checked projects can deliver") {
+		t.Errorf("postern check with the right password: %v\n%s", err, out)
+	}
+	// postern send-test goes straight to the upstream.
+	if out, err := e.Postern.CLI(ctx, "", "send-test", "--to", "alice@dest.test", "client-a"); err != nil || !strings.Contains(out, "the upstream said: ") {
+		t.Errorf("postern send-test: %v\n%s", err, out)
+	}
+	tm, err := e.Upstream.WaitForMessage(ctx, "alice@dest.test", harness.Subject("Postern test message (project client-a)"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tm.PassedThrough(a.Hostname) {
+		t.Errorf("the test message was received by %v, want %s", tm.ReceivedBy(), a.Hostname)
+	}
+
 	stop := e.Front.KeepFlushing(ctx, 2*time.Second)
 	defer stop()
 	got, err := e.Upstream.WaitForMessage(ctx, "alice@dest.test", harness.WithID(m.ID))

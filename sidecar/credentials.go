@@ -2,11 +2,14 @@ package sidecar
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
+	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/token"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -20,6 +23,22 @@ type credentials struct {
 }
 
 var _ smtpd.Credentials = (*credentials)(nil)
+
+// newCredentials makes the credentials of the projects in st: their passwords, the OAuth token
+// broker and the declared credential providers. close stops the broker and the providers.
+func newCredentials(ctx context.Context, cfg *config.Config, st store.Store, log *slog.Logger) (c *credentials, close func()) {
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Margin: cfg.Tokens.RefreshMargin, Logger: log.With("component", "token")})
+	providers, closeProviders := openProviders(ctx, cfg.CredentialProviders, log.With("component", "plugin"))
+	c = &credentials{
+		basic:   credential.Basic{Logger: log.With("component", "credential")},
+		broker:  broker,
+		plugins: &pluginCredentials{providers: providers, log: log.With("component", "plugin"), now: time.Now, cache: map[string]pluginEntry{}},
+	}
+	return c, func() {
+		closeProviders()
+		broker.Close()
+	}
+}
 
 func (c *credentials) source(p project.Project) smtpd.Credentials {
 	switch p.Auth.Type {

@@ -16,7 +16,6 @@ import (
 	"github.com/postern/postern/sidecar/admin"
 	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
-	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
@@ -48,15 +47,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
 	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Margin: cfg.Tokens.RefreshMargin, Logger: log.With("component", "token")})
-	defer broker.Close()
-	providers, closeProviders := openProviders(ctx, cfg.CredentialProviders, log.With("component", "plugin"))
-	defer closeProviders()
-	creds := &credentials{
-		basic:   credential.Basic{Logger: log.With("component", "credential")},
-		broker:  broker,
-		plugins: &pluginCredentials{providers: providers, log: log.With("component", "plugin"), now: time.Now, cache: map[string]pluginEntry{}},
-	}
+	creds, closeCreds := newCredentials(ctx, cfg, st, log)
+	defer closeCreds()
+	broker := creds.broker
 
 	// The sign-in pages for OAuth mailboxes, on the admin listener. Their upstream check has pools
 	// of its own, so that it always opens a new connection and signs in with the new token.

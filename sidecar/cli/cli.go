@@ -58,6 +58,10 @@ type App struct {
 	ReadPassword func(prompt string) (string, error)
 	// Serve runs the sidecar for `postern serve`. Nil makes serve fail (--check-config still works).
 	Serve Runner
+	// Check runs `postern check`; nil means this build cannot.
+	Check Checker
+	// SendTest runs `postern send-test`; nil means this build cannot.
+	SendTest TestSender
 	// OpenStore opens the store the configuration names. Nil means OpenStore.
 	OpenStore func(ctx context.Context, cfg *config.Config) (store.Store, error)
 	// ConfigPath is the configuration file used when --config is not given. Empty means
@@ -82,6 +86,8 @@ func commands() []command {
 		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
 		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
 		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},
+		{"check", "check that each project can get its credential and sign in upstream", runCheck},
+		{"send-test", "send a test message through a project's upstream", runSendTest},
 		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
 		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
 		{"version", "print the version", runVersion},

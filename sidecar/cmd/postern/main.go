@@ -24,6 +24,8 @@ func main() {
 		Stderr:       os.Stderr,
 		ReadPassword: cli.TerminalPassword(os.Stdin, os.Stderr),
 		Serve:        sidecar.Run,
+		Check:        sidecar.Check,
+		SendTest:     sidecar.SendTest,
 		Version:      version,
 	}
 	code := app.Run(ctx, os.Args[1:])
