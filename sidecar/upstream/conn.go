@@ -37,7 +37,7 @@ type Conn struct {
 	wire   *wireConn // what client talks over
 	client *smtp.Client
 	rd     *textproto.Reader // the replies of transactions (tx.go)
-	bw     *bufio.Writer     // message bodies
+	bodies *sync.Pool        // *bodyBuffers, shared by all connections of the Pools
 
 	maxSize   int64
 	encrypted bool
@@ -60,7 +60,7 @@ type Conn struct {
 func (p *Pools) dial(ctx context.Context, pl *pool, proj project.Project, auth Auth, fp string) (*Conn, *Error) {
 	u := proj.Upstream
 	addr := address(u)
-	c := &Conn{opts: &p.opts, log: pl.log.With("upstream", addr), addr: addr, fp: fp}
+	c := &Conn{opts: &p.opts, log: pl.log.With("upstream", addr), addr: addr, fp: fp, bodies: &p.bodies}
 	if p.opts.Trace {
 		c.trace = &tracer{log: c.log}
 	}

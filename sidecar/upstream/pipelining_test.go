@@ -2,6 +2,7 @@ package upstream_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/textproto"
@@ -48,6 +49,18 @@ func startScripted(t *testing.T, pipelining bool, replies func(cmds []string) []
 		}
 	})
 	return s
+}
+
+// dial opens a connection to s without AUTH, released at the end of the test.
+func (s *scripted) dial(ctx context.Context) *upstream.Conn {
+	s.t.Helper()
+	pools, _ := newPools(s.t, upstream.Options{})
+	c, err := pools.Acquire(ctx, s.project(), upstream.Auth{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(c.Release)
+	return c
 }
 
 func (s *scripted) project() project.Project {
@@ -181,13 +194,8 @@ func TestSendPipelinesTheTransaction(t *testing.T) {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
 			srv := startScripted(t, pipelining, acceptAllBut("gone@dest.example"))
-			pools, _ := newPools(t, upstream.Options{})
 			ctx := ctxFor(t)
-			c, err := pools.Acquire(ctx, srv.project(), upstream.Auth{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Release()
+			c := srv.dial(ctx)
 			for i := range 2 { // twice over one connection
 				if err := c.Mail(ctx, from, nil); err != nil {
 					t.Fatal(err)
@@ -234,12 +242,7 @@ func TestSendWithNoRecipientAccepted(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			srv := startScripted(t, true, tt.replies)
-			pools, _ := newPools(t, upstream.Options{})
-			c, err := pools.Acquire(ctx, srv.project(), upstream.Auth{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Release()
+			c := srv.dial(ctx)
 			if err := c.Mail(ctx, from, nil); err != nil {
 				t.Fatal(err)
 			}
@@ -272,16 +275,11 @@ func TestPipelinedMailRefused(t *testing.T) {
 		}
 		return acceptAllBut()(cmds)
 	})
-	pools, _ := newPools(t, upstream.Options{})
-	c, err := pools.Acquire(ctx, srv.project(), upstream.Auth{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release()
+	c := srv.dial(ctx)
 	if err := c.Mail(ctx, from, nil); err != nil {
 		t.Fatalf("Mail = %v; with PIPELINING it goes out with the recipients", err)
 	}
-	err = c.Rcpt(ctx, "a@dest.example", nil)
+	err := c.Rcpt(ctx, "a@dest.example", nil)
 	if e := asError(t, err); e.Stage != upstream.StageMail || e.Code != 550 || e.Enhanced[2] != 60 {
 		t.Fatalf("Rcpt = %#v, want the refusal of MAIL", e)
 	}
@@ -323,12 +321,7 @@ func TestPipelinedMailRefusedAndHungUp(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t)
 	srv := startScripted(t, true, func(cmds []string) []string { return []string{"554 5.7.1 go away"} })
-	pools, _ := newPools(t, upstream.Options{})
-	c, err := pools.Acquire(ctx, srv.project(), upstream.Auth{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Release()
+	c := srv.dial(ctx)
 	if err := c.Mail(ctx, from, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -306,13 +306,18 @@ func (c *Conn) Send(ctx context.Context, to []string, r io.Reader) (rcptErrs []*
 func (c *Conn) body(ctx context.Context, r io.Reader) error {
 	end := c.guard.begin(ctx, c.opts.DataTimeout)
 	defer end()
-	if c.bw == nil {
-		c.bw = bufio.NewWriterSize(c.wire, bodyBufferSize)
+	bufs, _ := c.bodies.Get().(*bodyBuffers)
+	if bufs == nil {
+		bufs = &bodyBuffers{w: bufio.NewWriterSize(nil, bodyBufferSize), copy: make([]byte, bodyBufferSize)}
 	}
-	c.bw.Reset(c.wire)
-	src, body := &sourceReader{r: r}, &bodyWriter{w: c.bw}
+	defer func() {
+		bufs.w.Reset(nil)
+		c.bodies.Put(bufs)
+	}()
+	bufs.w.Reset(c.wire)
+	src, body := &sourceReader{r: r}, &bodyWriter{w: bufs.w}
 	c.trace.setMode(traceBody)
-	_, err := io.Copy(body, src)
+	_, err := io.CopyBuffer(body, src, bufs.copy)
 	if err == nil {
 		err = body.finish()
 	}
@@ -350,6 +355,13 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 
 // bodyBufferSize is the write buffer of a message body: one TLS record's worth of plaintext.
 const bodyBufferSize = 16 << 10
+
+// bodyBuffers are what sending one message body needs: the write buffer and the buffer it is
+// read into.
+type bodyBuffers struct {
+	w    *bufio.Writer
+	copy []byte
+}
 
 // sourceReader remembers its reader's error, telling a message that could not be read from an
 // upstream that could not be written to.

@@ -144,6 +144,8 @@ type Pools struct {
 	pools  map[string]*pool
 	closed bool
 	wg     sync.WaitGroup // background closes
+
+	bodies sync.Pool // *bodyBuffers: held while a message is sent, not by idle connections
 }
 
 // NewPools returns empty pools.
