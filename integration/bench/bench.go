@@ -5,19 +5,23 @@
 // The run:
 //
 //  1. Start a fast Go sink twice on loopback (package sink): plain, and with STARTTLS (a
-//     harness CA) and AUTH PLAIN. Measure the sink alone with a Go load client, far above what
-//     any path reaches, so that it is never the bottleneck.
-//  2. Start postern serve (embedded file store, reload_interval at its default) with one project
-//     whose upstream is the authenticating sink, and the front Postfix with contrib/postfix
-//     appended verbatim and three ways out for three senders: A through Postern; B through
-//     Postfix's own SMTP client with sender-dependent relayhost and SASL authentication over
-//     TLS, as an operator without Postern relays a client's mail; and Postfix's plain relay.
-//     Everything else in the front's configuration is shared.
+//     harness CA) and AUTH PLAIN. It acknowledges every read at once (no delayed ACK). Measure the
+//     sink alone with a Go load client, far above what any path reaches, so that it is never the
+//     bottleneck.
+//  2. Start postern serve (embedded file store, reload_interval at its default, debug.pprof on)
+//     with one project whose upstream is the authenticating sink, and the front Postfix with
+//     contrib/postfix appended verbatim and four ways out for four senders: A through Postern;
+//     B through Postfix's own SMTP client with sender-dependent relayhost and SASL
+//     authentication over TLS, as an operator without Postern relays a client's mail (TLS
+//     session cache on, as in Debian's main.cf); B-full, the same without the TLS session cache
+//     (Postfix's default); and Postfix's plain relay. Everything else in the front's
+//     configuration is shared.
 //  3. For each message size, round and concurrency step, submit with Postfix's smtp-source
 //     (sessions = destination concurrency of every path) and time from the first submission to
-//     the last arrival at the sink, alternating the order of A and B between rounds.
+//     the last arrival at the sink, each path taking its turn first between rounds. The summary
+//     takes the median over the rounds, and of each round's ratios.
 //  4. Count Postern's store reads (postern_store_project_reads_total) over those cells against
-//     the messages it delivered.
+//     the messages it delivered. Record Postern's CPU profile while path A carries load.
 //  5. Add an OAuth project: a real OAuth 2.0 server (oidc-provider) issues access tokens that
 //     Postern refreshes every few seconds; the sink validates each new token at the server's
 //     introspection endpoint. Measure path A with XOAUTH2 and count refreshes and deliveries that
@@ -130,8 +134,8 @@ func Run(r *Runner, opts Options) *Results {
 		res.Sink = append(res.Sink, s)
 	}
 
-	r.Step("warming up the three paths")
-	if err := rl.Warm(ctx, PathPlain, PathPostern, PathDirect); err != nil {
+	r.Step("warming up the four paths")
+	if err := rl.Warm(ctx, PathPlain, PathPostern, PathDirect, PathDirectFull); err != nil {
 		r.Fatalf("%v", err)
 	}
 	before, err := rl.Metrics(ctx)
@@ -142,8 +146,8 @@ func Run(r *Runner, opts Options) *Results {
 	for _, size := range opts.Sizes {
 		for round := 1; round <= opts.Rounds; round++ {
 			for i, conc := range opts.Steps {
-				// Each path goes first, second and third in turn.
-				paths := []string{PathPostern, PathDirect, PathPlain}
+				// Each path goes first, second, third and last in turn.
+				paths := []string{PathPostern, PathDirect, PathPlain, PathDirectFull}
 				n := (round + i) % len(paths)
 				order := append(slices.Clone(paths[n:]), paths[:n]...)
 				r.Step("%s, round %d, concurrency %d: %s", sizeLabel(size), round, conc, strings.Join(order, ", "))

@@ -18,12 +18,13 @@ type series struct {
 }
 
 var (
-	colPostern = color.RGBA{0x1f, 0x77, 0xb4, 0xff}
-	colDirect  = color.RGBA{0xd6, 0x27, 0x28, 0xff}
-	colPlain   = color.RGBA{0x7f, 0x7f, 0x7f, 0xff}
-	colXOAUTH2 = color.RGBA{0x2c, 0xa0, 0x2c, 0xff}
-	colAxis    = color.RGBA{0x20, 0x20, 0x20, 0xff}
-	colGrid    = color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
+	colPostern    = color.RGBA{0x1f, 0x77, 0xb4, 0xff}
+	colDirect     = color.RGBA{0xd6, 0x27, 0x28, 0xff}
+	colDirectFull = color.RGBA{0xff, 0x7f, 0x0e, 0xff}
+	colPlain      = color.RGBA{0x7f, 0x7f, 0x7f, 0xff}
+	colXOAUTH2    = color.RGBA{0x2c, 0xa0, 0x2c, 0xff}
+	colAxis       = color.RGBA{0x20, 0x20, 0x20, 0xff}
+	colGrid       = color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
 )
 
 // WriteChart draws throughput against concurrency, one panel per message size, to path (PNG).
@@ -37,7 +38,7 @@ func (res *Results) WriteChart(path string) error {
 	if len(sizes) == 0 {
 		return fmt.Errorf("drawing the chart: no measurements")
 	}
-	const panelW, panelH, top, legendH = 560, 420, 60, 110
+	const panelW, panelH, top, legendH = 560, 420, 60, 140
 	w, h := panelW*len(sizes), top+panelH+legendH
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	fillRect(img, 0, 0, w, h, color.White)
@@ -48,14 +49,21 @@ func (res *Results) WriteChart(path string) error {
 		var all []series
 		a := series{label: "A postern", color: colPostern, pts: map[int]float64{}}
 		b := series{label: "B postfix direct", color: colDirect, pts: map[int]float64{}}
+		bf := series{label: "B-full", color: colDirectFull, pts: map[int]float64{}}
 		p := series{label: "plain relay", color: colPlain, pts: map[int]float64{}}
 		for _, r := range res.Summary {
 			if r.Size != size {
 				continue
 			}
 			a.pts[r.Concurrency], b.pts[r.Concurrency], p.pts[r.Concurrency] = r.Postern, r.Direct, r.Plain
+			if r.DirectFull > 0 {
+				bf.pts[r.Concurrency] = r.DirectFull
+			}
 		}
 		all = append(all, p, a, b)
+		if len(bf.pts) > 0 {
+			all = append(all, bf)
+		}
 		if res.XOAUTH2 != nil {
 			x := series{label: "A xoauth2", color: colXOAUTH2, pts: map[int]float64{}}
 			for _, c := range res.XOAUTH2.Cells {
@@ -74,6 +82,7 @@ func (res *Results) WriteChart(path string) error {
 	legend := []series{
 		{label: "A: postfix > postern > sink (starttls+auth, pooled)", color: colPostern},
 		{label: "B: postfix smtp > sink (starttls+auth, sender-dependent)", color: colDirect},
+		{label: "B-full: as b, without the tls session cache (full handshakes)", color: colDirectFull},
 		{label: "plain: postfix > sink (no tls, no auth)", color: colPlain},
 	}
 	if res.XOAUTH2 != nil {

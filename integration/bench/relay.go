@@ -21,6 +21,9 @@ const (
 	// PathDirect is path B: front Postfix's own SMTP client → the sink, STARTTLS + AUTH PLAIN with
 	// sender-dependent relayhost and authentication (no connection cache).
 	PathDirect = "direct"
+	// PathDirectFull (B-full) is path B without Postfix's TLS session cache (Postfix's default): a full TLS
+	// handshake for every message.
+	PathDirectFull = "direct-full"
 	// PathPlain is Postfix's plain relay to the sink: no TLS, no AUTH, connection cache on demand.
 	PathPlain = "plain"
 )
@@ -29,6 +32,7 @@ const (
 const (
 	senderPostern = "bench-a@postern.test"
 	senderDirect  = "bench-b@direct.test"
+	senderFull    = "bench-f@direct-full.test"
 	senderPlain   = "bench-p@plain.test"
 )
 
@@ -60,8 +64,9 @@ type Relay struct {
 func (rl *Relay) sinkUsers() map[string]string { return rl.users }
 
 // benchFrontMain is appended to the front Postfix's main.cf: what every path shares. Postfix's
-// SMTP client caches TLS sessions as a configured Postfix does; the direct path's settings live
-// in its own master.cf service so that the plain path keeps Postfix's connection cache.
+// SMTP client caches TLS sessions as Debian's main.cf has it (path B-full turns that off); the direct
+// paths' settings live in their own master.cf services so that the plain path keeps Postfix's
+// connection cache.
 const benchFrontMain = `# Benchmarks: the same for every path.
 default_process_limit = 150
 default_destination_recipient_limit = 50
@@ -69,16 +74,26 @@ smtp_tls_session_cache_database = btree:${data_directory}/smtp_scache
 smtp_tls_CAfile = %[1]s
 # The direct path, as an operator without Postern relays a sender through its organisation's
 # server: sender-dependent relayhost and sender-dependent SASL authentication over TLS.
-sender_dependent_relayhost_maps = inline:{ {%[2]s = [127.0.0.1]:%[3]d} }
-bench_direct_sasl_maps = inline:{ {%[2]s = %[4]s:%[5]s} }
+sender_dependent_relayhost_maps = inline:{ {%[2]s = [127.0.0.1]:%[3]d}, {%[6]s = [127.0.0.1]:%[3]d} }
+bench_direct_sasl_maps = inline:{ {%[2]s = %[4]s:%[5]s}, {%[6]s = %[4]s:%[5]s} }
 `
 
-// benchDirectService is the direct path's SMTP client. Sender-dependent authentication turns
+// benchDirectService holds the direct paths' SMTP clients (B, and B-full without the TLS session
+// cache, Postfix's default). Sender-dependent authentication turns
 // Postfix's connection cache off for it, which is why it is its own service.
 const benchDirectService = `# Benchmarks: the direct path (B).
 bdirect   unix  -       -       n       -       -       smtp
   -o syslog_name=postfix/bdirect
   -o smtp_tls_security_level=encrypt
+  -o smtp_sasl_auth_enable=yes
+  -o smtp_sender_dependent_authentication=yes
+  -o smtp_sasl_password_maps=$bench_direct_sasl_maps
+  -o smtp_sasl_security_options=noanonymous
+  -o smtp_sasl_tls_security_options=noanonymous
+bfull     unix  -       -       n       -       -       smtp
+  -o syslog_name=postfix/bfull
+  -o smtp_tls_security_level=encrypt
+  -o smtp_tls_session_cache_database=
   -o smtp_sasl_auth_enable=yes
   -o smtp_sender_dependent_authentication=yes
   -o smtp_sasl_password_maps=$bench_direct_sasl_maps
@@ -132,17 +147,17 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 		r.Fatalf("%v", err)
 	}
 
-	main := fmt.Sprintf(benchFrontMain, ca.CAFile, senderDirect, rl.Auth.Port(), "bench-b", users["bench-b"])
+	main := fmt.Sprintf(benchFrontMain, ca.CAFile, senderDirect, rl.Auth.Port(), "bench-b", users["bench-b"], senderFull)
 	rl.Front = harness.StartFront(r, dir, harness.FrontOptions{
 		RunDir: rl.Postern.Dir, RelayAddr: rl.Plain.Addr(), Main: main, AllowWarnings: true,
 	})
-	// Path B's sender goes to its own service; Postern's socketmap stays first, as contrib has it.
+	// Path B's and B-full's senders go to their own services; Postern's socketmap stays first, as contrib has it.
 	maps, err := rl.Front.Param(ctx, "sender_dependent_default_transport_maps")
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
 	maps = strings.ReplaceAll(maps, rl.Postern.Dir, "$postern_run_dir")
-	if err := rl.Front.Postconf(ctx, fmt.Sprintf("sender_dependent_default_transport_maps=%s, inline:{ {%s = bdirect:} }", maps, senderDirect)); err != nil {
+	if err := rl.Front.Postconf(ctx, fmt.Sprintf("sender_dependent_default_transport_maps=%s, inline:{ {%s = bdirect:}, {%s = bfull:} }", maps, senderDirect, senderFull)); err != nil {
 		r.Fatalf("%v", err)
 	}
 	if err := rl.Front.AddServices(benchDirectService); err != nil {
@@ -185,6 +200,8 @@ func (rl *Relay) sinkOf(path string) (*sink.Sink, string) {
 		return rl.Auth, senderPostern
 	case PathDirect:
 		return rl.Auth, senderDirect
+	case PathDirectFull:
+		return rl.Auth, senderFull
 	case PathXOAUTH2:
 		return rl.XOAuth, senderXOAUTH2
 	}

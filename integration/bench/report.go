@@ -57,10 +57,13 @@ type Row struct {
 	Concurrency int     `json:"concurrency"`
 	Postern     float64 `json:"postern_msgs_per_sec"`
 	Direct      float64 `json:"direct_msgs_per_sec"`
-	Plain       float64 `json:"plain_msgs_per_sec"`
+	// DirectFull is path B without the TLS session cache (B-full).
+	DirectFull float64 `json:"direct_full_msgs_per_sec"`
+	Plain      float64 `json:"plain_msgs_per_sec"`
 	// The rates are medians over the rounds. AOverB is the median over the rounds of Postern /
 	// direct in that round; AOverPlain the same of Postern / plain.
 	AOverB     float64 `json:"a_over_b"`
+	AOverBFull float64 `json:"a_over_b_full"`
 	AOverPlain float64 `json:"a_over_plain"`
 	// CPUBusy is the median machine CPU use during the Postern cells; PosternCPUPerMsg is
 	// Postern's own CPU time per message in milliseconds (median).
@@ -152,8 +155,9 @@ func (res *Results) Summarize() {
 	for _, k := range keys {
 		r := Row{Size: k.size, Concurrency: k.conc,
 			Postern: median(rates[k][PathPostern]), Direct: median(rates[k][PathDirect]), Plain: median(rates[k][PathPlain]),
+			DirectFull:     median(rates[k][PathDirectFull]),
 			CPUBusyPostern: median(cpu[k]), PosternCPUPerMsg: median(per[k])}
-		var ab, ap []float64
+		var ab, abf, ap []float64
 		for rk, paths := range byRound {
 			if rk.key != k || paths[PathPostern] == 0 {
 				continue
@@ -161,11 +165,14 @@ func (res *Results) Summarize() {
 			if d := paths[PathDirect]; d > 0 {
 				ab = append(ab, paths[PathPostern]/d)
 			}
+			if d := paths[PathDirectFull]; d > 0 {
+				abf = append(abf, paths[PathPostern]/d)
+			}
 			if p := paths[PathPlain]; p > 0 {
 				ap = append(ap, paths[PathPostern]/p)
 			}
 		}
-		r.AOverB, r.AOverPlain = median(ab), median(ap)
+		r.AOverB, r.AOverBFull, r.AOverPlain = median(ab), median(abf), median(ap)
 		res.Summary = append(res.Summary, r)
 	}
 }
@@ -195,13 +202,21 @@ func (res *Results) Evaluate() {
 			minAP = r.AOverPlain
 		}
 	}
-	var ab, ap []string
+	var ab, abf, ceiling, ap []string
 	for _, r := range res.Summary {
-		ab = append(ab, fmt.Sprintf("%s c%d %.2f", sizeLabel(r.Size), r.Concurrency, r.AOverB))
-		ap = append(ap, fmt.Sprintf("%s c%d %.2f", sizeLabel(r.Size), r.Concurrency, r.AOverPlain))
+		cell := fmt.Sprintf("%s c%d", sizeLabel(r.Size), r.Concurrency)
+		ab = append(ab, fmt.Sprintf("%s %.2f", cell, r.AOverB))
+		abf = append(abf, fmt.Sprintf("%s %.2f", cell, r.AOverBFull))
+		if r.Direct > 0 {
+			ceiling = append(ceiling, fmt.Sprintf("%s %.2f", cell, r.Plain/r.Direct))
+		}
+		ap = append(ap, fmt.Sprintf("%s %.2f", cell, r.AOverPlain))
 	}
 	res.Targets = append(res.Targets,
-		Target{Name: "A/B (STARTTLS+AUTH upstream)", Goal: ">= 4 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAB, strings.Join(ab, ", ")), Met: len(res.Summary) > 0 && minAB >= 4},
+		Target{Name: "A/B (STARTTLS+AUTH upstream)", Goal: ">= 4 in every cell",
+			Value: fmt.Sprintf("min %.2f (%s); against B-full, without the TLS session cache: %s; plain/B, what a relay costing nothing would reach: %s",
+				minAB, strings.Join(ab, ", "), strings.Join(abf, ", "), strings.Join(ceiling, ", ")),
+			Met: len(res.Summary) > 0 && minAB >= 4},
 		Target{Name: "A / Postfix plain relay", Goal: ">= 0.9 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAP, strings.Join(ap, ", ")), Met: len(res.Summary) > 0 && minAP >= 0.9},
 	)
 	if x := res.XOAUTH2; x != nil {
@@ -240,12 +255,12 @@ func (res *Results) WriteJSON(path string) error {
 
 // PrintTable writes the human summary.
 func (res *Results) PrintTable(w io.Writer) {
-	fmt.Fprintf(w, "\nEnd to end through a real Postfix (%d CPUs, Postfix %s), messages/s from the first submission to the last arrival at the sink,\nmedian of %d rounds, each path first, second and third in turn (ratios: median of each round's ratio). A = Postfix -> Postern -> sink (STARTTLS+AUTH, pooled); B = Postfix's SMTP client -> sink\n(STARTTLS+AUTH, sender-dependent relayhost and authentication); plain = Postfix -> sink (no TLS/AUTH).\n\n",
+	fmt.Fprintf(w, "\nEnd to end through a real Postfix (%d CPUs, Postfix %s), messages/s from the first submission to the last arrival at the sink,\nmedian of %d rounds, the paths in turn (ratios: median of each round's ratio). A = Postfix -> Postern -> sink (STARTTLS+AUTH, pooled);\nB = Postfix's SMTP client -> sink (STARTTLS+AUTH, sender-dependent relayhost and authentication, TLS session cache as Debian's main.cf);\nB-full = B without the TLS session cache (Postfix's default: a full handshake per message); plain = Postfix -> sink (no TLS/AUTH).\n\n",
 		res.Machine.CPUs, res.Machine.Postfix, res.Config.Rounds)
-	fmt.Fprintf(w, "%-6s %5s %10s %10s %10s %7s %8s %9s %12s\n", "size", "conc", "A postern", "B direct", "plain", "A/B", "A/plain", "CPU busy", "postern ms/msg")
+	fmt.Fprintf(w, "%-6s %5s %10s %10s %10s %10s %7s %8s %8s %9s %12s\n", "size", "conc", "A postern", "B direct", "B-full", "plain", "A/B", "A/B-full", "A/plain", "CPU busy", "postern ms/msg")
 	for _, r := range res.Summary {
-		fmt.Fprintf(w, "%-6s %5d %10.1f %10.1f %10.1f %7.2f %8.2f %8.0f%% %12.3f\n", sizeLabel(r.Size), r.Concurrency,
-			r.Postern, r.Direct, r.Plain, r.AOverB, r.AOverPlain, 100*r.CPUBusyPostern, r.PosternCPUPerMsg)
+		fmt.Fprintf(w, "%-6s %5d %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %8.2f %8.0f%% %12.3f\n", sizeLabel(r.Size), r.Concurrency,
+			r.Postern, r.Direct, r.DirectFull, r.Plain, r.AOverB, r.AOverBFull, r.AOverPlain, 100*r.CPUBusyPostern, r.PosternCPUPerMsg)
 	}
 	if len(res.Sink) > 0 {
 		fmt.Fprintf(w, "\nThe sink alone (Go load client, same process as the sink):\n")
