@@ -19,9 +19,10 @@
 //     token is near expiry) and takes an authenticated connection to the project's upstream from
 //     that project's pool, or opens one: TCP, STARTTLS or implicit TLS with verification, EHLO
 //     again, AUTH PLAIN, LOGIN or XOAUTH2 (packages upstream and xoauth2).
-//  6. RCPT and DATA are streamed to the upstream while Postfix waits. Postern stores no mail:
-//     Postfix's queue owns every message until the upstream has accepted it. The upstream's reply
-//     goes back to Postfix, per recipient over LMTP.
+//  6. MAIL, RCPT and DATA go to the upstream (in one round trip where it offers PIPELINING; over
+//     LMTP the recipients go with DATA) and the message streams on while Postfix waits. Postern
+//     stores no mail: Postfix's queue owns every message until the upstream has accepted it. The
+//     upstream's reply goes back to Postfix, per recipient over LMTP.
 //  7. Postfix logs, defers, retries or bounces as it does for any other transport. Every
 //     operational fault is a temporary (4xx) reply, so mail waits in Postfix's queue; only a
 //     definite no from the upstream is a 5xx.
