@@ -64,6 +64,9 @@ type Options struct {
 	Projects int
 	// SkipXOAUTH2 leaves the XOAUTH2 measurement out.
 	SkipXOAUTH2 bool
+	// Vault keeps path A's projects in a Vault dev server (harness.BuildVaultDev must find it
+	// built) instead of the file store, and counts Postern's requests to it.
+	Vault bool
 	// GoBench is the output of the Go benchmarks to summarise, if it exists.
 	GoBench string
 }
@@ -114,7 +117,7 @@ func Run(r *Runner, opts Options) *Results {
 
 	relay := r.Sub()
 	r.Step("starting the sinks, postern and the front postfix")
-	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc})
+	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc, Vault: opts.Vault})
 
 	r.Step("measuring the sink alone")
 	users := rl.sinkUsers()
@@ -167,7 +170,11 @@ func Run(r *Runner, opts Options) *Results {
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
-	res.Store = storeReads(before, after, time.Since(t0), res.Cells)
+	store := "file"
+	if opts.Vault {
+		store = "vault"
+	}
+	res.Store = storeReads(before, after, time.Since(t0), res.Cells, store)
 
 	for _, size := range opts.Sizes {
 		const d = 3 * time.Second
@@ -233,11 +240,11 @@ func Run(r *Runner, opts Options) *Results {
 }
 
 // storeReads relates the growth of Postern's store reads to the messages of path A in cells.
-func storeReads(before, after string, d time.Duration, cells []Cell) StoreReads {
+func storeReads(before, after string, d time.Duration, cells []Cell, store string) StoreReads {
 	b, _ := harness.MetricValue(before, "postern_store_project_reads_total")
 	a, _ := harness.MetricValue(after, "postern_store_project_reads_total")
 	iv := ProductionReloadInterval.Seconds()
-	s := StoreReads{Reads: int64(a - b), Seconds: d.Seconds(), ReloadInterval: iv}
+	s := StoreReads{Reads: int64(a - b), Seconds: d.Seconds(), ReloadInterval: iv, Store: store}
 	for _, c := range cells {
 		if c.Round == 0 {
 			continue
@@ -248,6 +255,15 @@ func storeReads(before, after string, d time.Duration, cells []Cell) StoreReads 
 			continue
 		}
 		s.PosternReads += c.StoreReads
+		for k, n := range c.VaultRequests {
+			if s.VaultRequests == nil {
+				s.VaultRequests = map[string]int{}
+			}
+			s.VaultRequests[k] += n
+			if strings.HasPrefix(k, "GET secret/data/postern/projects/") || strings.HasPrefix(k, "GET secret/data/postern/tokens/") {
+				s.VaultRecordReads += n
+			}
+		}
 		s.PosternSeconds += c.Seconds
 		s.Periodic += int64(math.Floor(c.Seconds/iv)) + 1
 		s.Deliveries += int64(c.Count)

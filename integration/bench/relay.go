@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,6 +44,9 @@ type RelayOptions struct {
 	// MaxConcurrency is the largest concurrency step: Postern's project may open that many
 	// upstream connections.
 	MaxConcurrency int
+	// Vault keeps Postern's projects in a Vault dev server (harness.StartVault), reached through
+	// a proxy that counts its requests, instead of the embedded file store.
+	Vault bool
 }
 
 // Relay is the running setup of the end-to-end measurements: the sinks, Postern with one
@@ -55,6 +59,7 @@ type Relay struct {
 	XOAuth    *sink.Sink // STARTTLS + AUTH XOAUTH2, once StartXOAUTH2 ran
 	Postern   *harness.Postern
 	Front     *harness.Front
+	Vault     *harness.VaultProxy // nil with the file store
 	TLSConfig *tls.Config
 
 	conc  int               // the concurrency the front is set to
@@ -128,8 +133,18 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 	}
 	r.Cleanup(func() { rl.Auth.Close() })
 
+	var storeYAML string
+	if opts.Vault {
+		v := harness.StartVault(r)
+		rl.Vault = harness.StartVaultProxy(r, v)
+		tokenFile := filepath.Join(dir, "vault-token")
+		if err := os.WriteFile(tokenFile, []byte(v.RootToken+"\n"), 0o600); err != nil {
+			r.Fatalf("%v", err)
+		}
+		storeYAML = fmt.Sprintf("  vault:\n    address: %s\n    auth:\n      token_file: %s", rl.Vault.Addr, tokenFile)
+	}
 	rl.Postern, err = harness.NewPostern(harness.PosternOptions{Bin: opts.Bin, Dir: filepath.Join(dir, "postern"), LogLevel: "info",
-		ExtraConfig: "debug: {pprof: true}"})
+		ExtraConfig: "debug: {pprof: true}", Store: storeYAML})
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
@@ -235,6 +250,9 @@ type Cell struct {
 	// PosternSessions is the growth of postern_sessions_total: the connections Postfix opened
 	// to Postern.
 	PosternSessions int64 `json:"postern_sessions"`
+	// VaultRequests are the requests Postern made to Vault during the cell, by method and path
+	// (with the Vault store).
+	VaultRequests map[string]int `json:"vault_requests,omitempty"`
 }
 
 // Measure submits count messages of size bytes from path's sender with conc smtp-source sessions
@@ -250,6 +268,7 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	pid := rl.Postern.PID()
 	cpu0, _ := procCPU(pid)
 	sample0 := sampleCPU()
+	vault0 := rl.vaultCounts()
 	reads0, sessions0, err := rl.storeReads(ctx)
 	if err != nil {
 		return Cell{}, err
@@ -299,6 +318,7 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 		return c, err
 	}
 	c.StoreReads, c.PosternSessions = reads1-reads0, sessions1-sessions0
+	c.VaultRequests = countsDelta(vault0, rl.vaultCounts())
 	// Postfix removes a queue file just after the delivery agent's success: wait for that, so
 	// that the next cell starts with an empty queue.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -330,6 +350,27 @@ func (rl *Relay) describeQueue(ctx context.Context) string {
 	}
 	b.WriteString("\nfront warnings:\n" + strings.Join(logTail, "\n"))
 	return b.String()
+}
+
+func (rl *Relay) vaultCounts() map[string]int {
+	if rl.Vault == nil {
+		return nil
+	}
+	return rl.Vault.Counts()
+}
+
+// countsDelta is after minus before, without the zeros; nil for none.
+func countsDelta(before, after map[string]int) map[string]int {
+	var d map[string]int
+	for k, n := range after {
+		if n > before[k] {
+			if d == nil {
+				d = map[string]int{}
+			}
+			d[k] = n - before[k]
+		}
+	}
+	return d
 }
 
 // storeReads returns postern_store_project_reads_total and postern_sessions_total.

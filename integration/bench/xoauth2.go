@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path/filepath"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,9 +16,10 @@ import (
 
 	"github.com/postern/postern/integration/bench/sink"
 	"github.com/postern/postern/integration/harness"
+	"github.com/postern/postern/sidecar/cli"
+	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
 )
 
 // PathXOAUTH2 is path A with XOAUTH2: Postern signs in with access tokens from a real OAuth 2.0
@@ -90,9 +91,16 @@ func (rl *Relay) StartXOAUTH2(r harness.T, opts XOAUTH2Options) *XOAUTH2 {
 	if err != nil {
 		r.Fatalf("signing %s in at the IdP: %v", account.Login, err)
 	}
-	st, err := filestore.Open(ctx, filestore.Options{
-		Path: filepath.Join(rl.Postern.Dir, "store.db"), KeyFile: filepath.Join(rl.Postern.Dir, "store.key"),
-	})
+	// The grant goes into Postern's store (file or Vault) as its sign-in pages would write it.
+	b, err := os.ReadFile(rl.Postern.Config)
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	cfg, err := config.Parse(b)
+	if err != nil {
+		r.Fatalf("reading %s: %v", rl.Postern.Config, err)
+	}
+	st, err := cli.OpenStore(ctx, cfg)
 	if err != nil {
 		r.Fatalf("%v", err)
 	}

@@ -4,7 +4,14 @@
 # Progress goes to stderr; the binary's path is printed on stdout, so:
 #   VAULTDEV=$(integration/vaultdev/build.sh)
 # Output path: ${POSTERN_CACHE:-$HOME/.cache/postern}/bin/vaultdev
+# With --check it builds nothing: it prints the path and exits 0 if the binary is up to date,
+# and exits 1 otherwise.
 set -euo pipefail
+
+check_only=false
+if [[ ${1:-} == --check ]]; then
+	check_only=true
+fi
 
 src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_dir=${POSTERN_CACHE:-${HOME:-/root}/.cache/postern}
@@ -40,6 +47,10 @@ if [[ -x $out && -f $stamp && $(cat "$stamp") == "$hash" ]]; then
 	echo "vaultdev: up to date ($out)" >&2
 	echo "$out"
 	exit 0
+fi
+if $check_only; then
+	echo "vaultdev: not built, or out of date ($out)" >&2
+	exit 1
 fi
 
 echo "building Vault dev server (first build takes several minutes)..." >&2

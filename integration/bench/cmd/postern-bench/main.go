@@ -30,12 +30,13 @@ func main() {
 	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
+	vault := flag.Bool("vault", false, "keep path A's projects in the Vault dev server (POSTERN_VAULTDEV or integration/vaultdev/build.sh)")
 	flag.Parse()
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "postern-bench: -postern is required")
 		os.Exit(2)
 	}
-	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, SkipXOAUTH2: *noXOAUTH2}
+	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
 	for _, s := range strings.Split(*steps, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
