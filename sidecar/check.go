@@ -24,8 +24,8 @@ import (
 
 // Check is `postern check`: for each enabled project (or the ones named), it gets the credential
 // as a delivery would (an OAuth token may be refreshed and written back) and signs in upstream on
-// a new connection, then says what works and, for what does not, what to do next. It returns
-// cli.ErrCheckFailed when a project failed.
+// a new connection, then says what works and, for what does not, what to do next. It returns an
+// error when a project failed.
 func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, names []string) error {
 	st, err := cli.OpenStoreLogged(ctx, cfg, log.With("component", "store"))
 	if err != nil {
@@ -42,7 +42,7 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		for _, n := range names {
 			i := slices.IndexFunc(projects, func(p project.Project) bool { return p.Name == n })
 			if i < 0 {
-				return fmt.Errorf("no project %q in the store (postern project list shows them)", n)
+				return cli.ExplainNotFound(store.ErrNotFound, n)
 			}
 			chosen = append(chosen, projects[i])
 		}
@@ -76,7 +76,7 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		conn.Release() // QUIT when the pools close
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d projects failed: %w", failed, len(projects), cli.ErrCheckFailed)
+		return fmt.Errorf("%d of %d projects cannot deliver", failed, len(projects))
 	}
 	return nil
 }
@@ -90,11 +90,8 @@ func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Wr
 	}
 	defer st.Close()
 	p, err := st.Project(ctx, m.Project)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("no project %q in the store (postern project list shows them)", m.Project)
-	}
 	if err != nil {
-		return fmt.Errorf("reading project %q: %w", m.Project, err)
+		return cli.ExplainNotFound(err, m.Project)
 	}
 	from := m.From
 	if from == "" {

@@ -3,7 +3,6 @@ package sidecar
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -57,8 +56,8 @@ func TestCheck(t *testing.T) {
 
 	var out bytes.Buffer
 	err := Check(context.Background(), cfg, log, &out, nil)
-	if !errors.Is(err, cli.ErrCheckFailed) || !strings.Contains(err.Error(), "1 of 3 projects failed") {
-		t.Errorf("Check = %v, want 1 of 3 projects failed", err)
+	if err == nil || err.Error() != "1 of 3 projects cannot deliver" {
+		t.Errorf("Check = %v, want 1 of 3 projects cannot deliver", err)
 	}
 	for _, want := range []string{
 		"store: 3 projects",
@@ -79,7 +78,7 @@ func TestCheck(t *testing.T) {
 	if err := Check(context.Background(), cfg, log, &out, []string{"good"}); err != nil {
 		t.Errorf("Check(good) = %v\n%s", err, out.String())
 	}
-	if err := Check(context.Background(), cfg, log, &out, []string{"nosuch"}); err == nil || !strings.Contains(err.Error(), `no project "nosuch"`) {
+	if err := Check(context.Background(), cfg, log, &out, []string{"nosuch"}); err == nil || !strings.Contains(err.Error(), "no project named nosuch") {
 		t.Errorf("Check(nosuch) = %v", err)
 	}
 	if n := len(up.Messages()); n != 0 {
@@ -109,7 +108,7 @@ func TestSendTest(t *testing.T) {
 		m    cli.TestMessage
 		want string
 	}{
-		{"unknown project", cli.TestMessage{Project: "nosuch", To: "a@b.example"}, `no project "nosuch"`},
+		{"unknown project", cli.TestMessage{Project: "nosuch", To: "a@b.example"}, "no project named nosuch"},
 		{"sender of another project", cli.TestMessage{Project: "good", From: "x@bad.example", To: "a@b.example"}, "may not send as x@bad.example"},
 		{"wrong password", cli.TestMessage{Project: "bad", To: "a@b.example"}, "postern project update bad --password-stdin"},
 	}

@@ -269,7 +269,7 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	cpu0, _ := procCPU(pid)
 	sample0 := sampleCPU()
 	vault0 := rl.vaultCounts()
-	reads0, sessions0, err := rl.storeReads(ctx)
+	reads0, sessions0, err := rl.posternCounters(ctx)
 	if err != nil {
 		return Cell{}, err
 	}
@@ -313,7 +313,7 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	c.Rate = float64(count) / c.Seconds
 	c.PosternCPUSeconds = cpu1 - cpu0
 	c.SinkConns, c.SinkAuths = after.Conns-before.Conns, after.Auths-before.Auths
-	reads1, sessions1, err := rl.storeReads(ctx)
+	reads1, sessions1, err := rl.posternCounters(ctx)
 	if err != nil {
 		return c, err
 	}
@@ -373,8 +373,8 @@ func countsDelta(before, after map[string]int) map[string]int {
 	return d
 }
 
-// storeReads returns postern_store_project_reads_total and postern_sessions_total.
-func (rl *Relay) storeReads(ctx context.Context) (reads, sessions int64, err error) {
+// posternCounters returns postern_store_project_reads_total and postern_sessions_total.
+func (rl *Relay) posternCounters(ctx context.Context) (reads, sessions int64, err error) {
 	m, err := rl.Postern.Get(ctx, "/metrics")
 	if err != nil {
 		return 0, 0, err

@@ -98,7 +98,7 @@ func runAuthorizeLink(ctx context.Context, a *App, args []string) int {
 func (a *App) oauthProject(ctx context.Context, st store.Admin, name, cmd string) (project.Project, bool) {
 	p, err := st.Project(ctx, name)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, explainNotFound(err, name))
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, ExplainNotFound(err, name))
 		return p, false
 	}
 	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {

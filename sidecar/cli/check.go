@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,10 +23,6 @@ type TestMessage struct {
 	From    string // empty: the project's first sender address
 	To      string
 }
-
-// ErrCheckFailed is wrapped by a Checker's error when a project failed its check (as opposed to
-// the check itself failing to run).
-var ErrCheckFailed = errors.New("check failed")
 
 const checkAbout = `
 Check that Postern can deliver for each enabled project (or the projects named): read the projects

@@ -601,7 +601,7 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 	defer st.Close()
 	p, err := st.Project(ctx, name)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern project update: %v\n", explainNotFound(err, name))
+		fmt.Fprintf(a.Stderr, "postern project update: %v\n", ExplainNotFound(err, name))
 		return ExitFail
 	}
 	wasOAuth := p.Auth.Type == project.AuthOAuth2
@@ -727,7 +727,8 @@ func (a *App) readSecret(fromStdin bool, what, stdinFlag, prompt string) (secret
 	return secret.New(pw), nil
 }
 
-func explainNotFound(err error, name string) error {
+// ExplainNotFound says how to list the projects when err is store.ErrNotFound for project name.
+func ExplainNotFound(err error, name string) error {
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("no project named %s ('postern project list' shows them)", name)
 	}
@@ -810,7 +811,7 @@ func runProjectShow(ctx context.Context, a *App, args []string) int {
 	defer st.Close()
 	p, err := st.Project(ctx, pos[0])
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern project show: %v\n", explainNotFound(err, pos[0]))
+		fmt.Fprintf(a.Stderr, "postern project show: %v\n", ExplainNotFound(err, pos[0]))
 		return ExitFail
 	}
 	var tok *project.Token
@@ -1000,7 +1001,7 @@ func runProjectRemove(ctx context.Context, a *App, args []string) int {
 	}
 	defer st.Close()
 	if err := st.DeleteProject(ctx, pos[0]); err != nil {
-		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", explainNotFound(err, pos[0]))
+		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", ExplainNotFound(err, pos[0]))
 		return ExitFail
 	}
 	fmt.Fprintf(a.Stdout, "removed project %s\n", pos[0])
@@ -1029,7 +1030,7 @@ func (a *App) setEnabled(ctx context.Context, args []string, enabled bool, name,
 	defer st.Close()
 	p, err := st.Project(ctx, pos[0])
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", name, explainNotFound(err, pos[0]))
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", name, ExplainNotFound(err, pos[0]))
 		return ExitFail
 	}
 	word := "disabled"

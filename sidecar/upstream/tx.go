@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -65,9 +66,9 @@ func (c *Conn) rcptCommand(to string) (command, *Error) {
 
 // exchange sends cmds and reads their replies, all within one Options.CommandTimeout: all in one
 // write when the upstream offers PIPELINING, and one by one otherwise, in which case it stops at
-// the first refusal of MAIL or DATA. replies holds an *Error for each refused command (nil: accepted; a command not sent
-// counts as refused by the last reply). A failure to talk to the upstream returns err and leaves
-// c broken.
+// the first refusal of MAIL or DATA. replies holds an *Error for each refused command (nil:
+// accepted; a command not sent counts as refused by the last reply). A failure to talk to the
+// upstream returns err and leaves c broken.
 func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, err *Error) {
 	end := c.guard.begin(ctx, c.opts.CommandTimeout)
 	defer end()
@@ -89,22 +90,9 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 		}
 		return nil
 	}
-	read := func(i int) *Error {
-		_, _, err := c.rd.ReadResponse(cmds[i].expect)
-		var te *textproto.Error
-		if errors.As(err, &te) {
-			replies[i] = replyError(cmds[i].stage, c.addr, toSMTPError(te.Code, te.Msg))
-			if replies[i].Code == 421 {
-				c.broken = true
-				c.closeNow()
-				return replies[i]
-			}
-			return nil
-		}
-		if err != nil {
-			return c.ioError(ctx, cmds[i].stage, err, c.opts.CommandTimeout)
-		}
-		return nil
+	read := func(i int) (e *Error) {
+		_, replies[i], e = c.readReply(ctx, cmds[i].stage, cmds[i].expect, c.opts.CommandTimeout)
+		return e
 	}
 	finish := func() *Error {
 		if c.rd.R.Buffered() > 0 {
@@ -330,27 +318,40 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 		}
 		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
 	}
-	_, msg, err := c.rd.ReadResponse(250)
-	var te *textproto.Error
-	if errors.As(err, &te) {
-		c.txOpen = false // the upstream gave its final word on this message
-		e := replyError(StageData, c.addr, toSMTPError(te.Code, te.Msg))
-		if e.Code == 421 {
-			c.broken = true
-			c.closeNow()
-		}
+	msg, refused, e := c.readReply(ctx, StageData, 250, c.opts.DataTimeout)
+	if e != nil {
 		return e
 	}
-	if err != nil {
-		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
+	c.txOpen = false // the upstream gave its final word on this message
+	if refused != nil {
+		return refused
 	}
 	if c.rd.R.Buffered() > 0 {
 		c.broken = true
 		c.closeNow()
 	}
-	c.txOpen = false
 	c.reply = msg
 	return nil
+}
+
+// readReply reads the reply to one command of a transaction. A negative reply is refused; a
+// failure to read one, or a 421 (the upstream is closing), is failed, and leaves c broken.
+func (c *Conn) readReply(ctx context.Context, stage string, expect int, timeout time.Duration) (msg string, refused, failed *Error) {
+	_, msg, err := c.rd.ReadResponse(expect)
+	var te *textproto.Error
+	switch {
+	case errors.As(err, &te):
+		refused = replyError(stage, c.addr, toSMTPError(te.Code, te.Msg))
+		if refused.Code == 421 {
+			c.broken = true
+			c.closeNow()
+			return msg, nil, refused
+		}
+		return msg, refused, nil
+	case err != nil:
+		return msg, nil, c.ioError(ctx, stage, err, timeout)
+	}
+	return msg, nil, nil
 }
 
 // bodyBufferSize is the write buffer of a message body: one TLS record's worth of plaintext.
