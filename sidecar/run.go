@@ -246,6 +246,7 @@ var (
 	descProjects     = prometheus.NewDesc("postern_projects", "Projects loaded.", nil, nil)
 	descPendingWrite = prometheus.NewDesc("postern_token_pending_writes", "Refreshed tokens not yet written to the store.", nil, nil)
 	descRefreshWaits = prometheus.NewDesc("postern_token_refresh_waits_total", "Deliveries that waited for an OAuth token refresh.", nil, nil)
+	descWaiting      = prometheus.NewDesc("postern_token_refresh_waiting", "Deliveries waiting for an OAuth token refresh now.", nil, nil)
 	descConns        = prometheus.NewDesc("postern_upstream_connections", "Upstream connections by state.", []string{"project", "state"}, nil)
 	descDials        = prometheus.NewDesc("postern_upstream_dials_total", "Upstream connections opened.", []string{"project"}, nil)
 	descAuthFail     = prometheus.NewDesc("postern_upstream_auth_failures_total", "Upstream AUTH refusals.", []string{"project"}, nil)
@@ -263,6 +264,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descProjects, prometheus.GaugeValue, float64(len(projects)))
 	ch <- prometheus.MustNewConstMetric(descPendingWrite, prometheus.GaugeValue, float64(c.broker.PendingWrites()))
 	ch <- prometheus.MustNewConstMetric(descRefreshWaits, prometheus.CounterValue, float64(c.broker.RefreshWaits()))
+	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(c.broker.Waiting()))
 	ms := c.mail.Stats()
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.CounterValue, float64(ms.Sessions))
 	for name, o := range ms.Recipients {

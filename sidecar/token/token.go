@@ -143,13 +143,17 @@ type Broker struct {
 	closed  bool
 	entries map[string]*entry
 
-	waits atomic.Int64 // Credential calls that waited for a refresh
+	waits   atomic.Int64 // Credential calls that waited for a refresh
+	waiting atomic.Int64 // Credential calls waiting for a refresh now
 }
 
 // RefreshWaits returns how many Credential calls have waited for the identity provider: their
 // token was expired or refused upstream. Refreshes ahead of expiry keep this at zero; reading a
 // token from the store after a start does not count.
 func (b *Broker) RefreshWaits() int64 { return b.waits.Load() }
+
+// Waiting returns how many Credential calls are waiting for the identity provider now.
+func (b *Broker) Waiting() int64 { return b.waiting.Load() }
 
 // entry is one project's state. Fields are guarded by Broker.mu; io serialises the store writes
 // of refreshes, pending-write retries and Store for the project.
@@ -296,7 +300,9 @@ func (b *Broker) Credential(ctx context.Context, p project.Project, force bool) 
 		b.startLocked(e, p, force)
 	}
 	f := e.flight
+	b.waiting.Add(1)
 	b.mu.Unlock()
+	defer b.waiting.Add(-1)
 
 	select {
 	case <-f.done:

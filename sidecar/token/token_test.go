@@ -382,8 +382,14 @@ func TestSingleFlight(t *testing.T) {
 		}()
 	}
 	recv(t, arrived, "the refresh at the identity provider")
+	// Release the identity provider only when every caller waits on the one refresh: a caller
+	// that arrived after it would find the new token cached and not wait.
+	waitFor(t, "100 callers waiting for the refresh", func() bool { return b.Waiting() == 100 })
 	release()
 	wg.Wait()
+	if n := b.Waiting(); n != 0 {
+		t.Fatalf("%d callers still counted as waiting after the refresh", n)
+	}
 	for i := range 100 {
 		if errs[i] != nil {
 			t.Fatalf("caller %d: %v", i, errs[i])
