@@ -19,18 +19,23 @@ var errStoreNotOpen = errors.New("the store is not open yet")
 // pendingStore lets Postern start while its store (Vault) is unreachable: until the store opens in
 // the background, every call fails, so lookups answer 4xx and mail waits in Postfix's queue.
 type pendingStore struct {
-	s atomic.Pointer[store.Store]
+	s      atomic.Pointer[store.Store]
+	opened chan struct{} // closed when s is set
 }
 
 var _ store.Store = (*pendingStore)(nil)
 
 // openStore opens the configured store. The file store opens at once or fails; Vault is opened
 // in the background, retrying until ctx ends, and the returned store answers errors until then.
-func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store.Store, error) {
+// opened is closed once the store is open.
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (st store.Store, opened <-chan struct{}, err error) {
 	if cfg.Store.Vault == nil {
-		return cli.OpenStoreLogged(ctx, cfg, log)
+		st, err = cli.OpenStoreLogged(ctx, cfg, log)
+		done := make(chan struct{})
+		close(done)
+		return st, done, err
 	}
-	p := &pendingStore{}
+	p := &pendingStore{opened: make(chan struct{})}
 	go func() {
 		s, err := cli.OpenStoreLogged(ctx, cfg, log) // vault.New retries until ctx ends
 		if err != nil {
@@ -40,9 +45,10 @@ func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (store
 			return
 		}
 		p.s.Store(&s)
+		close(p.opened)
 		log.Info("Vault store open", "address", cfg.Store.Vault.Address)
 	}()
-	return p, nil
+	return p, p.opened, nil
 }
 
 func (p *pendingStore) get() (store.Store, error) {

@@ -27,6 +27,9 @@ import (
 	"github.com/postern/postern/sidecar/upstream"
 )
 
+// storeOpenWait is how long Run waits for Vault's sign-in before the first load of the projects.
+const storeOpenWait = 2 * time.Second
+
 // Run is `postern serve`: it opens the store, loads the projects, starts every configured listener
 // and serves until ctx ends. Shutdown is ordered: the lookup and milter listeners and the mail
 // listeners stop accepting, transactions in flight finish (bounded), then the upstream
@@ -35,16 +38,31 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
-	st, err := openStore(ctx, cfg, log.With("component", "store"))
+	st, opened, err := openStore(ctx, cfg, log.With("component", "store"))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
 	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, Logger: log.With("component", "directory")})
+	// Signing in to Vault takes milliseconds when it answers: give it a moment, so that the first
+	// load finds the store open. When it does not answer, serve anyway (lookups answer 4xx and
+	// mail waits in Postfix's queue) and load as soon as the store opens.
+	select {
+	case <-opened:
+	case <-time.After(storeOpenWait):
+	case <-ctx.Done():
+	}
 	if err := dir.Load(ctx); err != nil {
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
+		go func(ctx context.Context) {
+			select {
+			case <-opened:
+				_ = dir.Load(ctx) // the directory logs the outcome
+			case <-ctx.Done():
+			}
+		}(ctx)
 	}
 	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
 	creds, closeCreds := newCredentials(ctx, cfg, st, log)

@@ -30,6 +30,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ const (
 	DefaultRetryMax                = time.Minute
 	DefaultPollInterval            = 5 * time.Second
 )
+
+// idleConnsPerHost is how many idle connections to Vault the client keeps for reuse.
+const idleConnsPerHost = 16
 
 // Method is how the client signs in to Vault.
 type Method string
@@ -199,6 +203,11 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		stats:    &counters{},
 	}
 	c.setDefaults()
+	if tr, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
+		// The store reads up to eight records at a time in a full scan; without idle connections
+		// to spare, each of those reads would open a new connection (and TLS session).
+		tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, idleConnsPerHost)
+	}
 	cfg.HttpClient.Transport = &countingTransport{next: cfg.HttpClient.Transport, mount: c.mount, c: c.stats}
 	ac, err := api.NewClient(cfg)
 	if err != nil {

@@ -27,7 +27,9 @@
 //     introspection endpoint. Measure path A with XOAUTH2 and count refreshes and deliveries that
 //     waited for one.
 //  6. Write 10,000 projects into a file store with package filestore, start Postern on it and
-//     measure start-up until /readyz, resident memory and the socketmap round trip.
+//     measure start-up until /readyz, resident memory and the socketmap round trip. With Vault
+//     (Options.Vault), write them into Vault too (vaultstore.PutProjects), start Postern on it
+//     through a counting proxy, and measure start-up, memory and one full scan.
 //  7. Summarise: a table on stdout, results.json and a PNG chart of throughput against
 //     concurrency.
 package bench
@@ -215,6 +217,14 @@ func Run(r *Runner, opts Options) *Results {
 		r.Logf("start-up %.2fs, RSS %.1f MB, socketmap %.0f µs", s.StartupSeconds, s.RSSMB, s.SocketmapMeanMicro)
 		scale.Close()
 		res.Scale = &s
+		if opts.Vault {
+			r.Step("scale: %d projects in Vault", opts.Projects)
+			scale := r.Sub()
+			vs := RunScaleVault(scale, VaultScaleOptions{Bin: opts.Bin, Projects: opts.Projects, FullScanInterval: 15 * time.Second})
+			r.Logf("full scan %.1fs (%d requests), RSS %.1f MB after it", vs.FullScanSeconds, vs.FullScanRequests, vs.AfterScanRSSMB)
+			scale.Close()
+			res.ScaleVault = &vs
+		}
 	}
 
 	if opts.GoBench != "" {

@@ -27,7 +27,9 @@ type Results struct {
 	XOAUTH2 *XOAUTH2Result `json:"xoauth2,omitempty"`
 	Store   StoreReads     `json:"store_reads"`
 	Scale   *ScaleResult   `json:"scale,omitempty"`
-	GoBench []GoBench      `json:"go_benchmarks,omitempty"`
+	// ScaleVault is the same number of projects in Vault (with -vault).
+	ScaleVault *VaultScaleResult `json:"scale_vault,omitempty"`
+	GoBench    []GoBench         `json:"go_benchmarks,omitempty"`
 	// Profiles are CPU profiles of Postern under load (path A), beside results.json.
 	Profiles []Profile `json:"postern_profiles,omitempty"`
 	Targets  []Target  `json:"targets"`
@@ -243,6 +245,10 @@ func (res *Results) Evaluate() {
 		res.Targets = append(res.Targets, Target{Name: fmt.Sprintf("resident memory with %d projects", s.Projects), Goal: "<= 100 MB",
 			Value: fmt.Sprintf("%.1f MB (peak %.1f MB)", s.RSSMB, s.PeakRSSMB), Met: s.RSSMB <= 100})
 	}
+	if s := res.ScaleVault; s != nil {
+		res.Targets = append(res.Targets, Target{Name: fmt.Sprintf("resident memory with %d projects in Vault", s.Projects), Goal: "<= 100 MB",
+			Value: fmt.Sprintf("%.1f MB after a full scan (peak %.1f MB)", s.AfterScanRSSMB, s.PeakRSSMB), Met: s.AfterScanRSSMB <= 100})
+	}
 }
 
 func sizeLabel(size int) string {
@@ -313,6 +319,15 @@ func (res *Results) PrintTable(w io.Writer) {
 			s.SocketmapMeanMicro, s.SocketmapP99Micro, s.SocketmapLookups)
 		fmt.Fprintf(w, "  socketmap round trip, unknown senders: mean %.0f µs, p99 %.0f µs (%d lookups); one that triggers a reload of every project waits %.0f ms\n",
 			s.MissMeanMicro, s.MissP99Micro, s.MissLookups, s.MissReloadMillis)
+	}
+	if s := res.ScaleVault; s != nil {
+		fmt.Fprintf(w, "\nScale, %d projects in Vault (written with vaultstore.PutProjects in %.1fs):\n", s.Projects, s.WriteSeconds)
+		fmt.Fprintf(w, "  start-up to /readyz with every project loaded %.2fs (%d requests to Vault: the index, the list, one read per project); RSS %.1f MB\n",
+			s.StartupSeconds, s.StartupRequests, s.RSSMB)
+		fmt.Fprintf(w, "  a full scan (every %.0fs here; full_scan_interval, default 1m): %d requests in %.2fs (one metadata read per project), %d records read again;\n",
+			s.FullScanIntervalSeconds, s.FullScanRequests, s.FullScanSeconds, s.FullScanRecordReads)
+		fmt.Fprintf(w, "  from ready to the end of that scan (%.0fs): %d requests, Postern CPU %.2fs; RSS after it %.1f MB (peak %.1f MB)\n",
+			s.WindowSeconds, s.WindowRequests, s.WindowCPUSeconds, s.AfterScanRSSMB, s.PeakRSSMB)
 	}
 	if len(res.GoBench) > 0 {
 		fmt.Fprintf(w, "\nGo benchmarks (median of runs; full output in go-bench.txt):\n")

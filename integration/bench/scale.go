@@ -61,15 +61,8 @@ type ScaleResult struct {
 // scaleSender is the address of project i.
 func scaleSender(i int) string { return fmt.Sprintf("noreply@p%05d.example", i) }
 
-// WriteProjects writes n projects into a new file store at path (key at keyFile) through the
-// filestore package, as `postern project add` would store them, in one PutProjects call: one
-// rewrite of the store's file for all of them.
-func WriteProjects(ctx context.Context, path, keyFile string, n int) error {
-	st, err := filestore.Open(ctx, filestore.Options{Path: path, KeyFile: keyFile, Create: true})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+// scaleProjects returns n projects, each with its own sender, domain, upstream port and password.
+func scaleProjects(n int) []project.Project {
 	ps := make([]project.Project, n)
 	for i := range ps {
 		ps[i] = project.Project{
@@ -85,7 +78,19 @@ func WriteProjects(ctx context.Context, path, keyFile string, n int) error {
 			},
 		}
 	}
-	if _, err := st.PutProjects(ctx, ps); err != nil {
+	return ps
+}
+
+// WriteProjects writes n projects into a new file store at path (key at keyFile) through the
+// filestore package, as `postern project add` would store them, in one PutProjects call: one
+// rewrite of the store's file for all of them.
+func WriteProjects(ctx context.Context, path, keyFile string, n int) error {
+	st, err := filestore.Open(ctx, filestore.Options{Path: path, KeyFile: keyFile, Create: true})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := st.PutProjects(ctx, scaleProjects(n)); err != nil {
 		return fmt.Errorf("writing %d projects: %w", n, err)
 	}
 	return nil
@@ -121,41 +126,9 @@ func RunScale(r harness.T, opts ScaleOptions) ScaleResult {
 	}
 	r.Logf("wrote %d projects (%d bytes) in %.1fs", opts.Projects, res.StoreBytes, res.StoreWriteSeconds)
 
-	p, err := harness.NewPostern(harness.PosternOptions{
-		Bin: opts.Bin, Dir: filepath.Join(dir, "postern"), LogLevel: "info",
-		Store: fmt.Sprintf("  file: {path: %s, key_file: %s}", storePath, keyFile),
-	})
-	if err != nil {
-		r.Fatalf("%v", err)
-	}
-	if err := productionReload(p); err != nil {
-		r.Fatalf("%v", err)
-	}
-	r.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			r.Logf("stopping postern: %v", err)
-		}
-	})
-	began = time.Now()
-	if err := p.Start(ctx); err != nil {
-		r.Fatalf("%v", err)
-	}
-	want := float64(opts.Projects)
-	err = pollUntil(ctx, 10*time.Millisecond, func() bool {
-		if _, err := p.Get(ctx, "/readyz"); err != nil {
-			return false
-		}
-		m, err := p.Get(ctx, "/metrics")
-		if err != nil {
-			return false
-		}
-		n, ok := harness.MetricValue(m, "postern_projects")
-		return ok && n == want
-	})
-	if err != nil {
-		r.Fatalf("waiting for postern to be ready with %d projects: %v\n%s", opts.Projects, err, p.Log())
-	}
-	res.StartupSeconds = time.Since(began).Seconds()
+	p, startup := startScalePostern(ctx, r, opts.Bin, filepath.Join(dir, "postern"),
+		fmt.Sprintf("  file: {path: %s, key_file: %s}", storePath, keyFile), opts.Projects)
+	res.StartupSeconds = startup.Seconds()
 
 	lat, err := socketmapLatency(ctx, p.SocketmapSocket, opts.Lookups, func(int) (string, bool) {
 		return scaleSender(rand.IntN(opts.Projects)), true
@@ -282,4 +255,31 @@ func procCPU(pid int) (float64, error) {
 	}
 	const clkTck = 100 // USER_HZ on Linux
 	return (ut + st) / clkTck, nil
+}
+
+// startScalePostern starts Postern in dir on the store that storeYAML configures, with the
+// production reload interval, and returns it once it is ready with n projects, with the time
+// that took from its start.
+func startScalePostern(ctx context.Context, r harness.T, bin, dir, storeYAML string, n int) (*harness.Postern, time.Duration) {
+	r.Helper()
+	p, err := harness.NewPostern(harness.PosternOptions{Bin: bin, Dir: dir, LogLevel: "info", Store: storeYAML})
+	if err != nil {
+		r.Fatalf("%v", err)
+	}
+	if err := productionReload(p); err != nil {
+		r.Fatalf("%v", err)
+	}
+	r.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			r.Logf("stopping postern: %v", err)
+		}
+	})
+	began := time.Now()
+	if err := p.Start(ctx); err != nil {
+		r.Fatalf("%v", err)
+	}
+	if err := waitProjects(ctx, p, n); err != nil {
+		r.Fatalf("waiting for postern to be ready with %d projects: %v\n%s", n, err, p.Log())
+	}
+	return p, time.Since(began)
 }

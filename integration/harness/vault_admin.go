@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -202,6 +203,13 @@ type VaultProxy struct {
 
 	mu     sync.Mutex
 	counts map[string]int
+	times  []ProxiedRequest
+}
+
+// ProxiedRequest is one request that passed through a VaultProxy.
+type ProxiedRequest struct {
+	At  time.Time
+	Key string // method and path, as Counts has them
 }
 
 // StartVaultProxy starts a counting proxy in front of v and stops it at cleanup.
@@ -217,6 +225,9 @@ func StartVaultProxy(t T, v *Vault) *VaultProxy {
 	}
 	p := &VaultProxy{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), counts: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(target)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64 // as many as Postern's client keeps: the proxy must not add connections
+	rp.Transport = tr
 	srv := &http.Server{
 		Addr:              fmt.Sprintf("127.0.0.1:%d", port),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -227,6 +238,7 @@ func StartVaultProxy(t T, v *Vault) *VaultProxy {
 			}
 			p.mu.Lock()
 			p.counts[key]++
+			p.times = append(p.times, ProxiedRequest{At: time.Now(), Key: key})
 			p.mu.Unlock()
 			rp.ServeHTTP(w, r)
 		}),
@@ -249,4 +261,12 @@ func (p *VaultProxy) Counts() map[string]int {
 		out[k] = n
 	}
 	return out
+}
+
+// Requests returns the requests made since t, oldest first.
+func (p *VaultProxy) Requests(since time.Time) []ProxiedRequest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(p.times, since, func(r ProxiedRequest, t time.Time) int { return r.At.Compare(t) })
+	return slices.Clone(p.times[i:])
 }

@@ -7,7 +7,8 @@
 #      LMTP delivery ($out/profile-lmtp-delivery.txt),
 #   3. runs integration/bench/cmd/postern-bench: real Postfix fed by Postfix's smtp-source,
 #      Postern, Postfix's own SMTP client (with and without its TLS session cache) and its plain
-#      relay into a fast Go sink; XOAUTH2 with a real OAuth 2.0 server; 10,000 projects; CPU
+#      relay into a fast Go sink; XOAUTH2 with a real OAuth 2.0 server; 10,000 projects (in the
+#      file store, and in Vault when the Vault dev server is built); CPU
 #      profiles of Postern itself under load (debug.pprof). It prints the table and writes $out/results.json, $out/chart.png and
 #      $out/postern-cpu-{1KB,100KB}.pprof (summarised in .txt beside them).
 # Needs root, Go, and what `make bench-deps` installs (Postfix with smtp-source; the OAuth

@@ -46,6 +46,7 @@ const (
 	DefaultMinReloadGap = 2 * time.Second
 	DefaultMissWait     = 2 * time.Second
 	DefaultLoadTimeout  = 30 * time.Second
+	DefaultRetryMin     = time.Second
 )
 
 // Options tune a Directory. The zero value is ready to use.
@@ -61,6 +62,10 @@ type Options struct {
 	// LoadTimeout bounds one read of the store started by Run or by a lookup. Zero means
 	// DefaultLoadTimeout.
 	LoadTimeout time.Duration
+	// RetryMin is how long Run waits before trying again when a reload failed and no projects
+	// are cached (mail waits meanwhile); the wait doubles with each failure up to Interval. Zero
+	// means DefaultRetryMin.
+	RetryMin time.Duration
 	// Logger receives reload errors, conflicts and changes. Nil discards.
 	Logger *slog.Logger
 	// Now is the clock. Nil means time.Now.
@@ -79,6 +84,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.LoadTimeout <= 0 {
 		o.LoadTimeout = DefaultLoadTimeout
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = DefaultRetryMin
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -136,22 +144,40 @@ func (d *Directory) Load(ctx context.Context) error {
 }
 
 // Run reloads every Options.Interval until ctx ends, then returns ctx's error. It does not load at
-// once: call Load first.
+// once: call Load first. While no projects are cached and the last read failed (the store was
+// down at start), it tries again sooner: after Options.RetryMin, doubling up to Interval.
 func (d *Directory) Run(ctx context.Context) error {
-	ticker := time.NewTicker(d.opts.Interval)
-	defer ticker.Stop()
+	retry := d.opts.RetryMin
+	timer := time.NewTimer(d.nextWait(&retry))
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-ticker.C:
+		case <-timer.C:
 			select {
 			case <-d.startReload(ctx, false):
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			timer.Reset(d.nextWait(&retry))
 		}
 	}
+}
+
+// nextWait is the time until Run's next reload: Interval, or while nothing is cached after a
+// failed read, *retry, which then doubles up to Interval.
+func (d *Directory) nextWait(retry *time.Duration) time.Duration {
+	d.mu.Lock()
+	failed := d.lastErr != ""
+	d.mu.Unlock()
+	if !failed || d.snap.Load() != nil {
+		*retry = d.opts.RetryMin
+		return d.opts.Interval
+	}
+	wait := min(*retry, d.opts.Interval)
+	*retry = min(2**retry, d.opts.Interval)
+	return wait
 }
 
 // Lookup returns the project serving sender. found is false when no project serves it; err is

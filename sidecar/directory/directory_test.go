@@ -404,3 +404,40 @@ func TestNullSenderNeverReloads(t *testing.T) {
 		t.Fatalf("null-sender lookups caused %d store reads, want none", got-1)
 	}
 }
+
+// TestRunRetriesSoonWhileNothingIsCached: a store that was down at start is read again after
+// RetryMin (doubling), not a whole Interval later; once projects are cached, Interval applies.
+func TestRunRetriesSoonWhileNothingIsCached(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Options{Interval: time.Hour, RetryMin: time.Millisecond})
+	f.store.set(nil, errors.New("vault is sealed"))
+	if err := f.dir.Load(t.Context()); err == nil {
+		t.Fatal("Load succeeded")
+	}
+	entered := make(chan struct{})
+	f.store.entered = entered
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go func() { _ = f.dir.Run(ctx) }()
+	for range 3 {
+		select {
+		case <-entered: // a retry, long before the hour is up
+		case <-time.After(20 * time.Second):
+			t.Fatal("no retry while nothing is cached")
+		}
+	}
+	f.store.set([]project.Project{proj("client-a", true, "@client-a.example")}, nil)
+	select {
+	case <-entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no retry after the store came back")
+	}
+	for ok, _ := f.dir.Ready(); !ok; ok, _ = f.dir.Ready() {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-entered:
+		t.Fatal("read again after a successful load, before Interval")
+	case <-time.After(100 * time.Millisecond):
+	}
+}
