@@ -151,7 +151,7 @@ func TestFullScanInParallel(t *testing.T) {
 			mu.Unlock()
 			select {
 			case <-gate:
-			case <-time.After(5 * time.Second):
+			case <-time.After(15 * time.Second):
 				mu.Lock()
 				if !open {
 					timedOut = true

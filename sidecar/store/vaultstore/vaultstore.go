@@ -619,31 +619,29 @@ func (s *Store) apply(next map[string]entry, name string, rec record) {
 const scanWorkers = 8
 
 // parallel calls fn for every i in [0, n), at most scanWorkers at a time. The first error stops
-// the calls not yet started and is returned.
+// the calls not yet started and is returned; calls under way finish, so that a write Vault made is
+// never reported as not made.
 func parallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var (
-		next  atomic.Int64
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
+		next    atomic.Int64
+		stopped atomic.Bool
+		wg      sync.WaitGroup
+		once    sync.Once
+		first   error
 	)
 	for range min(scanWorkers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
+		wg.Go(func() {
+			for !stopped.Load() && ctx.Err() == nil {
 				i := int(next.Add(1)) - 1
 				if i >= n {
 					return
 				}
 				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
+					once.Do(func() { first = err; stopped.Store(true) })
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if first != nil {
