@@ -84,10 +84,10 @@ func (o *Options) defaults() {
 		o.Rounds = 3
 	}
 	if o.Counts == nil {
-		o.Counts = map[int]int{1024: 800, 100 * 1024: 300}
+		o.Counts = map[int]int{1024: 800, 100 * 1024: 500}
 	}
 	if o.CountsAtOne == nil {
-		o.CountsAtOne = map[int]int{1024: 200, 100 * 1024: 100}
+		o.CountsAtOne = map[int]int{1024: 400, 100 * 1024: 250}
 	}
 	if o.Projects == 0 {
 		o.Projects = 10000
