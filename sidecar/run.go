@@ -46,8 +46,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, Logger: log.With("component", "directory")})
 	// Signing in to Vault takes milliseconds when it answers: give it a moment, so that the first
-	// load finds the store open. When it does not answer, serve anyway (lookups answer 4xx and
-	// mail waits in Postfix's queue) and load as soon as the store opens.
+	// load finds the store open. When it does not answer, serve anyway: lookups answer 4xx, mail
+	// waits in Postfix's queue, and the directory tries again soon (directory.Options.RetryMin).
 	select {
 	case <-opened:
 	case <-time.After(storeOpenWait):
@@ -56,13 +56,6 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := dir.Load(ctx); err != nil {
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
-		go func(ctx context.Context) {
-			select {
-			case <-opened:
-				_ = dir.Load(ctx) // the directory logs the outcome
-			case <-ctx.Done():
-			}
-		}(ctx)
 	}
 	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
 	creds, closeCreds := newCredentials(ctx, cfg, st, log)

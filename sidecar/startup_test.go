@@ -18,8 +18,8 @@ import (
 )
 
 // TestRunLoadsAsSoonAsVaultOpens starts `postern serve` on a Vault store with a reload interval
-// of an hour: the projects are loaded when the sign-in to Vault completes, not an interval later,
-// both when Vault answers at once and when it answers only after Postern started serving.
+// of an hour: the projects are loaded once Vault answers, not an interval later, both when Vault
+// answers at once (the first load succeeds) and when it answers only after Postern started serving.
 func TestRunLoadsAsSoonAsVaultOpens(t *testing.T) {
 	t.Parallel()
 	for _, down := range []bool{false, true} {

@@ -89,7 +89,7 @@ func RunScaleVault(r harness.T, opts VaultScaleOptions) VaultScaleResult {
 	p, startup := startScalePostern(ctx, r, opts.Bin, filepath.Join(dir, "postern"),
 		fmt.Sprintf("  vault:\n    address: %s\n    full_scan_interval: %s\n    auth:\n      token_file: %s",
 			proxy.Addr, opts.FullScanInterval, tokenFile), opts.Projects)
-	ready := began.Add(startup)
+	ready := time.Now()
 	res.StartupSeconds = startup.Seconds()
 	res.StartupRequests = len(proxy.Requests(began))
 	pid := p.PID()

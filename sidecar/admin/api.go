@@ -175,7 +175,7 @@ func (a *projectAPI) put(w http.ResponseWriter, r *http.Request) {
 		in.Name = name
 	}
 	problems = append(problems, markProblems(in)...)
-	in.Senders, in.SendAs = normalize(in.Senders), normalize(in.SendAs)
+	in.Senders, in.SendAs = project.NormalizeSenders(in.Senders), project.NormalizeSenders(in.SendAs)
 
 	for attempt := 1; ; attempt++ {
 		old, err := a.st.Project(r.Context(), name)
@@ -473,49 +473,8 @@ func markProblems(p project.Project) []error {
 	return errs
 }
 
-func normalize(list []string) []string {
-	if len(list) == 0 {
-		return list
-	}
-	out := make([]string, len(list))
-	for i, s := range list {
-		out[i] = project.NormalizeSender(s)
-	}
-	return out
-}
-
-// projectJSON is p as its ordinary JSON (which carries no secrets), with its version and each
-// secret shown as "[set]" or "[not set]", as `postern project show --json` shows it.
-func projectJSON(p project.Project) (map[string]any, error) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	var obj map[string]any
-	if err := json.Unmarshal(b, &obj); err != nil {
-		return nil, err
-	}
-	obj["version"] = p.Version
-	if auth, ok := obj["auth"].(map[string]any); ok {
-		if p.Auth.Type == project.AuthBasic || !p.Auth.Password.IsZero() {
-			auth["password"] = setOrNot(p.Auth.Password)
-		}
-		if o, ok := auth["oauth"].(map[string]any); ok && p.Auth.OAuth != nil {
-			o["client_secret"] = setOrNot(p.Auth.OAuth.ClientSecret)
-		}
-	}
-	return obj, nil
-}
-
-func setOrNot(s secret.Secret) string {
-	if s.IsZero() {
-		return "[not set]"
-	}
-	return "[set]"
-}
-
 func writeProject(w http.ResponseWriter, code int, p project.Project) {
-	obj, err := projectJSON(p)
+	obj, err := project.PublicMap(p)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "encoding the project: "+err.Error())
 		return

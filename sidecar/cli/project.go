@@ -183,10 +183,10 @@ func (f *projectFlags) apply(fs *flagSet, p *project.Project, isNew bool) []erro
 	set := func(name string) bool { return isNew || given[name] }
 
 	if set("sender") {
-		p.Senders = normalize(f.senders)
+		p.Senders = project.NormalizeSenders(f.senders)
 	}
 	if set("send-as") {
-		p.SendAs = normalize(f.sendAs)
+		p.SendAs = project.NormalizeSenders(f.sendAs)
 	}
 	if set("host") {
 		p.Upstream.Host = strings.TrimSpace(f.host)
@@ -412,17 +412,6 @@ func nextStep(p project.Project, signInURL string) string {
 		s += fmt.Sprintf(" (the app registration's redirect URI must be %s/signin/callback)", signInURL)
 	}
 	return s
-}
-
-func normalize(list []string) []string {
-	if len(list) == 0 {
-		return nil
-	}
-	out := make([]string, len(list))
-	for i, s := range list {
-		out[i] = project.NormalizeSender(s)
-	}
-	return out
 }
 
 // readCAFile reads a PEM file and checks that it holds at least one certificate.
@@ -789,13 +778,6 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func setOrNot(s secret.Secret) string {
-	if s.IsZero() {
-		return "[not set]"
-	}
-	return "[set]"
-}
-
 func runProjectShow(ctx context.Context, a *App, args []string) int {
 	fs := a.newFlagSet("project show", "NAME", "Show every setting of a project. Secrets show as [set] or [not set], never their value.")
 	load := a.configFlag(fs)
@@ -876,7 +858,7 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 	row("username", p.Auth.Username)
 	switch p.Auth.Type {
 	case project.AuthBasic:
-		row("password", setOrNot(p.Auth.Password))
+		row("password", project.SecretMark(p.Auth.Password))
 		row("mechanism", orDefault(p.Auth.Mechanism, "(the server's, PLAIN first)"))
 	case project.AuthPlugin:
 		if pa := p.Auth.Plugin; pa != nil {
@@ -898,7 +880,7 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			}
 			row("oauth grant", orDefault(o.Grant, "authorization_code"))
 			row("oauth client id", o.ClientID)
-			row("oauth client secret", setOrNot(o.ClientSecret))
+			row("oauth client secret", project.SecretMark(o.ClientSecret))
 			row("oauth scopes", orDefault(strings.Join(o.Scopes, " "), "(the provider's)"))
 			for _, e := range []struct{ k, v string }{{"oauth auth url", o.AuthURL}, {"oauth token url", o.TokenURL}, {"oauth device url", o.DeviceURL}, {"oauth revocation url", o.RevocationURL}, {"oauth issuer", o.Issuer}} {
 				if e.v != "" {
@@ -915,11 +897,11 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			}
 			row("token state", state)
 			row("token account", tok.Account)
-			row("access token", setOrNot(tok.AccessToken))
+			row("access token", project.SecretMark(tok.AccessToken))
 			if !tok.Expiry.IsZero() {
 				row("access token expiry", tok.Expiry.Format(time.RFC3339))
 			}
-			row("refresh token", setOrNot(tok.RefreshToken))
+			row("refresh token", project.SecretMark(tok.RefreshToken))
 			row("refreshed by", tok.RefreshedBy)
 			if !tok.UpdatedAt.IsZero() {
 				row("token updated", tok.UpdatedAt.Format(time.RFC3339))
@@ -944,48 +926,22 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 	tw.Flush()
 }
 
-// showJSON is the project as its ordinary JSON (which carries no secrets) with each secret added as
-// "[set]" or "[not set]", the version, and for OAuth projects the token record, redacted the same way.
+// showJSON is the project as project.PublicMap shows it and, for OAuth projects, the token record
+// redacted the same way.
 func showJSON(p project.Project, tok *project.Token) ([]byte, error) {
-	obj, err := toMap(p)
+	obj, err := project.PublicMap(p)
 	if err != nil {
 		return nil, err
-	}
-	obj["version"] = p.Version
-	if auth, ok := obj["auth"].(map[string]any); ok {
-		if p.Auth.Type == project.AuthBasic || !p.Auth.Password.IsZero() {
-			auth["password"] = setOrNot(p.Auth.Password)
-		}
-		if o, ok := auth["oauth"].(map[string]any); ok && p.Auth.OAuth != nil {
-			o["client_secret"] = setOrNot(p.Auth.OAuth.ClientSecret)
-		}
 	}
 	if p.Auth.Type == project.AuthOAuth2 {
 		obj["token"] = nil
 		if tok != nil {
-			t, err := toMap(*tok)
-			if err != nil {
+			if obj["token"], err = project.PublicTokenMap(*tok); err != nil {
 				return nil, err
 			}
-			t["access_token"] = setOrNot(tok.AccessToken)
-			t["refresh_token"] = setOrNot(tok.RefreshToken)
-			t["version"] = tok.Version
-			obj["token"] = t
 		}
 	}
 	return json.MarshalIndent(obj, "", "  ")
-}
-
-func toMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, err
-	}
-	return m, nil
 }
 
 func runProjectRemove(ctx context.Context, a *App, args []string) int {
