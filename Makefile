@@ -4,7 +4,7 @@ BIN       ?= bin/postern
 GOFLAGS_T ?= -race -count=1
 PKGS      := ./...
 
-.PHONY: all build test test-unit test-integration vet fmt-check deps ci-deps bench-deps demo bench clean
+.PHONY: all build test test-unit test-integration check vet staticcheck tidy-check fmt-check deps ci-deps bench-deps demo bench clean
 
 all: build
 
@@ -13,7 +13,11 @@ build:
 
 ## test: everything — formatting, vet, unit tests and the integration suite against real Postfix,
 ## Dovecot, Vault and an OAuth2 server (installed by `make deps` on a fresh machine).
-test: fmt-check vet test-unit test-integration
+test: check test-unit test-integration
+
+## check: the static checks CI runs before any test: gofmt, go vet (also with the integration tag),
+## staticcheck (both ways) and `go mod tidy -diff` for every module of the repository.
+check: fmt-check vet staticcheck tidy-check
 
 test-unit:
 	$(GO) test $(GOFLAGS_T) $(PKGS)
@@ -24,6 +28,20 @@ test-integration: deps
 vet:
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags integration ./integration/...
+
+STATICCHECK_VERSION ?= 2026.2.2
+STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
+
+$(STATICCHECK):
+	GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) $(PKGS)
+	$(STATICCHECK) -tags integration ./integration/...
+
+tidy-check:
+	$(GO) mod tidy -diff
+	cd integration/vaultdev && GOWORK=off $(GO) mod tidy -diff
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -303,6 +303,7 @@ func TestSecretNeverPrints(t *testing.T) {
 		"%v":   fmt.Sprintf("%v", c),
 		"%+v":  fmt.Sprintf("%+v", c),
 		"%#v":  fmt.Sprintf("%#v", c),
+		//lint:ignore S1025 the test is of the %s verb itself
 		"%s":   fmt.Sprintf("%s", c.Secret),
 		"slog": logs.String(),
 		"text": string(text),

@@ -110,7 +110,7 @@ func transact(ctx context.Context, addr, helo string, m *Mail) (Transaction, err
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
-		if tx.Data, ok, err = replyOf(err); err != nil {
+		if tx.Data, _, err = replyOf(err); err != nil {
 			return tx, fmt.Errorf("ending DATA at %s: %w", addr, err)
 		}
 		_ = cl.Quit()

@@ -25,6 +25,7 @@ func TestSecretNeverPrints(t *testing.T) {
 
 	outputs := map[string]string{
 		"%v":   fmt.Sprintf("%v", s),
+		//lint:ignore S1025 the test is of the %s verb itself
 		"%s":   fmt.Sprintf("%s", s),
 		"%+v":  fmt.Sprintf("%+v", h),
 		"%#v":  fmt.Sprintf("%#v", h),
