@@ -2,9 +2,12 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/textproto"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -75,3 +78,53 @@ func TestReplyLimit(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
+// readAll reads every reply of in with textproto, through a replyLimit when limited, one byte at
+// a time when byByte, and describes what it read.
+func readAll(in []byte, limited, byByte bool) (replies []string, tripped bool) {
+	var l replyLimit
+	var src io.Reader = bytes.NewReader(in)
+	if byByte {
+		src = iotest.OneByteReader(src)
+	}
+	tp := textproto.NewReader(bufio.NewReader(readerFunc(func(b []byte) (int, error) {
+		n, err := src.Read(b)
+		if !limited {
+			return n, err
+		}
+		return l.check(b[:n], err)
+	})))
+	for {
+		code, msg, err := tp.ReadResponse(0)
+		if l.err != nil {
+			return replies, true
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return replies, false
+		}
+		replies = append(replies, fmt.Sprintf("%d %q %v", code, msg, err))
+	}
+}
+
+// The limit changes nothing in what textproto reads of replies within it, however the bytes
+// arrive, and trips alike however they arrive.
+func FuzzReplyLimit(f *testing.F) {
+	f.Add([]byte("220 ready\r\n250-a\r\n250-b\r\n250 c\r\n"))
+	f.Add([]byte("250-a\r\n999 b\r\n250\r\n250 c\n"))
+	f.Add([]byte(strings.Repeat("250-x\r\n", maxReplyLines+1) + "250 y\r\n"))
+	f.Add([]byte("220 " + strings.Repeat("x", maxReplyLine)))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		plain, _ := readAll(in, false, false)
+		whole, trippedWhole := readAll(in, true, false)
+		_, trippedByByte := readAll(in, true, true)
+		if trippedWhole != trippedByByte {
+			t.Fatalf("tripped %v read whole, %v read by byte", trippedWhole, trippedByByte)
+		}
+		if !trippedWhole && !slices.Equal(plain, whole) {
+			t.Fatalf("within the limit, read %q, without it %q", whole, plain)
+		}
+		if len(in) <= maxReplyLine && bytes.Count(in, []byte("\n")) < maxReplyLines && trippedWhole {
+			t.Fatalf("tripped on %d bytes", len(in))
+		}
+	})
+}
