@@ -4,13 +4,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/postern/postern/sidecar/config"
 )
 
 // listen opens addr: a unix socket when it is a path (starts with '/' or "unix:"), else a
@@ -83,4 +89,135 @@ func setSocketAccess(path, group string, mode fs.FileMode) error {
 		return fmt.Errorf("setting mode of %s: %w", path, err)
 	}
 	return nil
+}
+
+// guardedListener is what every server of Postern accepts from. It caps the connections open at
+// once: at the cap, Accept waits for one to close, and a new connection waits in the kernel's
+// listen queue meanwhile, holding none of Postern's file descriptors. And it retries a failed
+// accept (out of file descriptors, a connection aborted in the queue) after 5 ms, doubling to 1 s
+// as net/http does, so that no server ever stops for it: Accept fails only once the listener is
+// closed.
+type guardedListener struct {
+	net.Listener
+	name  string
+	max   int
+	log   *slog.Logger
+	slots chan struct{} // one per open connection, and one for an Accept under way
+	done  chan struct{} // closed by Close
+	once  sync.Once
+
+	conns    atomic.Int64 // open connections
+	full     atomic.Int64 // times Accept found every slot taken
+	failures atomic.Int64 // failed accepts, retried
+}
+
+func guardListener(l net.Listener, name string, limit int, log *slog.Logger) *guardedListener {
+	return &guardedListener{Listener: l, name: name, max: limit, log: log, slots: make(chan struct{}, limit), done: make(chan struct{})}
+}
+
+func (l *guardedListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		l.full.Add(1)
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.done:
+			return nil, l.closedError()
+		}
+	}
+	var delay time.Duration
+	for {
+		nc, err := l.Listener.Accept()
+		if err == nil {
+			l.conns.Add(1)
+			return &guardedConn{Conn: nc, l: l}, nil
+		}
+		if errors.Is(err, net.ErrClosed) {
+			<-l.slots
+			return nil, err
+		}
+		l.failures.Add(1)
+		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		l.log.Warn("accepting a connection failed; retrying", "server", l.name, "err", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-l.done:
+			<-l.slots
+			return nil, l.closedError()
+		}
+	}
+}
+
+func (l *guardedListener) closedError() error {
+	return &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+}
+
+func (l *guardedListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// open is the number of connections open now.
+func (l *guardedListener) open() int { return int(l.conns.Load()) }
+
+// guardedConn gives its slot back when it closes.
+type guardedConn struct {
+	net.Conn
+	l    *guardedListener
+	once sync.Once
+}
+
+func (c *guardedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.conns.Add(-1)
+		<-c.l.slots
+	})
+	return err
+}
+
+// raiseFileLimit raises the soft limit of open files to the hard limit (Go's runtime does so
+// itself on Linux; this covers the rest and says what the limit is), and warns when it is below
+// need.
+func raiseFileLimit(log *slog.Logger, need uint64) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.Warn("reading the limit of open files", "err", err)
+		return
+	}
+	if lim.Cur < lim.Max {
+		raised := lim
+		raised.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err != nil {
+			log.Warn("raising the limit of open files to the hard limit", "soft", lim.Cur, "hard", lim.Max, "err", err)
+		} else {
+			lim = raised
+		}
+	}
+	log.Info("limit of open files", "soft", lim.Cur, "hard", lim.Max)
+	if lim.Cur < need {
+		log.Warn("the limit of open files is below what the listeners may open (listen.max_connections) with the upstream connections; raise it (LimitNOFILE= with systemd, ulimit -n) or lower the caps",
+			"limit", lim.Cur, "need", need)
+	}
+}
+
+// fileLimitNeeded is how many files Postern may hold open with every listener at its cap: a
+// connection each, another for the upstream connection of each delivery, and some to spare (the
+// store, logs, credential provider plugins).
+func fileLimitNeeded(l config.Listen) uint64 {
+	m := l.MaxConnections
+	n := 64
+	for _, s := range []struct {
+		addr  string
+		conns int
+		per   int
+	}{
+		{l.LMTP, m.LMTP, 2}, {l.SMTP, m.SMTP, 2}, {l.Socketmap, m.Socketmap, 1}, {l.Milter, m.Milter, 1}, {l.Admin, m.Admin, 1},
+	} {
+		if s.addr != "" {
+			n += s.conns * s.per
+		}
+	}
+	return uint64(n)
 }

@@ -102,16 +102,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	maxConns := cfg.Listen.MaxConnections
+	raiseFileLimit(log, fileLimitNeeded(cfg.Listen))
+	coll := &collector{dir: dir, pools: pools, broker: broker, mail: mail}
 	var servers []func(context.Context) error
-	open := func(name, addr string, serve func(context.Context, net.Listener) error) error {
+	open := func(name, addr string, maxConns int, serve func(context.Context, net.Listener) error) error {
 		if addr == "" {
 			return nil
 		}
-		l, err := listen(addr, cfg.Listen.SocketGroup, mode)
+		nl, err := listen(addr, cfg.Listen.SocketGroup, mode)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		log.Info("listening", "server", name, "addr", addr)
+		l := guardListener(nl, name, maxConns, log.With("component", "listen"))
+		coll.listeners = append(coll.listeners, l)
+		log.Info("listening", "server", name, "addr", addr, "max_connections", maxConns)
 		servers = append(servers, func(ctx context.Context) error {
 			if err := serve(ctx, l); err != nil {
 				return fmt.Errorf("%s on %s: %w", name, addr, err)
@@ -153,7 +158,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker, mail: mail})
+	reg.MustRegister(coll)
 	adm := admin.New(admin.Options{
 		Logger:   log.With("component", "admin"),
 		Registry: reg,
@@ -164,13 +169,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	})
 
 	errs := []error{
-		open("lmtp", cfg.Listen.LMTP, mail.ServeLMTP),
-		open("smtp", cfg.Listen.SMTP, mail.ServeSMTP),
-		open("socketmap", cfg.Listen.Socketmap, lookups.Serve),
-		open("admin", cfg.Listen.Admin, adm.Serve),
+		open("lmtp", cfg.Listen.LMTP, maxConns.LMTP, mail.ServeLMTP),
+		open("smtp", cfg.Listen.SMTP, maxConns.SMTP, mail.ServeSMTP),
+		open("socketmap", cfg.Listen.Socketmap, maxConns.Socketmap, lookups.Serve),
+		open("admin", cfg.Listen.Admin, maxConns.Admin, adm.Serve),
 	}
 	if mil != nil {
-		errs = append(errs, open("milter", cfg.Listen.Milter, mil.Serve))
+		errs = append(errs, open("milter", cfg.Listen.Milter, maxConns.Milter, mil.Serve))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -246,10 +251,11 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 
 // collector exposes what the parts count, read at scrape time.
 type collector struct {
-	dir    *directory.Directory
-	pools  *upstream.Pools
-	broker *token.Broker
-	mail   *smtpd.Server
+	dir       *directory.Directory
+	pools     *upstream.Pools
+	broker    *token.Broker
+	mail      *smtpd.Server
+	listeners []*guardedListener // appended to before the servers start
 }
 
 var (
@@ -264,6 +270,10 @@ var (
 	descUp           = prometheus.NewDesc("postern_upstream_up", "0 while a project's upstream is considered down.", []string{"project"}, nil)
 	descTokenOK      = prometheus.NewDesc("postern_token_ok", "1 when an OAuth project's grant works, 0 when it needs re-authorisation.", []string{"project"}, nil)
 	descSessions     = prometheus.NewDesc("postern_sessions_total", "Connections Postfix opened to deliver to Postern (LMTP and SMTP).", nil, nil)
+	descListenConns  = prometheus.NewDesc("postern_listener_connections", "Connections open on each listener.", []string{"listener"}, nil)
+	descListenMax    = prometheus.NewDesc("postern_listener_max_connections", "The cap on connections open on each listener (listen.max_connections).", []string{"listener"}, nil)
+	descListenFull   = prometheus.NewDesc("postern_listener_full_total", "Times a listener reached its cap; new connections then wait until one closes.", []string{"listener"}, nil)
+	descAcceptErrors = prometheus.NewDesc("postern_listener_accept_errors_total", "Failed accepts (such as running out of file descriptors), retried after a backoff.", []string{"listener"}, nil)
 	descRecipients   = prometheus.NewDesc("postern_recipients_total", "Recipients by what Postfix heard: delivered, deferred (4xx, retried) or refused (5xx, returned to the sender).", []string{"project", "outcome"}, nil)
 )
 
@@ -271,6 +281,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeBy
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStoreReads, prometheus.CounterValue, float64(c.dir.StoreReads()))
+	for _, l := range c.listeners {
+		ch <- prometheus.MustNewConstMetric(descListenConns, prometheus.GaugeValue, float64(l.open()), l.name)
+		ch <- prometheus.MustNewConstMetric(descListenMax, prometheus.GaugeValue, float64(l.max), l.name)
+		ch <- prometheus.MustNewConstMetric(descListenFull, prometheus.CounterValue, float64(l.full.Load()), l.name)
+		ch <- prometheus.MustNewConstMetric(descAcceptErrors, prometheus.CounterValue, float64(l.failures.Load()), l.name)
+	}
 	projects := c.dir.Projects()
 	ch <- prometheus.MustNewConstMetric(descProjects, prometheus.GaugeValue, float64(len(projects)))
 	ch <- prometheus.MustNewConstMetric(descPendingWrite, prometheus.GaugeValue, float64(c.broker.PendingWrites()))

@@ -131,6 +131,8 @@ reload_interval: 50ms
 		`postern_upstream_dials_total{project="client-a"} 1`,
 		`postern_recipients_total{outcome="delivered",project="client-a"} 1`,
 		`postern_sessions_total 1`,
+		`postern_listener_max_connections{listener="socketmap"} 200`,
+		`postern_listener_accept_errors_total{listener="lmtp"} 0`,
 	} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("metrics lack %s:\n%s", want, metrics)

@@ -136,6 +136,33 @@ type Listen struct {
 	SocketGroup string `yaml:"socket_group"`
 	// SocketMode is the octal permission of the unix sockets. Default "0660".
 	SocketMode string `yaml:"socket_mode"`
+	// MaxConnections caps the connections open at once on each listener.
+	MaxConnections MaxConnections `yaml:"max_connections"`
+}
+
+// Defaults of MaxConnections. Postfix runs at most default_process_limit (100) delivery agents or
+// smtpd processes per service, each with one connection to Postern.
+const (
+	DefaultMaxConnections      = 200 // lmtp, smtp, socketmap and milter
+	DefaultMaxAdminConnections = 100
+)
+
+// MaxConnections caps the connections open at once on each listener, so that slow or idle
+// connections on one listener cannot take every file descriptor Postern has. A connection over the
+// cap waits in the kernel's listen queue, holding none of Postern's descriptors, until another
+// closes; Postfix's own timeouts bound that wait (the mail is deferred, or the lookup fails
+// temporarily and is tried again). Each must be at least 1.
+type MaxConnections struct {
+	// LMTP caps listen.lmtp. Default 200.
+	LMTP int `yaml:"lmtp"`
+	// SMTP caps listen.smtp. Default 200.
+	SMTP int `yaml:"smtp"`
+	// Socketmap caps listen.socketmap. Default 200.
+	Socketmap int `yaml:"socketmap"`
+	// Milter caps listen.milter. Default 200.
+	Milter int `yaml:"milter"`
+	// Admin caps listen.admin. Default 100.
+	Admin int `yaml:"admin"`
 }
 
 // SocketFileMode returns SocketMode as a file mode.
@@ -303,6 +330,13 @@ func base() *Config {
 			Admin:       "127.0.0.1:8025",
 			SocketGroup: "postfix",
 			SocketMode:  "0660",
+			MaxConnections: MaxConnections{
+				LMTP:      DefaultMaxConnections,
+				SMTP:      DefaultMaxConnections,
+				Socketmap: DefaultMaxConnections,
+				Milter:    DefaultMaxConnections,
+				Admin:     DefaultMaxAdminConnections,
+			},
 		},
 		Upstream: Upstream{
 			DialTimeout:     30 * time.Second,
@@ -547,6 +581,20 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	}
 	if _, err := l.SocketFileMode(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, m := range []struct {
+		key string
+		n   int
+	}{
+		{"lmtp", l.MaxConnections.LMTP},
+		{"smtp", l.MaxConnections.SMTP},
+		{"socketmap", l.MaxConnections.Socketmap},
+		{"milter", l.MaxConnections.Milter},
+		{"admin", l.MaxConnections.Admin},
+	} {
+		if m.n < 1 {
+			add("listen.max_connections.%s is %d: it must be at least 1", m.key, m.n)
+		}
 	}
 	if l.SocketGroup != "" && unixSockets > 0 {
 		if err := lookupGroup(l.SocketGroup); err != nil {

@@ -65,8 +65,10 @@ type Server struct {
 }
 
 // Serve accepts connections on l until ctx ends, then closes l, closes idle connections, lets busy
-// ones finish their current reply, and returns nil once every connection is closed. It returns the
-// listener's error if accepting fails for another reason. Serve closes l in every case.
+// ones finish their current reply, and returns nil once every connection is closed. A failed
+// accept (out of file descriptors, a connection aborted before it was accepted) is tried again
+// after 5 ms, doubling to 1 s; only a listener closed by someone else makes Serve return its error.
+// Serve closes l in every case.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if s.Lookup == nil {
 		l.Close()
@@ -91,16 +93,31 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	})
 	defer stop()
 
-	var acceptErr error
+	var (
+		acceptErr error
+		delay     time.Duration
+	)
 	for {
 		nc, err := l.Accept()
 		if err != nil {
-			if ctx.Err() == nil {
-				acceptErr = fmt.Errorf("socketmap: accepting on %s: %w", l.Addr(), err)
-				l.Close()
+			if ctx.Err() != nil {
+				break
 			}
-			break
+			if errors.Is(err, net.ErrClosed) {
+				acceptErr = fmt.Errorf("socketmap: accepting on %s: %w", l.Addr(), err)
+				break
+			}
+			// Out of file descriptors and the like: wait and try again, as net/http does. The
+			// connections already open go on being served.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			cfg.Logger.Warn("socketmap: accepting a connection failed; retrying", "addr", l.Addr().String(), "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		delay = 0
 		c := &serverConn{srv: &cfg, nc: nc}
 		mu.Lock()
 		if closed {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,7 +71,14 @@ func serve(t *testing.T, network string, srv Server) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &served{network: network, addr: l.Addr().String(), lookup: &testLookup{release: make(chan struct{})}, done: make(chan error, 1)}
+	return serveOn(t, l, srv)
+}
+
+// serveOn serves on l, which may wrap a unix or TCP listener.
+func serveOn(t *testing.T, l net.Listener, srv Server) *served {
+	t.Helper()
+	network, addr := l.Addr().Network(), l.Addr().String()
+	s := &served{network: network, addr: addr, lookup: &testLookup{release: make(chan struct{})}, done: make(chan error, 1)}
 	if srv.Lookup == nil {
 		srv.Lookup = s.lookup.Lookup
 	}
@@ -323,6 +332,64 @@ func TestShutdownFinishesTheReplyInProgress(t *testing.T) {
 			s.done <- nil // for the cleanup
 			if _, err := net.Dial(network, s.addr); err == nil {
 				t.Fatal("still accepting after shutdown")
+			}
+		})
+	}
+}
+
+// flakyListener fails every accept some times, as a process out of file descriptors does,
+// before it accepts.
+type flakyListener struct {
+	net.Listener
+	failEach int
+	failed   atomic.Int64
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if n := l.failed.Add(1); n <= int64(l.failEach) {
+		return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	l.failed.Store(0)
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors stops no lookup server: Serve waits and accepts again, and the
+// connections it serves meanwhile go on.
+func TestServeSurvivesFailedAccepts(t *testing.T) {
+	t.Parallel()
+	for _, network := range networks {
+		t.Run(network, func(t *testing.T) {
+			t.Parallel()
+			var l net.Listener
+			var err error
+			if network == "unix" {
+				l, err = net.Listen("unix", filepath.Join(t.TempDir(), "sm.sock"))
+			} else {
+				l, err = net.Listen("tcp", "127.0.0.1:0")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := serveOn(t, &flakyListener{Listener: l, failEach: 4}, Server{})
+			first := s.dial(t)
+			first.request("senders", "known@a.example")
+			if got := first.reply(); !strings.HasPrefix(got, "OK ") {
+				t.Fatalf("reply %q", got)
+			}
+			// Accepting has failed again since; both connections are served.
+			c := s.dial(t)
+			c.request("senders", "known@a.example")
+			if got := c.reply(); !strings.HasPrefix(got, "OK ") {
+				t.Fatalf("after failed accepts: reply %q", got)
+			}
+			first.request("senders", "known@a.example")
+			if got := first.reply(); !strings.HasPrefix(got, "OK ") {
+				t.Fatalf("on the connection open before: reply %q", got)
+			}
+			select {
+			case err := <-s.done:
+				t.Fatalf("Serve returned: %v", err)
+			default:
 			}
 		})
 	}

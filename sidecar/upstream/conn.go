@@ -115,12 +115,13 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		return &Error{Stage: StageConnect, Addr: c.addr, Message: fmt.Sprintf("upstream.tls %q: use starttls, implicit or none", u.TLS)}
 	}
 
-	pre := textproto.NewConn(&wireConn{Conn: conn, trace: c.trace})
-	if _, err := readReply(pre, 220); err != nil {
+	pw := &wireConn{Conn: conn, trace: c.trace}
+	pre := textproto.NewConn(pw)
+	if _, err := readReply(pre, pw, 220); err != nil {
 		return c.ioError(ctx, StageGreeting, err, o.GreetingTimeout)
 	}
 	if u.TLS == project.TLSStartTLS {
-		tc, err := c.startTLS(ctx, pre, cfg)
+		tc, err := c.startTLS(ctx, pre, pw, cfg)
 		if err != nil {
 			return err
 		}
@@ -138,7 +139,7 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 	c.client = smtp.NewClient(c.wire)
 	c.client.CommandTimeout = o.GreetingTimeout
 	c.client.SubmissionTimeout = o.DataTimeout
-	if err := c.client.Hello(o.LocalName); err != nil {
+	if err := c.wire.over(c.client.Hello(o.LocalName)); err != nil {
 		return c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
 	}
 
@@ -152,7 +153,7 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		}
 		c.mech = mech
 		c.trace.setMode(traceAuth)
-		err = c.client.Auth(sc)
+		err = c.wire.over(c.client.Auth(sc))
 		c.trace.setMode(traceCommands)
 		if err != nil {
 			return c.ioError(ctx, StageAuth, err, o.GreetingTimeout)
@@ -164,12 +165,12 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 }
 
 // startTLS says EHLO, requires STARTTLS, and runs the handshake. The caller says EHLO again.
-func (c *Conn) startTLS(ctx context.Context, pre *textproto.Conn, cfg *tls.Config) (net.Conn, *Error) {
+func (c *Conn) startTLS(ctx context.Context, pre *textproto.Conn, pw *wireConn, cfg *tls.Config) (net.Conn, *Error) {
 	o := c.opts
 	if err := pre.PrintfLine("EHLO %s", o.LocalName); err != nil {
 		return nil, c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
 	}
-	msg, err := readReply(pre, 250)
+	msg, err := readReply(pre, pw, 250)
 	if err != nil {
 		return nil, c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
 	}
@@ -181,7 +182,7 @@ func (c *Conn) startTLS(ctx context.Context, pre *textproto.Conn, cfg *tls.Confi
 	if err := pre.PrintfLine("STARTTLS"); err != nil {
 		return nil, c.ioError(ctx, StageTLS, err, o.GreetingTimeout)
 	}
-	if _, err := readReply(pre, 220); err != nil {
+	if _, err := readReply(pre, pw, 220); err != nil {
 		return nil, c.ioError(ctx, StageTLS, err, o.GreetingTimeout)
 	}
 	if pre.R.Buffered() > 0 {
@@ -338,7 +339,7 @@ func (c *Conn) unusable(stage string) *Error {
 // run does one exchange within timeout and ctx.
 func (c *Conn) run(ctx context.Context, stage string, timeout time.Duration, f func() error) error {
 	end := c.guard.begin(ctx, timeout)
-	err := f()
+	err := c.wire.over(f())
 	end()
 	if err != nil {
 		return c.ioError(ctx, stage, err, timeout)
@@ -349,6 +350,10 @@ func (c *Conn) run(ctx context.Context, stage string, timeout time.Duration, f f
 // ioError makes an Error of what an exchange returned. Anything but an SMTP reply, and a 421,
 // leaves the connection unusable.
 func (c *Conn) ioError(ctx context.Context, stage string, err error, timeout time.Duration) *Error {
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		// go-smtp's client limits the lines it reads, as wireConn does (replyLimit).
+		err = fmt.Errorf("%w: %w", ErrReplyTooLarge, err)
+	}
 	e := replyError(stage, c.addr, err)
 	if e.Code == 0 || e.Code == 421 {
 		c.broken = true
@@ -379,9 +384,11 @@ func isLoopback(a net.Addr) bool {
 	return ok && ta.IP.IsLoopback()
 }
 
-// readReply reads one reply, turning a negative one into an *smtp.SMTPError as go-smtp does.
-func readReply(tp *textproto.Conn, expect int) (string, error) {
+// readReply reads one reply from tp, which reads w, turning a negative one into an
+// *smtp.SMTPError as go-smtp does.
+func readReply(tp *textproto.Conn, w *wireConn, expect int) (string, error) {
 	_, msg, err := tp.ReadResponse(expect)
+	err = w.over(err)
 	var te *textproto.Error
 	if errors.As(err, &te) {
 		return msg, toSMTPError(te.Code, te.Msg)

@@ -338,6 +338,7 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 // failure to read one, or a 421 (the upstream is closing), is failed, and leaves c broken.
 func (c *Conn) readReply(ctx context.Context, stage string, expect int, timeout time.Duration) (msg string, refused, failed *Error) {
 	_, msg, err := c.rd.ReadResponse(expect)
+	err = c.wire.over(err)
 	var te *textproto.Error
 	switch {
 	case errors.As(err, &te):

@@ -30,6 +30,10 @@
 //     Options.IdleTimeout; connections opened with settings that have since changed (host, port,
 //     TLS, server name, CA, verification, username, mechanism) are not reused.
 //
+// Every reply of the upstream, from the greeting on, is read within limits (a line of 1000 octets,
+// a reply of 64 KiB or 128 lines): a reply over them fails the exchange with ErrReplyTooLarge, a
+// temporary error, and closes the connection.
+//
 // Credentials appear in no error and no log line. With Options.Trace the SMTP dialogue is logged
 // at debug level, the AUTH exchange redacted and message bodies left out.
 package upstream

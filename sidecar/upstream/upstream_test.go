@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -1041,4 +1042,64 @@ func ExamplePools() {
 	_ = relay
 	fmt.Println("ready")
 	// Output: ready
+}
+
+// An upstream, or anyone on the network path before STARTTLS, cannot make Postern hold an
+// unbounded reply in memory: every reply read (the greeting and the EHLO before STARTTLS by
+// Postern, the EHLO after it by go-smtp's client, the transaction's replies by Postern) stops at a
+// line or reply limit, as a temporary failure that closes the connection. Not parallel: the
+// memory it measures must be its own.
+func TestReplyLimits(t *testing.T) {
+	const payload = 64 << 20
+	for _, tc := range []struct {
+		name  string
+		tls   project.TLSMode
+		flood upstreamtest.Flood
+		stage string
+	}{
+		{"greeting line", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodGreeting}, upstream.StageGreeting},
+		{"greeting lines", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodGreeting, Lines: true}, upstream.StageGreeting},
+		{"EHLO before STARTTLS", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodEHLO}, upstream.StageEHLO},
+		{"EHLO lines before STARTTLS", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodEHLO, Lines: true}, upstream.StageEHLO},
+		{"EHLO read by go-smtp", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO}, upstream.StageEHLO},
+		{"EHLO lines read by go-smtp", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO, Lines: true}, upstream.StageEHLO},
+		{"MAIL", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodMail}, upstream.StageMail},
+		{"MAIL lines", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodMail, Lines: true}, upstream.StageMail},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.flood.Bytes = payload
+			srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: tc.tls, Users: users(), Flood: &tc.flood})
+			pools, _ := newPools(t, upstream.Options{GreetingTimeout: 10 * time.Second, CommandTimeout: 10 * time.Second})
+			ctx := ctxFor(t)
+			auth := basic("")
+			if tc.tls == project.TLSNone {
+				auth = upstream.Auth{}
+			}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+
+			c, err := pools.Acquire(ctx, proj("flooded", srv), auth)
+			if err == nil {
+				err = send(ctx, c, []string{to}, body)
+				c.Discard()
+				if err == nil {
+					t.Fatal("the message went through a flooded connection")
+				}
+			}
+			runtime.ReadMemStats(&after)
+			e := asError(t, err)
+			if e.Stage != tc.stage || e.Code != 0 || !e.Temporary() || !errors.Is(err, upstream.ErrReplyTooLarge) {
+				t.Errorf("got %v, want a temporary %s error for a reply over the limit", err, tc.stage)
+			}
+			waitServer(t, srv, func(s upstreamtest.Stats) bool { return s.Closed == s.Conns })
+			// What the upstream could write is what Postern read (a few KiB) and the sockets' buffers.
+			if sent := srv.Stats().FloodBytes; sent > payload/8 {
+				t.Errorf("the upstream wrote %d bytes of its %d-byte reply before Postern hung up", sent, payload)
+			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > payload/8 {
+				t.Errorf("Postern allocated %d bytes reading a flood of %d", grew, payload)
+			}
+		})
+	}
 }

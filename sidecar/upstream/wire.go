@@ -3,6 +3,8 @@ package upstream
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -91,13 +93,16 @@ func (g *guardConn) begin(ctx context.Context, timeout time.Duration) (end func(
 	}
 }
 
-// wireConn is the connection go-smtp's client talks over, above TLS. It replays the greeting the
-// client insists on reading itself (Postern has read the real one already, and after STARTTLS there
-// is none), and traces the session when asked.
+// wireConn is the connection every reply of the upstream is read from, above TLS: by Postern
+// itself before STARTTLS, by go-smtp's client from EHLO to AUTH, and by Postern again for the
+// transactions (tx.go). It bounds the replies (replyLimit), replays the greeting go-smtp's client
+// insists on reading itself (Postern has read the real one already, and after STARTTLS there is
+// none), and traces the session when asked.
 type wireConn struct {
 	net.Conn
 	replay io.Reader // read before Conn; nil once drained
 	trace  *tracer   // nil: no trace
+	limit  replyLimit
 }
 
 func (w *wireConn) Read(b []byte) (int, error) {
@@ -107,12 +112,117 @@ func (w *wireConn) Read(b []byte) (int, error) {
 			w.replay, err = nil, nil
 		}
 		if n > 0 || err != nil {
-			return n, err
+			return w.limit.check(b[:n], err)
 		}
 	}
 	n, err := w.Conn.Read(b)
-	w.trace.lines("S", b[:n])
+	if n, err = w.limit.check(b[:n], err); n > 0 {
+		w.trace.lines("S", b[:n])
+	}
 	return n, err
+}
+
+// over returns err, or the reply limit's error once a read went over it. textproto (and so
+// go-smtp's client) hands on the part of a line read before a failed read as if it were a whole
+// line, so a reply cut short by the limit can look complete, or like a refusal: every exchange
+// asks over after reading its reply.
+func (w *wireConn) over(err error) error {
+	if w.limit.err != nil {
+		return w.limit.err
+	}
+	return err
+}
+
+// Limits of what Postern reads from an upstream, so that a server (or anyone on the network path
+// before STARTTLS) cannot make Postern hold an unbounded reply in memory. RFC 5321 §4.5.3.1.5 caps
+// a reply line at 512 octets with its CRLF; real servers stay well below that, the longest being
+// Exchange Online's refusals with a diagnostic and Google's XOAUTH2 error challenge (base64 JSON,
+// about 100 octets). An EHLO reply has about 20 lines. The line limit is below the 2000 octets
+// go-smtp's client allows the lines it reads (smtp.ErrTooLongLine), so that this limit is the one
+// that trips, and over can tell.
+const (
+	maxReplyLine  = 1000     // octets of one reply line with its CRLF: twice RFC 5321's limit
+	maxReplyBytes = 64 << 10 // octets of one reply, all its lines
+	maxReplyLines = 128      // lines of one reply
+)
+
+// ErrReplyTooLarge is the cause of the Error of an exchange in which the upstream sent a reply
+// line or a reply over Postern's limits. The connection is closed; the failure is temporary.
+var ErrReplyTooLarge = errors.New("the upstream's reply is too large")
+
+// replyLimit follows the replies in the bytes read from an upstream and fails the read that takes
+// a line or a reply over the limits. It splits replies as net/textproto's ReadResponse does, which
+// both go-smtp's client and Postern read them with: a reply is one line, unless that line is
+// "ddd-...", in which case it runs up to the next line that starts with the same "ddd ".
+type replyLimit struct {
+	line  int     // octets of the current line so far
+	head  [4]byte // its first octets
+	multi bool    // the current reply's first line was "ddd-"
+	code  [3]byte // that line's code
+	bytes int     // octets of the current reply so far
+	lines int     // complete lines of the current reply
+	err   error   // once over a limit, every read fails
+}
+
+// check passes on what one read returned, or fails it when it takes a reply over the limits.
+func (l *replyLimit) check(b []byte, err error) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n := len(b)
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		seg := b
+		if i >= 0 {
+			seg = b[:i+1]
+		}
+		if l.line < len(l.head) {
+			copy(l.head[l.line:], seg)
+		}
+		l.line += len(seg)
+		l.bytes += len(seg)
+		switch {
+		case l.line > maxReplyLine:
+			l.err = fmt.Errorf("%w: a line over %d bytes", ErrReplyTooLarge, maxReplyLine)
+		case l.bytes > maxReplyBytes:
+			l.err = fmt.Errorf("%w: over %d bytes", ErrReplyTooLarge, maxReplyBytes)
+		case i >= 0 && l.lines == maxReplyLines:
+			l.err = fmt.Errorf("%w: over %d lines", ErrReplyTooLarge, maxReplyLines)
+		case i >= 0:
+			l.endLine()
+		}
+		if l.err != nil {
+			return 0, l.err
+		}
+		b = b[len(seg):]
+	}
+	return n, err
+}
+
+// endLine takes note of a complete line, and of the end of the reply when the line ends it.
+func (l *replyLimit) endLine() {
+	n := l.line - 1 // without the LF; textproto drops a CR before it too
+	if n > 0 && n <= len(l.head) && l.head[n-1] == '\r' {
+		n--
+	}
+	l.line = 0
+	l.lines++
+	codeLine := n >= 4 && (l.head[3] == ' ' || l.head[3] == '-') && isCode(l.head[:3])
+	if !l.multi {
+		if codeLine && l.head[3] == '-' {
+			l.multi = true
+			copy(l.code[:], l.head[:3])
+			return
+		}
+	} else if !codeLine || l.head[3] != ' ' || [3]byte(l.head[:3]) != l.code {
+		return
+	}
+	l.multi, l.bytes, l.lines = false, 0, 0
+}
+
+// isCode reports whether b is a reply code as textproto reads one: three digits, at least 100.
+func isCode(b []byte) bool {
+	return len(b) == 3 && b[0] >= '1' && b[0] <= '9' && b[1] >= '0' && b[1] <= '9' && b[2] >= '0' && b[2] <= '9'
 }
 
 func (w *wireConn) Write(b []byte) (int, error) {

@@ -14,10 +14,15 @@
 //  5. It takes MAIL, RCPT and DATA, asks Options.RejectRcpt and Options.RejectData, and records
 //     every accepted message with its envelope and the user who signed in.
 //
+// With Options.Flood it answers the greeting, the first EHLO or MAIL with a reply that does not
+// end, and counts how much of it the client took (Stats.FloodBytes).
+//
 // Stop closes the listener and every connection; Start listens again on the same port.
 package upstreamtest
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -61,7 +66,35 @@ type Options struct {
 	RejectData func(m Message) *smtp.SMTPError
 	// Hang accepts connections and never sends a banner.
 	Hang bool
+	// Flood, when set, replaces one reply with an endless one.
+	Flood *Flood
 }
+
+// Flood is a reply that does not end, sent to test a client's limits: one line that never ends, or
+// short lines of a multi-line reply that never ends. The server sends it until the client closes
+// the connection or Bytes are sent, then closes the connection. At FloodGreeting and FloodEHLO
+// the session is the server's own, not go-smtp's: it greets (at FloodEHLO), reads one line and
+// floods; at FloodMail the flood is written where go-smtp would reply to MAIL, inside TLS if the
+// session is encrypted.
+type Flood struct {
+	// At is where the flood replaces the server's reply.
+	At FloodPoint
+	// Lines sends an endless multi-line reply ("220-xxx..." lines of 100 bytes) instead of one
+	// endless line.
+	Lines bool
+	// Bytes is the most the flood sends. Default 64 MiB.
+	Bytes int64
+}
+
+// FloodPoint is where a Flood replaces the server's reply.
+type FloodPoint int
+
+// The replies a Flood can replace.
+const (
+	FloodGreeting FloodPoint = iota // the 220 greeting
+	FloodEHLO                       // the reply to the first EHLO
+	FloodMail                       // the reply to MAIL
+)
 
 // Mechanism makes the server side of one SASL exchange. It calls login with the user name once
 // the credentials check out, and fails the exchange with an *smtp.SMTPError (such as
@@ -81,11 +114,12 @@ type Message struct {
 
 // Stats counts what the server saw.
 type Stats struct {
-	Conns        int // TCP connections accepted
-	Closed       int // connections closed, by either side
-	Auths        int // successful AUTH exchanges
-	AuthFailures int // failed AUTH exchanges
-	Messages     int // accepted messages
+	Conns        int   // TCP connections accepted
+	Closed       int   // connections closed, by either side
+	Auths        int   // successful AUTH exchanges
+	AuthFailures int   // failed AUTH exchanges
+	Messages     int   // accepted messages
+	FloodBytes   int64 // bytes of Options.Flood written to clients
 }
 
 // Server is a running fake upstream.
@@ -272,6 +306,10 @@ func (l *listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		s := l.s
+		if tcp, ok := nc.(*net.TCPConn); ok && s.opts.Flood != nil {
+			// Keep what the kernel holds small, so Stats.FloodBytes is close to what the client read.
+			tcp.SetWriteBuffer(64 << 10)
+		}
 		tc := &trackedConn{Conn: nc, s: s, filter8bit: s.opts.No8BitMIME}
 		s.mu.Lock()
 		s.conns[tc] = struct{}{}
@@ -283,10 +321,15 @@ func (l *listener) Accept() (net.Conn, error) {
 		if s.opts.Hang {
 			continue
 		}
+		var c net.Conn = tc
 		if s.opts.TLS == project.TLSImplicit {
-			return tls.Server(tc, s.tlsCf), nil
+			c = tls.Server(tc, s.tlsCf)
 		}
-		return tc, nil
+		if f := s.opts.Flood; f != nil && f.At != FloodMail {
+			go s.floodSession(c, f)
+			continue
+		}
+		return c, nil
 	}
 }
 
@@ -318,13 +361,56 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
+// floodSession is a session at FloodGreeting or FloodEHLO.
+func (s *Server) floodSession(c net.Conn, f *Flood) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	code := "220"
+	if f.At == FloodEHLO {
+		code = "250"
+		if _, err := io.WriteString(c, "220 upstreamtest.localhost ESMTP\r\n"); err != nil {
+			return
+		}
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			return
+		}
+	}
+	s.flood(c, f, code)
+}
+
+// flood writes f's endless reply with code to c.
+func (s *Server) flood(c net.Conn, f *Flood, code string) {
+	limit := f.Bytes
+	if limit <= 0 {
+		limit = 64 << 20
+	}
+	var chunk []byte
+	if f.Lines {
+		line := code + "-" + strings.Repeat("x", 94) + "\r\n"
+		chunk = []byte(strings.Repeat(line, 320))
+	} else {
+		if _, err := io.WriteString(c, code+" "); err != nil {
+			return
+		}
+		chunk = bytes.Repeat([]byte("x"), 32<<10)
+	}
+	for sent := int64(0); sent < limit; {
+		n, err := c.Write(chunk[:min(int64(len(chunk)), limit-sent)])
+		sent += int64(n)
+		s.update(func(st *Stats) { st.FloodBytes += int64(n) })
+		if err != nil {
+			return
+		}
+	}
+}
+
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	nc := c.Conn()
 	tc, isTLS := nc.(*tls.Conn)
 	if isTLS {
 		nc = tc.NetConn()
 	}
-	sess := &session{s: s, tls: isTLS}
+	sess := &session{s: s, conn: c, tls: isTLS}
 	if t, ok := nc.(*trackedConn); ok {
 		sess.connID = t.id
 	}
@@ -334,6 +420,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 // session is one SMTP session (go-smtp makes a new one after STARTTLS).
 type session struct {
 	s      *Server
+	conn   *smtp.Conn
 	connID int
 	tls    bool
 	user   string
@@ -405,6 +492,14 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if ss.user == "" && len(ss.mechanisms()) > 0 {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	if f := ss.s.opts.Flood; f != nil && f.At == FloodMail {
+		// go-smtp has flushed every earlier reply; what goes out now stands for this one.
+		c := ss.conn.Conn()
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		ss.s.flood(c, f, "250")
+		c.Close()
+		return errors.New("flooded")
 	}
 	ss.from = from
 	ss.opts = smtp.MailOptions{}
