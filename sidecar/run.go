@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/socketmap"
@@ -68,7 +71,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer checks.Close()
 	var extraRoutes map[string]http.Handler
 	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
-		key, err := signin.LoadKey(cfg.SignIn.KeyFile)
+		var key []byte
+		err := generated(log, cfg.SignIn.KeyFile, "a new sign-in key; sign-in links made before no longer work", func(path string) (err error) {
+			key, err = signin.LoadKey(path)
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -146,7 +153,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var api *admin.APIOptions
 	if cfg.API.TokenFile != "" {
-		tok, err := admin.LoadAPIToken(cfg.API.TokenFile)
+		var tok secret.Secret
+		err := generated(log, cfg.API.TokenFile, "a new API token; give it to the API's clients", func(path string) (err error) {
+			tok, err = admin.LoadAPIToken(path)
+			return err
+		})
 		if err != nil {
 			return err
 		}
@@ -207,6 +218,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return cause
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// generated loads a generated secret file (the sign-in key, the API token) with load, which makes
+// it when it is missing, and then warns that it did. These files hold no mail state: a new
+// sign-in key only voids the links made before, a new API token is read from its file by the API's
+// clients. The store, which does hold state, is never made here: Run opens it first, and a missing
+// store stops Run before this point.
+func generated(log *slog.Logger, path, what string, load func(path string) error) error {
+	_, statErr := os.Stat(path)
+	if err := load(path); err != nil {
+		return err
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		log.Warn("created "+what, "path", path)
+	}
 	return nil
 }
 

@@ -52,6 +52,7 @@ reload_interval: 50ms
 	if err != nil {
 		t.Fatal(err)
 	}
+	initStore(t, dir)
 	logs := &lockedBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 

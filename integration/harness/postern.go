@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +42,8 @@ func BuildPostern(ctx context.Context, root, out string) error {
 type PosternOptions struct {
 	// Bin is the postern binary.
 	Bin string
-	// Dir holds the config, the sockets (postern_run_dir) and the store.
+	// Dir holds the config, the sockets (postern_run_dir) and the store, which NewPostern makes
+	// with `postern init` when Store is empty.
 	Dir string
 	// Instance is the config's instance name; empty means "it".
 	Instance string
@@ -146,12 +146,13 @@ reload_interval: 1s
 	if err := os.WriteFile(p.Config, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", p.Config, err)
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("making the store key: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(opts.Dir, "store.key"), key, 0o600); err != nil {
-		return nil, fmt.Errorf("writing the store key: %w", err)
+	if opts.Store == "" {
+		// The file store is made once, explicitly, as an operator does: serve never makes one.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, p.Bin, "init", "--config", p.Config).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("postern init: %w\n%s", err, out)
+		}
 	}
 	return p, nil
 }

@@ -32,7 +32,9 @@ const (
 func signInHarness(t *testing.T, extra string) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	return newHarness(t, fmt.Sprintf("signin:\n  key_file: %s\n%s", filepath.Join(dir, "signin.key"), extra))
+	h := newHarness(t, fmt.Sprintf("signin:\n  key_file: %s\n%s", filepath.Join(dir, "signin.key"), extra))
+	h.initStore()
+	return h
 }
 
 func (h *harness) putProject(p project.Project) {

@@ -1,7 +1,7 @@
 // Package cli holds the logic of the postern command's subcommands, so that it can be tested with
 // in-memory input and output; cmd/postern only wires it to the process.
 //
-//  1. App.Run takes the arguments after the program name and picks the command: serve, project
+//  1. App.Run takes the arguments after the program name and picks the command: init, serve, project
 //     (add, update, list, show, remove, enable, disable), authorize, authorize-link,
 //     postfix-config, version or help.
 //  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
@@ -83,6 +83,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the sidecar, or check its configuration with --check-config", runServe},
+		{"init", "create the store (file store) and the generated secret files, once", runInit},
 		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
 		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
 		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},

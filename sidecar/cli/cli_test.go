@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/user"
@@ -107,8 +108,22 @@ func (h *harness) project(name string) project.Project {
 	return p
 }
 
+// initStore makes the harness's file store, as `postern init` does.
+func (h *harness) initStore() {
+	h.t.Helper()
+	s, err := filestore.Init(h.t.Context(), filestore.Options{Path: filepath.Join(h.dir, "store.db"), KeyFile: filepath.Join(h.dir, "store.key")})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	s.Close()
+}
+
+// projectCount counts the stored projects; a store never made holds none.
 func (h *harness) projectCount() int {
 	h.t.Helper()
+	if _, err := os.Stat(filepath.Join(h.dir, "store.db")); errors.Is(err, fs.ErrNotExist) {
+		return 0
+	}
 	ps, err := h.store().Projects(h.t.Context())
 	if err != nil {
 		h.t.Fatal(err)
@@ -402,6 +417,7 @@ func TestAuthNoneNeedsNoPassword(t *testing.T) {
 func TestOAuthProjectShowsTokenState(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "")
+	h.initStore()
 	ctx := t.Context()
 	st := h.store()
 	p := project.Project{

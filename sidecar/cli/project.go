@@ -22,6 +22,7 @@ import (
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/filestore"
 )
 
 // maxPasswordBytes bounds what --password-stdin reads.
@@ -449,20 +450,44 @@ func (a *App) openProjectStore(ctx context.Context, load func() (*config.Config,
 
 // openConfigStore is openProjectStore returning the configuration too.
 func (a *App) openConfigStore(ctx context.Context, load func() (*config.Config, string, bool)) (*config.Config, store.Store, bool) {
+	return a.openConfigStoreMode(ctx, load, fileOpen)
+}
+
+// openConfigStoreMode is openConfigStore with the file store's missing-store rule given: mode
+// fileCreate creates a file store where neither of its files exists, and says so on standard error.
+// For fileMaybe, a missing file store (ErrNotInitialized) is not an error: st is then nil, and
+// create makes it once the caller is about to write.
+func (a *App) openConfigStoreMode(ctx context.Context, load func() (*config.Config, string, bool), mode int) (*config.Config, store.Store, bool) {
 	cfg, _, ok := load()
 	if !ok {
 		return nil, nil, false
 	}
-	open := a.OpenStore
-	if open == nil {
-		open = OpenStore
+	st, ok := a.openStoreMode(ctx, cfg, mode)
+	return cfg, st, ok
+}
+
+func (a *App) openStoreMode(ctx context.Context, cfg *config.Config, mode int) (store.Store, bool) {
+	if a.OpenStore != nil {
+		st, err := a.OpenStore(ctx, cfg)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern: %v\n", err)
+			return nil, false
+		}
+		return st, true
 	}
-	st, err := open(ctx, cfg)
+	st, created, err := openStore(ctx, cfg, nil, mode)
+	if mode == fileMaybe && errors.Is(err, filestore.ErrNotInitialized) {
+		return nil, true
+	}
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
-		return nil, nil, false
+		return nil, false
 	}
-	return cfg, st, true
+	if created {
+		fmt.Fprintf(a.Stderr, "postern: created a new, empty store %s with its key file %s (as `postern init` would); back the key file up: the store cannot be read without it\n",
+			cfg.Store.File.Path, cfg.Store.File.KeyFile)
+	}
+	return st, true
 }
 
 const addAbout = `
@@ -500,15 +525,20 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 	p := project.Project{Name: pos[0], Enabled: true}
 	problems := f.apply(fs, &p, true)
 
-	cfg, st, ok := a.openConfigStore(ctx, load)
+	// The first project may make the file store, where neither of its files exists: st is nil
+	// until every setting is checked.
+	cfg, st, ok := a.openConfigStoreMode(ctx, load, fileMaybe)
 	if !ok {
 		return ExitFail
 	}
-	defer st.Close()
-	all, err := st.Projects(ctx)
-	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern project add: %v\n", err)
-		return ExitFail
+	var all []project.Project
+	if st != nil {
+		defer st.Close()
+		var err error
+		if all, err = st.Projects(ctx); err != nil {
+			fmt.Fprintf(a.Stderr, "postern project add: %v\n", err)
+			return ExitFail
+		}
 	}
 	for _, o := range all {
 		if o.Name == p.Name {
@@ -542,6 +572,12 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 			return ExitFail
 		}
 		p.Auth.OAuth.ClientSecret = sec
+	}
+	if st == nil {
+		if st, ok = a.openStoreMode(ctx, cfg, fileCreate); !ok {
+			return ExitFail
+		}
+		defer st.Close()
 	}
 	v, err := st.PutProject(ctx, p)
 	if err != nil {
@@ -630,6 +666,12 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 			return ExitFail
 		}
 		p.Auth.OAuth.ClientSecret = sec
+	}
+	if st == nil {
+		if st, ok = a.openStoreMode(ctx, cfg, fileCreate); !ok {
+			return ExitFail
+		}
+		defer st.Close()
 	}
 	v, err := st.PutProject(ctx, p)
 	if errors.Is(err, store.ErrConflict) {

@@ -17,17 +17,33 @@ import (
 // VaultOpenTimeout bounds signing in to Vault when the caller's context has no deadline.
 const VaultOpenTimeout = 20 * time.Second
 
-// OpenStore opens the store cfg.Store names: the embedded file store (created, key file included,
-// when it does not exist yet) or Vault.
+// OpenStore opens the store cfg.Store names: the embedded file store or Vault. It never creates a
+// store: a missing file store is an error naming its paths and the fix (`postern init`, or
+// restoring the files), so that a volume that did not mount never becomes a new, empty store.
 func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	return OpenStoreLogged(ctx, cfg, nil)
 }
 
 // OpenStoreLogged is OpenStore with the store's own log going to l (nil discards it).
 func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (store.Store, error) {
+	st, _, err := openStore(ctx, cfg, l, fileOpen)
+	return st, err
+}
+
+// How openStore treats a missing file store.
+const (
+	fileOpen   = iota // refuse
+	fileCreate        // create it when neither file exists (the first `postern project add`)
+	fileInit          // create it; refuse when either file exists (`postern init`)
+	fileMaybe         // refuse, but let the caller tell "no store yet" (filestore.ErrNotInitialized)
+)
+
+// openStore opens (or, as mode allows, creates) the configured store; created reports a new file
+// store.
+func openStore(ctx context.Context, cfg *config.Config, l *slog.Logger, mode int) (store.Store, bool, error) {
 	switch {
 	case cfg.Store.File != nil && cfg.Store.Vault != nil:
-		return nil, errors.New("opening store: both store.file and store.vault are configured; use one")
+		return nil, false, errors.New("opening store: both store.file and store.vault are configured; use one")
 	case cfg.Store.Vault != nil:
 		v := cfg.Store.Vault
 		if _, ok := ctx.Deadline(); !ok {
@@ -38,17 +54,22 @@ func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (s
 		}
 		s, err := vaultstore.Open(ctx, VaultOptions(v, l), vaultstore.Options{Mount: v.Mount, Prefix: v.Prefix, FullScanInterval: v.FullScanInterval, Logger: l})
 		if err != nil {
-			return nil, fmt.Errorf("opening the Vault store at %s: %w (check store.vault.address or VAULT_ADDR, that Vault is unsealed, and the login settings)", v.Address, err)
+			return nil, false, fmt.Errorf("opening the Vault store at %s: %w (check store.vault.address or VAULT_ADDR, that Vault is unsealed, and the login settings)", v.Address, err)
 		}
-		return s, nil
+		return s, false, nil
 	case cfg.Store.File != nil:
-		s, err := filestore.Open(ctx, filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: true, Logger: l})
-		if err != nil {
-			return nil, fmt.Errorf("opening store: %w", err)
+		o := filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: mode == fileCreate, Logger: l}
+		open, what := filestore.Open, "opening store"
+		if mode == fileInit {
+			open, what = filestore.Init, "creating store"
 		}
-		return s, nil
+		s, err := open(ctx, o)
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %w", what, err)
+		}
+		return s, s.Created(), nil
 	}
-	return nil, errors.New("opening store: no store is configured")
+	return nil, false, errors.New("opening store: no store is configured")
 }
 
 // VaultOptions maps the configuration's Vault section onto the client's options. Settings left

@@ -187,7 +187,7 @@ type Store struct {
 type FileStore struct {
 	// Path is the data file. Default /var/lib/postern/store.db.
 	Path string `yaml:"path"`
-	// KeyFile holds the store's 32-byte key, created on first use with mode 0600.
+	// KeyFile holds the store's 32-byte key, made with the store by `postern init` (mode 0600).
 	// Default /var/lib/postern/store.key. Back it up: the store cannot be read without it.
 	KeyFile string `yaml:"key_file"`
 }

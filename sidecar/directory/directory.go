@@ -11,7 +11,11 @@
 //     for it up to Options.MissWait, bounded by the caller's ctx.
 //  4. Each successful read builds a new snapshot (projects by name plus a route.Table) and swaps it in
 //     atomically. A failed read keeps the last good snapshot; only when none was ever loaded do
-//     lookups answer ErrUnavailable (temporary).
+//     lookups answer ErrUnavailable (temporary). A store that knows it lost projects it held (a
+//     file store's data file replaced by an empty one, a Vault listing nothing where it listed
+//     projects) fails the read with store.ErrProjectsLost rather than answering "none", so lost
+//     projects never turn into ErrNoProject (NOTFOUND, 550): they keep being served from the last
+//     good snapshot, or, with none, answer ErrUnavailable; Ready reports it either way.
 //  5. Reload errors, route conflicts and invalid projects are logged once each time they change, not
 //     on every interval.
 //

@@ -21,9 +21,16 @@ var ErrNotFound = errors.New("not found")
 // ErrConflict is returned when a check-and-set write finds a version other than the one given.
 var ErrConflict = errors.New("version conflict: the record was changed by someone else")
 
+// ErrProjectsLost is returned by Projects when the store lists no project although it knows it
+// held some: its data was replaced, emptied or rolled back, or it is not the store it was (a Vault
+// path listing nothing where it listed projects). The sidecar treats it as a failed read: it keeps
+// the projects it has, or, having none, defers mail; it never concludes that no project exists.
+var ErrProjectsLost = errors.New("the store has lost projects it held")
+
 // Projects is what the sidecar needs to route mail.
 type Projects interface {
-	// Projects returns every project, each with its Version set.
+	// Projects returns every project, each with its Version set. An empty list means that no
+	// project exists; a store that cannot vouch for that returns ErrProjectsLost instead.
 	Projects(ctx context.Context) ([]project.Project, error)
 }
 

@@ -10,13 +10,27 @@
 // A deleted record leaves a tombstone carrying its last version, so a re-created record continues the
 // count and a writer holding a version read before the delete still gets store.ErrConflict.
 //
-//  1. Open checks the key file (32 bytes, mode 0600 or stricter), creating the key and an empty store
-//     when Options.Create is set and neither exists, and decrypts the data file once.
-//  2. Every read opens the data file and compares its inode, size, modification time and the nonce in
+//  1. Open checks the key file (32 bytes, mode 0600 or stricter) and decrypts the data file once.
+//     It never makes a store unless asked: a missing key file or data file is an error naming the
+//     path and the fix (ErrNotInitialized when both are missing). Init (`postern init`) makes a new
+//     key and an empty store and refuses when either file exists; Options.Create (the first
+//     `postern project add`) does the same when both are missing. A key without its data file, or a
+//     data file without its key, is always an error: nothing that holds state is replaced by a new,
+//     empty one.
+//  2. Beside the data file, the index file (Path + ".index", plain JSON, no secrets) records the
+//     generation of the last write (a counter the data file carries too, authenticated) and how many
+//     projects it left. When the data file holds no project but is older than the index, and the
+//     index counted projects, the data file was replaced or rolled back (an empty copy restored, a
+//     volume swapped): every read fails with store.ErrProjectsLost instead of answering "no
+//     projects", so mail is deferred, never rerouted or bounced. Removing the last project with
+//     DeleteProject updates both, so the store is then empty on purpose. A crash between the two
+//     writes leaves the data newer than the index, which is accepted. A store written before the
+//     index existed gets one at Open.
+//  3. Every read opens the data file and compares its inode, size, modification time and the nonce in
 //     its header with those of the version last decrypted. Each write draws a fresh nonce, so a change
 //     is seen even when the file system's clock is too coarse to show one: the file is decrypted
 //     again. An unchanged file costs an open, an fstat and a 32-byte read.
-//  3. Every write takes an flock on the lock file beside the data file (Path + ".lock"), re-reads the
+//  4. Every write takes an flock on the lock file beside the data file (Path + ".lock"), re-reads the
 //     file under the lock, applies the check-and-set, and replaces the file atomically: a temporary file
 //     in the same directory, fsync, rename, fsync of the directory. Writers in other processes
 //     (`postern project add` while `postern serve` runs) wait for the lock; readers never wait, since
@@ -71,6 +85,12 @@ const (
 // does not belong to it, or the file was changed or damaged.
 var ErrDecrypt = errors.New("wrong key file or damaged store")
 
+// ErrNotInitialized is wrapped by Open's error when neither the key file nor the data file exists.
+var ErrNotInitialized = errors.New("no store here")
+
+// ErrExists is wrapped by Init's error when the key file or the data file already exists.
+var ErrExists = errors.New("a store already exists")
+
 // Options says where the store lives. The zero value opens the default files and creates nothing.
 type Options struct {
 	// Path is the data file; empty means DefaultPath.
@@ -79,8 +99,9 @@ type Options struct {
 	// others.
 	KeyFile string
 	// Create makes the missing directories, a new key file (mode 0600) and an empty data file when
-	// neither file exists yet, and an empty data file when only the key file exists. A data file
-	// without its key file is always an error: a new key could never decrypt it.
+	// neither file exists yet (Created then reports true). One file without the other is always an
+	// error: a new key could never decrypt the data file, and a new data file would silently replace
+	// the projects the key belongs to.
 	Create bool
 	// Logger receives the store's events; nil discards them.
 	Logger *slog.Logger
@@ -89,17 +110,20 @@ type Options struct {
 // Store is the file store. It is safe for concurrent use, and several Store values, in one process
 // or many, may be open on the same files.
 type Store struct {
-	path, keyFile, lockPath string
-	aead                    cipher.AEAD
-	log                     *slog.Logger
+	path, keyFile, lockPath, indexPath string
+	aead                               cipher.AEAD
+	log                                *slog.Logger
+	created                            bool
 
 	// writeMu serializes this process's writers before they take the file lock.
 	writeMu sync.Mutex
 
-	mu     sync.Mutex // guards the fields below
-	cur    *snapshot  // the data last read or written
-	lock   *os.File   // the lock file, held open while the store is
-	closed bool
+	mu  sync.Mutex // guards the fields below
+	cur *snapshot  // the data last read or written
+	// lastRead is the identity of the data file refresh last opened.
+	lastRead fileID
+	lock     *os.File // the lock file, held open while the store is
+	closed   bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -125,10 +149,29 @@ func idOf(fi fs.FileInfo) fileID {
 	return id
 }
 
-// fileData is the plaintext: every record by name.
+// fileData is the plaintext: every record by name, and the number of writes since the store was
+// made (0 in stores written before it was counted).
 type fileData struct {
-	Projects map[string]record `json:"projects"`
-	Tokens   map[string]record `json:"tokens"`
+	Generation int64             `json:"generation,omitempty"`
+	Projects   map[string]record `json:"projects"`
+	Tokens     map[string]record `json:"tokens"`
+}
+
+// live counts the projects that exist.
+func (d fileData) live() int {
+	n := 0
+	for _, r := range d.Projects {
+		if r.exists() {
+			n++
+		}
+	}
+	return n
+}
+
+// index is the content of the index file.
+type index struct {
+	Generation int64 `json:"generation"`
+	Projects   int   `json:"projects"`
 }
 
 // record is one stored record. Data is nil for a tombstone.
@@ -141,15 +184,25 @@ func (r record) exists() bool { return r.Data != nil }
 
 // clone copies the maps; records are never changed in place, so they are shared.
 func (d fileData) clone() fileData {
-	c := fileData{Projects: make(map[string]record, len(d.Projects)), Tokens: make(map[string]record, len(d.Tokens))}
+	c := fileData{Generation: d.Generation, Projects: make(map[string]record, len(d.Projects)), Tokens: make(map[string]record, len(d.Tokens))}
 	maps.Copy(c.Projects, d.Projects)
 	maps.Copy(c.Tokens, d.Tokens)
 	return c
 }
 
-// Open opens the store described by o, creating it if o.Create allows, and decrypts it once so that a
-// wrong key or a damaged file is reported now.
+// Open opens the store described by o, creating it only if o.Create allows and neither file
+// exists, and decrypts it once so that a wrong key or a damaged file is reported now.
 func Open(ctx context.Context, o Options) (*Store, error) {
+	return openFiles(ctx, o, false)
+}
+
+// Init makes a new store: the missing directories, a new key file and an empty data file. It refuses
+// (ErrExists) when the key file or the data file exists already, and never changes either.
+func Init(ctx context.Context, o Options) (*Store, error) {
+	return openFiles(ctx, o, true)
+}
+
+func openFiles(ctx context.Context, o Options, initOnly bool) (*Store, error) {
 	s := &Store{path: o.Path, keyFile: o.KeyFile, log: o.Logger}
 	if s.path == "" {
 		s.path = DefaultPath
@@ -161,14 +214,14 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.lockPath = s.path + ".lock"
+	s.indexPath = s.path + ".index"
+	create := o.Create || initOnly
 
-	if !o.Create {
-		if _, err := os.Stat(s.path); errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("store %s does not exist", s.path)
-		} else if err != nil {
-			return nil, fmt.Errorf("opening store: %w", err)
-		}
-	} else {
+	// Refuse before making anything (even the lock file) when nothing may be created.
+	if err := s.check(create, initOnly); err != nil {
+		return nil, err
+	}
+	if create {
 		for _, dir := range []string{filepath.Dir(s.path), filepath.Dir(s.keyFile)} {
 			if err := os.MkdirAll(dir, 0o750); err != nil {
 				return nil, fmt.Errorf("creating directory %s: %w", dir, err)
@@ -180,30 +233,71 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.lock = lock
-	if err := s.setUp(ctx, o.Create); err != nil {
+	if err := s.setUp(ctx, create, initOnly); err != nil {
 		lock.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// setUp makes or checks the key file and the data file under the file lock, then reads the data.
-func (s *Store) setUp(ctx context.Context, create bool) error {
+// Created reports whether this Open or Init made the store.
+func (s *Store) Created() bool { return s.created }
+
+// check looks at which of the key file and the data file exist, and refuses every combination but
+// "both" (open), and "neither" when create is set. initOnly refuses "both" too.
+func (s *Store) check(create, initOnly bool) error {
+	keyMissing, err := missing(s.keyFile)
+	if err != nil {
+		return fmt.Errorf("opening store: key file: %w", err)
+	}
+	dataMissing, err := missing(s.path)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	switch {
+	case initOnly && !keyMissing && !dataMissing:
+		return fmt.Errorf("store %s and its key file %s exist: %w; `postern init` never replaces them", s.path, s.keyFile, ErrExists)
+	case initOnly && !keyMissing:
+		return fmt.Errorf("key file %s exists: %w (its data file %s is missing: restore it from backup, or mount the volume that holds it)", s.keyFile, ErrExists, s.path)
+	case initOnly && !dataMissing:
+		return fmt.Errorf("store %s exists: %w (its key file %s is missing: restore it from backup)", s.path, ErrExists, s.keyFile)
+	case keyMissing && dataMissing && !create:
+		return fmt.Errorf("neither the store %s nor its key file %s exists: %w. If Postern has not run here before, create the store with `postern init`; if it has, the volume holding them is not mounted or they were deleted: mount it or restore both from backup (starting with a new, empty store would drop every project)",
+			s.path, s.keyFile, ErrNotInitialized)
+	case keyMissing && !dataMissing:
+		return fmt.Errorf("key file %s does not exist, but the store %s does: the store cannot be read without the key it was written with; restore the key file from backup or mount the volume that holds it", s.keyFile, s.path)
+	case !keyMissing && dataMissing:
+		return fmt.Errorf("store %s does not exist, but its key file %s does: restore the data file from backup or mount the volume that holds it; Postern never replaces a store's data with an empty one", s.path, s.keyFile)
+	}
+	return nil
+}
+
+// missing reports whether path does not exist.
+func missing(path string) (bool, error) {
+	_, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	return false, err
+}
+
+// setUp makes or checks the key file and the data file under the file lock (another process may
+// have made them since check), then reads the data.
+func (s *Store) setUp(ctx context.Context, create, initOnly bool) error {
 	unlock, err := s.flock(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	_, keyErr := os.Stat(s.keyFile)
-	_, dataErr := os.Stat(s.path)
-	keyMissing, dataMissing := errors.Is(keyErr, fs.ErrNotExist), errors.Is(dataErr, fs.ErrNotExist)
-	switch {
-	case keyMissing && !dataMissing:
-		return fmt.Errorf("key file %s does not exist, but the store %s does: the store cannot be read without the key it was written with", s.keyFile, s.path)
-	case keyMissing && !create:
-		return fmt.Errorf("key file %s does not exist", s.keyFile)
-	case keyMissing:
+	if err := s.check(create, initOnly); err != nil {
+		return err
+	}
+	dataMissing, err := missing(s.path)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	if dataMissing { // and the key file too: check allowed creating both
 		if err := s.createKey(); err != nil {
 			return err
 		}
@@ -216,18 +310,29 @@ func (s *Store) setUp(ctx context.Context, create bool) error {
 		return fmt.Errorf("key file %s: %w", s.keyFile, err)
 	}
 	if dataMissing {
-		if !create {
-			return fmt.Errorf("store %s does not exist", s.path)
-		}
 		empty := fileData{Projects: map[string]record{}, Tokens: map[string]record{}}
 		if err := s.write(empty); err != nil {
 			return err
 		}
+		s.created = true
 		s.log.Info("created an empty store", "path", s.path)
 		return nil
 	}
-	_, err = s.refresh()
-	return err
+	snap, err := s.refresh()
+	if errors.Is(err, store.ErrProjectsLost) {
+		// Open anyway, so that `postern serve` answers "try again later" until the data file is
+		// restored, and picks it up then; every read fails meanwhile.
+		s.log.Error("the store lost its projects: mail is deferred until it is restored", "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if gone, _ := missing(s.indexPath); gone {
+		// A store written before the index existed: record what it holds now.
+		s.writeIndex(snap.data)
+	}
+	return nil
 }
 
 // createKey writes a new random key, atomically, with mode 0600.
@@ -481,6 +586,21 @@ func (s *Store) read(ctx context.Context) (*snapshot, error) {
 func (s *Store) refresh() (*snapshot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for tries := 0; ; tries++ {
+		snap, err := s.refreshLocked()
+		if err == nil || !errors.Is(err, store.ErrProjectsLost) || tries == 2 {
+			return snap, err
+		}
+		// A writer may have replaced the data file and then the index between this read's two
+		// reads: the file read is then the one before, and reading again settles it.
+		if fi, serr := os.Stat(s.path); serr != nil || s.lastRead == idOf(fi) {
+			return snap, err
+		}
+	}
+}
+
+// refreshLocked is one attempt of refresh; the caller holds s.mu.
+func (s *Store) refreshLocked() (*snapshot, error) {
 	if s.closed {
 		return nil, fmt.Errorf("store %s is closed", s.path)
 	}
@@ -494,6 +614,7 @@ func (s *Store) refresh() (*snapshot, error) {
 		return nil, fmt.Errorf("reading store: %w", err)
 	}
 	id := idOf(fi)
+	s.lastRead = id
 	header := make([]byte, headerSize)
 	if _, err := io.ReadFull(f, header); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -526,6 +647,9 @@ func (s *Store) refresh() (*snapshot, error) {
 	if d.Tokens == nil {
 		d.Tokens = map[string]record{}
 	}
+	if err := s.checkIndex(d); err != nil {
+		return nil, err
+	}
 	if s.cur != nil {
 		s.log.Debug("store changed on disk, reloaded", "path", s.path)
 	}
@@ -557,8 +681,10 @@ func (s *Store) update(ctx context.Context, change func(*fileData) error) error 
 	return s.write(d)
 }
 
-// write encrypts d under a fresh nonce and replaces the data file. The caller holds the file lock.
+// write encrypts d, with the next generation, under a fresh nonce, replaces the data file, then
+// the index file. The caller holds the file lock.
 func (s *Store) write(d fileData) error {
+	d.Generation++
 	plain, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("encoding store: %w", err)
@@ -586,7 +712,44 @@ func (s *Store) write(d fileData) error {
 		s.cur = &snapshot{nonce: nonce, id: idOf(fi), data: d}
 	}
 	s.mu.Unlock()
+	s.writeIndex(d)
 	return nil
+}
+
+// writeIndex records d's generation and project count in the index file. The data is written
+// already, so a failure is logged, not returned: the next write tries again, and until then the
+// index is older than the data, which checkIndex accepts.
+func (s *Store) writeIndex(d fileData) {
+	b, err := json.Marshal(index{Generation: d.Generation, Projects: d.live()})
+	if err == nil {
+		var owner fs.FileInfo
+		owner, _ = os.Stat(s.path)
+		_, err = writeAtomic(s.indexPath, append(b, '\n'), owner)
+	}
+	if err != nil {
+		s.log.Warn("writing the store's index file failed", "path", s.indexPath, "err", err)
+	}
+}
+
+// checkIndex refuses data that holds no project while the index file says the store held some at
+// a later generation: the data file was replaced by an empty or older one.
+func (s *Store) checkIndex(d fileData) error {
+	b, err := os.ReadFile(s.indexPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the store's index file: %w", err)
+	}
+	var ix index
+	if err := json.Unmarshal(b, &ix); err != nil {
+		return fmt.Errorf("the store's index file %s is damaged (%v): remove it if the data file %s is the one to keep", s.indexPath, err, s.path)
+	}
+	if ix.Generation <= d.Generation || d.live() > 0 || ix.Projects == 0 {
+		return nil
+	}
+	return fmt.Errorf("the store %s holds no project, but its index file %s says it held %d at a later write (generation %d, the data file is at %d): the data file was replaced or rolled back. Restore it from backup or mount the right volume; if the store is meant to be empty, remove %s: %w",
+		s.path, s.indexPath, ix.Projects, ix.Generation, d.Generation, s.indexPath, store.ErrProjectsLost)
 }
 
 // writeAtomic replaces path with b: a temporary file in the same directory (mode 0600), fsync,

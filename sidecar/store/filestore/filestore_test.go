@@ -128,9 +128,16 @@ func TestOpenRefuses(t *testing.T) {
 		want  string
 	}{
 		{
-			name:  "no key without create",
+			name:  "no store without create",
 			setup: func(t *testing.T, o *Options) { o.Create = false },
-			want:  "does not exist",
+			want:  "neither the store %PATH% nor its key file %KEY% exists: no store here. If Postern has not run here before, create the store with `postern init`",
+		},
+		{
+			name: "no data file, even with create",
+			setup: func(t *testing.T, o *Options) {
+				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o600)
+			},
+			want: "store %PATH% does not exist, but its key file %KEY% does: restore the data file from backup or mount the volume",
 		},
 		{
 			name: "no data file without create",
@@ -147,12 +154,13 @@ func TestOpenRefuses(t *testing.T) {
 				s.Close()
 				os.Remove(o.KeyFile)
 			},
-			want: "cannot be read without the key",
+			want: "cannot be read without the key it was written with; restore the key file from backup",
 		},
 		{
 			name: "group readable key",
 			setup: func(t *testing.T, o *Options) {
 				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o640)
+				writeFile(t, o.Path, []byte("data"), 0o600)
 			},
 			want: "chmod 600 %KEY%",
 		},
@@ -160,6 +168,7 @@ func TestOpenRefuses(t *testing.T) {
 			name: "world readable key",
 			setup: func(t *testing.T, o *Options) {
 				writeFile(t, o.KeyFile, bytes.Repeat([]byte{7}, KeySize), 0o604)
+				writeFile(t, o.Path, []byte("data"), 0o600)
 			},
 			want: "readable by group or others (mode 0604): chmod 600 %KEY%",
 		},
@@ -167,6 +176,7 @@ func TestOpenRefuses(t *testing.T) {
 			name: "short key",
 			setup: func(t *testing.T, o *Options) {
 				writeFile(t, o.KeyFile, []byte("not a key\n"), 0o600)
+				writeFile(t, o.Path, []byte("data"), 0o600)
 			},
 			want: "holds 10 bytes, not 32",
 		},
@@ -722,4 +732,122 @@ func bytesWritten() (int64, error) {
 		}
 	}
 	return 0, errors.New("no wchar in /proc/self/io")
+}
+
+// Opening never makes a store, a key or a directory unless asked, and asking makes one only where
+// neither file exists: a lost volume or a deleted data file is an error, never a new empty store.
+func TestOpenNeverReplacesAStore(t *testing.T) {
+	t.Parallel()
+	t.Run("nothing there", func(t *testing.T) {
+		t.Parallel()
+		o := paths(t)
+		o.Path = filepath.Join(filepath.Dir(o.Path), "volume", "store.db")
+		o.Create = false
+		if _, err := Open(t.Context(), o); !errors.Is(err, ErrNotInitialized) {
+			t.Fatalf("Open of nothing: %v, want ErrNotInitialized", err)
+		}
+		if _, err := os.Stat(filepath.Dir(o.Path)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("Open made the store's directory: %v", err)
+		}
+		if _, err := os.Stat(o.KeyFile); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("Open made a key file: %v", err)
+		}
+	})
+	t.Run("data file deleted", func(t *testing.T) {
+		t.Parallel()
+		o := paths(t)
+		s := open(t, o)
+		if _, err := s.PutProject(t.Context(), storetest.BasicProject("client-a")); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		key, _ := os.ReadFile(o.KeyFile)
+		os.Remove(o.Path)
+		for _, create := range []bool{false, true} {
+			o.Create = create
+			if s, err := Open(t.Context(), o); err == nil {
+				s.Close()
+				t.Fatalf("Open(Create: %v) of a key without its data file succeeded", create)
+			}
+			if _, err := Init(t.Context(), o); !errors.Is(err, ErrExists) {
+				t.Fatalf("Init over a key file: %v, want ErrExists", err)
+			}
+		}
+		if again, _ := os.ReadFile(o.KeyFile); !bytes.Equal(key, again) {
+			t.Fatal("the key file was replaced")
+		}
+		if _, err := os.Stat(o.Path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("a data file was made: %v", err)
+		}
+	})
+	t.Run("init", func(t *testing.T) {
+		t.Parallel()
+		o := paths(t)
+		o.Create = false
+		s, err := Init(t.Context(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.Created() {
+			t.Fatal("Created() is false after Init")
+		}
+		s.Close()
+		if _, err := Init(t.Context(), o); !errors.Is(err, ErrExists) {
+			t.Fatalf("second Init: %v, want ErrExists", err)
+		}
+		s = open(t, o)
+		if s.Created() {
+			t.Fatal("Created() is true after opening an existing store")
+		}
+	})
+}
+
+// A data file replaced by an older one that holds no project, while the index says the store held
+// some, is refused on every read with store.ErrProjectsLost: "no project" is never concluded from
+// it. Removing the last project on purpose leaves an empty store that reads as empty.
+func TestLostProjectsAreDetected(t *testing.T) {
+	t.Parallel()
+	o := paths(t)
+	s := open(t, o)
+	empty, err := os.ReadFile(o.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := s.PutProject(ctx, storetest.BasicProject("client-a")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, o.Path, empty, 0o600) // the empty store as it was right after it was made
+
+	if ps, err := s.Projects(ctx); !errors.Is(err, store.ErrProjectsLost) {
+		t.Fatalf("Projects of the replaced file: %d projects, %v; want ErrProjectsLost", len(ps), err)
+	} else if !strings.Contains(err.Error(), o.Path+".index") || !strings.Contains(err.Error(), "Restore it from backup") {
+		t.Fatalf("the error does not name the index file and the fix: %v", err)
+	}
+	if _, err := s.PutProject(ctx, storetest.BasicProject("client-b")); !errors.Is(err, store.ErrProjectsLost) {
+		t.Fatalf("a write over the replaced file: %v; want ErrProjectsLost", err)
+	}
+	// A new process opens it (to defer mail and see the restore) but reads fail the same way.
+	o.Create = false
+	s2 := open(t, o)
+	if _, err := s2.Projects(ctx); !errors.Is(err, store.ErrProjectsLost) {
+		t.Fatalf("Projects after reopening: %v; want ErrProjectsLost", err)
+	}
+
+	// Removing the index says the store is meant to be empty.
+	os.Remove(o.Path + ".index")
+	if ps, err := s2.Projects(ctx); err != nil || len(ps) != 0 {
+		t.Fatalf("after removing the index: %d projects, %v", len(ps), err)
+	}
+
+	// Deleting the last project on purpose is an empty store, not a lost one.
+	if _, err := s2.PutProject(ctx, storetest.BasicProject("client-c")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.DeleteProject(ctx, "client-c"); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := s.Projects(ctx); err != nil || len(ps) != 0 {
+		t.Fatalf("after deleting the last project: %d projects, %v", len(ps), err)
+	}
 }

@@ -35,7 +35,14 @@
 //     from a full scan first. If the index cannot be updated the project is still written; the
 //     next full scan picks it up. PutProjects writes many projects eight at a time and updates
 //     the index once.
-//  4. DeleteProject leaves a tombstone: it writes an empty version over the record (so a writer
+//  4. Projects never reports "no project" for a Vault that lost them: when the index names
+//     projects but projects/ lists none, or when every project read before is gone and LIST shows
+//     not even their tombstones (a wrong mount or prefix, a Vault replaced or restored, a policy
+//     change), it returns store.ErrProjectsLost and keeps its state, so the sidecar keeps the last
+//     good projects, or, having none, defers mail. A Vault that never held a project (no index,
+//     nothing listed) is empty. A process started against a Vault that lost everything, index
+//     included, cannot tell it from a new one: that is why deletes leave tombstones.
+//  5. DeleteProject leaves a tombstone: it writes an empty version over the record (so a writer
 //     holding an older version gets a conflict and versions keep increasing when the record is
 //     created again), then destroys every version's data for good, for the project and for its
 //     token; then it removes the project from the index.
@@ -436,6 +443,8 @@ func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	before := s.liveNamesLocked()
+	cache, lastIndex, lastFull, scanned := s.cache, s.lastIndex, s.lastFull, s.scanned
 	var err error
 	if !s.scanned || now.Sub(s.lastFull) >= s.fullScan {
 		err = s.fullScanLocked(ctx, now)
@@ -445,6 +454,25 @@ func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 	if err != nil {
 		return nil, err
 	}
+	names := s.liveNamesLocked()
+	if len(names) == 0 && len(before) > 0 {
+		// Every project went at once. Deleted projects leave tombstones that LIST still shows; a
+		// listing with nothing at all is a wrong path, a replaced Vault or a policy change, not
+		// an administrator's decision.
+		if err := s.confirmEmptyLocked(ctx, len(before)); err != nil {
+			s.cache, s.lastIndex, s.lastFull, s.scanned = cache, lastIndex, lastFull, scanned
+			return nil, err
+		}
+	}
+	out := make([]project.Project, 0, len(names))
+	for _, name := range names {
+		out = append(out, clone(s.cache[name].p))
+	}
+	return out, nil
+}
+
+// liveNamesLocked returns the names of the cached projects, sorted.
+func (s *Store) liveNamesLocked() []string {
 	names := make([]string, 0, len(s.cache))
 	for name, e := range s.cache {
 		if e.ok {
@@ -452,11 +480,24 @@ func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 		}
 	}
 	sort.Strings(names)
-	out := make([]project.Project, 0, len(names))
-	for _, name := range names {
-		out = append(out, clone(s.cache[name].p))
+	return names
+}
+
+// confirmEmptyLocked checks, when the n projects read before are all gone, that LIST still shows
+// their records (tombstones of deletes). If it shows none, the empty answer is not trusted:
+// store.ErrProjectsLost.
+func (s *Store) confirmEmptyLocked(ctx context.Context, n int) error {
+	listed, err := s.vc.List(ctx, s.prefix+"/projects")
+	if err != nil {
+		return fmt.Errorf("listing projects: %w", err)
 	}
-	return out, nil
+	for _, name := range listed {
+		if project.ValidName(name) {
+			return nil
+		}
+	}
+	return fmt.Errorf("Vault lists nothing under %s/projects/ where it held %d project(s), not even the records deletes leave: check store.vault's mount and prefix, the policy, and that this is the Vault the projects are in: %w",
+		s.prefix, n, store.ErrProjectsLost)
 }
 
 // quickPollLocked reads the index and the projects whose entries changed.
@@ -516,6 +557,10 @@ func (s *Store) fullScanLocked(ctx context.Context, now time.Time) error {
 			continue
 		}
 		names = append(names, name)
+	}
+	if len(names) == 0 && len(index) > 0 {
+		return fmt.Errorf("the index %s names %d project(s) but Vault lists nothing under %s/projects/: check the policy and that the projects were not deleted outside Postern: %w",
+			s.indexPath(), len(index), s.prefix, store.ErrProjectsLost)
 	}
 	// What each name needs, found in parallel; applied below in the listed order, so that the
 	// outcome and the log are those of a sequential scan.

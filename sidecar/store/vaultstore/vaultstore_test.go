@@ -616,3 +616,65 @@ func decodeJSON(s string) (map[string]any, error) {
 	err := dec.Decode(&m)
 	return m, err
 }
+
+// A Vault that lists nothing where it listed projects (its records gone without the tombstones a
+// delete leaves, as after a wrong path, a replaced Vault or a policy change) is never read as "no
+// project": Projects fails with store.ErrProjectsLost and keeps its state. Projects deleted with
+// DeleteProject leave tombstones: that empty store is believed.
+func TestProjectsLost(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	srv := vaulttest.New(t, vaulttest.Options{})
+	admin := newStore(t, client(t, srv, "", ""), vaultstore.Options{})
+	for _, name := range []string{"a", "b"} {
+		if _, err := admin.PutProject(ctx, storetest.BasicProject(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc := newSidecar(t, srv)
+	if ps, _ := sc.poll(); len(ps) != 2 {
+		t.Fatalf("%d projects, want 2", len(ps))
+	}
+
+	// Everything vanishes, index included: quick poll and full scan both refuse.
+	srv.DeleteMetadata("postern/projects/a")
+	srv.DeleteMetadata("postern/projects/b")
+	srv.DeleteMetadata("postern/index")
+	for _, wait := range []time.Duration{10 * time.Second, 2 * time.Minute} {
+		sc.clock.Advance(wait)
+		ps, err := sc.s.Projects(ctx)
+		if !errors.Is(err, store.ErrProjectsLost) || !strings.Contains(err.Error(), "postern/projects/") {
+			t.Fatalf("after %s: %d projects, %v; want ErrProjectsLost", wait, len(ps), err)
+		}
+	}
+
+	// A new sidecar finds an index naming projects that are not listed.
+	srv.Put("postern/index", map[string]any{"projects": map[string]any{"a": 1, "b": 1}})
+	fresh := newSidecar(t, srv)
+	if _, err := fresh.s.Projects(ctx); !errors.Is(err, store.ErrProjectsLost) {
+		t.Fatalf("index without records: %v; want ErrProjectsLost", err)
+	}
+
+	// Deleted on purpose: tombstones, an empty index, and an empty answer.
+	srv.DeleteMetadata("postern/index")
+	for _, name := range []string{"c", "d"} {
+		if _, err := admin.PutProject(ctx, storetest.BasicProject(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc2 := newSidecar(t, srv)
+	if ps, _ := sc2.poll(); len(ps) != 2 {
+		t.Fatalf("%d projects, want 2", len(ps))
+	}
+	for _, name := range []string{"c", "d"} {
+		if err := admin.DeleteProject(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, wait := range []time.Duration{10 * time.Second, 2 * time.Minute} {
+		sc2.clock.Advance(wait)
+		if ps, _ := sc2.poll(); len(ps) != 0 {
+			t.Fatalf("after deleting every project: %d", len(ps))
+		}
+	}
+}
