@@ -93,6 +93,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients,
 		RateWait:        cfg.Limits.RateWait,
+		ReadTimeout:     cfg.SMTPD.CommandTimeout,
+		DataTimeout:     cfg.SMTPD.DataTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the mail server: %w", err)
