@@ -100,6 +100,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients,
 		RateWait:        cfg.Limits.RateWait,
+		ReadTimeout:     cfg.SMTPD.CommandTimeout,
+		DataTimeout:     cfg.SMTPD.DataTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the mail server: %w", err)
@@ -140,12 +142,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var mil *milter.Server
 	if cfg.Listen.Milter != "" {
 		mil, err = milter.New(milter.Options{
-			Resolver:      dir,
-			Domains:       dir,
-			IsNoProject:   func(err error) bool { return errors.Is(err, directory.ErrNoProject) },
-			IsUnavailable: func(err error) bool { return errors.Is(err, directory.ErrUnavailable) },
-			Credentials:   milter.CredentialStateFunc(creds.State),
-			Logger:        log.With("component", "milter"),
+			Resolver:       dir,
+			Domains:        dir,
+			IsNoProject:    func(err error) bool { return errors.Is(err, directory.ErrNoProject) },
+			IsUnavailable:  func(err error) bool { return errors.Is(err, directory.ErrUnavailable) },
+			Credentials:    milter.CredentialStateFunc(creds.State),
+			Logger:         log.With("component", "milter"),
+			IdleTimeout:    cfg.Milter.IdleTimeout,
+			PacketTimeout:  cfg.Milter.PacketTimeout,
+			MaxHeaderBytes: cfg.Milter.MaxHeaderBytes,
+			MaxConnections: cfg.Milter.MaxConnections,
 		})
 		if err != nil {
 			return fmt.Errorf("configuring the milter: %w", err)

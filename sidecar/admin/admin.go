@@ -61,12 +61,40 @@ type Options struct {
 	Extra map[string]http.Handler
 	// API turns the project API on. nil: its routes answer 404 saying how to turn it on.
 	API *APIOptions
+	// ReadTimeout bounds reading one request, its body included; Go's HTTP server also cancels the
+	// request's context when it passes. Zero means DefaultReadTimeout.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds a request from the end of its header to the end of its response. Zero
+	// means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection without a request for this long. Zero means
+	// DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
+
+// Limits of the admin server.
+const (
+	// DefaultReadHeaderTimeout bounds reading a request's header.
+	DefaultReadHeaderTimeout = 10 * time.Second
+	// DefaultReadTimeout bounds reading a whole request. Handlers that work longer (the sign-in
+	// callback) do not depend on the request's context.
+	DefaultReadTimeout = time.Minute
+	// DefaultWriteTimeout is longer than the sign-in callback's two steps of at most a minute each
+	// (signin.Options.Timeout) and Go profiler's default 30-second profile.
+	DefaultWriteTimeout = 3 * time.Minute
+	// DefaultIdleTimeout closes idle kept-alive connections.
+	DefaultIdleTimeout = 2 * time.Minute
+	// MaxHeaderBytes bounds a request's header.
+	MaxHeaderBytes = 64 << 10
+	// MaxBodyBytes bounds every request's body; handlers may bound theirs further.
+	MaxBodyBytes = MaxAPIBodyBytes
+)
 
 // Server is the admin HTTP server.
 type Server struct {
-	opts Options
-	mux  *http.ServeMux
+	opts    Options
+	mux     *http.ServeMux
+	handler http.Handler
 }
 
 // New builds the server.
@@ -74,7 +102,17 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
 	s := &Server{opts: opts, mux: http.NewServeMux()}
+	s.handler = limitBodies(s.mux)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if opts.Registry != nil {
@@ -103,11 +141,28 @@ func New(opts Options) *Server {
 }
 
 // Handler returns the HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
-// Serve runs the server on l until ctx ends, then shuts it down within a few seconds.
+// limitBodies bounds every request's body to MaxBodyBytes.
+func limitBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// Serve runs the server on l until ctx ends, then shuts it down within a few seconds. Every request
+// is bounded in time (Options.ReadTimeout, WriteTimeout, IdleTimeout) and size (MaxHeaderBytes,
+// MaxBodyBytes), so a slow or endless client holds a connection for a bounded time only.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: min(DefaultReadHeaderTimeout, s.opts.ReadTimeout),
+		ReadTimeout:       s.opts.ReadTimeout,
+		WriteTimeout:      s.opts.WriteTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

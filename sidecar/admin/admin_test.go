@@ -3,12 +3,16 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -75,5 +79,90 @@ func TestStatusAndMetrics(t *testing.T) {
 	}
 	if code, _ := get(t, s.Handler(), "/healthz"); code != 200 {
 		t.Fatal("healthz")
+	}
+}
+
+// serve runs s on a loopback listener and returns its address.
+func serve(t *testing.T, s *Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return l.Addr().String()
+}
+
+// readsBody stands for a handler that reads a form, like POST /signin.
+func readsBody(got chan<- error) map[string]http.Handler {
+	return map[string]http.Handler{"POST /form": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, err := io.ReadAll(r.Body)
+		got <- err
+		if err != nil {
+			http.Error(w, "bad body", http.StatusBadRequest)
+		}
+	})}
+}
+
+// A request whose body trickles in is cut off after the read timeout, however steadily it comes.
+func TestSlowRequestBodyIsCutOff(t *testing.T) {
+	t.Parallel()
+	got := make(chan error, 1)
+	addr := serve(t, New(Options{Extra: readsBody(got), ReadTimeout: 300 * time.Millisecond}))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("POST /form HTTP/1.1\r\nHost: postern\r\nContent-Length: 1000\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if _, err := c.Write([]byte("l")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case err := <-got:
+		if err == nil {
+			t.Fatal("the handler read the whole body")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the body was still being read after 10s")
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(c); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the connection stayed open")
+	}
+}
+
+func TestRequestBodyIsBounded(t *testing.T) {
+	t.Parallel()
+	got := make(chan error, 1)
+	addr := serve(t, New(Options{Extra: readsBody(got)}))
+	resp, err := http.Post("http://"+addr+"/form", "text/plain", strings.NewReader(strings.Repeat("x", MaxBodyBytes+1)))
+	if err == nil {
+		resp.Body.Close()
+	}
+	var tooLarge *http.MaxBytesError
+	if err := <-got; !errors.As(err, &tooLarge) {
+		t.Fatalf("the handler read a body over %d bytes: %v", MaxBodyBytes, err)
 	}
 }

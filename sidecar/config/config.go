@@ -83,6 +83,10 @@ type Config struct {
 	Upstream Upstream `yaml:"upstream"`
 	// Limits apply to every message, whatever its project.
 	Limits Limits `yaml:"limits"`
+	// SMTPD holds the timeouts of the LMTP and SMTP server Postfix delivers to.
+	SMTPD SMTPD `yaml:"smtpd"`
+	// Milter holds the timeouts and limits of the milter.
+	Milter Milter `yaml:"milter"`
 	// SignIn configures the pages where a mailbox owner signs an OAuth project's mailbox in.
 	SignIn SignIn `yaml:"signin"`
 	// API configures the project API on the admin listener.
@@ -282,6 +286,33 @@ type Limits struct {
 	RateWait time.Duration `yaml:"rate_wait"`
 }
 
+// SMTPD holds the timeouts of the LMTP and SMTP server Postfix delivers to (listen.lmtp,
+// listen.smtp). A connection that runs out of either is answered 421 4.4.2 and closed; a partial
+// command line is never run, and a message cut off is never relayed.
+type SMTPD struct {
+	// CommandTimeout bounds the wait for each command line, which must arrive whole within it.
+	// Default 10m.
+	CommandTimeout time.Duration `yaml:"command_timeout"`
+	// DataTimeout bounds the data of one message: from the 354 reply to DATA to the final dot, or
+	// one BDAT chunk. Default 10m.
+	DataTimeout time.Duration `yaml:"data_timeout"`
+}
+
+// Milter holds the timeouts and limits of the milter (listen.milter). A connection that breaks one
+// is closed, and Postfix applies its milter_default_action to the message in progress.
+type Milter struct {
+	// IdleTimeout closes a connection on which Postfix sends nothing for this long. Postfix keeps
+	// its milter connection for a whole SMTP session, idle while the client sends its message.
+	// Default 1h.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// PacketTimeout: each packet must arrive whole within this long of its first byte. Default 10s.
+	PacketTimeout time.Duration `yaml:"packet_timeout"`
+	// MaxHeaderBytes bounds the header fields of one message. Default 1048576 (1 MiB).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxConnections bounds the milter connections served at once. Default 256.
+	MaxConnections int `yaml:"max_connections"`
+}
+
 // SignIn configures the sign-in pages on the admin listener, where the owner of an OAuth project's
 // mailbox signs it in through a link from `postern authorize-link`.
 type SignIn struct {
@@ -351,6 +382,16 @@ func base() *Config {
 			MaxMessageBytes: 50 << 20,
 			MaxRecipients:   1000,
 			RateWait:        30 * time.Second,
+		},
+		SMTPD: SMTPD{
+			CommandTimeout: 10 * time.Minute,
+			DataTimeout:    10 * time.Minute,
+		},
+		Milter: Milter{
+			IdleTimeout:    time.Hour,
+			PacketTimeout:  10 * time.Second,
+			MaxHeaderBytes: 1 << 20,
+			MaxConnections: 256,
 		},
 		SignIn: SignIn{
 			KeyFile: DefaultSignInKeyFile,
@@ -628,10 +669,20 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 		{"upstream.max_conn_wait", u.MaxConnWait},
 		{"upstream.down_backoff", u.DownBackoff},
 		{"reload_interval", c.ReloadInterval},
+		{"smtpd.command_timeout", c.SMTPD.CommandTimeout},
+		{"smtpd.data_timeout", c.SMTPD.DataTimeout},
+		{"milter.idle_timeout", c.Milter.IdleTimeout},
+		{"milter.packet_timeout", c.Milter.PacketTimeout},
 	} {
 		if d.v <= 0 {
 			add("%s %v: must be more than 0", d.key, d.v)
 		}
+	}
+	if c.Milter.MaxHeaderBytes <= 0 {
+		add("milter.max_header_bytes %d: must be more than 0", c.Milter.MaxHeaderBytes)
+	}
+	if c.Milter.MaxConnections <= 0 {
+		add("milter.max_connections %d: must be more than 0", c.Milter.MaxConnections)
 	}
 	if c.Limits.MaxMessageBytes <= 0 {
 		add("limits.max_message_bytes %d: must be more than 0", c.Limits.MaxMessageBytes)

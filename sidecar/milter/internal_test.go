@@ -1,10 +1,14 @@
 package milter
 
 import (
+	"context"
 	"encoding/binary"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/project"
 )
@@ -36,37 +40,91 @@ func postfixStream() []byte {
 	return s
 }
 
-func teeRun(stream []byte, chunk int) [][]string {
-	var got [][]string
-	t := frameTee{onMail: func(a []string) { got = append(got, a) }}
-	for len(stream) > 0 {
-		n := min(chunk, len(stream))
-		t.feed(stream[:n])
-		stream = stream[n:]
-	}
-	return got
+// chunkConn is a network connection whose reads return at most chunk bytes of r.
+type chunkConn struct {
+	net.Conn // nil: only the methods below are used
+	r        []byte
+	chunk    int
 }
 
-func TestFrameTeeSeesMailParameters(t *testing.T) {
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.r) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.r)
+	c.r = c.r[n:]
+	return n, nil
+}
+
+func (*chunkConn) SetReadDeadline(time.Time) error { return nil }
+func (*chunkConn) RemoteAddr() net.Addr            { return nil }
+
+// readerRun passes stream through a connection's packet reader, in network reads of at most chunk
+// bytes, and returns the packets go-milter would read and the MAIL parameters the session got.
+func readerRun(t testing.TB, stream []byte, chunk int) (packets []string, mailArgs [][]string) {
+	s, err := New(Options{Resolver: nopResolver{}, Domains: nopResolver{}, IsNoProject: func(error) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.newConn(context.Background(), &chunkConn{r: stream, chunk: chunk})
+	for {
+		if err := c.readPacket(); err != nil {
+			return packets, mailArgs
+		}
+		for _, p := range c.out {
+			packets = append(packets, string(p))
+			if len(p) > 4 && p[4] == 'M' {
+				mailArgs = append(mailArgs, c.sess.mailArgs)
+			}
+		}
+		c.out = nil
+	}
+}
+
+func TestPacketReaderSeesMailParameters(t *testing.T) {
 	t.Parallel()
 	want := [][]string{{"<noreply@client-a.example>", "size=194", "SIZE=300"}, {"<other@client-a.example>"}}
 	for _, chunk := range []int{1, 2, 3, 5, 7, 64, 1 << 20} {
-		got := teeRun(postfixStream(), chunk)
+		_, got := readerRun(t, postfixStream(), chunk)
 		if !slices.EqualFunc(got, want, slices.Equal) {
-			t.Errorf("reads of %d bytes: got %q, want %q", chunk, got, want)
+			t.Errorf("writes of %d bytes: got %q, want %q", chunk, got, want)
 		}
 	}
 }
 
-func FuzzFrameTee(f *testing.F) {
+// go-milter clears its header map only on SMFIC_ABORT: the reader puts one before every message,
+// before the macros of its MAIL command or, without them, before the command itself.
+func TestPacketReaderAbortsBeforeEveryMessage(t *testing.T) {
+	t.Parallel()
+	got, _ := readerRun(t, postfixStream(), 1<<20)
+	var codes []byte
+	for _, p := range got {
+		codes = append(codes, p[4])
+	}
+	if want := "OADMDRLNBEAAMQ"; string(codes) != want {
+		t.Errorf("go-milter reads packets %q, want %q", codes, want)
+	}
+	for _, p := range got {
+		if p[4] == 'A' && p != string(abortPacket) {
+			t.Errorf("abort packet %q", p)
+		}
+	}
+}
+
+func FuzzPacketReader(f *testing.F) {
 	f.Add(postfixStream(), uint8(3))
 	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 1, 'M'}, uint8(1))
 	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
-		// However go-milter's reads split the stream, the tee sees the same packets.
-		whole := teeRun(stream, len(stream)+1)
-		split := teeRun(stream, int(chunk)+1)
-		if !slices.EqualFunc(whole, split, slices.Equal) {
-			t.Fatalf("whole: %q, in reads of %d: %q", whole, int(chunk)+1, split)
+		// However the network splits the stream, go-milter reads the same packets.
+		whole, wholeArgs := readerRun(t, stream, len(stream)+1)
+		split, splitArgs := readerRun(t, stream, int(chunk)+1)
+		if !slices.Equal(whole, split) || !slices.EqualFunc(wholeArgs, splitArgs, slices.Equal) {
+			t.Fatalf("whole: %q %q, in writes of %d: %q %q", whole, wholeArgs, int(chunk)+1, split, splitArgs)
+		}
+		for _, p := range whole {
+			if len(p) > 4+maxPacketBytes {
+				t.Fatalf("a packet of %d bytes passed", len(p))
+			}
 		}
 	})
 }

@@ -39,18 +39,29 @@
 // protocol version 2 with Postfix. How this package works around that library:
 //
 //   - It does not hand the MAIL FROM ESMTP parameters (SIZE=) to the Milter, and Postfix has no macro
-//     for them. Each connection's reads pass through a passive reader of the packet framing that
-//     keeps the parameters of the last SMFIC_MAIL packet; see frameTee.
-//   - It creates a new Milter value after every accept, reject or tempfail, and resets the header
-//     map it collects only on SMFIC_ABORT, so without an abort two messages' fields would mix. Each connection therefore gets
-//     its own go-milter server whose NewMilter returns the same per-connection session, and the session
-//     collects the header fields it needs itself, starting afresh at every MAIL FROM.
-//   - It has no timeouts: the connection wrapper sets a read deadline before every read (IdleTimeout)
-//     and a write deadline before every write (WriteTimeout).
+//     for them. The connection wrapper reads every packet before go-milter does and hands the
+//     parameters of SMFIC_MAIL to the session; see conn.readPacket.
+//   - It creates a new Milter value after every accept, reject or tempfail, so each connection gets
+//     its own go-milter server whose NewMilter returns the same per-connection session, and the
+//     session collects the header fields it needs itself, starting afresh at every MAIL FROM.
+//   - It keeps every header field of a connection in a map it clears only on SMFIC_ABORT, which
+//     Postfix does not send after every message. The wrapper queues an SMFIC_ABORT before every
+//     new message, and ends the connection when the header fields since the last abort exceed
+//     MaxHeaderBytes.
+//   - It allocates a packet's declared length (up to 1 MiB) as soon as it has read the length, and
+//     has no timeouts. The wrapper reads whole packets itself first: waiting for a packet is bounded
+//     by IdleTimeout, a started packet must arrive whole within PacketTimeout, a declared length
+//     over 256 KiB ends the connection, and every reply is written within WriteTimeout.
 //   - It writes its own diagnostics with the standard library's global log package. Read errors,
-//     idle timeouts and shutdown are turned into a clean end of stream, so they are logged here
+//     timeouts, limits and shutdown are turned into a clean end of stream, so they are logged here
 //     instead; a failed write or a malformed packet is still reported there.
 //   - It answers every header field, so the milter never asks Postfix to skip those replies.
+//
+// The milter protects itself by ending a connection, never by a reply about the message: a
+// connection that breaks a limit (header fields over MaxHeaderBytes, a packet over 256 KiB or
+// slower than PacketTimeout) is closed, and Postfix applies milter_default_action to the message in
+// progress (tempfail by default: the client tries again later). At most MaxConnections connections
+// are served at once; one more is closed as soon as it is accepted, with the same effect.
 package milter
 
 import (
@@ -126,6 +137,17 @@ const (
 	// DefaultLookupTimeout is shorter than milter_command_timeout (30s), so a slow directory
 	// gets this milter's own 451 rather than Postfix's milter_default_action.
 	DefaultLookupTimeout = 20 * time.Second
+	// DefaultPacketTimeout is far longer than Postfix needs: it writes each packet at once.
+	DefaultPacketTimeout = 10 * time.Second
+)
+
+// Default limits.
+const (
+	// DefaultMaxHeaderBytes is ten of Postfix's largest header fields (header_size_limit 102400).
+	DefaultMaxHeaderBytes = 1 << 20
+	// DefaultMaxConnections is above what Postfix opens with its default process limits: one
+	// connection per smtpd process and one per cleanup process for non_smtpd_milters, 100 each.
+	DefaultMaxConnections = 256
 )
 
 // Options configures a Server. Resolver, Domains and IsNoProject are required; every other zero
@@ -156,12 +178,22 @@ type Options struct {
 	WriteTimeout time.Duration
 	// LookupTimeout bounds one Resolver call. Zero means DefaultLookupTimeout.
 	LookupTimeout time.Duration
+	// PacketTimeout bounds the arrival of one packet from its first byte to its last. Zero means
+	// DefaultPacketTimeout.
+	PacketTimeout time.Duration
+	// MaxHeaderBytes bounds the header fields of one message (their names and values as Postfix
+	// sends them); over it the connection is closed. Zero means DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// MaxConnections bounds the connections served at once, over all listeners; one more is closed
+	// at once. Zero means DefaultMaxConnections.
+	MaxConnections int
 }
 
 // Server is the milter. One Server may serve several listeners at once.
 type Server struct {
-	opts Options
-	log  *slog.Logger
+	opts  Options
+	log   *slog.Logger
+	slots chan struct{} // one per connection served
 }
 
 // The protocol steps the milter asks for: no connect or HELO information, no unknown commands and
@@ -184,8 +216,11 @@ func New(opts Options) (*Server, error) {
 	if opts.IsNoProject == nil {
 		errs = append(errs, errors.New("milter: IsNoProject is required (for example errors.Is(err, directory.ErrNoProject))"))
 	}
-	if opts.IdleTimeout < 0 || opts.WriteTimeout < 0 || opts.LookupTimeout < 0 {
+	if opts.IdleTimeout < 0 || opts.WriteTimeout < 0 || opts.LookupTimeout < 0 || opts.PacketTimeout < 0 {
 		errs = append(errs, errors.New("milter: timeouts must not be negative"))
+	}
+	if opts.MaxHeaderBytes < 0 || opts.MaxConnections < 0 {
+		errs = append(errs, errors.New("milter: MaxHeaderBytes and MaxConnections must not be negative"))
 	}
 	if opts.HostLimits == nil {
 		opts.HostLimits = DefaultHostLimits()
@@ -213,11 +248,20 @@ func New(opts Options) (*Server, error) {
 	if opts.LookupTimeout == 0 {
 		opts.LookupTimeout = DefaultLookupTimeout
 	}
+	if opts.PacketTimeout == 0 {
+		opts.PacketTimeout = DefaultPacketTimeout
+	}
+	if opts.MaxHeaderBytes == 0 {
+		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log}, nil
+	return &Server{opts: opts, log: log, slots: make(chan struct{}, opts.MaxConnections)}, nil
 }
 
 // Serve accepts milter connections from Postfix on ln until ctx ends or ln fails. On return ln is
@@ -242,7 +286,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Wait()
 	}()
 
-	var delay time.Duration
+	var (
+		delay      time.Duration
+		lastWarned time.Time
+		refused    int // connections closed for the cap since the last warning
+	)
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -263,6 +311,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			nc.Close()
+			refused++
+			if now := time.Now(); now.Sub(lastWarned) >= time.Minute {
+				s.log.Warn("too many milter connections: closing new ones; Postfix applies milter_default_action to their mail",
+					"max_connections", s.opts.MaxConnections, "closed", refused)
+				lastWarned, refused = now, 0
+			}
+			continue
+		}
 		c := s.newConn(ctx, nc)
 		mu.Lock()
 		conns[c] = struct{}{}
@@ -270,6 +330,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-s.slots }()
 			c.serve()
 			mu.Lock()
 			delete(conns, c)

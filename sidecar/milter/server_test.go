@@ -689,3 +689,146 @@ func TestNewReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// dialRaw opens a connection that speaks the packet framing by hand.
+func (ts *testServer) dialRaw(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial(ts.network, ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// wantClosed waits for the server to close c without answering.
+func wantClosed(t *testing.T, c net.Conn, why string) {
+	t.Helper()
+	if n, err := c.Read(make([]byte, 64)); err != io.EOF {
+		t.Fatalf("read %d bytes, %v: want the server to close the connection (%s)", n, err, why)
+	}
+}
+
+func (ts *testServer) wantLog(t *testing.T, text string) {
+	t.Helper()
+	if !strings.Contains(ts.logs.String(), text) {
+		t.Errorf("no log line containing %q:\n%s", text, ts.logs.String())
+	}
+}
+
+// A message whose header fields go over the limit ends the connection: go-milter would keep them
+// all in memory.
+func TestHeaderFieldsAreBounded(t *testing.T) {
+	t.Parallel()
+	const limit = 64 << 10
+	ts := start(t, "unix", func(o *milter.Options) { o.MaxHeaderBytes = limit })
+	s := ts.session(t)
+	if err := s.Macros(gomilter.CodeMail, "{mail_addr}", "x@client-n.example"); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.Mail("x@client-n.example", nil); err != nil || a.Code != gomilter.ActContinue {
+		t.Fatalf("MAIL: %+v %v", a, err)
+	}
+	value := strings.Repeat("v", 8<<10)
+	sent := 0
+	for i := range 100 {
+		if _, err := s.HeaderField(fmt.Sprintf("X-Big-%d", i), value); err != nil {
+			break
+		}
+		sent += len(value)
+	}
+	if sent > limit {
+		t.Fatalf("%d bytes of header fields were taken, limit %d", sent, limit)
+	}
+	ts.wantLog(t, "header fields exceed")
+}
+
+// The limit is per message: go-milter's header map is cleared at every new message even when the
+// client sends no abort in between.
+func TestHeaderLimitIsPerMessage(t *testing.T) {
+	t.Parallel()
+	const limit = 16 << 10
+	ts := start(t, "unix", func(o *milter.Options) { o.MaxHeaderBytes = limit })
+	s := ts.session(t)
+	headers := append(from("x@client-n.example"), [2]string{"X-Filler", strings.Repeat("f", limit/2)})
+	for i := range 5 {
+		o := transact(t, s, message{sender: "x@client-n.example", rcpts: recipients(1), headers: headers})
+		if o.code != gomilter.ActAccept {
+			t.Fatalf("message %d: %+v, want accepted", i+1, o)
+		}
+	}
+}
+
+// A packet must arrive whole within the packet timeout, however slowly its bytes trickle in.
+func TestSlowPacketIsCutOff(t *testing.T) {
+	t.Parallel()
+	ts := start(t, "unix", func(o *milter.Options) {
+		o.PacketTimeout = 100 * time.Millisecond
+		o.IdleTimeout = time.Hour
+	})
+	c := ts.dialRaw(t)
+	// A length of 1000 and one byte, then one more byte every 20ms: each read renews no deadline.
+	if _, err := c.Write([]byte{0, 0, 0x03, 0xe8, 'L'}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				if _, err := c.Write([]byte("x")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	wantClosed(t, c, "a packet slower than the packet timeout")
+	ts.wantLog(t, "packet timeout")
+}
+
+// A declared length over the limit is refused at once, before any of it is read or allocated
+// (go-milter itself allocates up to 1 MiB and waits for it).
+func TestOverlongPacketIsRefused(t *testing.T) {
+	t.Parallel()
+	ts := start(t, "unix", nil)
+	for _, length := range []uint32{512 << 10, 0x7fffffff, 0} {
+		c := ts.dialRaw(t)
+		if _, err := c.Write(binary.BigEndian.AppendUint32(nil, length)); err != nil {
+			t.Fatal(err)
+		}
+		wantClosed(t, c, fmt.Sprintf("declared length %d", length))
+	}
+	ts.wantLog(t, "declared length is out of bounds")
+}
+
+// Connections over MaxConnections are closed as soon as they are accepted.
+func TestConnectionsAreBounded(t *testing.T) {
+	t.Parallel()
+	ts := start(t, "unix", func(o *milter.Options) { o.MaxConnections = 2 })
+	first := ts.session(t)
+	ts.session(t)
+	wantClosed(t, ts.dialRaw(t), "a third connection")
+	ts.wantLog(t, "too many milter connections")
+
+	first.Close()
+	// The freed slot serves again (the server notices the close in its own time).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := ts.v2Client().Session()
+		if err == nil {
+			if o := send(t, s, message{sender: "someone@elsewhere.example"}); o.code != gomilter.ActAccept {
+				t.Fatalf("got %+v", o)
+			}
+			s.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one was closed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

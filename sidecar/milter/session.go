@@ -136,8 +136,8 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	return gomilter.RespContinue, nil
 }
 
-// Header collects the From fields and counts bytes. go-milter's own header map is not used: it
-// keeps growing across the messages of one connection.
+// Header collects the From fields and counts bytes. go-milter's own header map is not used (the
+// connection wrapper only bounds it).
 func (s *session) Header(name, value string, m *gomilter.Modifier) (gomilter.Response, error) {
 	if !s.msg.active {
 		return gomilter.RespContinue, nil

@@ -1,13 +1,9 @@
 package smtpd
 
 import (
-	"bufio"
-	"bytes"
 	"net"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // Graceful shutdown works below go-smtp, on the connections themselves. go-smtp sets a read deadline
@@ -20,6 +16,7 @@ import (
 // drainListener wraps accepted connections in drainConns and keeps track of them.
 type drainListener struct {
 	net.Listener
+	dataTimeout time.Duration // see Options.DataTimeout
 
 	mu       sync.Mutex
 	conns    map[*drainConn]struct{}
@@ -27,8 +24,8 @@ type drainListener struct {
 	wg       sync.WaitGroup // one per open connection
 }
 
-func newDrainListener(l net.Listener) *drainListener {
-	return &drainListener{Listener: l, conns: map[*drainConn]struct{}{}}
+func newDrainListener(l net.Listener, dataTimeout time.Duration) *drainListener {
+	return &drainListener{Listener: l, dataTimeout: dataTimeout, conns: map[*drainConn]struct{}{}}
 }
 
 func (l *drainListener) Accept() (net.Conn, error) {
@@ -37,6 +34,7 @@ func (l *drainListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	c := &drainConn{Conn: nc, l: l}
+	c.frame.init(c)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c.draining = l.draining
@@ -83,51 +81,16 @@ func (l *drainListener) wait() <-chan struct{} {
 
 var past = time.Unix(1, 0)
 
-// drainConn is one Postfix connection.
+// drainConn is one Postfix connection. Its reads are framed (see framing.go).
 type drainConn struct {
 	net.Conn
-	l    *drainListener
-	rd   *bufio.Reader // reads ahead of go-smtp's own small buffer: a message body in few reads
-	line int           // bytes read since the last line end
+	l     *drainListener
+	frame framer
 
 	mu       sync.Mutex
 	busy     bool // inside a transaction
 	draining bool
 	closed   bool
-}
-
-// readAhead is how much of a message body one read from Postfix's connection may take in.
-const readAhead = 32 << 10
-
-// maxLineLength is the longest line Postfix may send, as go-smtp's default limit (its own check,
-// a byte at a time, is off: Read checks in bulk). A longer line fails with smtp.ErrTooLongLine,
-// which go-smtp answers with 500 5.4.0 and closes the connection.
-const maxLineLength = 2000
-
-func (c *drainConn) Read(b []byte) (int, error) {
-	if c.rd == nil {
-		c.rd = bufio.NewReaderSize(c.Conn, readAhead)
-	}
-	if c.line > maxLineLength {
-		return 0, smtp.ErrTooLongLine
-	}
-	n, err := c.rd.Read(b)
-	for p := b[:n]; ; {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			c.line += len(p)
-			break
-		}
-		if c.line+i+1 > maxLineLength {
-			c.line = maxLineLength + 1
-			return 0, smtp.ErrTooLongLine
-		}
-		c.line, p = 0, p[i+1:]
-	}
-	if c.line > maxLineLength {
-		return 0, smtp.ErrTooLongLine
-	}
-	return n, err
 }
 
 // SetReadDeadline is go-smtp's call before each command: while draining and idle, the deadline is
@@ -139,6 +102,11 @@ func (c *drainConn) SetReadDeadline(t time.Time) error {
 		t = past
 	}
 	return c.Conn.SetReadDeadline(t)
+}
+
+// setDataDeadline gives a message's data (or one BDAT chunk) Options.DataTimeout from now.
+func (c *drainConn) setDataDeadline() {
+	_ = c.SetReadDeadline(time.Now().Add(c.l.dataTimeout))
 }
 
 func (c *drainConn) SetDeadline(t time.Time) error {

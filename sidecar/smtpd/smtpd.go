@@ -31,6 +31,10 @@
 // Every failure goes through replyFor: an upstream's definite no (5xx to RCPT or DATA) is passed
 // on; everything else is temporary, so mail is never bounced for an operational fault.
 //
+// Every command line must arrive whole within Options.ReadTimeout and every message within
+// Options.DataTimeout; a connection that runs out of either is answered 421 4.4.2 and closed, and no
+// partial line is ever run as a command (framing.go).
+//
 // When Serve's ctx ends the listener closes, connections between transactions close at once, and
 // transactions in flight may finish for Options.ShutdownTimeout before their connections are cut.
 package smtpd
@@ -84,6 +88,7 @@ const (
 	DefaultMaxMessageBytes = 50 << 20
 	DefaultMaxRecipients   = 1000
 	DefaultReadTimeout     = 10 * time.Minute
+	DefaultDataTimeout     = 10 * time.Minute
 	DefaultWriteTimeout    = 5 * time.Minute
 	DefaultRateWait        = 30 * time.Second
 	DefaultShutdownTimeout = 30 * time.Second
@@ -105,9 +110,14 @@ type Options struct {
 	// MaxRecipients per transaction, advertised and enforced; a project's own
 	// Limits.MaxRecipients can only lower it. Default DefaultMaxRecipients.
 	MaxRecipients int
-	// ReadTimeout bounds waiting for Postfix's next command and, from the DATA command on, for the
-	// whole message. Default DefaultReadTimeout.
+	// ReadTimeout bounds waiting for Postfix's next command line, which must arrive whole within it:
+	// a line cut off by it is never run, and the connection is answered 421 4.4.2 and closed.
+	// Default DefaultReadTimeout.
 	ReadTimeout time.Duration
+	// DataTimeout bounds the data of one message, from the 354 reply to DATA to the final dot, or
+	// one BDAT chunk from its command on. A message cut off by it is never relayed; its recipients
+	// get a temporary failure and the connection is closed. Default DefaultDataTimeout.
+	DataTimeout time.Duration
 	// WriteTimeout bounds writing one reply. Default DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	// RateWait bounds the wait for a project's messages-per-minute budget before 451 4.7.0.
@@ -148,6 +158,7 @@ func New(opts Options) (*Server, error) {
 		{"MaxMessageBytes", opts.MaxMessageBytes < 0},
 		{"MaxRecipients", opts.MaxRecipients < 0},
 		{"ReadTimeout", opts.ReadTimeout < 0},
+		{"DataTimeout", opts.DataTimeout < 0},
 		{"WriteTimeout", opts.WriteTimeout < 0},
 		{"RateWait", opts.RateWait < 0},
 		{"ShutdownTimeout", opts.ShutdownTimeout < 0},
@@ -178,6 +189,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ReadTimeout == 0 {
 		// Never zero: graceful shutdown relies on go-smtp setting a read deadline per command.
 		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.DataTimeout == 0 {
+		opts.DataTimeout = DefaultDataTimeout
 	}
 	if opts.WriteTimeout == 0 {
 		opts.WriteTimeout = DefaultWriteTimeout
@@ -219,7 +233,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	sessionBase, hardStop := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardStop()
 
-	dl := newDrainListener(l)
+	dl := newDrainListener(l, s.opts.DataTimeout)
 	srv := smtp.NewServer(&backend{srv: s, lmtp: lmtp, base: sessionBase, log: log})
 	srv.LMTP = lmtp
 	srv.Domain = s.opts.Hostname
@@ -227,7 +241,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	srv.MaxRecipients = s.opts.MaxRecipients
 	// Passed through: the upstream connection refuses (553 5.6.7) what its upstream cannot take.
 	srv.EnableSMTPUTF8 = true
-	srv.MaxLineLength = 0 // drainConn limits lines to maxLineLength
+	srv.MaxLineLength = 0 // the framer limits lines to maxLineLength
 	srv.ReadTimeout = s.opts.ReadTimeout
 	srv.WriteTimeout = s.opts.WriteTimeout
 	srv.ErrorLog = errorLog{log}
