@@ -300,9 +300,9 @@ func TestSecretNeverPrints(t *testing.T) {
 	text, _ := c.Secret.MarshalText()
 	js, _ := c.Secret.MarshalJSON()
 	for name, out := range map[string]string{
-		"%v":   fmt.Sprintf("%v", c),
-		"%+v":  fmt.Sprintf("%+v", c),
-		"%#v":  fmt.Sprintf("%#v", c),
+		"%v":  fmt.Sprintf("%v", c),
+		"%+v": fmt.Sprintf("%+v", c),
+		"%#v": fmt.Sprintf("%#v", c),
 		//lint:ignore S1025 the test is of the %s verb itself
 		"%s":   fmt.Sprintf("%s", c.Secret),
 		"slog": logs.String(),

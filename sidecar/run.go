@@ -151,7 +151,6 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			IdleTimeout:    cfg.Milter.IdleTimeout,
 			PacketTimeout:  cfg.Milter.PacketTimeout,
 			MaxHeaderBytes: cfg.Milter.MaxHeaderBytes,
-			MaxConnections: cfg.Milter.MaxConnections,
 		})
 		if err != nil {
 			return fmt.Errorf("configuring the milter: %w", err)

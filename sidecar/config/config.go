@@ -309,8 +309,6 @@ type Milter struct {
 	PacketTimeout time.Duration `yaml:"packet_timeout"`
 	// MaxHeaderBytes bounds the header fields of one message. Default 1048576 (1 MiB).
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
-	// MaxConnections bounds the milter connections served at once. Default 256.
-	MaxConnections int `yaml:"max_connections"`
 }
 
 // SignIn configures the sign-in pages on the admin listener, where the owner of an OAuth project's
@@ -391,7 +389,6 @@ func base() *Config {
 			IdleTimeout:    time.Hour,
 			PacketTimeout:  10 * time.Second,
 			MaxHeaderBytes: 1 << 20,
-			MaxConnections: 256,
 		},
 		SignIn: SignIn{
 			KeyFile: DefaultSignInKeyFile,
@@ -680,9 +677,6 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	}
 	if c.Milter.MaxHeaderBytes <= 0 {
 		add("milter.max_header_bytes %d: must be more than 0", c.Milter.MaxHeaderBytes)
-	}
-	if c.Milter.MaxConnections <= 0 {
-		add("milter.max_connections %d: must be more than 0", c.Milter.MaxConnections)
 	}
 	if c.Limits.MaxMessageBytes <= 0 {
 		add("limits.max_message_bytes %d: must be more than 0", c.Limits.MaxMessageBytes)

@@ -295,7 +295,6 @@ func TestValidate(t *testing.T) {
 		{"zero data timeout", "smtpd: {data_timeout: 0s}\n", "smtpd.data_timeout 0s"},
 		{"zero milter packet timeout", "milter: {packet_timeout: 0s}\n", "milter.packet_timeout 0s"},
 		{"no milter header bytes", "milter: {max_header_bytes: 0}\n", "milter.max_header_bytes 0"},
-		{"no milter connections", "milter: {max_connections: -1}\n", "milter.max_connections -1"},
 		{"non-octal mode", "listen: {socket_mode: '0690'}\n", `listen.socket_mode "0690"`},
 		{"mode too large", "listen: {socket_mode: '1777'}\n", `listen.socket_mode "1777"`},
 		{"connection cap raised", "listen: {max_connections: {lmtp: 1000, socketmap: 1}}\n", ""},

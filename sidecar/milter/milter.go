@@ -60,8 +60,8 @@
 // The milter protects itself by ending a connection, never by a reply about the message: a
 // connection that breaks a limit (header fields over MaxHeaderBytes, a packet over 256 KiB or
 // slower than PacketTimeout) is closed, and Postfix applies milter_default_action to the message in
-// progress (tempfail by default: the client tries again later). At most MaxConnections connections
-// are served at once; one more is closed as soon as it is accepted, with the same effect.
+// progress (tempfail by default: the client tries again later). How many connections are served at
+// once is the listener's business: Postern's listeners cap it (listen.max_connections.milter).
 package milter
 
 import (
@@ -145,9 +145,6 @@ const (
 const (
 	// DefaultMaxHeaderBytes is ten of Postfix's largest header fields (header_size_limit 102400).
 	DefaultMaxHeaderBytes = 1 << 20
-	// DefaultMaxConnections is above what Postfix opens with its default process limits: one
-	// connection per smtpd process and one per cleanup process for non_smtpd_milters, 100 each.
-	DefaultMaxConnections = 256
 )
 
 // Options configures a Server. Resolver, Domains and IsNoProject are required; every other zero
@@ -184,16 +181,12 @@ type Options struct {
 	// MaxHeaderBytes bounds the header fields of one message (their names and values as Postfix
 	// sends them); over it the connection is closed. Zero means DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
-	// MaxConnections bounds the connections served at once, over all listeners; one more is closed
-	// at once. Zero means DefaultMaxConnections.
-	MaxConnections int
 }
 
 // Server is the milter. One Server may serve several listeners at once.
 type Server struct {
-	opts  Options
-	log   *slog.Logger
-	slots chan struct{} // one per connection served
+	opts Options
+	log  *slog.Logger
 }
 
 // The protocol steps the milter asks for: no connect or HELO information, no unknown commands and
@@ -219,8 +212,8 @@ func New(opts Options) (*Server, error) {
 	if opts.IdleTimeout < 0 || opts.WriteTimeout < 0 || opts.LookupTimeout < 0 || opts.PacketTimeout < 0 {
 		errs = append(errs, errors.New("milter: timeouts must not be negative"))
 	}
-	if opts.MaxHeaderBytes < 0 || opts.MaxConnections < 0 {
-		errs = append(errs, errors.New("milter: MaxHeaderBytes and MaxConnections must not be negative"))
+	if opts.MaxHeaderBytes < 0 {
+		errs = append(errs, errors.New("milter: MaxHeaderBytes must not be negative"))
 	}
 	if opts.HostLimits == nil {
 		opts.HostLimits = DefaultHostLimits()
@@ -254,14 +247,11 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxHeaderBytes == 0 {
 		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
-	if opts.MaxConnections == 0 {
-		opts.MaxConnections = DefaultMaxConnections
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log, slots: make(chan struct{}, opts.MaxConnections)}, nil
+	return &Server{opts: opts, log: log}, nil
 }
 
 // Serve accepts milter connections from Postfix on ln until ctx ends or ln fails. On return ln is
@@ -286,11 +276,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Wait()
 	}()
 
-	var (
-		delay      time.Duration
-		lastWarned time.Time
-		refused    int // connections closed for the cap since the last warning
-	)
+	var delay time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -311,18 +297,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			nc.Close()
-			refused++
-			if now := time.Now(); now.Sub(lastWarned) >= time.Minute {
-				s.log.Warn("too many milter connections: closing new ones; Postfix applies milter_default_action to their mail",
-					"max_connections", s.opts.MaxConnections, "closed", refused)
-				lastWarned, refused = now, 0
-			}
-			continue
-		}
 		c := s.newConn(ctx, nc)
 		mu.Lock()
 		conns[c] = struct{}{}
@@ -330,7 +304,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.slots }()
 			c.serve()
 			mu.Lock()
 			delete(conns, c)

@@ -804,31 +804,3 @@ func TestOverlongPacketIsRefused(t *testing.T) {
 	}
 	ts.wantLog(t, "declared length is out of bounds")
 }
-
-// Connections over MaxConnections are closed as soon as they are accepted.
-func TestConnectionsAreBounded(t *testing.T) {
-	t.Parallel()
-	ts := start(t, "unix", func(o *milter.Options) { o.MaxConnections = 2 })
-	first := ts.session(t)
-	ts.session(t)
-	wantClosed(t, ts.dialRaw(t), "a third connection")
-	ts.wantLog(t, "too many milter connections")
-
-	first.Close()
-	// The freed slot serves again (the server notices the close in its own time).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s, err := ts.v2Client().Session()
-		if err == nil {
-			if o := send(t, s, message{sender: "someone@elsewhere.example"}); o.code != gomilter.ActAccept {
-				t.Fatalf("got %+v", o)
-			}
-			s.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no connection served after one was closed: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

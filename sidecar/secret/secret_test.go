@@ -24,7 +24,7 @@ func TestSecretNeverPrints(t *testing.T) {
 	js, _ := json.Marshal(h)
 
 	outputs := map[string]string{
-		"%v":   fmt.Sprintf("%v", s),
+		"%v": fmt.Sprintf("%v", s),
 		//lint:ignore S1025 the test is of the %s verb itself
 		"%s":   fmt.Sprintf("%s", s),
 		"%+v":  fmt.Sprintf("%+v", h),
