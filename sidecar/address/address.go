@@ -92,7 +92,7 @@ func Path(addr string) (string, error) {
 }
 
 // NeedsSMTPUTF8 reports whether addr holds anything but ASCII, and so may be sent only in a
-// transaction whose MAIL FROM carries SMTPUTF8 (RFC 6531 section 3.4).
+// transaction whose MAIL FROM carries SMTPUTF8 (RFC 6531).
 func NeedsSMTPUTF8(addr string) bool {
 	for i := 0; i < len(addr); i++ {
 		if addr[i] >= utf8.RuneSelf {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -40,6 +41,8 @@ type transaction struct {
 	project project.Project
 	conn    *upstream.Conn
 	rcpts   []string
+	// utf8 is set when MAIL FROM carried SMTPUTF8: only then may an address hold more than ASCII.
+	utf8 bool
 	// broken holds the failure that left the upstream connection's state unknown; the rest of the
 	// transaction is answered with it.
 	broken  error
@@ -99,8 +102,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts == nil {
 		opts = &smtp.MailOptions{}
 	}
-	tx := &transaction{sender: from, started: time.Now(), log: s.log.With("sender", from)}
-	if err := s.open(tx, opts); err != nil {
+	tx := &transaction{sender: from, utf8: opts.UTF8, started: time.Now(), log: s.log.With("sender", from)}
+	err := checkAddress(from, opts.UTF8)
+	if err == nil {
+		err = s.open(tx, opts)
+	}
+	if err != nil {
 		reply := replyFor(stageMail, tx.wrap(err))
 		s.logRefusal(tx.log, stageMail, reply, err)
 		s.endTransaction()
@@ -173,6 +180,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return replyFor(stageRcpt, errors.New("RCPT without a transaction"))
 	}
 	err := tx.broken
+	if err == nil {
+		err = checkAddress(to, tx.utf8)
+	}
 	if err == nil {
 		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
 			err = fmt.Errorf("%d recipients accepted, the project's limit is %d: %w", len(tx.rcpts), max, errTooManyRecipients)
@@ -330,6 +340,19 @@ func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPErr
 	log.Log(context.Background(), level, "refused",
 		"stage", stage, "reply", fmt.Sprintf("%d %d.%d.%d %s", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message),
 		"error", err)
+}
+
+// checkAddress refuses an address that cannot go upstream as it is (address.Path), and one that
+// holds more than ASCII in a transaction whose MAIL FROM did not carry SMTPUTF8 (RFC 6531), as
+// Postfix's own SMTP server does.
+func checkAddress(addr string, utf8 bool) error {
+	if _, err := address.Path(addr); err != nil {
+		return err
+	}
+	if !utf8 && address.NeedsSMTPUTF8(addr) {
+		return errSMTPUTF8Undeclared
+	}
+	return nil
 }
 
 // giveBack releases conn after an exchange that ended with err, or discards it when err left the
