@@ -99,33 +99,41 @@ type drainConn struct {
 // readAhead is how much of a message body one read from Postfix's connection may take in.
 const readAhead = 32 << 10
 
-// maxLineLength is the longest line Postfix may send, as go-smtp's default limit (its own check,
-// a byte at a time, is off: Read checks in bulk). A longer line fails with smtp.ErrTooLongLine,
+// wireLineLimit bounds every line on the wire, so that go-smtp never holds a command line of
+// any length (RFC 5321 allows 512 bytes). It is checked here in bulk, go-smtp's own check (a byte
+// at a time) being off, and lies well above maxLineLength, the limit of the message's own lines
+// (countingReader): the bytes before a line passes wireLineLimit are always handed on first, so
+// a message line over maxLineLength is refused for what it is, with DATA or in BDAT chunks, before
+// the wire limit is reached. Only the read after those bytes fails, with smtp.ErrTooLongLine,
 // which go-smtp answers with 500 5.4.0 and closes the connection.
-const maxLineLength = 2000
+const wireLineLimit = 4 * maxLineLength
 
 func (c *drainConn) Read(b []byte) (int, error) {
 	if c.rd == nil {
 		c.rd = bufio.NewReaderSize(c.Conn, readAhead)
 	}
-	if c.line > maxLineLength {
+	if c.line > wireLineLimit {
 		return 0, smtp.ErrTooLongLine
 	}
 	n, err := c.rd.Read(b)
-	for p := b[:n]; ; {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			c.line += len(p)
-			break
+	for i := 0; i < n; {
+		end, eol := n, false
+		if j := bytes.IndexByte(b[i:n], '\n'); j >= 0 {
+			end, eol = i+j+1, true
 		}
-		if c.line+i+1 > maxLineLength {
-			c.line = maxLineLength + 1
-			return 0, smtp.ErrTooLongLine
+		if c.line+end-i > wireLineLimit {
+			keep := i + wireLineLimit - c.line
+			c.line = wireLineLimit + 1
+			if keep == 0 {
+				return 0, smtp.ErrTooLongLine
+			}
+			return keep, nil
 		}
-		c.line, p = 0, p[i+1:]
-	}
-	if c.line > maxLineLength {
-		return 0, smtp.ErrTooLongLine
+		c.line += end - i
+		if eol {
+			c.line = 0
+		}
+		i = end
 	}
 	return n, err
 }

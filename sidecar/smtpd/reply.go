@@ -27,6 +27,7 @@ var (
 	errTooManyRecipients = errors.New("too many recipients for the project")
 	errRateLimited       = errors.New("rate limit reached")
 	errMessageTooLarge   = errors.New("message too large")
+	errLineTooLong       = errors.New("message line too long")
 	errShuttingDown      = errors.New("shutting down")
 	errNestedMail        = errors.New("MAIL inside a transaction")
 	// errSMTPUTF8Undeclared is an address beyond ASCII in a transaction without SMTPUTF8.
@@ -101,6 +102,11 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	case errors.Is(err, errRateLimited):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 			Message: fmt.Sprintf("rate limit reached for project %s, try again later", tx.project)}
+	case errors.Is(err, errLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
+		// Over DATA go-smtp finds the line on the wire, over BDAT countingReader finds it in the
+		// message: one reply. Temporary, as every failure to read the message is.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 6, 0},
+			Message: fmt.Sprintf("message has a line over %d bytes", maxLineLength)}
 	case errors.Is(err, errMessageTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: "message size exceeds the limit for this sender"}

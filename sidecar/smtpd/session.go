@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -380,12 +381,19 @@ func authFailed(err error) bool {
 	return errors.As(err, &ue) && ue.AuthFailed()
 }
 
+// maxLineLength is the longest line, CRLF included, taken from Postfix: go-smtp's default limit,
+// twice RFC 5321's 1000. Postfix's own smtp and lmtp clients fold longer lines
+// (smtp_line_length_limit), so only another client sends one.
+const maxLineLength = 2000
+
 // countingReader counts the bytes of a message and fails once they pass max (0: no limit of its
-// own; the server's limit is go-smtp's).
+// own; the server's limit is go-smtp's), or once a line passes maxLineLength: a check of the
+// message itself, the same whether it came with DATA or in BDAT chunks.
 type countingReader struct {
-	r   io.Reader
-	max int64
-	n   int64
+	r    io.Reader
+	max  int64
+	n    int64
+	line int // bytes of the current line so far
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -393,6 +401,21 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	if c.max > 0 && c.n > c.max {
 		return n, fmt.Errorf("message passed the project's limit of %d bytes: %w", c.max, errMessageTooLarge)
+	}
+	for rest := p[:n]; ; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			c.line += len(rest)
+			break
+		}
+		if c.line+i+1 > maxLineLength {
+			c.line += i + 1
+			break
+		}
+		c.line, rest = 0, rest[i+1:]
+	}
+	if c.line > maxLineLength {
+		return n, fmt.Errorf("a line of the message passed %d bytes: %w", maxLineLength, errLineTooLong)
 	}
 	return n, err
 }

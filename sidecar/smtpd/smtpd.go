@@ -28,7 +28,8 @@
 //     upstream pipelines), then the body streams to the upstream if it took a recipient. Each
 //     recipient then gets its own reply: the upstream's refusal of that recipient, or its one
 //     final reply to the message. Over SMTP the body streams to the upstream and its final reply
-//     is passed back.
+//     is passed back. The message comes with DATA or in BDAT chunks (CHUNKING, which go-smtp
+//     offers); either way a line over maxLineLength (2000 bytes) ends it with 451 4.6.0.
 //  5. The upstream connection goes back to its pool at the end of the transaction (RSET, Reset,
 //     logout), or is discarded when a failure left its state unknown.
 //
@@ -231,7 +232,10 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	srv.MaxRecipients = s.opts.MaxRecipients
 	// Passed through: the upstream connection refuses (553 5.6.7) what its upstream cannot take.
 	srv.EnableSMTPUTF8 = true
-	srv.MaxLineLength = 0 // drainConn limits lines to maxLineLength
+	// drainConn bounds lines on the wire (wireLineLimit) and countingReader the message's own lines
+	// (maxLineLength), the same for DATA and BDAT. go-smtp's check would count the start of a
+	// BDAT chunk read together with its command as part of a command line.
+	srv.MaxLineLength = 0
 	srv.ReadTimeout = s.opts.ReadTimeout
 	srv.WriteTimeout = s.opts.WriteTimeout
 	srv.ErrorLog = errorLog{log}
