@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -38,6 +39,12 @@ type UpstreamOptions struct {
 	Orgs []OrgOptions
 	// Mailboxes are more addresses that accept mail.
 	Mailboxes []string
+	// CatchAll are domains whose every address, quoted local parts included, is delivered into
+	// one mailbox: Upstream.CatchAll(domain).
+	CatchAll []string
+	// RecordRcpt makes the organisations' listeners log every RCPT command as it arrived, for
+	// Upstream.RcptCommands.
+	RecordRcpt bool
 }
 
 // Org is a client organisation's mail server: a listener of the upstream Postfix that requires
@@ -79,8 +86,41 @@ type Upstream struct {
 	// MailBase is virtual_mailbox_base: mailboxes live in MailBase/<domain>/<local part>/.
 	MailBase string
 
+	recordRcpt bool
+
 	mu   sync.Mutex
 	down map[string]bool
+}
+
+// CatchAll returns the Maildir that takes every address of a domain named in
+// UpstreamOptions.CatchAll.
+func (u *Upstream) CatchAll(domain string) Maildir {
+	return Maildir(filepath.Join(u.MailBase, strings.ToLower(domain), catchAllMailbox))
+}
+
+// catchAllMailbox is the directory, under its domain's, of a catch-all mailbox.
+const catchAllMailbox = "_catch-all"
+
+// rcptFilter is an smtpd_command_filter that leaves every command as it is and matches RCPT
+// only: smtpd logs each command it matches, "replacing command X with X".
+const rcptFilter = "/^(RCPT[ \t].*)$/ $1\n"
+
+// RcptCommands returns the RCPT commands the organisation's listener received, as they arrived,
+// in order; UpstreamOptions.RecordRcpt must be set. Commands over 100 bytes are cut at 100
+// (Postfix logs no more).
+func (u *Upstream) RcptCommands(org string) []string {
+	const marker = `: replacing command "`
+	var out []string
+	for _, l := range u.LogLines(regexp.MustCompile(`postfix/` + regexp.QuoteMeta(org) + `/smtpd\[\d+\]: .*` + regexp.QuoteMeta(marker))) {
+		// The line ends with: replacing command "X" with "X"
+		rest := l[strings.Index(l, marker)+len(marker):]
+		n := (len(rest) - len(`" with "`) - len(`"`)) / 2
+		if n < 0 || rest[n:n+len(`" with "`)] != `" with "` {
+			continue
+		}
+		out = append(out, rest[:n])
+	}
+	return out
 }
 
 // DirectAddr is the direct listener's host:port.
@@ -172,6 +212,9 @@ func (u *Upstream) services() string {
   -o smtpd_tls_auth_only=yes
   -o { smtpd_relay_restrictions = check_sasl_access texthash:%[4]s, reject }
 `, o.Name, o.Port, o.Hostname, u.saslAccessFile(o))
+		if u.recordRcpt {
+			fmt.Fprintf(&b, "  -o smtpd_command_filter=regexp:%s\n", u.rcptFilterFile())
+		}
 	}
 	fmt.Fprintf(&b, `# direct: where mail that does not go through Postern arrives. No TLS, no AUTH.
 127.0.0.1:%[1]d inet n - n - - smtpd
@@ -183,6 +226,10 @@ func (u *Upstream) services() string {
 
 func (u *Upstream) saslAccessFile(o *Org) string {
 	return filepath.Join(u.ConfigDir, "sasl-"+o.Name)
+}
+
+func (u *Upstream) rcptFilterFile() string {
+	return filepath.Join(u.ConfigDir, "rcpt-filter")
 }
 
 // StartUpstream starts Dovecot (unless d is given) and the upstream Postfix in dir, and registers
@@ -229,6 +276,12 @@ func newUpstream(dir string, ca *CA, d *Dovecot, opts UpstreamOptions) (*Upstrea
 		DirectHostname: "mx.direct.test",
 		MailBase:       filepath.Join(p.Dir, "mail"),
 		down:           map[string]bool{},
+		recordRcpt:     opts.RecordRcpt,
+	}
+	if u.recordRcpt {
+		if err := os.WriteFile(u.rcptFilterFile(), []byte(rcptFilter), 0o644); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", u.rcptFilterFile(), err)
+		}
 	}
 	if u.DirectPort, err = FreePort(); err != nil {
 		return nil, err
@@ -281,6 +334,11 @@ func newUpstream(dir string, ca *CA, d *Dovecot, opts UpstreamOptions) (*Upstrea
 		}
 		domains[domain] = true
 		fmt.Fprintf(&vmailbox, "%s %s/%s/\n", a, domain, local)
+	}
+	for _, d := range opts.CatchAll {
+		d = strings.ToLower(d)
+		domains[d] = true
+		fmt.Fprintf(&vmailbox, "@%s %s/%s/\n", d, d, catchAllMailbox)
 	}
 	domainList := make([]string, 0, len(domains))
 	for dom := range domains {

@@ -9,8 +9,9 @@
 //     sender's project is resolved (Resolver): a sender of a served domain that belongs to no project
 //     gets 550 5.7.1; a disabled project 451 4.7.0; a credential that needs re-authorisation
 //     (CredentialState) 451 4.7.0; an unreachable directory or any other fault 451 4.3.0. A SIZE=
-//     parameter above the project's size limit gets 552 5.3.4.
-//  2. RCPT TO. Recipients are counted; every one above the project's limit gets 452 4.5.3 and the
+//     parameter above the project's size limit gets 552 5.3.4. A sender no quoting can carry upstream
+//     (address.Path: a control character, no domain) gets 553 5.1.7 before any lookup.
+//  2. RCPT TO. A recipient no quoting can carry upstream gets 553 5.1.3. Recipients are counted; every one above the project's limit gets 452 4.5.3 and the
 //     others go on. 452 rather than 550: RFC 5321 (sections 4.5.3.1.8 and 4.5.3.1.10) makes 452 the
 //     reply for "too many recipients", and a client that gets it sends the remaining recipients in
 //     another transaction (Postfix's own smtp client does), while 550 would bounce them for a limit

@@ -486,6 +486,18 @@ func TestPolicy(t *testing.T) {
 				"452 4.5.3 too many recipients: client-a allows at most 500 per message"),
 		},
 		{
+			name: "sender with a control character",
+			msg:  message{sender: "no\x01reply@client-a.example"},
+			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "553 5.1.7 sender address rejected: the local part holds a control character"},
+		},
+		{
+			name: "recipient with a control character",
+			msg: message{sender: "noreply@client-a.example", rcpts: []string{"bad\x7f@dest.example", "john doe@dest.example", `"quoted"@dest.example`},
+				headers: from("noreply@client-a.example"), body: body},
+			want:     outcome{stage: "eom", code: gomilter.ActAccept},
+			wantRcpt: []string{"553 5.1.3 recipient address rejected: the local part holds a control character", "", ""},
+		},
+		{
 			name:     "101 recipients for a Gmail upstream",
 			msg:      message{sender: "x@client-g.example", rcpts: recipients(101), headers: from("x@client-g.example"), body: body},
 			want:     outcome{stage: "eom", code: gomilter.ActAccept},

@@ -11,6 +11,7 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
+	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/project"
 )
 
@@ -78,6 +79,10 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 		return gomilter.RespAccept, nil
 	}
 
+	if err := sendable(from); err != nil {
+		return s.refuse("mail", 553, "5.1.7", "sender address rejected: "+err.Reason, err.Error()), nil
+	}
+
 	opts := &s.srv.opts
 	ctx, cancel := context.WithTimeout(s.conn.ctx, opts.LookupTimeout)
 	p, err := opts.Resolver.Resolve(ctx, from)
@@ -122,6 +127,11 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 	s.noteMacros(m)
 	if !s.msg.active {
 		return gomilter.RespContinue, nil
+	}
+	if err := sendable(rcpt); err != nil {
+		r := reply(553, "5.1.3", "recipient address rejected: "+err.Reason)
+		s.logDecision("rcpt", "refuse recipient", r.text, err.Error(), "recipient", rcpt)
+		return r.response(), nil
 	}
 	if s.msg.maxRcpt > 0 && s.msg.rcpts >= s.msg.maxRcpt {
 		s.msg.refused++
@@ -197,6 +207,20 @@ func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
 // the milter accepted early.
 func (s *session) Abort(*gomilter.Modifier) error {
 	s.msg = message{}
+	return nil
+}
+
+// sendable returns why addr cannot be written into an upstream command (address.Path), or nil.
+// Postfix may hand the milter an address with its quotes or without them; either way a control
+// character, which no quoting carries, is refused.
+func sendable(addr string) *address.SyntaxError {
+	if _, err := address.Path(addr); err != nil {
+		var se *address.SyntaxError
+		if errors.As(err, &se) {
+			return se
+		}
+		return &address.SyntaxError{Reason: err.Error()}
+	}
 	return nil
 }
 

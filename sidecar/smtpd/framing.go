@@ -55,10 +55,17 @@ const (
 // readAhead is how much one read from Postfix's connection may take in.
 const readAhead = 32 << 10
 
-// maxLineLength is the longest line Postfix may send, as go-smtp's default limit (its own check,
-// a byte at a time, is off). A longer line fails with smtp.ErrTooLongLine, which go-smtp answers
-// with 500 5.4.0 and closes the connection. BDAT chunks are not lines.
+// maxLineLength is the longest line, CRLF included, taken from Postfix: go-smtp's default limit,
+// twice RFC 5321's 1000. Postfix's own smtp and lmtp clients fold longer lines
+// (smtp_line_length_limit), so only another client sends one. A longer command line fails with
+// smtp.ErrTooLongLine, which go-smtp answers with 500 5.4.0 and closes the connection. A longer
+// line of a message is refused by countingReader with 451 4.6.0, the same for DATA and BDAT (whose
+// chunks are not lines); the framer lets message lines pass up to bodyLineLimit, a bound on memory
+// only, so that the message's own check always comes first.
 const maxLineLength = 2000
+
+// bodyLineLimit bounds a message line the framer holds whole before handing it to go-smtp.
+const bodyLineLimit = 4 * maxLineLength
 
 func (f *framer) init(c *drainConn) {
 	f.c = c
@@ -153,7 +160,7 @@ func (f *framer) prepareBody() error {
 			if i < 0 {
 				break
 			}
-			if i+1 > maxLineLength {
+			if i+1 > bodyLineLimit {
 				if off > 0 {
 					break // the lines before it first
 				}
@@ -170,7 +177,7 @@ func (f *framer) prepareBody() error {
 			f.ready = off
 			return nil
 		}
-		if len(b) >= maxLineLength {
+		if len(b) >= bodyLineLimit {
 			return smtp.ErrTooLongLine
 		}
 		if _, err := f.rd.Peek(len(b) + 1); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/upstream"
@@ -26,8 +27,11 @@ var (
 	errTooManyRecipients = errors.New("too many recipients for the project")
 	errRateLimited       = errors.New("rate limit reached")
 	errMessageTooLarge   = errors.New("message too large")
+	errLineTooLong       = errors.New("message line too long")
 	errShuttingDown      = errors.New("shutting down")
 	errNestedMail        = errors.New("MAIL inside a transaction")
+	// errSMTPUTF8Undeclared is an address beyond ASCII in a transaction without SMTPUTF8.
+	errSMTPUTF8Undeclared = errors.New("an internationalised address without SMTPUTF8 on MAIL FROM")
 )
 
 // txError is a transaction's failure together with the names its reply may mention.
@@ -50,6 +54,8 @@ func (e *txError) Unwrap() error { return e.err }
 // otherwise a bare *smtp.SMTPError (go-smtp turns anything else into 554 5.0.0, a bounce).
 //
 // The rules (DESIGN.md, "What Postfix hears"): a sender no project serves is refused (550 5.7.1);
+// an address that cannot be written into an upstream command is refused (553 5.1.7 for the sender,
+// 553 5.1.3 for a recipient), and so is an address beyond ASCII without SMTPUTF8 (553 5.6.7);
 // an upstream's definite no (5xx to RCPT or DATA, or a size the upstream declared it cannot take)
 // is passed on; every other failure is temporary, keeping the upstream's words where there are
 // some, and anything not recognised is 451 4.3.0 with generic text (the details go to the log).
@@ -62,8 +68,18 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	if tx == nil {
 		tx = &txError{}
 	}
+	var bad *address.SyntaxError
 
 	switch {
+	case errors.As(err, &bad):
+		// RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination address.
+		if stage == stageMail {
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "sender address rejected: " + bad.Reason}
+		}
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "recipient address rejected: " + bad.Reason}
+	case errors.Is(err, errSMTPUTF8Undeclared):
+		// Postfix's own SMTP server says the same; 5.6.7 is RFC 6531's code for it.
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "Must declare SMTPUTF8 to send unicode address"}
 	case errors.Is(err, directory.ErrNoProject):
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 			Message: fmt.Sprintf("sender <%s> is not served by Postern", clean(tx.sender, 320))}
@@ -86,6 +102,11 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	case errors.Is(err, errRateLimited):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 			Message: fmt.Sprintf("rate limit reached for project %s, try again later", tx.project)}
+	case errors.Is(err, errLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
+		// Over DATA go-smtp finds the line on the wire, over BDAT countingReader finds it in the
+		// message: one reply. Temporary, as every failure to read the message is.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 6, 0},
+			Message: fmt.Sprintf("message has a line over %d bytes", maxLineLength)}
 	case errors.Is(err, errMessageTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: "message size exceeds the limit for this sender"}

@@ -1,6 +1,7 @@
 package smtpd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -40,6 +42,8 @@ type transaction struct {
 	project project.Project
 	conn    *upstream.Conn
 	rcpts   []string
+	// utf8 is set when MAIL FROM carried SMTPUTF8: only then may an address hold more than ASCII.
+	utf8 bool
 	// broken holds the failure that left the upstream connection's state unknown; the rest of the
 	// transaction is answered with it.
 	broken  error
@@ -99,8 +103,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts == nil {
 		opts = &smtp.MailOptions{}
 	}
-	tx := &transaction{sender: from, started: time.Now(), log: s.log.With("sender", from)}
-	if err := s.open(tx, opts); err != nil {
+	tx := &transaction{sender: from, utf8: opts.UTF8, started: time.Now(), log: s.log.With("sender", from)}
+	err := checkAddress(from, opts.UTF8)
+	if err == nil {
+		err = s.open(tx, opts)
+	}
+	if err != nil {
 		reply := replyFor(stageMail, tx.wrap(err))
 		s.logRefusal(tx.log, stageMail, reply, err)
 		s.endTransaction()
@@ -173,6 +181,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return replyFor(stageRcpt, errors.New("RCPT without a transaction"))
 	}
 	err := tx.broken
+	if err == nil {
+		err = checkAddress(to, tx.utf8)
+	}
 	if err == nil {
 		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
 			err = fmt.Errorf("%d recipients accepted, the project's limit is %d: %w", len(tx.rcpts), max, errTooManyRecipients)
@@ -332,6 +343,19 @@ func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPErr
 		"error", err)
 }
 
+// checkAddress refuses an address that cannot go upstream as it is (address.Path), and one that
+// holds more than ASCII in a transaction whose MAIL FROM did not carry SMTPUTF8 (RFC 6531), as
+// Postfix's own SMTP server does.
+func checkAddress(addr string, utf8 bool) error {
+	if _, err := address.Path(addr); err != nil {
+		return err
+	}
+	if !utf8 && address.NeedsSMTPUTF8(addr) {
+		return errSMTPUTF8Undeclared
+	}
+	return nil
+}
+
 // giveBack releases conn after an exchange that ended with err, or discards it when err left the
 // connection's state unknown.
 func giveBack(conn *upstream.Conn, err error) {
@@ -358,11 +382,13 @@ func authFailed(err error) bool {
 }
 
 // countingReader counts the bytes of a message and fails once they pass max (0: no limit of its
-// own; the server's limit is go-smtp's).
+// own; the server's limit is go-smtp's), or once a line passes maxLineLength: a check of the
+// message itself, the same whether it came with DATA or in BDAT chunks.
 type countingReader struct {
-	r   io.Reader
-	max int64
-	n   int64
+	r    io.Reader
+	max  int64
+	n    int64
+	line int // bytes of the current line so far
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -370,6 +396,21 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += int64(n)
 	if c.max > 0 && c.n > c.max {
 		return n, fmt.Errorf("message passed the project's limit of %d bytes: %w", c.max, errMessageTooLarge)
+	}
+	for rest := p[:n]; ; {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			c.line += len(rest)
+			break
+		}
+		if c.line+i+1 > maxLineLength {
+			c.line += i + 1
+			break
+		}
+		c.line, rest = 0, rest[i+1:]
+	}
+	if c.line > maxLineLength {
+		return n, fmt.Errorf("a line of the message passed %d bytes: %w", maxLineLength, errLineTooLong)
 	}
 	return n, err
 }

@@ -7,7 +7,9 @@
 // The path of one transaction on a session (one Postfix connection, with its own ctx, cancelled
 // on logout):
 //
-//  1. MAIL FROM: the sender's project is resolved (Resolver). No project: 550 5.7.1. Project
+//  1. MAIL FROM: a sender no quoting can carry upstream (address.Path: control characters, no
+//     domain) is refused with 553 5.1.7, and one beyond ASCII without the SMTPUTF8 parameter with
+//     553 5.6.7. The sender's project is resolved (Resolver). No project: 550 5.7.1. Project
 //     configuration unavailable: 451 4.3.0. Project disabled: 451 4.7.0. A SIZE over the project's
 //     limit: 552 5.3.4. The project's messages-per-minute budget is waited for, at most
 //     Options.RateWait, else 451 4.7.0.
@@ -17,14 +19,17 @@
 //     tried exactly once more; a refusal that stands is reported to Credentials.Rejected and
 //     answered 451 4.7.0. Then MAIL FROM with SIZE and BODY is ready for the upstream (sent at
 //     once, or with the first recipient when the upstream offers PIPELINING).
-//  3. RCPT TO: past the project's recipient limit 452 4.5.3 (Postfix sends the rest in another
+//  3. RCPT TO: a recipient no quoting can carry upstream is refused with 553 5.1.3, one beyond
+//     ASCII without SMTPUTF8 on MAIL FROM with 553 5.6.7; both before it goes anywhere, over LMTP
+//     too. Past the project's recipient limit 452 4.5.3 (Postfix sends the rest in another
 //     transaction). Over SMTP the upstream's reply for that recipient is passed back. Over LMTP
 //     the recipient is taken, and goes upstream with DATA.
 //  4. DATA: over LMTP, the recipients and DATA go upstream together (one round trip where the
 //     upstream pipelines), then the body streams to the upstream if it took a recipient. Each
 //     recipient then gets its own reply: the upstream's refusal of that recipient, or its one
 //     final reply to the message. Over SMTP the body streams to the upstream and its final reply
-//     is passed back.
+//     is passed back. The message comes with DATA or in BDAT chunks (CHUNKING, which go-smtp
+//     offers); either way a line over maxLineLength (2000 bytes) ends it with 451 4.6.0.
 //  5. The upstream connection goes back to its pool at the end of the transaction (RSET, Reset,
 //     logout), or is discarded when a failure left its state unknown.
 //
@@ -241,7 +246,10 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	srv.MaxRecipients = s.opts.MaxRecipients
 	// Passed through: the upstream connection refuses (553 5.6.7) what its upstream cannot take.
 	srv.EnableSMTPUTF8 = true
-	srv.MaxLineLength = 0 // the framer limits lines to maxLineLength
+	// The framer bounds lines on the wire and countingReader the message's own lines (maxLineLength),
+	// the same for DATA and BDAT; go-smtp's own check (a byte at a time) would count the start of a
+	// BDAT chunk read together with its command as part of a command line.
+	srv.MaxLineLength = 0
 	srv.ReadTimeout = s.opts.ReadTimeout
 	srv.WriteTimeout = s.opts.WriteTimeout
 	srv.ErrorLog = errorLog{log}

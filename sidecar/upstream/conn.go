@@ -48,6 +48,8 @@ type Conn struct {
 	pipelining bool      // the upstream offers PIPELINING
 	queue      []command // MAIL, until it goes out with the recipients
 	mailErr    *Error    // the upstream refused this transaction's MAIL
+	mailFrom   string    // this transaction's sender
+	mailOpts   smtp.MailOptions
 
 	txOpen    bool   // MAIL was sent and the transaction has not ended
 	broken    bool   // an error left the session in an unknown state
@@ -253,7 +255,7 @@ func (c *Conn) Release() {
 	if c.done {
 		return
 	}
-	c.queue, c.mailErr = nil, nil
+	c.queue, c.mailErr, c.mailFrom, c.mailOpts = nil, nil, "", smtp.MailOptions{}
 	if !c.broken && c.txOpen {
 		err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, func() error {
 			if err := c.client.Reset(); err != nil {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	envelope "github.com/postern/postern/sidecar/address"
 )
 
 // A transaction (MAIL, RCPT, DATA, the message) is Postern's own exchange on the connection that
@@ -33,13 +35,15 @@ type command struct {
 
 // mailCommand formats MAIL FROM as go-smtp's client does: BODY=8BITMIME whenever the upstream
 // offers 8BITMIME, SIZE when known and the upstream offers SIZE, SMTPUTF8 and REQUIRETLS when
-// asked for (refuse has checked the upstream offers them).
+// asked for (refuse has checked the upstream offers them). The sender is written as
+// address.Path does; one that cannot be is refused here (553 5.1.7).
 func (c *Conn) mailCommand(from string, opts *smtp.MailOptions) (command, *Error) {
-	if strings.ContainsAny(from, "\r\n") {
-		return command{}, &Error{Stage: StageMail, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 7}, Message: "the sender address holds a line break", Local: true}
+	path, err := envelope.Path(from)
+	if err != nil {
+		return command{}, &Error{Stage: StageMail, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 7}, Message: "sender address rejected", Local: true, Err: err}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "MAIL FROM:<%s>", from)
+	fmt.Fprintf(&b, "MAIL FROM:<%s>", path)
 	if c.has("8BITMIME") {
 		b.WriteString(" BODY=8BITMIME")
 	}
@@ -57,11 +61,14 @@ func (c *Conn) mailCommand(from string, opts *smtp.MailOptions) (command, *Error
 	return command{stage: StageMail, line: b.String(), expect: 250}, nil
 }
 
+// rcptCommand formats RCPT TO, the recipient written as address.Path does; one that cannot be is
+// refused here (553 5.1.3).
 func (c *Conn) rcptCommand(to string) (command, *Error) {
-	if strings.ContainsAny(to, "\r\n") {
-		return command{}, &Error{Stage: StageRcpt, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 3}, Message: "the recipient address holds a line break", Local: true}
+	path, err := envelope.Path(to)
+	if err != nil {
+		return command{}, &Error{Stage: StageRcpt, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 1, 3}, Message: "recipient address rejected", Local: true, Err: err}
 	}
-	return command{stage: StageRcpt, line: "RCPT TO:<" + to + ">", expect: 25}, nil
+	return command{stage: StageRcpt, line: "RCPT TO:<" + path + ">", expect: 25}, nil
 }
 
 // exchange sends cmds and reads their replies, all within one Options.CommandTimeout: all in one
@@ -139,11 +146,13 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 }
 
 // Mail starts a transaction: MAIL FROM with BODY=8BITMIME whenever the upstream offers 8BITMIME
-// (as go-smtp's client sends it), and SIZE and SMTPUTF8 where it offers them. What the upstream
-// declared it cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary
-// body without 8BITMIME (554 5.6.3), an internationalised address without SMTPUTF8 (553 5.6.7),
-// REQUIRETLS without REQUIRETLS (554 5.7.30), a declared size above the upstream's SIZE
-// (552 5.3.4).
+// (as go-smtp's client sends it), and SIZE and SMTPUTF8 where it offers them. SMTPUTF8 goes with
+// MAIL when opts asks for it or when the sender needs it (address.NeedsSMTPUTF8), and, while MAIL
+// waits to go out with the recipients, when a recipient needs it. What the upstream declared it
+// cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary body without
+// 8BITMIME (554 5.6.3), an internationalised address without SMTPUTF8 (553 5.6.7), REQUIRETLS
+// without REQUIRETLS (554 5.7.30), a declared size above the upstream's SIZE (552 5.3.4); so is a
+// sender no quoting can carry (553 5.1.7, see address.Path).
 //
 // With an upstream that offers PIPELINING, MAIL waits to go out with the first recipient (Rcpt,
 // Send), whose call then returns the upstream's refusal of MAIL, if any, as an *Error of stage
@@ -152,15 +161,21 @@ func (c *Conn) Mail(ctx context.Context, from string, opts *smtp.MailOptions) er
 	if e := c.unusable(StageMail); e != nil {
 		return e
 	}
-	if e := c.refuse(opts); e != nil {
+	var o smtp.MailOptions
+	if opts != nil {
+		o = *opts
+	}
+	o.UTF8 = o.UTF8 || envelope.NeedsSMTPUTF8(from)
+	if e := c.refuse(&o); e != nil {
 		return e
 	}
-	cmd, e := c.mailCommand(from, opts)
+	cmd, e := c.mailCommand(from, &o)
 	if e != nil {
 		return e
 	}
 	c.mailErr = nil
 	c.queue = []command{cmd}
+	c.mailFrom, c.mailOpts = from, o
 	if c.pipelining {
 		return nil
 	}
@@ -196,7 +211,9 @@ func (c *Conn) Rcpt(ctx context.Context, to string, _ *smtp.RcptOptions) error {
 }
 
 // rcpts sends the queued MAIL, RCPT for each of to and, with data, DATA. It returns the reply to
-// each RCPT; err is the refusal of MAIL or DATA, or a failure to talk to the upstream.
+// each RCPT; err is the refusal of MAIL or DATA, or a failure to talk to the upstream. A recipient
+// that cannot be sent (see recipient) is refused here and never goes out; with data and no
+// recipient to send, nothing goes out and err says no recipient was accepted.
 func (c *Conn) rcpts(ctx context.Context, to []string, data bool) (rcptErrs []*Error, err *Error) {
 	stage := StageRcpt
 	if data {
@@ -209,14 +226,27 @@ func (c *Conn) rcpts(ctx context.Context, to []string, data bool) (rcptErrs []*E
 		return nil, c.mailErr
 	}
 	mailQueued := len(c.queue) > 0
-	cmds := c.queue
-	c.queue = nil
-	for _, t := range to {
-		cmd, e := c.rcptCommand(t)
+	cmds := slices.Clone(c.queue)
+	rcptErrs = make([]*Error, len(to))
+	sent := make([]int, 0, len(to)) // the index in to of each RCPT in cmds
+	for i, t := range to {
+		cmd, e := c.recipient(t, cmds)
 		if e != nil {
-			return nil, e
+			rcptErrs[i] = e
+			continue
 		}
 		cmds = append(cmds, cmd)
+		sent = append(sent, i)
+	}
+	if len(to) > 0 && len(sent) == 0 {
+		// Nothing to send: MAIL, if queued, waits for a recipient that can go.
+		if data {
+			return rcptErrs, &Error{Stage: StageData, Addr: c.addr, Code: 554, Enhanced: smtp.EnhancedCode{5, 5, 0}, Message: "no recipient could be sent upstream", Local: true}
+		}
+		return rcptErrs, nil
+	}
+	if mailQueued {
+		c.queue = nil
 	}
 	if data {
 		cmds = append(cmds, command{stage: StageData, line: "DATA", expect: 354})
@@ -235,18 +265,51 @@ func (c *Conn) rcpts(ctx context.Context, to []string, data bool) (rcptErrs []*E
 		}
 		replies = replies[1:]
 	}
-	rcptErrs = replies[:len(to)]
+	for j, i := range sent {
+		rcptErrs[i] = replies[j]
+	}
 	if !data {
 		return rcptErrs, nil
 	}
-	if r := replies[len(to)]; r != nil {
+	if r := replies[len(sent)]; r != nil {
 		return rcptErrs, r
 	}
-	if len(to) > 0 && !slices.ContainsFunc(rcptErrs, func(e *Error) bool { return e == nil }) {
+	if len(to) > 0 && !slices.ContainsFunc(replies[:len(sent)], func(e *Error) bool { return e == nil }) {
 		c.abortData(ctx) // a 354 although no recipient was accepted
 		return rcptErrs, &Error{Stage: StageData, Addr: c.addr, Code: 554, Enhanced: smtp.EnhancedCode{5, 5, 0}, Message: "the upstream accepted no recipient", Local: true}
 	}
 	return rcptErrs, nil
+}
+
+// recipient returns the RCPT command for to, to go after cmds (which start with MAIL when MAIL is
+// still queued), or its local refusal: an address no quoting can carry (553 5.1.3), or one that
+// needs SMTPUTF8 (553 5.6.7) when the upstream does not offer it or MAIL already went without it.
+// A recipient that needs SMTPUTF8 while MAIL waits in cmds[0] without it rewrites MAIL with it.
+func (c *Conn) recipient(to string, cmds []command) (command, *Error) {
+	cmd, e := c.rcptCommand(to)
+	if e != nil {
+		return command{}, e
+	}
+	if !envelope.NeedsSMTPUTF8(to) || c.mailOpts.UTF8 {
+		return cmd, nil
+	}
+	local := func(msg string) *Error {
+		return &Error{Stage: StageRcpt, Addr: c.addr, Code: 553, Enhanced: smtp.EnhancedCode{5, 6, 7}, Message: msg, Local: true}
+	}
+	if !c.has("SMTPUTF8") {
+		return command{}, local("the upstream does not accept internationalised addresses (no SMTPUTF8)")
+	}
+	if len(cmds) == 0 || cmds[0].stage != StageMail {
+		return command{}, local("an internationalised recipient in a transaction started without SMTPUTF8")
+	}
+	o := c.mailOpts
+	o.UTF8 = true
+	mail, e := c.mailCommand(c.mailFrom, &o)
+	if e != nil {
+		return command{}, e
+	}
+	cmds[0], c.mailOpts = mail, o
+	return cmd, nil
 }
 
 // abortData ends a DATA the upstream accepted although no recipient was: an empty message, which
