@@ -287,6 +287,9 @@ func (p *Provider) discoverJWKS(ctx context.Context) (string, error) {
 	if d.Issuer != p.Issuer || d.JWKSURI == "" {
 		return "", fmt.Errorf("discovering the signing keys at %s: issuer %q, jwks_uri %q", u, d.Issuer, d.JWKSURI)
 	}
+	if err := checkEndpoint(d.JWKSURI); err != nil {
+		return "", fmt.Errorf("discovering the signing keys at %s: jwks_uri %w", u, err)
+	}
 	return d.JWKSURI, nil
 }
 

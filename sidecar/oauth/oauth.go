@@ -24,6 +24,7 @@ package oauth
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -249,9 +250,47 @@ func (p *Provider) generic(o *project.OAuth) error {
 	if p.Config.ClientSecret == "" {
 		style = oauth2.AuthStyleInParams
 	}
+	for _, u := range []struct{ key, value string }{
+		{"token_url", o.TokenURL}, {"auth_url", o.AuthURL}, {"device_url", o.DeviceURL},
+		{"revocation_url", o.RevocationURL}, {"issuer", o.Issuer},
+	} {
+		if err := checkEndpoint(u.value); err != nil {
+			return fmt.Errorf("generic oauth: %s: %w", u.key, err)
+		}
+	}
 	p.Config.Endpoint = oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceURL, AuthStyle: style}
 	p.RevocationURL = o.RevocationURL
 	return nil
+}
+
+// checkEndpoint refuses an identity provider's URL that a network attacker could read or change:
+// anything but https, except http to a loopback host (a provider on this machine, or a test).
+// Empty is allowed: the caller decides which URLs are required.
+func checkEndpoint(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil {
+		return fmt.Errorf("%q is not an absolute URL without credentials", raw)
+	}
+	switch {
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+		return nil
+	}
+	return fmt.Errorf("%q: use https (http only to localhost or a loopback address)", raw)
+}
+
+// IsLoopbackHost reports whether host (without a port) is "localhost" or a loopback IP address.
+// A name that merely starts with "127." is not.
+func IsLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ctx carries p's HTTP client to golang.org/x/oauth2.

@@ -129,6 +129,59 @@ func TestConfigFor(t *testing.T) {
 			wantErr: "needs auth_url",
 		},
 		{
+			name:   "generic on loopback over http",
+			o:      project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://localhost:8080/a", TokenURL: "http://127.0.0.1:8080/t", DeviceURL: "http://[::1]:8080/d", Issuer: "http://127.0.0.2"},
+			auth:   "http://localhost:8080/a",
+			token:  "http://127.0.0.1:8080/t",
+			device: "http://[::1]:8080/d",
+			style:  oauth2.AuthStyleInParams,
+		},
+		{
+			name:    "generic http token_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "http://idp.example/t"},
+			wantErr: "token_url: \"http://idp.example/t\": use https",
+		},
+		{
+			name:    "generic http auth_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://idp.example/a", TokenURL: "https://idp.example/t"},
+			wantErr: "auth_url: \"http://idp.example/a\": use https",
+		},
+		{
+			name:    "generic http device_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", DeviceURL: "http://idp.example/d", TokenURL: "https://idp.example/t", Grant: "device_code"},
+			wantErr: "device_url",
+		},
+		{
+			name:    "generic http revocation_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t", RevocationURL: "http://idp.example/r"},
+			wantErr: "revocation_url",
+		},
+		{
+			name:    "generic http issuer",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t", Issuer: "http://idp.example"},
+			wantErr: "issuer",
+		},
+		{
+			name:    "generic host that only starts with 127.",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "http://127.evil.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic host that only starts with localhost",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://localhost.evil.example/a", TokenURL: "https://idp.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic token_url with another scheme",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "ftp://idp.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic relative token_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "/t"},
+			wantErr: "not an absolute URL",
+		},
+		{
 			name:    "generic without token_url",
 			o:       project.OAuth{Provider: "generic", ClientID: "cid"},
 			wantErr: "token_url is empty",

@@ -283,8 +283,14 @@ func checkAddressPattern(s string) error {
 	return nil
 }
 
+// isLoopbackHost reports whether h is "localhost" or a loopback IP address; a name that merely
+// starts with "127." is not.
 func isLoopbackHost(h string) bool {
-	return h == "localhost" || h == "::1" || strings.HasPrefix(h, "127.")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+	return ip != nil && ip.IsLoopback()
 }
 
 // SendAsList is the effective list of From addresses and @domains the project may send as.
