@@ -13,9 +13,10 @@
 //     state (AuthCodeURL, then Exchange at the callback), or the device code (DeviceAuth, then
 //     DeviceToken, which polls with RFC 8628's authorization_pending / slow_down rules and reports
 //     progress). Unattended projects use client credentials (ClientCredentials) and have no person.
-//  3. Account names the mailbox that signed in, from the id_token's email, preferred_username or
-//     upn claim; Provider.Account verifies the id_token (signature against the issuer's keys, iss,
-//     aud, exp) first.
+//  3. Identity names the account that signed in after verifying the id_token (signature against
+//     the issuer's keys, iss, aud, exp): for Microsoft its preferred_username (or upn), oid and
+//     tid; for others its email, only when email_verified, and sub. CheckAccount compares it with
+//     the project's mailbox and with the account of the previous sign-in.
 //  4. From then on the token broker (sidecar/token) calls Refresh ahead of expiry, and Classify tells
 //     it whether a failure needs a person (NeedsReauth), an administrator (BadClient), or only time
 //     (Transient).

@@ -25,6 +25,7 @@ const (
 	OutcomeExchangeFailed    = "exchange-failed"    // the code could not be traded for a token
 	OutcomeAccountUnverified = "account-unverified" // the id_token did not verify or names no account
 	OutcomeWrongAccount      = "wrong-account"      // someone other than the mailbox signed in
+	OutcomeAccountChanged    = "account-changed"    // the mailbox, but another account or tenant than before
 	OutcomeNotSaved          = "not-saved"          // the grant could not be written to the store
 	OutcomeSignedIn          = "signed-in"          // saved, and the upstream took the token (or was not asked)
 	OutcomeUpstreamRefused   = "upstream-refused"   // saved, but the upstream refused the token
