@@ -19,6 +19,7 @@ import (
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/socketmap"
@@ -148,6 +149,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		api = &admin.APIOptions{Store: st, Token: tok}
 		log.Info("serving the project API", "url", "http://"+cfg.Listen.Admin+"/api/v1/projects/{name}", "token_file", cfg.API.TokenFile)
 	}
+	var readToken secret.Secret
+	if cfg.Listen.Admin != "" && cfg.Admin.ReadTokenFile != "" {
+		if readToken, err = admin.LoadToken(cfg.Admin.ReadTokenFile, "the read token file (admin.read_token_file)"); err != nil {
+			return err
+		}
+	}
 	if cfg.Debug.Pprof {
 		extraRoutes = withProfiler(extraRoutes)
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
@@ -155,12 +162,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{dir: dir, pools: pools, broker: broker, mail: mail})
 	adm := admin.New(admin.Options{
-		Logger:   log.With("component", "admin"),
-		Registry: reg,
-		Checks:   readiness(dir, st, broker),
-		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
-		Extra:    extraRoutes,
-		API:      api,
+		Logger:    log.With("component", "admin"),
+		Registry:  reg,
+		Checks:    readiness(dir, st, broker),
+		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
+		Extra:     extraRoutes,
+		API:       api,
+		ReadToken: readToken,
 	})
 
 	errs := []error{

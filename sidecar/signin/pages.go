@@ -5,6 +5,8 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+
+	"github.com/postern/postern/sidecar/secret"
 )
 
 // Outcomes name the pages: the data-outcome attribute of #page, for tests and browsers that drive
@@ -84,6 +86,7 @@ button{font-size:1.1em;padding:.5em 1.2em;cursor:pointer}
 // render writes pg with headers that keep the page out of caches, frames and Referer headers (the
 // landing page's address holds the link).
 func render(w http.ResponseWriter, log *slog.Logger, pg *page) {
+	pg.Detail = secret.Scrub(pg.Detail) // a provider's or upstream's words, without what looks like a credential
 	var buf bytes.Buffer
 	if err := pageTmpl.Execute(&buf, pg); err != nil {
 		log.Error("rendering a sign-in page", "outcome", pg.Outcome, "error", err)
