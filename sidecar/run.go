@@ -169,6 +169,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		api = &admin.APIOptions{Store: st, Token: tok}
 		log.Info("serving the project API", "url", "http://"+cfg.Listen.Admin+"/api/v1/projects/{name}", "token_file", cfg.API.TokenFile)
 	}
+	var readToken secret.Secret
+	if cfg.Listen.Admin != "" && cfg.Admin.ReadTokenFile != "" {
+		if readToken, err = admin.LoadToken(cfg.Admin.ReadTokenFile, "the read token file (admin.read_token_file)"); err != nil {
+			return err
+		}
+	}
 	if cfg.Debug.Pprof {
 		extraRoutes = withProfiler(extraRoutes)
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
@@ -176,12 +182,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(coll)
 	adm := admin.New(admin.Options{
-		Logger:   log.With("component", "admin"),
-		Registry: reg,
-		Checks:   readiness(dir, st, broker),
-		Projects: func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
-		Extra:    extraRoutes,
-		API:      api,
+		Logger:    log.With("component", "admin"),
+		Registry:  reg,
+		Checks:    readiness(dir, st, broker),
+		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
+		Extra:     extraRoutes,
+		API:       api,
+		ReadToken: readToken,
 	})
 
 	errs := []error{

@@ -48,6 +48,7 @@ listen:
 store:
   file: {path: %[1]s/store.db, key_file: %[1]s/store.key}
 reload_interval: 50ms
+admin: {read_token_file: %[1]s/read.token}
 `, dir, admin))
 	if err != nil {
 		t.Fatal(err)
@@ -122,10 +123,27 @@ reload_interval: 50ms
 	}
 
 	// Metrics count the upstream connection; nothing in the logs or metrics carries the password.
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The pages that name projects need the read token, created on start.
+	for _, path := range []string{"/metrics", "/status", "/api/v1/projects"} {
+		if code := get(admin, path); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without the read token = %d, want 401", path, code)
+		}
 	}
+	readToken, err := os.ReadFile(dir + "/read.token")
+	if err != nil {
+		t.Fatalf("the read token file: %v", err)
+	}
+	withToken := func(path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+admin+path, nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(readToken)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	resp := withToken("/metrics")
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
@@ -145,10 +163,7 @@ reload_interval: 50ms
 	var status struct {
 		Projects []struct{ Name, State string }
 	}
-	resp, err = http.Get("http://" + admin + "/api/v1/projects")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = withToken("/api/v1/projects")
 	json.NewDecoder(resp.Body).Decode(&status)
 	resp.Body.Close()
 	if len(status.Projects) != 1 || status.Projects[0].State != "ok" {

@@ -60,6 +60,7 @@ listen:
 store:
   vault: {address: %[3]s, auth: {token_file: %[4]s}}
 reload_interval: 1h
+admin: {read_token_file: %[1]s/read.token}
 `, dir, addr, srv.URL, tokenFile))
 			if err != nil {
 				t.Fatal(err)

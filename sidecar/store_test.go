@@ -178,7 +178,14 @@ func TestRunDefersWhenTheStoreLostItsProjects(t *testing.T) {
 			}
 			// Not ready when nothing was ever loaded; degraded, naming the cause, when the last good
 			// projects are kept.
-			resp, err := http.Get("http://" + cfg.Listen.Admin + "/readyz")
+			// The reasons are shown to a holder of the read token only.
+			readToken, err := os.ReadFile(dir + "/state/read.token")
+			if err != nil {
+				t.Fatalf("the read token file: %v", err)
+			}
+			req, _ := http.NewRequest(http.MethodGet, "http://"+cfg.Listen.Admin+"/readyz", nil)
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(readToken)))
+			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}

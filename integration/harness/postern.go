@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -77,6 +78,9 @@ type Postern struct {
 	MilterSocket string
 	// AdminAddr is the admin HTTP listener (host:port).
 	AdminAddr string
+	// ReadToken admits reads of the admin listener's /metrics, /status and /api/v1/projects
+	// (admin.read_token_file); Get sends it.
+	ReadToken string
 
 	out  *syncBuffer
 	cmd  *exec.Cmd
@@ -139,7 +143,8 @@ listen:
 store:
 %s
 reload_interval: 1s
-`, opts.Instance, opts.LogLevel, listenPostfix, p.SocketmapSocket, p.AdminAddr, storeYAML)
+admin: {read_token_file: %s}
+`, opts.Instance, opts.LogLevel, listenPostfix, p.SocketmapSocket, p.AdminAddr, storeYAML, filepath.Join(opts.Dir, "read.token"))
 	if opts.ExtraConfig != "" {
 		conf += strings.TrimRight(opts.ExtraConfig, "\n") + "\n"
 	}
@@ -153,6 +158,10 @@ reload_interval: 1s
 		if out, err := exec.CommandContext(ctx, p.Bin, "init", "--config", p.Config).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("postern init: %w\n%s", err, out)
 		}
+	}
+	p.ReadToken = rand.Text()
+	if err := os.WriteFile(filepath.Join(opts.Dir, "read.token"), []byte(p.ReadToken+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing the read token: %w", err)
 	}
 	return p, nil
 }
@@ -300,11 +309,15 @@ func (p *Postern) WaitRouted(ctx context.Context, sender string, routed bool) er
 	return nil
 }
 
-// Get fetches a path of the admin listener (e.g. "/metrics") and returns the body.
+// Get fetches a path of the admin listener (e.g. "/metrics") with the read token and returns
+// the body.
 func (p *Postern) Get(ctx context.Context, path string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.AdminAddr+path, nil)
 	if err != nil {
 		return "", err
+	}
+	if p.ReadToken != "" {
+		req.Header.Set("Authorization", "Bearer "+p.ReadToken)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -3,16 +3,23 @@
 // (/status as HTML, /api/v1/projects as JSON), and, when configured, the project API that reads and
 // writes projects (/api/v1/projects/{name}, see api.go). It listens on loopback only.
 //
-//  1. New takes the checks that decide readiness, the function that lists project status, and the
-//     store and bearer token of the project API.
+//  1. New takes the checks that decide readiness, the function that lists project status, the
+//     read token, and the store and bearer token of the project API.
 //  2. Handler routes the requests; Serve runs it on a listener until ctx ends.
-//  3. The status page shows state, with what to do next for each problem. Only the project API
-//     writes, and only with its bearer token.
+//  3. /healthz and /readyz are open and name no project: /readyz shows which checks fail, and
+//     why only to a caller with a token. /metrics, /status and /api/v1/projects name projects,
+//     senders and upstreams, so they need the read token (admin.read_token_file) or the project
+//     API's token: "Authorization: Bearer <token>" (a Prometheus scrape's bearer_token_file), or
+//     HTTP Basic with the token as the password and any user name, which a browser asks for.
+//  4. The status page shows state, with what to do next for each problem, in the words of the
+//     provider or the upstream after secret.Scrub. Only the project API writes, and only with
+//     its bearer token.
 package admin
 
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -20,10 +27,13 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/postern/postern/sidecar/secret"
 )
 
 // Check is one readiness condition. It returns nil when ready, or an error that says what is
@@ -70,6 +80,9 @@ type Options struct {
 	// IdleTimeout closes a kept-alive connection without a request for this long. Zero means
 	// DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// ReadToken admits reads of /metrics, /status and /api/v1/projects (see LoadToken); the API's
+	// token admits them too. With neither, those answer 401 saying how to set one.
+	ReadToken secret.Secret
 }
 
 // Limits of the admin server.
@@ -95,6 +108,7 @@ type Server struct {
 	opts    Options
 	mux     *http.ServeMux
 	handler http.Handler
+	tokens  [][sha256.Size]byte // the digests of the tokens that admit reads
 }
 
 // New builds the server.
@@ -113,14 +127,20 @@ func New(opts Options) *Server {
 	}
 	s := &Server{opts: opts, mux: http.NewServeMux()}
 	s.handler = limitBodies(s.mux)
+	if !opts.ReadToken.IsZero() {
+		s.tokens = append(s.tokens, sha256.Sum256([]byte(opts.ReadToken.Reveal())))
+	}
+	if a := opts.API; a != nil && !a.Token.IsZero() {
+		s.tokens = append(s.tokens, sha256.Sum256([]byte(a.Token.Reveal())))
+	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if opts.Registry != nil {
-		s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+		s.mux.Handle("GET /metrics", s.reader(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
 	}
 	if opts.Projects != nil {
-		s.mux.HandleFunc("GET /api/v1/projects", s.projectsJSON)
-		s.mux.HandleFunc("GET /status", s.statusPage)
+		s.mux.Handle("GET /api/v1/projects", s.reader(http.HandlerFunc(s.projectsJSON)))
+		s.mux.Handle("GET /status", s.reader(http.HandlerFunc(s.statusPage)))
 		s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/status", http.StatusFound)
 		})
@@ -179,6 +199,49 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return err
 }
 
+// readAllowed reports whether r carries a token that admits reads: as a bearer token, or as the
+// password of HTTP Basic.
+func (s *Server) readAllowed(r *http.Request) bool {
+	got := ""
+	if _, pw, ok := r.BasicAuth(); ok {
+		got = pw
+	} else if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		got = strings.TrimSpace(tok)
+	}
+	if got == "" {
+		return false
+	}
+	sum := sha256.Sum256([]byte(got))
+	ok := 0
+	for _, t := range s.tokens {
+		ok |= subtle.ConstantTimeCompare(sum[:], t[:])
+	}
+	return ok == 1
+}
+
+// reader admits requests that readAllowed admits; others get 401 with a Basic challenge (so that
+// a browser asks for the token) and a Bearer one.
+func (s *Server) reader(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		if s.readAllowed(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		msg := "this page names projects and needs a token: send \"Authorization: Bearer <token>\" with the content of admin.read_token_file " +
+			"(or api.token_file), or, in a browser, give the token as the password (any user name)"
+		if len(s.tokens) == 0 {
+			msg = "this page needs a token, and none is configured: set admin.read_token_file in Postern's configuration and restart Postern"
+		} else if r.Header.Get("Authorization") != "" {
+			s.opts.Logger.Warn("admin: refused a read with a wrong token", "path", r.URL.Path, "remote", r.RemoteAddr)
+			msg = "the token is wrong: use the content of admin.read_token_file (or api.token_file)"
+		}
+		w.Header().Add("WWW-Authenticate", `Basic realm="postern", charset="UTF-8"`)
+		w.Header().Add("WWW-Authenticate", `Bearer realm="postern"`)
+		writeError(w, http.StatusUnauthorized, msg)
+	})
+}
+
 type checkResult struct {
 	Name     string `json:"name"`
 	OK       bool   `json:"ok"`
@@ -190,12 +253,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	ready := true
+	detail := s.readAllowed(r) // why a check fails may name a project or a path
 	results := make([]checkResult, 0, len(s.opts.Checks))
 	for _, c := range s.opts.Checks {
 		res := checkResult{Name: c.Name, OK: true}
 		if err := c.Func(ctx); err != nil {
 			res.OK = false
-			res.Error = err.Error()
+			if detail {
+				res.Error = secret.Scrub(err.Error())
+			}
 			res.Degraded = errors.Is(err, ErrDegraded)
 			if !res.Degraded {
 				ready = false
@@ -212,6 +278,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) list(ctx context.Context) []ProjectStatus {
 	ps := s.opts.Projects(ctx)
+	for i := range ps {
+		ps[i].Reason, ps[i].Action = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].Action)
+	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	return ps
 }

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,12 +16,28 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/sidecar/secret"
 )
 
+// readToken is the read token of the tests' servers.
+const readToken = "read-token-0123456789abcdef"
+
+// get fetches path with the read token.
 func get(t *testing.T, h http.Handler, path string) (int, string) {
 	t.Helper()
+	return getAs(t, h, path, "Bearer "+readToken)
+}
+
+// getAs fetches path with the Authorization header auth ("" for none).
+func getAs(t *testing.T, h http.Handler, path, auth string) (int, string) {
+	t.Helper()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	h.ServeHTTP(rec, req)
 	b, _ := io.ReadAll(rec.Result().Body)
 	return rec.Code, string(b)
 }
@@ -60,7 +77,7 @@ func TestStatusAndMetrics(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "postern_test_total", Help: "x"})
 	reg.MustRegister(c)
 	c.Add(3)
-	s := New(Options{Registry: reg, Projects: func(context.Context) []ProjectStatus {
+	s := New(Options{Registry: reg, ReadToken: secret.New(readToken), Projects: func(context.Context) []ProjectStatus {
 		return []ProjectStatus{
 			{Name: "b", State: "needs_reauth", Reason: "invalid_grant <script>", Action: "sign in again", SignInURL: "/signin/b"},
 			{Name: "a", State: "ok"},
@@ -164,5 +181,91 @@ func TestRequestBodyIsBounded(t *testing.T) {
 	var tooLarge *http.MaxBytesError
 	if err := <-got; !errors.As(err, &tooLarge) {
 		t.Fatalf("the handler read a body over %d bytes: %v", MaxBodyBytes, err)
+	}
+}
+
+// The pages that name projects, senders and upstreams need a token; health and readiness stay
+// open and name nothing.
+func TestReadNeedsToken(t *testing.T) {
+	t.Parallel()
+	const apiToken = "api-token-0123456789abcdef"
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "postern_test_total", Help: "x"}))
+	projects := func(context.Context) []ProjectStatus {
+		return []ProjectStatus{{Name: "client-a", Senders: []string{"noreply@client-a.example"}, Upstream: "smtp.client-a.example:587", State: "ok"}}
+	}
+	checks := []Check{{"projects", func(context.Context) error {
+		return errors.New("project client-a: store /var/lib/postern/store.db unreadable")
+	}}}
+	s := New(Options{Registry: reg, Projects: projects, Checks: checks, ReadToken: secret.New(readToken),
+		API: &APIOptions{Store: newAPIEnv(t).st, Token: secret.New(apiToken)}}).Handler()
+	basic := func(user, pw string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))
+	}
+	for _, path := range []string{"/metrics", "/status", "/api/v1/projects"} {
+		for _, tc := range []struct {
+			name, auth string
+			code       int
+		}{
+			{"no token", "", 401},
+			{"wrong bearer", "Bearer read-token-0123456789abcdeX", 401},
+			{"empty bearer", "Bearer ", 401},
+			{"wrong basic", basic("admin", "nope"), 401},
+			{"read token", "Bearer " + readToken, 200},
+			{"read token, lower-case scheme", "bearer " + readToken, 200},
+			{"read token as the basic password", basic("anyone", readToken), 200},
+			{"api token", "Bearer " + apiToken, 200},
+		} {
+			code, body := getAs(t, s, path, tc.auth)
+			if code != tc.code {
+				t.Errorf("GET %s with %s: %d, want %d", path, tc.name, code, tc.code)
+			}
+			if code == 401 && (strings.Contains(body, "client-a") || !strings.Contains(body, "read_token_file")) {
+				t.Errorf("GET %s with %s: 401 body %s", path, tc.name, body)
+			}
+		}
+	}
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/status", nil))
+	if ch := rec.Result().Header.Values("WWW-Authenticate"); len(ch) == 0 || !strings.HasPrefix(ch[0], "Basic ") {
+		t.Errorf("the status page's challenge %q does not make a browser ask", ch)
+	}
+
+	if code, body := getAs(t, s, "/healthz", ""); code != 200 || strings.Contains(body, "client-a") {
+		t.Errorf("/healthz without a token: %d %s", code, body)
+	}
+	code, body := getAs(t, s, "/readyz", "")
+	if code != 503 || strings.Contains(body, "client-a") || strings.Contains(body, "/var/lib") || !strings.Contains(body, `"name":"projects"`) {
+		t.Errorf("/readyz without a token: %d %s", code, body)
+	}
+	if code, body := get(t, s, "/readyz"); code != 503 || !strings.Contains(body, "client-a") {
+		t.Errorf("/readyz with the read token: %d %s", code, body)
+	}
+
+	// With no token configured at all, the pages say how to set one.
+	bare := New(Options{Registry: reg, Projects: projects}).Handler()
+	if code, body := getAs(t, bare, "/status", "Bearer "); code != 401 || !strings.Contains(body, "set admin.read_token_file") {
+		t.Errorf("no token configured: %d %s", code, body)
+	}
+}
+
+// What providers and upstreams said is scrubbed before it is shown.
+func TestStatusScrubbed(t *testing.T) {
+	t.Parallel()
+	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXZhbHVlLTEyMzQ1Njc4OTA"
+	s := New(Options{ReadToken: secret.New(readToken), Projects: func(context.Context) []ProjectStatus {
+		return []ProjectStatus{{Name: "a", State: "unhealthy",
+			Reason: "invalid_grant: access_token=ya29.A0ARrdaM-secret refused \x1b[2J" + jwt + strings.Repeat(" padding", 200)}}
+	}}).Handler()
+	for _, path := range []string{"/status", "/api/v1/projects"} {
+		_, body := get(t, s, path)
+		for _, leak := range []string{"ya29", "eyJ", "\x1b", "c2lnbmF0dXJl"} {
+			if strings.Contains(body, leak) {
+				t.Errorf("%s shows %q:\n%s", path, leak, body)
+			}
+		}
+		if !strings.Contains(body, "invalid_grant") || strings.Count(body, "padding") > 100 {
+			t.Errorf("%s: the reason is lost or not shortened:\n%s", path, body)
+		}
 	}
 }

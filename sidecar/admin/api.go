@@ -499,12 +499,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-// LoadAPIToken reads the API's bearer token from the file at path, creating the file with a random
-// token and mode 0600 when it does not exist. Concurrent creators agree on one token. A file
-// readable by group or others is refused, as is a token shorter than 16 characters. Created as
-// root, the file is given to the owner of its directory.
-func LoadAPIToken(path string) (secret.Secret, error) {
-	b, err := secret.LoadOrCreateFile(path, "the API token file", func() ([]byte, error) {
+// LoadAPIToken reads the API's bearer token from the file at path, as LoadToken does.
+func LoadAPIToken(path string) (secret.Secret, error) { return LoadToken(path, "the API token file") }
+
+// LoadToken reads a bearer token from the file at path (what names the file in errors),
+// creating the file with a random token and mode 0600 when it does not exist. Concurrent creators
+// agree on one token. A file readable by group or others is refused, as is a token shorter than 16
+// characters. Created as root, the file is given to the owner of its directory.
+func LoadToken(path, what string) (secret.Secret, error) {
+	b, err := secret.LoadOrCreateFile(path, what, func() ([]byte, error) {
 		raw := make([]byte, 32)
 		_, err := rand.Read(raw)
 		return []byte(base64.RawURLEncoding.EncodeToString(raw) + "\n"), err
@@ -514,7 +517,7 @@ func LoadAPIToken(path string) (secret.Secret, error) {
 	}
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < minAPITokenLen || strings.ContainsAny(tok, " \t\r\n") {
-		return secret.Secret{}, fmt.Errorf("the API token file %s must hold one token of at least %d characters without blanks: remove the file and restart to have one made", path, minAPITokenLen)
+		return secret.Secret{}, fmt.Errorf("%s %s must hold one token of at least %d characters without blanks: remove the file and restart to have one made", what, path, minAPITokenLen)
 	}
 	return secret.New(tok), nil
 }

@@ -28,7 +28,13 @@ project's grant:
   client_credentials  fetch an app-only token once, to prove the app registration works
 
 After a device sign-in Postern checks that the account that signed in is the project's mailbox
-(another account is refused and nothing is saved) and saves the grant to the store. Then, unless
+(another account is refused and nothing is saved) and saves the grant to the store.
+
+A mailbox that signed in before must sign in again as the same account: its immutable id (oid or
+sub) and its Microsoft tenant (tid) are kept with the grant, and another account with the same
+address is refused. A project whose tenant is a domain, "organizations" or "common" is pinned to
+the tenant of its first sign-in this way; a tenant id in the project pins it from the start. When
+the mailbox's account was replaced on purpose, --forget drops the kept account first. Then, unless
 --check=false, it signs in to the upstream mail server with the new token, without sending mail, and
 says what to do if the server refuses.`
 
@@ -38,6 +44,7 @@ func runAuthorize(ctx context.Context, a *App, args []string) int {
 	device := fs.Bool("device", false, "sign in from this terminal with the device code grant")
 	check := fs.Bool("check", true, "sign in to the upstream mail server with the new token (no mail is sent)")
 	ttl := fs.Duration("ttl", 0, "how long a printed sign-in link works, `DURATION` (default: signin.link_ttl)")
+	forget := fs.Bool("forget", false, "forget the account of the previous sign-in, so that a replaced account can sign in")
 	pos, code, ok := a.parse(fs, args, 1, 1)
 	if !ok {
 		return code
@@ -49,6 +56,9 @@ func runAuthorize(ctx context.Context, a *App, args []string) int {
 	defer st.Close()
 	p, ok := a.oauthProject(ctx, st, pos[0], "authorize")
 	if !ok {
+		return ExitFail
+	}
+	if *forget && !a.forgetAccount(ctx, st, p) {
 		return ExitFail
 	}
 	switch grant := p.Auth.OAuth.Grant; {
@@ -145,6 +155,38 @@ func (a *App) printLink(cfg *config.Config, p project.Project, ttl time.Duration
 	return ExitOK
 }
 
+// forgetAccount drops the account and tenant id of p's previous sign-in from its token record.
+func (a *App) forgetAccount(ctx context.Context, st store.Tokens, p project.Project) bool {
+	for range 5 {
+		rec, err := st.Token(ctx, p.Name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			fmt.Fprintf(a.Stderr, "project %s has no sign-in to forget\n", p.Name)
+			return true
+		case err != nil:
+			fmt.Fprintf(a.Stderr, "postern authorize: reading the token record of project %s: %v\n", p.Name, err)
+			return false
+		case rec.AccountID == "" && rec.TenantID == "":
+			fmt.Fprintf(a.Stderr, "project %s keeps no account of a previous sign-in\n", p.Name)
+			return true
+		}
+		was := fmt.Sprintf("account %s, tenant %s", rec.AccountID, rec.TenantID)
+		rec.AccountID, rec.TenantID = "", ""
+		_, err = st.PutToken(ctx, p.Name, rec)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern authorize: writing the token record of project %s: %v\n", p.Name, err)
+			return false
+		}
+		fmt.Fprintf(a.Stderr, "forgot the account of the previous sign-in of project %s (%s): the next sign-in of %s may be another account\n", p.Name, was, p.Auth.Username)
+		return true
+	}
+	fmt.Fprintf(a.Stderr, "postern authorize: the token record of project %s keeps changing: try again\n", p.Name)
+	return false
+}
+
 // authorizeDevice signs p's mailbox in with the device code grant, from this terminal.
 func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
 	fail := func(format string, args ...any) int {
@@ -180,17 +222,27 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 	if err != nil {
 		return fail("no sign-in: %s; nothing was saved", explainOAuth(err))
 	}
-	account, err := prov.Account(ctx, tok)
+	id, err := prov.Identity(ctx, tok)
 	if err != nil {
 		return fail("could not verify which account signed in (the scopes must include openid and email): %v; nothing was saved", err)
 	}
-	if !strings.EqualFold(account, mailbox) {
+	account := id.Mailbox
+	prev, err := st.Token(ctx, p.Name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fail("reading the token record of project %s: %v; nothing was saved", p.Name, err)
+	}
+	var ae *oauth.AccountError
+	switch err := oauth.CheckAccount(id, mailbox, prev); {
+	case errors.As(err, &ae) && ae.Kind != oauth.OtherMailbox:
+		return fail("%v: nothing was saved. Sign in with the account used before; if the mailbox's account was replaced on purpose, "+
+			"run 'postern authorize --forget %s' and sign in again", err, p.Name)
+	case err != nil:
 		return fail("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
 			"a token of another account is the classic cause of \"535 5.7.3 Authentication unsuccessful\"", account, p.Name, mailbox, mailbox)
 	}
 	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
 	defer broker.Close()
-	if err := broker.Store(ctx, p, tok, account); err != nil {
+	if err := broker.Store(ctx, p, tok, token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID}); err != nil {
 		return fail("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
 	}
 	fmt.Fprintf(a.Stdout, "signed in as %s: the grant of project %s is saved\n", account, p.Name)
@@ -212,7 +264,7 @@ func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Sto
 	}
 	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
 	defer broker.Close()
-	if err := broker.Store(ctx, p, tok, ""); err != nil {
+	if err := broker.Store(ctx, p, tok, token.SignIn{}); err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: the app registration works, but saving its token failed: %v\n", err)
 		return ExitFail
 	}

@@ -91,6 +91,8 @@ type Config struct {
 	SignIn SignIn `yaml:"signin"`
 	// API configures the project API on the admin listener.
 	API API `yaml:"api"`
+	// Admin configures who may read the admin listener's pages that name projects.
+	Admin Admin `yaml:"admin"`
 	// Tokens configures the OAuth token broker.
 	Tokens Tokens `yaml:"tokens"`
 	// CredentialProviders declares out-of-process credential providers (package plugin) by name.
@@ -337,6 +339,20 @@ type API struct {
 	TokenFile string `yaml:"token_file"`
 }
 
+// Admin configures who may read /metrics, /status and /api/v1/projects, which name every project,
+// sender and upstream. /healthz and /readyz stay open and name no project.
+type Admin struct {
+	// ReadTokenFile holds the token that admits reads: "Authorization: Bearer <token>" (for a
+	// Prometheus scrape, bearer_token_file or authorization.credentials_file), or in a browser the
+	// token as the password of the login prompt, with any user name. api.token_file's token admits
+	// reads too. A missing file is created with a random token and mode 0600; a file readable by
+	// group or others is refused. Default: read.token next to signin.key_file.
+	ReadTokenFile string `yaml:"read_token_file"`
+}
+
+// ReadTokenName is the file name of the default admin.read_token_file, next to signin.key_file.
+const ReadTokenName = "read.token"
+
 // SignInURL is the base URL of the sign-in pages: signin.public_url without a trailing slash, or
 // http://<listen.admin> when it is empty ("" when the admin listener is off too).
 func (c *Config) SignInURL() string {
@@ -466,6 +482,9 @@ func (c *Config) applyDerived() {
 	}
 	if c.Transport == "" {
 		c.Transport = c.DefaultTransport()
+	}
+	if c.Admin.ReadTokenFile == "" && c.SignIn.KeyFile != "" {
+		c.Admin.ReadTokenFile = filepath.Join(filepath.Dir(c.SignIn.KeyFile), ReadTokenName)
 	}
 	if c.Store.File == nil && c.Store.Vault == nil {
 		c.Store.File = &FileStore{}
@@ -689,6 +708,7 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	}
 	errs = append(errs, c.validateSignIn()...)
 	errs = append(errs, c.validateAPI()...)
+	errs = append(errs, c.validateAdmin()...)
 	errs = append(errs, c.validateProviders()...)
 	if c.Tokens.RefreshMargin <= 0 {
 		add("tokens.refresh_margin %v: must be more than 0", c.Tokens.RefreshMargin)
@@ -756,6 +776,29 @@ func (c *Config) validateAPI() []error {
 	}
 	if key, ok := others[f]; ok {
 		add("api.token_file %q must not be the file of %s", f, key)
+	}
+	return errs
+}
+
+func (c *Config) validateAdmin() []error {
+	f := c.Admin.ReadTokenFile
+	if f == "" {
+		return nil
+	}
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if strings.HasSuffix(f, "/") {
+		add("admin.read_token_file %q names a directory, not a file", f)
+	}
+	others := map[string]string{c.SignIn.KeyFile: "signin.key_file"}
+	if c.API.TokenFile != "" {
+		others[c.API.TokenFile] = "api.token_file (the read token must not be able to write)"
+	}
+	if s := c.Store.File; s != nil {
+		others[s.Path], others[s.KeyFile] = "store.file.path", "store.file.key_file"
+	}
+	if key, ok := others[f]; ok {
+		add("admin.read_token_file %q must not be the file of %s", f, key)
 	}
 	return errs
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+
+	"github.com/postern/postern/sidecar/project"
 )
 
 // Claims are the id_token claims Postern reads.
@@ -27,20 +29,82 @@ type Claims struct {
 	IssuedAt          numDate  `json:"iat"`
 	NotBefore         numDate  `json:"nbf"`
 	Email             string   `json:"email"`
+	EmailVerified     boolish  `json:"email_verified"`
 	PreferredUsername string   `json:"preferred_username"`
 	UPN               string   `json:"upn"`
-	// TenantID is Microsoft's "tid".
+	// TenantID is Microsoft's "tid", ObjectID its "oid": the account's immutable identifier
+	// across every application of the tenant.
 	TenantID string `json:"tid"`
+	ObjectID string `json:"oid"`
 }
 
-// Account is the signed-in mailbox: email, else preferred_username, else upn.
-func (c *Claims) Account() string {
-	for _, s := range []string{c.Email, c.PreferredUsername, c.UPN} {
-		if s = strings.TrimSpace(s); s != "" {
-			return s
-		}
+// boolish is a boolean claim that some providers send as the string "true".
+type boolish bool
+
+func (b *boolish) UnmarshalJSON(raw []byte) error {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
 	}
-	return ""
+	switch x := v.(type) {
+	case bool:
+		*b = boolish(x)
+	case string:
+		*b = boolish(strings.EqualFold(x, "true"))
+	default:
+		*b = false
+	}
+	return nil
+}
+
+// Identity is the account an id_token names, read by the rules of its provider (Claims.Identity).
+type Identity struct {
+	// Mailbox is the account's mail address, compared with the project's mailbox.
+	Mailbox string
+	// ID is the account's immutable identifier: Microsoft's oid, else sub.
+	ID string
+	// TenantID is Microsoft's tid; empty for other providers.
+	TenantID string
+}
+
+// Identity reads c by the rules of the provider named name:
+//
+//   - Microsoft: the mailbox is preferred_username, else upn. Never email: Entra ID lets it be
+//     set to an address nobody verified. Their domain is one verified in the token's tenant (tid),
+//     which checkClaims pins to the configured tenant id; CheckAccount pins it for tenants given
+//     as a domain, "organizations" or "common". The ID is oid.
+//   - Google and generic servers: the mailbox is email, and only with email_verified true. The ID
+//     is sub.
+func (c *Claims) Identity(name string) (Identity, error) {
+	id := Identity{ID: strings.TrimSpace(c.Subject), TenantID: strings.TrimSpace(c.TenantID)}
+	if name == Microsoft {
+		if oid := strings.TrimSpace(c.ObjectID); oid != "" {
+			id.ID = oid
+		}
+		for _, s := range []string{c.PreferredUsername, c.UPN} {
+			if s = strings.TrimSpace(s); s != "" {
+				id.Mailbox = s
+				break
+			}
+		}
+		if id.Mailbox == "" {
+			return id, errors.New("the id_token names no account (no preferred_username or upn claim; the email claim is not trusted)")
+		}
+	} else {
+		id.TenantID = ""
+		email := strings.TrimSpace(c.Email)
+		switch {
+		case email == "":
+			return id, errors.New("the id_token names no account (no email claim: the scopes must include email)")
+		case !bool(c.EmailVerified):
+			return id, fmt.Errorf("the id_token's email %s is not verified (email_verified is not true)", email)
+		}
+		id.Mailbox = email
+	}
+	if id.ID == "" {
+		return id, errors.New("the id_token has no sub claim")
+	}
+	return id, nil
 }
 
 // IDToken is a parsed, not yet verified, JWS compact id_token.
@@ -159,31 +223,96 @@ func Account(tok *oauth2.Token) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if a := t.Claims.Account(); a != "" {
-		return a, nil
+	for _, a := range []string{t.Claims.Email, t.Claims.PreferredUsername, t.Claims.UPN} {
+		if a = strings.TrimSpace(a); a != "" {
+			return a, nil
+		}
 	}
 	return "", errors.New("the id_token names no account (no email, preferred_username or upn claim)")
 }
 
-// Account returns the mailbox named by tok's id_token after verifying it: the audience must be
+// Account returns the mailbox of Identity.
+func (p *Provider) Account(ctx context.Context, tok *oauth2.Token) (string, error) {
+	id, err := p.Identity(ctx, tok)
+	return id.Mailbox, err
+}
+
+// Identity returns the account named by tok's id_token after verifying it: the audience must be
 // the client id, the token must not be expired (5 minutes of clock skew allowed), the issuer must
 // be the provider's (Microsoft: https://login.microsoftonline.com/{tid}/v2.0, with tid the
 // configured tenant when that is a tenant id), and the RS256 signature must verify with a key from
 // the provider's JWKS. A generic provider without an issuer gets the audience and expiry checks
-// only.
-func (p *Provider) Account(ctx context.Context, tok *oauth2.Token) (string, error) {
+// only. The claims are read as Claims.Identity says; compare the result with the project's
+// mailbox and the previous sign-in with CheckAccount.
+func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token) (Identity, error) {
 	raw, err := idTokenOf(tok)
 	if err != nil {
-		return "", err
+		return Identity{}, err
 	}
 	claims, err := p.VerifyIDToken(ctx, raw)
 	if err != nil {
-		return "", err
+		return Identity{}, err
 	}
-	if a := claims.Account(); a != "" {
-		return a, nil
+	return claims.Identity(p.Name)
+}
+
+// Ways a signed-in account can differ from the one a project expects (AccountError.Kind).
+const (
+	// OtherMailbox: the account's mailbox is not the project's.
+	OtherMailbox = "other-mailbox"
+	// OtherTenant: the mailbox signed in from another Microsoft tenant than before.
+	OtherTenant = "other-tenant"
+	// OtherAccount: the mailbox's name is the project's, but the account's immutable id is not
+	// the one signed in before (the account was replaced, or a name was reused).
+	OtherAccount = "other-account"
+)
+
+// AccountError says that another account signed in than the project expects.
+type AccountError struct {
+	// Kind is OtherMailbox, OtherTenant or OtherAccount.
+	Kind string
+	// Mailbox is the project's mailbox; Got is the account that signed in.
+	Mailbox string
+	Got     Identity
+	// Want is the account of the previous sign-in (OtherTenant, OtherAccount).
+	Want Identity
+}
+
+func (e *AccountError) Error() string {
+	switch e.Kind {
+	case OtherTenant:
+		return fmt.Sprintf("%s signed in from tenant %s, but the mailbox signed in from tenant %s before", e.Got.Mailbox, e.Got.TenantID, e.Want.TenantID)
+	case OtherAccount:
+		return fmt.Sprintf("%s signed in as account %s, but the mailbox was signed in as account %s before", e.Got.Mailbox, e.Got.ID, e.Want.ID)
 	}
-	return "", errors.New("the id_token names no account (no email, preferred_username or upn claim)")
+	return fmt.Sprintf("%s signed in, but the project sends as %s", e.Got.Mailbox, e.Mailbox)
+}
+
+// CheckAccount decides whether id may sign in as the project's mailbox, given the token record
+// of the previous sign-in (the zero Token when there is none):
+//
+//  1. The mailbox must be the project's, ignoring case.
+//  2. When prev is a sign-in of the same mailbox that recorded them, the tenant (tid) and the
+//     account's immutable id (oid or sub) must be the same again. A Microsoft tenant configured
+//     as a domain, "organizations" or "common" is thereby pinned by the first sign-in: the tenant
+//     id in the configuration pins it from the start, and is the better choice.
+//
+// It returns nil or an *AccountError.
+func CheckAccount(id Identity, mailbox string, prev project.Token) error {
+	if !strings.EqualFold(strings.TrimSpace(id.Mailbox), strings.TrimSpace(mailbox)) {
+		return &AccountError{Kind: OtherMailbox, Mailbox: mailbox, Got: id}
+	}
+	if !strings.EqualFold(prev.Account, mailbox) {
+		return nil
+	}
+	want := Identity{Mailbox: prev.Account, ID: prev.AccountID, TenantID: prev.TenantID}
+	switch {
+	case want.TenantID != "" && !strings.EqualFold(want.TenantID, id.TenantID):
+		return &AccountError{Kind: OtherTenant, Mailbox: mailbox, Got: id, Want: want}
+	case want.ID != "" && want.ID != id.ID:
+		return &AccountError{Kind: OtherAccount, Mailbox: mailbox, Got: id, Want: want}
+	}
+	return nil
 }
 
 // clockSkew is allowed between Postern's clock and the issuer's.
@@ -286,6 +415,9 @@ func (p *Provider) discoverJWKS(ctx context.Context) (string, error) {
 	}
 	if d.Issuer != p.Issuer || d.JWKSURI == "" {
 		return "", fmt.Errorf("discovering the signing keys at %s: issuer %q, jwks_uri %q", u, d.Issuer, d.JWKSURI)
+	}
+	if err := checkEndpoint(d.JWKSURI); err != nil {
+		return "", fmt.Errorf("discovering the signing keys at %s: jwks_uri %w", u, err)
 	}
 	return d.JWKSURI, nil
 }

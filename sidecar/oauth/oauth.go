@@ -13,9 +13,10 @@
 //     state (AuthCodeURL, then Exchange at the callback), or the device code (DeviceAuth, then
 //     DeviceToken, which polls with RFC 8628's authorization_pending / slow_down rules and reports
 //     progress). Unattended projects use client credentials (ClientCredentials) and have no person.
-//  3. Account names the mailbox that signed in, from the id_token's email, preferred_username or
-//     upn claim; Provider.Account verifies the id_token (signature against the issuer's keys, iss,
-//     aud, exp) first.
+//  3. Identity names the account that signed in after verifying the id_token (signature against
+//     the issuer's keys, iss, aud, exp): for Microsoft its preferred_username (or upn), oid and
+//     tid; for others its email, only when email_verified, and sub. CheckAccount compares it with
+//     the project's mailbox and with the account of the previous sign-in.
 //  4. From then on the token broker (sidecar/token) calls Refresh ahead of expiry, and Classify tells
 //     it whether a failure needs a person (NeedsReauth), an administrator (BadClient), or only time
 //     (Transient).
@@ -24,6 +25,7 @@ package oauth
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -249,9 +251,47 @@ func (p *Provider) generic(o *project.OAuth) error {
 	if p.Config.ClientSecret == "" {
 		style = oauth2.AuthStyleInParams
 	}
+	for _, u := range []struct{ key, value string }{
+		{"token_url", o.TokenURL}, {"auth_url", o.AuthURL}, {"device_url", o.DeviceURL},
+		{"revocation_url", o.RevocationURL}, {"issuer", o.Issuer},
+	} {
+		if err := checkEndpoint(u.value); err != nil {
+			return fmt.Errorf("generic oauth: %s: %w", u.key, err)
+		}
+	}
 	p.Config.Endpoint = oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceURL, AuthStyle: style}
 	p.RevocationURL = o.RevocationURL
 	return nil
+}
+
+// checkEndpoint refuses an identity provider's URL that a network attacker could read or change:
+// anything but https, except http to a loopback host (a provider on this machine, or a test).
+// Empty is allowed: the caller decides which URLs are required.
+func checkEndpoint(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil {
+		return fmt.Errorf("%q is not an absolute URL without credentials", raw)
+	}
+	switch {
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+		return nil
+	}
+	return fmt.Errorf("%q: use https (http only to localhost or a loopback address)", raw)
+}
+
+// IsLoopbackHost reports whether host (without a port) is "localhost" or a loopback IP address.
+// A name that merely starts with "127." is not.
+func IsLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // ctx carries p's HTTP client to golang.org/x/oauth2.

@@ -129,6 +129,59 @@ func TestConfigFor(t *testing.T) {
 			wantErr: "needs auth_url",
 		},
 		{
+			name:   "generic on loopback over http",
+			o:      project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://localhost:8080/a", TokenURL: "http://127.0.0.1:8080/t", DeviceURL: "http://[::1]:8080/d", Issuer: "http://127.0.0.2"},
+			auth:   "http://localhost:8080/a",
+			token:  "http://127.0.0.1:8080/t",
+			device: "http://[::1]:8080/d",
+			style:  oauth2.AuthStyleInParams,
+		},
+		{
+			name:    "generic http token_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "http://idp.example/t"},
+			wantErr: "token_url: \"http://idp.example/t\": use https",
+		},
+		{
+			name:    "generic http auth_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://idp.example/a", TokenURL: "https://idp.example/t"},
+			wantErr: "auth_url: \"http://idp.example/a\": use https",
+		},
+		{
+			name:    "generic http device_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", DeviceURL: "http://idp.example/d", TokenURL: "https://idp.example/t", Grant: "device_code"},
+			wantErr: "device_url",
+		},
+		{
+			name:    "generic http revocation_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t", RevocationURL: "http://idp.example/r"},
+			wantErr: "revocation_url",
+		},
+		{
+			name:    "generic http issuer",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t", Issuer: "http://idp.example"},
+			wantErr: "issuer",
+		},
+		{
+			name:    "generic host that only starts with 127.",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "http://127.evil.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic host that only starts with localhost",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "http://localhost.evil.example/a", TokenURL: "https://idp.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic token_url with another scheme",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "ftp://idp.example/t"},
+			wantErr: "use https",
+		},
+		{
+			name:    "generic relative token_url",
+			o:       project.OAuth{Provider: "generic", ClientID: "cid", AuthURL: "https://idp.example/a", TokenURL: "/t"},
+			wantErr: "not an absolute URL",
+		},
+		{
 			name:    "generic without token_url",
 			o:       project.OAuth{Provider: "generic", ClientID: "cid"},
 			wantErr: "token_url is empty",
@@ -410,7 +463,7 @@ func TestVerifyIDToken(t *testing.T) {
 	}
 	now := time.Now()
 	claims := func(over map[string]any) map[string]any {
-		c := map[string]any{"iss": idp.URL, "aud": idp.ClientID, "exp": now.Add(time.Hour).Unix(), "email": "a@client.example"}
+		c := map[string]any{"iss": idp.URL, "aud": idp.ClientID, "exp": now.Add(time.Hour).Unix(), "sub": "s-1", "email": "a@client.example", "email_verified": true}
 		for k, v := range over {
 			if v == nil {
 				delete(c, k)
@@ -429,8 +482,13 @@ func TestVerifyIDToken(t *testing.T) {
 	}{
 		{"good", idp.Sign(rs256, claims(nil)), "a@client.example", ""},
 		{"audience list", idp.Sign(rs256, claims(map[string]any{"aud": []string{"x", idp.ClientID}})), "a@client.example", ""},
-		{"preferred_username", idp.Sign(rs256, claims(map[string]any{"email": nil, "preferred_username": "p@client.example"})), "p@client.example", ""},
-		{"upn", idp.Sign(rs256, claims(map[string]any{"email": nil, "upn": "u@client.example"})), "u@client.example", ""},
+		{"email_verified as a string", idp.Sign(rs256, claims(map[string]any{"email_verified": "true"})), "a@client.example", ""},
+		{"email not verified", idp.Sign(rs256, claims(map[string]any{"email_verified": false})), "", "not verified"},
+		{"email_verified missing", idp.Sign(rs256, claims(map[string]any{"email_verified": nil})), "", "not verified"},
+		{"unverified email and a preferred_username", idp.Sign(rs256, claims(map[string]any{"email_verified": nil, "preferred_username": "a@client.example"})), "", "not verified"},
+		{"preferred_username is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "preferred_username": "p@client.example"})), "", "names no account"},
+		{"upn is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "upn": "u@client.example"})), "", "names no account"},
+		{"no sub", idp.Sign(rs256, claims(map[string]any{"sub": nil})), "", "no sub"},
 		{"no account claim", idp.Sign(rs256, claims(map[string]any{"email": nil})), "", "names no account"},
 		{"other audience", idp.Sign(rs256, claims(map[string]any{"aud": "someone-else"})), "", "audience"},
 		{"expired", idp.Sign(rs256, claims(map[string]any{"exp": now.Add(-time.Hour).Unix()})), "", "expired"},
@@ -475,6 +533,10 @@ func FuzzParseIDToken(f *testing.F) {
 			}
 			return
 		}
-		_ = tok.Claims.Account()
+		for _, prov := range []string{oauth.Microsoft, oauth.Google, oauth.Generic} {
+			if id, err := tok.Claims.Identity(prov); err == nil && (id.Mailbox == "" || id.ID == "") {
+				t.Fatalf("%s: identity %+v without a mailbox or id", prov, id)
+			}
+		}
 	})
 }

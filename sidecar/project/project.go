@@ -283,8 +283,49 @@ func checkAddressPattern(s string) error {
 	return nil
 }
 
+// isLoopbackHost reports whether h is "localhost" or a loopback IP address; a name that merely
+// starts with "127." is not.
 func isLoopbackHost(h string) bool {
-	return h == "localhost" || h == "::1" || strings.HasPrefix(h, "127.")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// SignInUsed reports whether the record lists the sign-in link with nonce as used.
+func (t Token) SignInUsed(nonce string) bool {
+	if nonce == "" {
+		return false
+	}
+	_, ok := t.UsedSignIns[nonce]
+	return ok || t.SignInNonce == nonce
+}
+
+// UseSignIn records the sign-in link with nonce as used until expiry, and drops the entries of
+// links expired at now. It never changes the map t shares with a copy.
+func (t *Token) UseSignIn(nonce string, expiry, now time.Time) {
+	used := make(map[string]time.Time, len(t.UsedSignIns)+1)
+	for n, exp := range t.UsedSignIns {
+		if now.Before(exp) {
+			used[n] = exp
+		}
+	}
+	used[nonce] = expiry
+	t.UsedSignIns = used
+}
+
+// KeepSignIns adds the used sign-in links of other that t lacks (unexpired at now), so that a
+// write of t over other forgets none.
+func (t *Token) KeepSignIns(other Token, now time.Time) {
+	if t.SignInNonce == "" {
+		t.SignInNonce = other.SignInNonce
+	}
+	for n, exp := range other.UsedSignIns {
+		if _, ok := t.UsedSignIns[n]; !ok && now.Before(exp) {
+			t.UseSignIn(n, exp, now)
+		}
+	}
 }
 
 // SendAsList is the effective list of From addresses and @domains the project may send as.
@@ -325,16 +366,25 @@ type Token struct {
 	Expiry       time.Time     `json:"expiry,omitzero"`
 	RefreshToken secret.Secret `json:"-"`
 	// Account is the signed-in mailbox the grant belongs to.
-	Account string     `json:"account,omitempty"`
-	State   TokenState `json:"state"`
+	Account string `json:"account,omitempty"`
+	// AccountID is the immutable identifier of the signed-in account (Microsoft's oid, else the
+	// id_token's sub), and TenantID its Microsoft tenant (tid). A later sign-in of the same
+	// mailbox must come from the same account and tenant.
+	AccountID string     `json:"account_id,omitempty"`
+	TenantID  string     `json:"tenant_id,omitempty"`
+	State     TokenState `json:"state"`
 	// Reason says why State is needs_reauth, in the provider's words.
 	Reason string `json:"reason,omitempty"`
 	// RefreshedBy names the Postern instance that wrote this record last.
 	RefreshedBy string    `json:"refreshed_by,omitempty"`
 	UpdatedAt   time.Time `json:"updated_at,omitzero"`
-	// SignInNonce is the nonce of the sign-in link the grant was made with: that link is used up,
-	// on every replica.
+	// SignInNonce is the nonce of the last sign-in link used, as records written before
+	// UsedSignIns have it: that link stays used up.
 	SignInNonce string `json:"signin_nonce,omitempty"`
+	// UsedSignIns holds the nonce of every sign-in link used for the project, each with the
+	// link's expiry, so that no replica, before or after a restart, accepts a used link again.
+	// Entries are dropped once their link has expired (UseSignIn).
+	UsedSignIns map[string]time.Time `json:"used_signins,omitempty"`
 	// RefreshingBy and RefreshingUntil claim the next refresh for one Postern instance, so that
 	// replicas sharing a store never redeem the same refresh token twice (servers with reuse
 	// detection revoke the whole grant when that happens). A claim ends when the claimer writes

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/secret"
 )
@@ -79,6 +80,10 @@ func TestValidate(t *testing.T) {
 		{"bad sender", func(p *Project) { p.Senders = []string{"not an address"} }, []string{"senders"}},
 		{"plain text off loopback", func(p *Project) { p.Upstream.TLS = TLSNone }, []string{"loopback"}},
 		{"plain text on loopback", func(p *Project) { p.Upstream.TLS = TLSNone; p.Upstream.Host = "127.0.0.1" }, nil},
+		{"plain text on ::1", func(p *Project) { p.Upstream.TLS = TLSNone; p.Upstream.Host = "::1" }, nil},
+		{"plain text on localhost", func(p *Project) { p.Upstream.TLS = TLSNone; p.Upstream.Host = "localhost" }, nil},
+		{"plain text on a name starting with 127.", func(p *Project) { p.Upstream.TLS = TLSNone; p.Upstream.Host = "127.evil.example" }, []string{"loopback"}},
+		{"plain text on 127.0.0.1.evil.example", func(p *Project) { p.Upstream.TLS = TLSNone; p.Upstream.Host = "127.0.0.1.evil.example" }, []string{"loopback"}},
 		{"no password", func(p *Project) { p.Auth.Password = secret.Secret{} }, []string{"password"}},
 		{"bad port and mechanism", func(p *Project) { p.Upstream.Port = 0; p.Auth.Mechanism = "CRAM-MD5" }, []string{"port", "mechanism"}},
 		{"oauth without settings", func(p *Project) { p.Auth.Type = AuthOAuth2 }, []string{"oauth"}},
@@ -114,5 +119,30 @@ func TestMaySendAs(t *testing.T) {
 		if got := p.MaySendAs(addr); got != want {
 			t.Errorf("MaySendAs(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+func TestUsedSignIns(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0)
+	var rec Token
+	rec.UseSignIn("old", now.Add(time.Minute), now)
+	rec.UseSignIn("new", now.Add(time.Hour), now)
+	shared := rec
+	rec.UseSignIn("later", now.Add(2*time.Hour), now.Add(2*time.Minute))
+	switch {
+	case rec.SignInUsed("old"):
+		t.Error("an expired link is kept")
+	case !rec.SignInUsed("new") || !rec.SignInUsed("later"):
+		t.Errorf("used links %v", rec.UsedSignIns)
+	case shared.SignInUsed("later"):
+		t.Error("UseSignIn changed the map of a copy")
+	case rec.SignInUsed(""):
+		t.Error("the empty nonce counts as used")
+	}
+	legacy := Token{SignInNonce: "legacy"}
+	legacy.KeepSignIns(rec, now)
+	if !legacy.SignInUsed("legacy") || !legacy.SignInUsed("new") || !legacy.SignInUsed("later") {
+		t.Errorf("KeepSignIns: %+v", legacy)
 	}
 }

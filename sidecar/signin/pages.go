@@ -5,6 +5,8 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+
+	"github.com/postern/postern/sidecar/secret"
 )
 
 // Outcomes name the pages: the data-outcome attribute of #page, for tests and browsers that drive
@@ -25,6 +27,7 @@ const (
 	OutcomeExchangeFailed    = "exchange-failed"    // the code could not be traded for a token
 	OutcomeAccountUnverified = "account-unverified" // the id_token did not verify or names no account
 	OutcomeWrongAccount      = "wrong-account"      // someone other than the mailbox signed in
+	OutcomeAccountChanged    = "account-changed"    // the mailbox, but another account or tenant than before
 	OutcomeNotSaved          = "not-saved"          // the grant could not be written to the store
 	OutcomeSignedIn          = "signed-in"          // saved, and the upstream took the token (or was not asked)
 	OutcomeUpstreamRefused   = "upstream-refused"   // saved, but the upstream refused the token
@@ -83,6 +86,7 @@ button{font-size:1.1em;padding:.5em 1.2em;cursor:pointer}
 // render writes pg with headers that keep the page out of caches, frames and Referer headers (the
 // landing page's address holds the link).
 func render(w http.ResponseWriter, log *slog.Logger, pg *page) {
+	pg.Detail = secret.Scrub(pg.Detail) // a provider's or upstream's words, without what looks like a credential
 	var buf bytes.Buffer
 	if err := pageTmpl.Execute(&buf, pg); err != nil {
 		log.Error("rendering a sign-in page", "outcome", pg.Outcome, "error", err)

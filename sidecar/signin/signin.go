@@ -9,8 +9,8 @@
 //     administrator sends it to the mailbox owner.
 //  2. GET /signin?l=LINK checks the signature, the expiry, that the project still signs in with
 //     the authorization code grant as that mailbox, and that the link is unused (its nonce is
-//     neither in this process's memory nor in the project's token record), and shows which project
-//     and mailbox are to be signed in, with a button. Opening the page changes nothing, so link
+//     neither in this process's memory nor among the used links of the project's token record),
+//     and shows which project and mailbox are to be signed in, with a button. Opening the page changes nothing, so link
 //     scanners in mail systems cannot use the link up.
 //  3. The button (POST /signin) checks the link again, and sends the browser to the provider's
 //     sign-in page: authorization code with PKCE S256, a random state and login_hint=<mailbox>.
@@ -19,11 +19,15 @@
 //     minutes): no server-side state, so any replica sharing the key file can serve the callback.
 //  4. GET /signin/callback finds the cookie of the returned state (a state without one is refused),
 //     deletes it, shows a provider's error as such, trades the code for tokens, verifies the
-//     id_token and compares its account with the project's mailbox, case-insensitively. Another
-//     account is refused, naming both, and nothing is stored.
-//  5. The grant is saved through Grants (the token broker, which clears needs_reauth), the link's
-//     nonce is recorded in the token record and in memory, so the link is dead everywhere, and
-//     TestAuth signs in upstream without sending mail. The page shows the result: signed in, or the
+//     id_token and compares its account with the project's mailbox and the previous sign-in
+//     (oauth.CheckAccount: the mailbox case-insensitively, then the same tenant and account id).
+//     Another account is refused, naming both, and nothing is stored.
+//  5. The grant is saved through Grants (the token broker, which clears needs_reauth) together
+//     with the link's nonce, in one check-and-set write that fails when the record lists the
+//     nonce already: of two callbacks of one link, on any replicas, one stores its grant and the
+//     other shows that the link was used. The nonce stays in the record until the link expires,
+//     and in memory, so the link is dead everywhere, after restarts too. TestAuth then signs in
+//     upstream without sending mail. The page shows the result: signed in, or the
 //     upstream's refusal with what to do about it (Advice).
 //
 // Pages are plain HTML without scripts; each carries #page with a data-outcome naming it (the
@@ -46,6 +50,7 @@ import (
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/token"
 )
 
 // Projects reads one project: store.Admin, so that a project changed a moment ago is seen as it is.
@@ -53,9 +58,10 @@ type Projects interface {
 	Project(ctx context.Context, name string) (project.Project, error)
 }
 
-// Grants saves a completed sign-in: *token.Broker.
+// Grants saves a completed sign-in: *token.Broker. Store records the link's nonce in the same
+// check-and-set write as the grant, and answers token.ErrLinkUsed when the record lists it.
 type Grants interface {
-	Store(ctx context.Context, p project.Project, tok *oauth2.Token, account string) error
+	Store(ctx context.Context, p project.Project, tok *oauth2.Token, in token.SignIn) error
 }
 
 // Options configures a Server. Key, PublicURL, Projects, Tokens and Grants are required; every
@@ -69,7 +75,7 @@ type Options struct {
 	PublicURL string
 	// Projects reads the project a link names.
 	Projects Projects
-	// Tokens reads and writes token records: the used link's nonce is recorded there.
+	// Tokens reads token records: the used links, and the account of the previous sign-in.
 	Tokens store.Tokens
 	// Grants saves the signed-in grant.
 	Grants Grants
@@ -220,12 +226,7 @@ func (s *Server) check(ctx context.Context, signed string) (checked, *page) {
 // checkLink checks that the link's project still signs in as the link's mailbox and that the link
 // is unused, and returns the project.
 func (s *Server) checkLink(ctx context.Context, link Link) (project.Project, *page) {
-	used := &page{Status: http.StatusGone, Outcome: OutcomeLinkUsed, Title: "This sign-in link was used already",
-		Project: link.Project, Mailbox: link.Mailbox,
-		Paragraphs: []string{
-			"A sign-in with this link was completed, and each link works once. If the mailbox is signed in, there is nothing more to do.",
-			fmt.Sprintf("To sign in again, ask your Postern administrator for a new link (postern authorize-link %s).", link.Project),
-		}}
+	used := usedPage(link)
 	if s.usedHere(link.Nonce) {
 		return project.Project{}, used
 	}
@@ -249,13 +250,22 @@ func (s *Server) checkLink(ctx context.Context, link Link) (project.Project, *pa
 	}
 	rec, err := s.opts.Tokens.Token(ctx, p.Name)
 	switch {
-	case err == nil && rec.SignInNonce == link.Nonce:
+	case err == nil && rec.SignInUsed(link.Nonce):
 		return p, used
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "error", err)
 		return p, unavailable(link)
 	}
 	return p, nil
+}
+
+func usedPage(link Link) *page {
+	return &page{Status: http.StatusGone, Outcome: OutcomeLinkUsed, Title: "This sign-in link was used already",
+		Project: link.Project, Mailbox: link.Mailbox,
+		Paragraphs: []string{
+			"A sign-in with this link was completed, and each link works once. If the mailbox is signed in, there is nothing more to do.",
+			fmt.Sprintf("To sign in again, ask your Postern administrator for a new link (postern authorize-link %s).", link.Project),
+		}}
 }
 
 func unavailable(link Link) *page {
@@ -416,7 +426,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		render(w, s.log, &pg)
 		return
 	}
-	account, err := prov.Account(ctx, tok)
+	id, err := prov.Identity(ctx, tok)
 	if err != nil {
 		s.log.Warn("sign-in: the id_token did not verify", "project", p.Name, "error", err)
 		pg := facts
@@ -426,30 +436,35 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		render(w, s.log, &pg)
 		return
 	}
-	if !strings.EqualFold(account, p.Auth.Username) {
-		s.log.Warn("sign-in refused: another account signed in", "project", p.Name, "mailbox", p.Auth.Username, "account", account)
-		pg := facts
-		pg.Account = account
-		pg.Status, pg.Outcome, pg.Title = http.StatusForbidden, OutcomeWrongAccount, "Signed in as the wrong account"
-		pg.Paragraphs = []string{
-			fmt.Sprintf("You signed in as %s, but project %s sends as %s. Nothing was saved.", account, p.Name, p.Auth.Username),
-			fmt.Sprintf("Open the sign-in link again and sign in as %s. If the sign-in page picks %s by itself, sign out of it first, or use a private browser window.", p.Auth.Username, account),
-			"(A token of another account is the classic cause of the mail server's \"535 5.7.3 Authentication unsuccessful\".)",
-		}
-		render(w, s.log, &pg)
+	account := id.Mailbox
+	prev, err := s.opts.Tokens.Token(ctx, p.Name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "error", err)
+		render(w, s.log, unavailable(link))
 		return
 	}
-	if err := s.opts.Grants.Store(ctx, p, tok, account); err != nil {
+	if err := oauth.CheckAccount(id, p.Auth.Username, prev); err != nil {
+		render(w, s.log, s.otherAccount(facts, p, err))
+		return
+	}
+	in := token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID, Nonce: link.Nonce, LinkExpiry: link.Expiry}
+	if err := s.opts.Grants.Store(ctx, p, tok, in); err != nil {
+		if errors.Is(err, token.ErrLinkUsed) {
+			s.remember(link)
+			render(w, s.log, usedPage(link))
+			return
+		}
 		s.log.Error("sign-in: saving the grant failed", "project", p.Name, "account", account, "error", err)
+		s.remember(link) // the grant waits in memory with the nonce, and is written when it can be
 		pg := facts
 		pg.Account = account
 		pg.Status, pg.Outcome, pg.Title = http.StatusServiceUnavailable, OutcomeNotSaved, "The sign-in could not be saved"
-		pg.Paragraphs = []string{"You signed in correctly, but Postern could not write the sign-in to its store. This Postern keeps it and keeps trying; if the problem lasts, tell your Postern administrator. The link still works, so you can try again later."}
+		pg.Paragraphs = []string{"You signed in correctly, but Postern could not write the sign-in to its store. This Postern keeps it and keeps trying; if the problem lasts, tell your Postern administrator, who can send you a new link."}
 		pg.Detail = err.Error()
 		render(w, s.log, &pg)
 		return
 	}
-	s.markUsed(ctx, p.Name, link)
+	s.remember(link)
 	s.log.Info("sign-in completed: the grant is saved", "project", p.Name, "account", account)
 
 	pg = &facts
@@ -510,38 +525,51 @@ func (s *Server) usedHere(nonce string) bool {
 	return ok
 }
 
-// maxNonceWrites bounds the attempts to record a nonce against concurrent writers.
-const maxNonceWrites = 5
-
-// markUsed records that the link's sign-in completed: in memory, and in the project's token record
-// so that other replicas refuse the link too.
-func (s *Server) markUsed(ctx context.Context, name string, link Link) {
+// remember records in memory that the link's sign-in completed, so that this process refuses the
+// link even before the store has the nonce; the store's record is what other replicas and later
+// processes read.
+func (s *Server) remember(link Link) {
 	now := s.opts.Now()
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for n, exp := range s.used {
 		if !now.Before(exp) {
 			delete(s.used, n)
 		}
 	}
 	s.used[link.Nonce] = link.Expiry
-	s.mu.Unlock()
+}
 
-	var err error
-	for range maxNonceWrites {
-		var rec project.Token
-		if rec, err = s.opts.Tokens.Token(ctx, name); err != nil {
-			break
-		}
-		if rec.SignInNonce == link.Nonce {
-			return
-		}
-		rec.SignInNonce = link.Nonce
-		if _, err = s.opts.Tokens.PutToken(ctx, name, rec); !errors.Is(err, store.ErrConflict) {
-			break
-		}
+// otherAccount is the page of an account that oauth.CheckAccount refused.
+func (s *Server) otherAccount(facts page, p project.Project, err error) *page {
+	var ae *oauth.AccountError
+	if !errors.As(err, &ae) {
+		ae = &oauth.AccountError{Kind: oauth.OtherMailbox, Mailbox: p.Auth.Username}
 	}
-	if err != nil {
-		s.log.Warn("could not record the used sign-in link in the token record: other Postern processes may accept it until it expires",
-			"project", name, "error", err)
+	account := ae.Got.Mailbox
+	s.log.Warn("sign-in refused: another account signed in", "project", p.Name, "mailbox", p.Auth.Username, "account", account, "why", ae.Kind)
+	pg := facts
+	pg.Account = account
+	pg.Status = http.StatusForbidden
+	if ae.Kind == oauth.OtherMailbox {
+		pg.Outcome, pg.Title = OutcomeWrongAccount, "Signed in as the wrong account"
+		pg.Paragraphs = []string{
+			fmt.Sprintf("You signed in as %s, but project %s sends as %s. Nothing was saved.", account, p.Name, p.Auth.Username),
+			fmt.Sprintf("Open the sign-in link again and sign in as %s. If the sign-in page picks %s by itself, sign out of it first, or use a private browser window.", p.Auth.Username, account),
+			"(A token of another account is the classic cause of the mail server's \"535 5.7.3 Authentication unsuccessful\".)",
+		}
+		return &pg
 	}
+	what := "another organisation (tenant)"
+	if ae.Kind == oauth.OtherAccount {
+		what = "another account"
+	}
+	pg.Outcome, pg.Title = OutcomeAccountChanged, "Signed in as a different account than before"
+	pg.Paragraphs = []string{
+		fmt.Sprintf("You signed in as %s, but from %s than the sign-in Postern holds for this mailbox. Nothing was saved.", account, what),
+		fmt.Sprintf("If you used the wrong account, sign out at the identity provider, open the link again and sign in with the account used before. "+
+			"If the mailbox's account was replaced on purpose, your Postern administrator must first remove the old sign-in (postern authorize --forget %s), then send a new link.", p.Name),
+	}
+	pg.Detail = ae.Error()
+	return &pg
 }

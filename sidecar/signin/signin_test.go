@@ -88,12 +88,18 @@ type envOptions struct {
 	testAuth func(e *env) func(context.Context, project.Project) error
 	// noTestAuth leaves TestAuth out.
 	noTestAuth bool
+	// idp changes the fake identity provider's options.
+	idp func(*oauthtest.Options)
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, clock: &clock{}, logs: &syncBuffer{}, key: newKey(t)}
-	e.idp = oauthtest.New(t, oauthtest.Options{ClientSecret: clientSecret})
+	idpOpts := oauthtest.Options{ClientSecret: clientSecret}
+	if o.idp != nil {
+		o.idp(&idpOpts)
+	}
+	e.idp = oauthtest.New(t, idpOpts)
 	st, err := filestore.Open(t.Context(), filestore.Options{Path: filepath.Join(t.TempDir(), "store.db"), KeyFile: filepath.Join(t.TempDir(), "store.key"), Create: true})
 	if err != nil {
 		t.Fatal(err)
@@ -364,8 +370,9 @@ func TestSignIn(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no token record after the sign-in: %v", err)
 	}
-	if rec.State != project.TokenOK || rec.Account != mailbox || rec.RefreshToken.IsZero() || rec.SignInNonce != made.Nonce {
-		t.Errorf("token record: state %q account %q refresh token set %v nonce %q (link %q)", rec.State, rec.Account, !rec.RefreshToken.IsZero(), rec.SignInNonce, made.Nonce)
+	if rec.State != project.TokenOK || rec.Account != mailbox || rec.RefreshToken.IsZero() || !rec.UsedSignIns[made.Nonce].Equal(made.Expiry) ||
+		rec.AccountID != oauthtest.Subject(mailbox) {
+		t.Errorf("token record: state %q account %q (id %q) refresh token set %v used links %v (link %q)", rec.State, rec.Account, rec.AccountID, !rec.RefreshToken.IsZero(), rec.UsedSignIns, made.Nonce)
 	}
 	if acct, ok := e.idp.Valid(rec.AccessToken.Reveal()); !ok || acct != mailbox {
 		t.Errorf("the stored access token is not the provider's for %s", mailbox)
@@ -387,7 +394,7 @@ func TestSignIn(t *testing.T) {
 		t.Errorf("the used link on another replica: %d %s", r.code, r.outcome())
 	}
 	// This process remembers the link even when the record no longer holds its nonce.
-	rec.SignInNonce = ""
+	rec.UsedSignIns = nil
 	if _, err := e.st.PutToken(t.Context(), "client-a", rec); err != nil {
 		t.Fatal(err)
 	}

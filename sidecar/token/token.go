@@ -545,7 +545,10 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 			Expiry:       b.expiry(tok, now),
 			RefreshToken: rec.RefreshToken,
 			Account:      rec.Account,
+			AccountID:    rec.AccountID,
+			TenantID:     rec.TenantID,
 			SignInNonce:  rec.SignInNonce,
+			UsedSignIns:  rec.UsedSignIns,
 			State:        project.TokenOK,
 			RefreshedBy:  b.opts.Instance,
 			UpdatedAt:    now,
@@ -615,6 +618,7 @@ func (b *Broker) write(ctx context.Context, name string, t project.Token) (proje
 			return cur, nil
 		}
 		t.Version = cur.Version
+		t.KeepSignIns(cur, b.opts.Now())
 	}
 	return t, fmt.Errorf("writing the token record of project %q: %w %d times", name, store.ErrConflict, maxAttempts)
 }
@@ -665,10 +669,29 @@ func (b *Broker) retryWrite(e *entry) {
 	}
 }
 
+// SignIn describes a completed sign-in for Store.
+type SignIn struct {
+	// Account is the signed-in mailbox; AccountID and TenantID identify its account
+	// (oauth.Identity).
+	Account, AccountID, TenantID string
+	// Nonce, when set, is the nonce of the sign-in link used, valid until LinkExpiry: Store
+	// records it in the same check-and-set write as the grant, and refuses with ErrLinkUsed when
+	// the record lists it already.
+	Nonce      string
+	LinkExpiry time.Time
+}
+
+// ErrLinkUsed is Store's refusal of a sign-in whose link was used already, here or on another
+// replica: nothing was stored.
+var ErrLinkUsed = errors.New("the sign-in link was used already")
+
 // Store saves a new grant from a sign-in (state ok, needs_reauth cleared) over whatever record
-// exists. If the store cannot be written the grant is kept in memory, written when it can be, and
-// the error says so.
-func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token, account string) error {
+// exists, keeping the record's used sign-in links. If the store cannot be written the grant is
+// kept in memory, written when it can be, and the error says so. A sign-in through a link whose
+// nonce the record lists already is refused with ErrLinkUsed, so of two sign-ins with one link,
+// on any replicas, at most one grant is stored.
+func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token, in SignIn) error {
+	account := in.Account
 	if b.opts.Store == nil {
 		return fmt.Errorf("project %q: the token broker has no store", p.Name)
 	}
@@ -682,9 +705,14 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 		Expiry:       b.expiry(tok, now),
 		RefreshToken: secretOf(tok.RefreshToken),
 		Account:      account,
+		AccountID:    in.AccountID,
+		TenantID:     in.TenantID,
 		State:        project.TokenOK,
 		RefreshedBy:  b.opts.Instance,
 		UpdatedAt:    now,
+	}
+	if in.Nonce != "" {
+		rec.UseSignIn(in.Nonce, in.LinkExpiry, now)
 	}
 	b.mu.Lock()
 	e := b.entryLocked(p.Name)
@@ -692,6 +720,15 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 	e.io.Lock()
 	defer e.io.Unlock()
 
+	// over bases rec on cur: the version to check, and the used links to keep.
+	over := func(cur project.Token) error {
+		if cur.SignInUsed(in.Nonce) {
+			return ErrLinkUsed
+		}
+		rec.Version = cur.Version
+		rec.KeepSignIns(cur, now)
+		return nil
+	}
 	err := func() error {
 		cur, err := b.opts.Store.Token(ctx, p.Name)
 		switch {
@@ -699,7 +736,9 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 		case err != nil:
 			return err
 		default:
-			rec.Version = cur.Version
+			if err := over(cur); err != nil {
+				return err
+			}
 		}
 		for range maxAttempts {
 			v, err := b.opts.Store.PutToken(ctx, p.Name, rec)
@@ -714,10 +753,16 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
-			rec.Version = cur.Version
+			if err := over(cur); err != nil {
+				return err
+			}
 		}
 		return store.ErrConflict
 	}()
+	if errors.Is(err, ErrLinkUsed) {
+		b.log.Warn("refused a sign-in: its link was used already", "project", p.Name, "account", account)
+		return fmt.Errorf("project %q: %w", p.Name, err)
+	}
 
 	b.mu.Lock()
 	e.tok, e.loaded, e.pending = rec, true, err != nil

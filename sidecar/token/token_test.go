@@ -594,7 +594,7 @@ func TestNeedsReauth(t *testing.T) {
 
 			// A new sign-in clears it.
 			f.p.Auth.OAuth.ClientSecret = secret.New(f.idp.ClientSecret)
-			if err := b.Store(context.Background(), f.p, f.idp.Grant(mailbox), mailbox); err != nil {
+			if err := b.Store(context.Background(), f.p, f.idp.Grant(mailbox), token.SignIn{Account: mailbox}); err != nil {
 				t.Fatal(err)
 			}
 			a := mustCredential(t, b, f.p, false)
@@ -621,7 +621,7 @@ func TestNeedsReauthPickedUpFromStore(t *testing.T) {
 	}
 	// The mailbox owner signs in through the other replica.
 	b2 := f.broker(t, "b")
-	if err := b2.Store(context.Background(), f.p, f.idp.Grant(mailbox), mailbox); err != nil {
+	if err := b2.Store(context.Background(), f.p, f.idp.Grant(mailbox), token.SignIn{Account: mailbox}); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(31 * time.Second)
@@ -936,7 +936,7 @@ func TestStoreSignInWhileStoreDown(t *testing.T) {
 	b := f.broker(t, "a")
 	f.store.setDown(true)
 	g := f.idp.Grant(mailbox)
-	if err := b.Store(context.Background(), f.p, g, mailbox); err == nil || !strings.Contains(err.Error(), "kept in memory") {
+	if err := b.Store(context.Background(), f.p, g, token.SignIn{Account: mailbox}); err == nil || !strings.Contains(err.Error(), "kept in memory") {
 		t.Fatalf("Store with the store down: %v", err)
 	}
 	if b.PendingWrites() != 1 {

@@ -55,6 +55,10 @@ type Options struct {
 	// Account signs in at the authorization endpoint when no login_hint is given; empty means
 	// "user@example.com".
 	Account string
+	// IDClaims, when set, gives claims that override or add to the id_token issued for account
+	// (by default email, email_verified true, preferred_username and a sub derived from the
+	// account); a nil value removes a claim.
+	IDClaims func(account string) map[string]any
 	// DeviceInterval is the device flow's polling interval in seconds; zero means 1.
 	DeviceInterval int
 	// Now is the clock for expiry checks and id_token dates; nil means time.Now.
@@ -380,13 +384,22 @@ func (s *Server) issueLocked(g *grant, withRefresh bool) map[string]any {
 		body["refresh_token"] = rt
 	}
 	if strings.Contains(" "+g.scope+" ", " openid ") {
-		body["id_token"] = s.IDToken(map[string]any{"email": g.account, "preferred_username": g.account})
+		claims := map[string]any{"email": g.account, "email_verified": true, "preferred_username": g.account, "sub": Subject(g.account)}
+		if s.opts.IDClaims != nil {
+			for k, v := range s.opts.IDClaims(g.account) {
+				claims[k] = v
+			}
+		}
+		body["id_token"] = s.IDToken(claims)
 	}
 	return body
 }
 
+// Subject is the sub claim the server gives account by default.
+func Subject(account string) string { return "sub-" + strings.ToLower(account) }
+
 // IDToken signs an id_token for this server's client with extra claims over the defaults
-// (iss, aud, sub, iat, exp one hour on).
+// (iss, aud, sub, iat, exp one hour on); an extra claim with a nil value is left out.
 func (s *Server) IDToken(extra map[string]any) string {
 	now := s.opts.Now()
 	claims := map[string]any{
@@ -394,6 +407,10 @@ func (s *Server) IDToken(extra map[string]any) string {
 		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
 	}
 	for k, v := range extra {
+		if v == nil {
+			delete(claims, k)
+			continue
+		}
 		claims[k] = v
 	}
 	return s.Sign(map[string]any{"alg": "RS256", "kid": s.kid, "typ": "JWT"}, claims)
