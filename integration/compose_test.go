@@ -24,7 +24,7 @@ import (
 // only moves the stack onto the host's network, to reach the test upstream on loopback.
 func TestComposeStack(t *testing.T) {
 	eng := harness.RequireEngine(t)
-	harness.BuildImages(t, eng)
+	harness.BuildImages(t, eng, harness.PostfixImage, harness.PosternImage, harness.VaultDevImage)
 	e := harness.Start(t, harness.Options{}) // the test upstream; Postern runs in the stack
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -68,7 +68,7 @@ func (f *ContainerFront) Log(ctx context.Context) string {
 // StartContainerFront runs the postfix image (BuildImages) and removes the container at cleanup.
 func StartContainerFront(t T, e *Engine, opts ContainerFrontOptions) *ContainerFront {
 	t.Helper()
-	BuildImages(t, e)
+	BuildImages(t, e, PostfixImage)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	port, err := FreePort()

@@ -12,7 +12,8 @@ package harness
 //     POSTERN_IT_SKIP_CONTAINERS=1 skips it.
 //  2. BuildImages builds the postfix and postern targets of contrib/postfix/Dockerfile with the base
 //     images as build arguments, and a Vault dev server image from the binary
-//     integration/vaultdev/build.sh made (integration/vaultdev/Dockerfile), once per process.
+//     integration/vaultdev/build.sh made (integration/vaultdev/Dockerfile), each once per process;
+//     the engine's layer cache makes a build of unchanged sources take seconds.
 //  3. Engine.Command runs the engine's CLI with the flags these machines need (below, in one
 //     place); StartContainerFront runs the postfix image on the host's network (container.go).
 
@@ -207,8 +208,15 @@ func RequireEngine(t T) *Engine {
 	return e
 }
 
-// buildImages builds the harness's images once per process.
-var buildImages = sync.OnceValue(func() error {
+// imageBuilds builds each of the harness's images once per process.
+var imageBuilds = map[string]func() error{
+	PostfixImage:  sync.OnceValue(func() error { return buildContribImage("postfix", PostfixImage) }),
+	PosternImage:  sync.OnceValue(func() error { return buildContribImage("postern", PosternImage) }),
+	VaultDevImage: sync.OnceValue(buildVaultDevImage),
+}
+
+// buildContribImage builds target of contrib/postfix/Dockerfile, verbatim, as tag.
+func buildContribImage(target, tag string) error {
 	e, err := prepareEngine()
 	if err != nil {
 		return err
@@ -219,29 +227,44 @@ var buildImages = sync.OnceValue(func() error {
 	if err != nil {
 		return err
 	}
-	dockerfile := filepath.Join(root, "contrib", "postfix", "Dockerfile")
-	for _, b := range []struct{ target, tag string }{{"postfix", PostfixImage}, {"postern", PosternImage}} {
-		if err := e.Build(ctx, root, dockerfile, b.target, b.tag); err != nil {
-			return err
-		}
+	return e.Build(ctx, root, filepath.Join(root, "contrib", "postfix", "Dockerfile"), target, tag)
+}
+
+// buildVaultDevImage builds VaultDevImage from the binary integration/vaultdev/build.sh made: the
+// Dockerfile's vaultdev target builds the same server from source, which takes minutes more.
+func buildVaultDevImage() error {
+	e, err := prepareEngine()
+	if err != nil {
+		return err
 	}
-	// The Vault dev server takes minutes to build from source; its image takes the binary the
-	// harness already has.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
 	bin, err := BuildVaultDev(ctx)
 	if err != nil {
 		return err
 	}
 	return e.Build(ctx, filepath.Dir(bin), filepath.Join(root, "integration", "vaultdev", "Dockerfile"), "", VaultDevImage)
-})
+}
 
-// BuildImages builds PostfixImage, PosternImage and VaultDevImage (once per process) or fails t.
-func BuildImages(t T, e *Engine) {
+// BuildImages builds the named images (PostfixImage, PosternImage, VaultDevImage), each once per
+// process, or fails t.
+func BuildImages(t T, e *Engine, images ...string) {
 	t.Helper()
 	started := time.Now()
-	if err := buildImages(); err != nil {
-		t.Fatalf("%v", err)
+	for _, img := range images {
+		build, ok := imageBuilds[img]
+		if !ok {
+			t.Fatalf("BuildImages: no image %q", img)
+		}
+		if err := build(); err != nil {
+			t.Fatalf("%v", err)
+		}
 	}
-	t.Logf("images ready after %s", time.Since(started).Round(time.Second))
+	t.Logf("images %v ready after %s", images, time.Since(started).Round(time.Second))
 }
 
 // Compose returns the engine's compose tool for project with the compose files: `docker compose`,
