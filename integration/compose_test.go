@@ -23,6 +23,7 @@ import (
 // test upstream, and the stack is taken down. The suite's override (testdata/compose.hostnet.yaml)
 // only moves the stack onto the host's network, to reach the test upstream on loopback.
 func TestComposeStack(t *testing.T) {
+	harness.Require(t)
 	eng := harness.RequireEngine(t)
 	harness.BuildImages(t, eng, harness.PostfixImage, harness.PosternImage, harness.VaultDevImage)
 	e := harness.Start(t, harness.Options{}) // the test upstream; Postern runs in the stack

@@ -65,8 +65,8 @@ func containerRelay(t *testing.T, ctx context.Context, e *harness.Env, front *ha
 // directory (a volume at the same path), with the image's snippets as shipped.
 func TestContainerRelayOverSocketVolume(t *testing.T) {
 	t.Parallel()
-	eng := harness.RequireEngine(t)
 	e := startEnv(t, harness.Options{})
+	eng := harness.RequireEngine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := e.Postern.OpenSockets(); err != nil {
@@ -84,8 +84,8 @@ func TestContainerRelayOverSocketVolume(t *testing.T) {
 // that config, mounted at /etc/postfix/postern. No socket is shared.
 func TestContainerRelayOverLoopbackTCP(t *testing.T) {
 	t.Parallel()
-	eng := harness.RequireEngine(t)
 	e := startEnv(t, harness.Options{SMTP: true, SocketmapTCP: true})
+	eng := harness.RequireEngine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	addProjects(t, ctx, e,
@@ -112,8 +112,8 @@ func TestContainerRelayOverLoopbackTCP(t *testing.T) {
 // submission what the upstream would refuse, across the socket volume.
 func TestContainerMilter(t *testing.T) {
 	t.Parallel()
-	eng := harness.RequireEngine(t)
 	e := startEnv(t, harness.Options{Milter: true})
+	eng := harness.RequireEngine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := e.Postern.OpenSockets(); err != nil {
