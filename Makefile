@@ -46,11 +46,18 @@ tidy-check:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-## deps: install what the integration tests need (Debian packages, npm packages, the Vault dev server).
+## deps: install what the integration tests need (Debian packages, npm packages, the Vault dev server,
+## and for the container scenarios a container engine — Podman when no Docker engine answers — with
+## the base images made locally; POSTERN_IT_SKIP_CONTAINERS=1 leaves that out and skips them).
 deps:
 	bash integration/scripts/install-deps.sh
 	bash integration/oauth/install.sh --chromium
 	bash integration/vaultdev/build.sh >/dev/null
+	@if [ "$(POSTERN_IT_SKIP_CONTAINERS)" = 1 ]; then \
+		echo "POSTERN_IT_SKIP_CONTAINERS=1: no container engine, the container scenarios will be skipped"; \
+	else \
+		bash integration/scripts/container-base.sh >/dev/null; \
+	fi
 
 ci-deps: deps
 

@@ -14,6 +14,13 @@
 //     to the organisation's own server, played by the upstream Postfix with Dovecot SASL;
 //  4. the test reads the delivered mail from the upstream's Maildirs and Postfix's queue and log.
 //
+// The container scenarios (container_test.go, compose_test.go) run the operator's Postfix from
+// contrib/postfix/Dockerfile's postfix image against Postern on the host, over the shared socket
+// directory and over loopback TCP, and bring up contrib/postfix/compose.yaml (Postfix, Postern's
+// image, a Vault dev server). They use Docker where its engine answers and Podman otherwise, which
+// integration/scripts/container-base.sh installs along with the locally made base images; they
+// are skipped only with POSTERN_IT_SKIP_CONTAINERS=1.
+//
 // The parts are started by package integration/harness. Without Postfix or Dovecot the tests
 // fail, unless POSTERN_IT_SKIP=1; POSTERN_IT_KEEP=1 keeps each test's directory for inspection.
 package integration

@@ -68,7 +68,22 @@ func TestContribDockerfile(t *testing.T) {
 	t.Parallel()
 	root, dir := contribDir(t)
 	stages := map[string]bool{}
+	// Base images are build arguments (ARG before the first FROM) whose defaults are the pinned
+	// public images: a user with Docker builds unchanged, the suite passes its local images.
+	args := map[string]string{}
+	var stage string
+	stageHas := map[string]map[string]bool{}
 	for _, in := range parseDockerfile(t, filepath.Join(dir, "Dockerfile")) {
+		if in.cmd == "ARG" && len(stages) == 0 {
+			for _, a := range in.args {
+				k, v, _ := strings.Cut(a, "=")
+				args[k] = v
+			}
+			continue
+		}
+		if stage != "" {
+			stageHas[stage][in.cmd] = true
+		}
 		where := func(format string, args ...any) {
 			t.Helper()
 			t.Errorf("Dockerfile line %d (%s): "+format, append([]any{in.line, in.cmd}, args...)...)
@@ -81,6 +96,15 @@ func TestContribDockerfile(t *testing.T) {
 				continue
 			}
 			image := rest[0]
+			if name, ok := strings.CutPrefix(image, "${"); ok {
+				name = strings.TrimSuffix(name, "}")
+				def, ok := args[name]
+				if !ok || def == "" {
+					where("image %s is no build argument with a default", image)
+					continue
+				}
+				image = def
+			}
 			if !stages[image] {
 				m := pinnedImage.FindStringSubmatch(image)
 				if m == nil || (m[1] == "" && m[2] == "") {
@@ -92,6 +116,8 @@ func TestContribDockerfile(t *testing.T) {
 			}
 			if len(rest) == 3 && strings.EqualFold(rest[1], "AS") {
 				stages[rest[2]] = true
+				stage = rest[2]
+				stageHas[stage] = map[string]bool{}
 			}
 		case "ADD":
 			for _, a := range rest {
@@ -124,6 +150,17 @@ func TestContribDockerfile(t *testing.T) {
 	for _, want := range []string{"build", "postfix", "postern", "vaultdev"} {
 		if !stages[want] {
 			t.Errorf("Dockerfile has no stage %q", want)
+		}
+	}
+	for _, name := range []string{"GO_IMAGE", "DEBIAN_IMAGE"} {
+		if _, ok := args[name]; !ok {
+			t.Errorf("Dockerfile: no build argument %s before the first FROM", name)
+		}
+	}
+	// The Postern image: not root, a health check, its state on volumes.
+	for _, want := range []string{"USER", "HEALTHCHECK", "VOLUME"} {
+		if !stageHas["postern"][want] {
+			t.Errorf("Dockerfile: stage postern has no %s", want)
 		}
 	}
 }

@@ -33,6 +33,8 @@ type Options struct {
 	// Milter makes Postern serve its milter (PosternOptions.Milter) and the front Postfix load
 	// contrib main-milter.cf verbatim after main.cf (FrontOptions.Milter).
 	Milter bool
+	// SocketmapTCP has Postern's socketmap listen on loopback TCP (PosternOptions.SocketmapTCP).
+	SocketmapTCP bool
 }
 
 // Env is one complete set of real parts in one temporary directory.
@@ -72,7 +74,8 @@ func Start(t T, opts Options) *Env {
 	e.Upstream = StartUpstream(t, e.Dir, e.CA, e.Dovecot, opts.Upstream)
 	upstreamDone := time.Now()
 	e.Postern, err = NewPostern(PosternOptions{Bin: opts.PosternBin, Dir: filepath.Join(e.Dir, "postern"),
-		LogLevel: opts.LogLevel, SMTP: opts.SMTP, ExtraConfig: opts.PosternConfig, Store: opts.PosternStore, Milter: opts.Milter})
+		LogLevel: opts.LogLevel, SMTP: opts.SMTP, ExtraConfig: opts.PosternConfig, Store: opts.PosternStore, Milter: opts.Milter,
+		SocketmapTCP: opts.SocketmapTCP})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}

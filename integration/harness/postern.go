@@ -61,6 +61,9 @@ type PosternOptions struct {
 	Store string
 	// Milter makes Postern serve its milter on Dir/milter.sock (listen.milter).
 	Milter bool
+	// SocketmapTCP makes the socketmap listen on a free port on 127.0.0.1 instead of
+	// Dir/socketmap.sock (with SMTP: Postern without unix sockets for Postfix).
+	SocketmapTCP bool
 }
 
 // Postern is a `postern serve` process with a generated config and the embedded file store.
@@ -68,8 +71,8 @@ type Postern struct {
 	Bin    string
 	Dir    string
 	Config string
-	// LMTPSocket and SocketmapSocket are the unix sockets Postfix uses; LMTPSocket is empty when
-	// Postern listens on SMTPAddr instead.
+	// LMTPSocket and SocketmapSocket are the sockets Postfix uses (SocketmapSocket is host:port with
+	// PosternOptions.SocketmapTCP); LMTPSocket is empty when Postern listens on SMTPAddr instead.
 	LMTPSocket      string
 	SocketmapSocket string
 	// SMTPAddr is the SMTP listener (host:port) when PosternOptions.SMTP was set.
@@ -122,6 +125,13 @@ func NewPostern(opts PosternOptions) (*Postern, error) {
 		p.LMTPSocket = ""
 		p.SMTPAddr = fmt.Sprintf("127.0.0.1:%d", smtpPort)
 		listenPostfix = fmt.Sprintf("lmtp: \"\"\n  smtp: %s", p.SMTPAddr)
+	}
+	if opts.SocketmapTCP {
+		smPort, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		p.SocketmapSocket = fmt.Sprintf("127.0.0.1:%d", smPort)
 	}
 	if opts.Milter {
 		p.MilterSocket = filepath.Join(opts.Dir, "milter.sock")
@@ -200,7 +210,7 @@ func (p *Postern) Start(ctx context.Context) error {
 			if s == "" {
 				continue
 			}
-			c, err := net.DialTimeout("unix", s, time.Second)
+			c, err := net.DialTimeout(socketNetwork(s), s, time.Second)
 			if err != nil {
 				return false, nil
 			}
@@ -362,7 +372,7 @@ func StartPostern(t T, p *Postern) {
 // socket at path and returns the reply's payload.
 func SocketmapLookup(ctx context.Context, path, name, key string) (string, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := d.DialContext(ctx, socketNetwork(path), path)
 	if err != nil {
 		return "", fmt.Errorf("connecting to socketmap %s: %w", path, err)
 	}
@@ -419,4 +429,12 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// socketNetwork is "unix" for a socket path and "tcp" for host:port.
+func socketNetwork(addr string) string {
+	if strings.HasPrefix(addr, "/") {
+		return "unix"
+	}
+	return "tcp"
 }

@@ -3,7 +3,7 @@
 //
 //  1. App.Run takes the arguments after the program name and picks the command: init, serve, project
 //     (add, update, list, show, remove, enable, disable), authorize, authorize-link,
-//     postfix-config, version or help.
+//     postfix-config, healthcheck, version or help.
 //  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
 //     usage. Flags may come before or after the positional arguments.
 //  3. Commands that need the configuration read --config (default /etc/postern/postern.yaml; when
@@ -90,6 +90,7 @@ func commands() []command {
 		{"check", "check that each project can get its credential and sign in upstream", runCheck},
 		{"send-test", "send a test message through a project's upstream", runSendTest},
 		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
+		{"healthcheck", "exit 0 if the running Postern is ready (its /readyz), for container health checks", runHealthcheck},
 		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
 		{"version", "print the version", runVersion},
 		{"help", "show help for a command", runHelp},
