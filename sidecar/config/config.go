@@ -7,7 +7,8 @@
 //     store when no store is configured.
 //  3. Validate returns every problem at once, so `postern serve --check-config` can list them all.
 //
-// An annotated example of every key is in testdata/postern.yaml.
+// An annotated example of every key is in contrib/postern.yaml (installed as /etc/postern/postern.yaml
+// by the Debian package).
 package config
 
 import (

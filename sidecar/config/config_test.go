@@ -10,6 +10,10 @@ import (
 	"time"
 )
 
+// exampleFile is the annotated example configuration, shipped in the package as
+// /etc/postern/postern.yaml.
+const exampleFile = "../../contrib/postern.yaml"
+
 func groupExists(string) error { return nil }
 
 func noGroup(string) error { return errors.New("unknown group") }
@@ -27,12 +31,12 @@ func mustParse(t *testing.T, s string) *Config {
 // the documented defaults must be valid.
 func TestExampleFileIsTheDefault(t *testing.T) {
 	t.Parallel()
-	c, err := Load("testdata/postern.yaml")
+	c, err := Load(exampleFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := Default(); !reflect.DeepEqual(c, want) {
-		t.Fatalf("testdata/postern.yaml differs from Default():\n got  %+v\n want %+v", c, want)
+		t.Fatalf("%s differs from Default():\n got  %+v\n want %+v", exampleFile, c, want)
 	}
 	if errs := c.validate(groupExists); len(errs) != 0 {
 		t.Fatalf("the example is not valid: %v", errs)
@@ -42,7 +46,7 @@ func TestExampleFileIsTheDefault(t *testing.T) {
 // The commented-out vault section of the example names real keys.
 func TestExampleVaultSectionParses(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("testdata/postern.yaml")
+	b, err := os.ReadFile(exampleFile)
 	if err != nil {
 		t.Fatal(err)
 	}
