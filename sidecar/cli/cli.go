@@ -88,6 +88,7 @@ func commands() []command {
 		{"check", "check that each project can get its credential and sign in upstream", runCheck},
 		{"send-test", "send a test message through a project's upstream", runSendTest},
 		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
+		{"healthcheck", "exit 0 if the running Postern is ready, 1 if not (for container health probes)", runHealthcheck},
 		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
 		{"version", "print the version", runVersion},
 		{"help", "show help for a command", runHelp},
