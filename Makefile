@@ -3,13 +3,21 @@ GO        ?= go
 BIN       ?= bin/postern
 GOFLAGS_T ?= -race -count=1
 PKGS      := ./...
+# The version stamped into the binary (package sidecar/buildinfo): git describe, or VERSION.
+VERSION   := $(shell sh contrib/package/version.sh)
+REVISION  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/postern/postern/sidecar/buildinfo.version=$(VERSION) -X github.com/postern/postern/sidecar/buildinfo.revision=$(REVISION)
 
-.PHONY: all build test test-unit test-integration check vet staticcheck tidy-check fmt-check deps ci-deps bench-deps demo bench clean
+.PHONY: all build dist test test-unit test-integration check vet staticcheck tidy-check fmt-check deps ci-deps bench-deps demo bench clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./sidecar/cmd/postern
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./sidecar/cmd/postern
+
+## dist: static binaries for linux/amd64 and linux/arm64 and their Debian packages, under dist/.
+dist:
+	GO="$(GO)" VERSION="$(VERSION)" REVISION="$(REVISION)" bash contrib/package/dist.sh
 
 ## test: everything — formatting, vet, unit tests and the integration suite against real Postfix,
 ## Dovecot, Vault and an OAuth2 server (installed by `make deps` on a fresh machine).
@@ -77,4 +85,4 @@ bench: bench-deps
 	bash integration/scripts/bench.sh
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

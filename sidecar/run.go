@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
@@ -41,6 +42,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
+	build := buildinfo.Get()
+	log.Info("starting postern", "version", build.Version, "revision", build.Revision, "go", build.GoVersion)
 	st, opened, err := openStore(ctx, cfg, log.With("component", "store"))
 	if err != nil {
 		return err
@@ -180,9 +183,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(coll)
+	reg.MustRegister(coll, buildinfo.Collector(build))
 	adm := admin.New(admin.Options{
 		Logger:    log.With("component", "admin"),
+		Version:   build.Version,
 		Registry:  reg,
 		Checks:    readiness(dir, st, broker),
 		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
@@ -216,7 +220,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			}
 		})
 	}
-	log.Info("postern is serving", "instance", cfg.Instance, "transport", cfg.Transport, "projects", len(dir.Projects()))
+	log.Info("postern is serving", "version", build.Version, "instance", cfg.Instance, "transport", cfg.Transport, "projects", len(dir.Projects()))
 	<-ctx.Done()
 	log.Info("shutting down: finishing transactions in flight")
 	wg.Wait()

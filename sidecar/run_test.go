@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
@@ -146,7 +147,9 @@ admin: {read_token_file: %[1]s/read.token}
 	resp := withToken("/metrics")
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	build := buildinfo.Get()
 	for _, want := range []string{
+		fmt.Sprintf(`postern_build_info{goversion=%q,revision=%q,version=%q} 1`, build.GoVersion, build.Revision, build.Version),
 		`postern_upstream_dials_total{project="client-a"} 1`,
 		`postern_recipients_total{outcome="delivered",project="client-a"} 1`,
 		`postern_sessions_total 1`,
@@ -168,6 +171,10 @@ admin: {read_token_file: %[1]s/read.token}
 	resp.Body.Close()
 	if len(status.Projects) != 1 || status.Projects[0].State != "ok" {
 		t.Errorf("status API: %+v", status)
+	}
+
+	if !strings.Contains(logs.String(), "version="+build.Version) {
+		t.Errorf("the start-up log does not name the version %s:\n%s", build.Version, logs.String())
 	}
 
 	cancel()

@@ -332,7 +332,7 @@ func TestContribSystemdUnit(t *testing.T) {
 		"Service": {
 			"User": "postern", "Group": "postfix",
 			"RuntimeDirectory": "postern", "StateDirectory": "postern", "ConfigurationDirectory": "postern",
-			"ExecStart":       "/usr/local/bin/postern serve --config /etc/postern/postern.yaml",
+			"ExecStart":       "/usr/bin/postern serve --config /etc/postern/postern.yaml",
 			"Restart":         "always",
 			"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
 			"PrivateDevices": "yes", "CapabilityBoundingSet": "", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",

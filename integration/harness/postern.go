@@ -84,6 +84,9 @@ type Postern struct {
 	// ReadToken admits reads of the admin listener's /metrics, /status and /api/v1/projects
 	// (admin.read_token_file); Get sends it.
 	ReadToken string
+	// Command, when set, is the command line Start runs instead of `Bin serve --config Config`:
+	// an installed unit's ExecStart, under setpriv to run as the unit's user.
+	Command []string
 
 	out  *syncBuffer
 	cmd  *exec.Cmd
@@ -186,6 +189,9 @@ func (p *Postern) Start(ctx context.Context) error {
 		return fmt.Errorf("opening postern's log file: %w", err)
 	}
 	cmd := exec.Command(p.Bin, "serve", "--config", p.Config)
+	if len(p.Command) > 0 {
+		cmd = exec.Command(p.Command[0], p.Command[1:]...)
+	}
 	cmd.Dir = p.Dir
 	cmd.Stdout = io.MultiWriter(p.out, logFile)
 	cmd.Stderr = cmd.Stdout

@@ -63,7 +63,9 @@ type ProjectStatus struct {
 
 // Options configures the admin server. The zero value serves health endpoints only.
 type Options struct {
-	Logger   *slog.Logger
+	Logger *slog.Logger
+	// Version is the running Postern's version, shown on the status page. Empty shows none.
+	Version  string
 	Registry *prometheus.Registry                  // nil: no /metrics
 	Checks   []Check                               // readiness
 	Projects func(context.Context) []ProjectStatus // nil: no project status
@@ -295,9 +297,9 @@ var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
 <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 .ok{color:#075}.bad{color:#a00}</style></head><body>
-<h1>Postern</h1>
+<h1>Postern{{with .Version}} <small>{{.}}</small>{{end}}</h1>
 <table><tr><th>project</th><th>auth</th><th>upstream</th><th>senders</th><th>state</th><th>what to do</th></tr>
-{{range .}}<tr><td>{{.Name}}</td><td>{{.Auth}}</td><td>{{.Upstream}}</td>
+{{range .Projects}}<tr><td>{{.Name}}</td><td>{{.Auth}}</td><td>{{.Upstream}}</td>
 <td>{{range .Senders}}{{.}}<br>{{end}}</td>
 <td class="{{if eq .State "ok"}}ok{{else}}bad{{end}}">{{.State}}{{if .Reason}}<br><small>{{.Reason}}</small>{{end}}</td>
 <td>{{.Action}}{{if .SignInURL}}<br><a href="{{.SignInURL}}">sign in</a>{{end}}</td></tr>
@@ -307,7 +309,11 @@ td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top
 
 func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := statusTmpl.Execute(w, s.list(r.Context())); err != nil {
+	page := struct {
+		Version  string
+		Projects []ProjectStatus
+	}{s.opts.Version, s.list(r.Context())}
+	if err := statusTmpl.Execute(w, page); err != nil {
 		s.opts.Logger.Warn("rendering status page", "err", err)
 	}
 }

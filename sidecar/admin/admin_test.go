@@ -77,7 +77,7 @@ func TestStatusAndMetrics(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "postern_test_total", Help: "x"})
 	reg.MustRegister(c)
 	c.Add(3)
-	s := New(Options{Registry: reg, ReadToken: secret.New(readToken), Projects: func(context.Context) []ProjectStatus {
+	s := New(Options{Registry: reg, ReadToken: secret.New(readToken), Version: "v0.9.0-3-g0123abcd", Projects: func(context.Context) []ProjectStatus {
 		return []ProjectStatus{
 			{Name: "b", State: "needs_reauth", Reason: "invalid_grant <script>", Action: "sign in again", SignInURL: "/signin/b"},
 			{Name: "a", State: "ok"},
@@ -89,6 +89,9 @@ func TestStatusAndMetrics(t *testing.T) {
 	code, body := get(t, s.Handler(), "/status")
 	if code != 200 || strings.Index(body, ">a<") > strings.Index(body, ">b<") || strings.Contains(body, "<script>") {
 		t.Fatalf("status page: sorted and escaped expected, got %d %s", code, body)
+	}
+	if !strings.Contains(body, "v0.9.0-3-g0123abcd") {
+		t.Errorf("the status page does not show the version:\n%s", body)
 	}
 	_, js := get(t, s.Handler(), "/api/v1/projects")
 	if !strings.Contains(js, `"state":"needs_reauth"`) {

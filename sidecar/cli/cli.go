@@ -3,7 +3,7 @@
 //
 //  1. App.Run takes the arguments after the program name and picks the command: init, serve, project
 //     (add, update, list, show, remove, enable, disable), authorize, authorize-link,
-//     postfix-config, healthcheck, version or help.
+//     postfix-config, healthcheck, version (also --version) or help.
 //  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
 //     usage. Flags may come before or after the positional arguments.
 //  3. Commands that need the configuration read --config (default /etc/postern/postern.yaml; when
@@ -30,10 +30,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"strings"
 
+	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
 )
@@ -67,8 +66,8 @@ type App struct {
 	// ConfigPath is the configuration file used when --config is not given. Empty means
 	// config.DefaultPath.
 	ConfigPath string
-	// Version is printed by `postern version`. Empty means the module version from the build
-	// information.
+	// Version is printed by `postern version`. Empty means the version stamped at build time
+	// (package buildinfo).
 	Version string
 }
 
@@ -90,7 +89,7 @@ func commands() []command {
 		{"check", "check that each project can get its credential and sign in upstream", runCheck},
 		{"send-test", "send a test message through a project's upstream", runSendTest},
 		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
-		{"healthcheck", "exit 0 if the running Postern is ready (its /readyz), for container health checks", runHealthcheck},
+		{"healthcheck", "exit 0 if the running Postern is ready, 1 if not (for container health probes)", runHealthcheck},
 		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
 		{"version", "print the version", runVersion},
 		{"help", "show help for a command", runHelp},
@@ -108,6 +107,8 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	case "-h", "-help", "--help":
 		a.usage(a.Stdout)
 		return ExitOK
+	case "-version", "--version":
+		return runVersion(ctx, a, args[1:])
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
@@ -150,18 +151,12 @@ func runVersion(_ context.Context, a *App, args []string) int {
 	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
 		return code
 	}
-	fmt.Fprintf(a.Stdout, "postern %s (%s)\n", a.version(), runtime.Version())
-	return ExitOK
-}
-
-func (a *App) version() string {
+	info := buildinfo.Get()
 	if a.Version != "" {
-		return a.Version
+		info.Version = a.Version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
+	fmt.Fprintf(a.Stdout, "postern %s\n", info)
+	return ExitOK
 }
 
 func (a *App) configPath() string {

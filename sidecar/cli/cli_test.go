@@ -521,6 +521,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"help", "postfix-config"}, ExitOK, "master.cf"},
 		{[]string{"project", "list", "--bogus"}, ExitUsage, "flag provided but not defined: -bogus"},
 		{[]string{"version"}, ExitOK, "postern v1.2.3 (go"},
+		{[]string{"--version"}, ExitOK, "postern v1.2.3 (go"},
+		{[]string{"-version"}, ExitOK, "postern v1.2.3 (go"},
 		{[]string{"help", "check"}, ExitOK, "sign in upstream on a new connection"},
 		{[]string{"send-test", "-h"}, ExitOK, "-to"},
 		{[]string{"send-test", "client-a"}, ExitUsage, "--to must be the recipient's address"},

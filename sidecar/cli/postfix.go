@@ -15,7 +15,18 @@ Print the lines to add to Postfix's main.cf and master.cf so that Postfix routes
 Postern's projects through Postern, for the sockets this configuration listens on. Senders of no
 project are unaffected: Postern's socketmap answers NOTFOUND for them.
 
-Apply with 'postfix reload' after adding them.`
+Apply with 'postfix reload' after adding them.
+
+With --postconf, print the same settings as postconf(1) commands instead (postconf -e for main.cf,
+postconf -Me for the postern service, postconf -Fe for chroot columns), to run as root on the
+Postfix host: a script edits Postfix's files the way Postfix's own tool does.
+
+Postfix's chroot: Debian's stock master.cf runs most services chrooted in /var/spool/postfix, where
+/run/postern does not exist. The postern service is printed with chroot n; the services that
+connect to Postern's unix sockets must run outside the chroot too: rewrite (trivial-rewrite asks
+the socketmap) and, with a milter, smtp/inet (and every other smtpd service) and cleanup. The
+--postconf output sets their chroot column to n. Loopback TCP addresses instead of unix sockets
+avoid the question.`
 
 // postfixRunDirParam is the user-defined main.cf parameter naming Postern's socket directory.
 const postfixRunDirParam = "postern_run_dir"
@@ -29,6 +40,7 @@ func runPostfixConfig(_ context.Context, a *App, args []string) int {
 	load := a.configFlag(fs)
 	mainOnly := fs.Bool("main", false, "print only the main.cf lines")
 	masterOnly := fs.Bool("master", false, "print only the master.cf lines")
+	postconf := fs.Bool("postconf", false, "print postconf commands instead of the lines to paste")
 	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
 		return code
 	}
@@ -44,6 +56,8 @@ func runPostfixConfig(_ context.Context, a *App, args []string) int {
 		return ExitFail
 	}
 	switch {
+	case *postconf:
+		fmt.Fprint(a.Stdout, PostconfCommands(cfg))
 	case *mainOnly && !*masterOnly:
 		fmt.Fprint(a.Stdout, MainCF(cfg))
 	case *masterOnly && !*mainOnly:
@@ -153,6 +167,9 @@ func MasterCF(cfg *config.Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Postern: Postfix delivers the mail of Postern's senders to Postern over %s.\n", strings.ToUpper(client))
 	b.WriteString("# chroot (column five) must be n: the socket is outside Postfix's queue directory.\n")
+	for _, s := range chrootedClients(cfg) {
+		fmt.Fprintf(&b, "%s %s too (Debian's stock master.cf has y):\n#   %s.\n", chrootNote, s.service, s.why)
+	}
 	fmt.Fprintf(&b, "%-9s unix  -       -       n       -       -       %s\n", name, client)
 	opt := func(k, v string) { fmt.Fprintf(&b, "  -o %s=%s\n", k, v) }
 	opt("syslog_name", "postfix/"+name)
@@ -175,4 +192,80 @@ func MasterCF(cfg *config.Config) string {
 	// The upstream answers DATA and then the end of data.
 	opt(client+"_data_done_timeout", secs(u.CommandTimeout+u.DataTimeout))
 	return b.String()
+}
+
+// chrootNote starts MasterCF's comment on each service in chrootedClients.
+const chrootNote = "# Set chroot to n for"
+
+// chrootedClient is a stock master.cf service that connects to one of Postern's unix sockets, and
+// so must not run chrooted.
+type chrootedClient struct {
+	service string // service/type, as postconf -F names it
+	why     string
+}
+
+// chrootedClients lists the services other than Postern's own transport that connect to Postern's
+// unix sockets. A chrooted process resolves a socket path inside /var/spool/postfix, where
+// /run/postern does not exist: the lookup then fails and mail waits (the socketmap), or is
+// accepted without Postern's checks (the milter, default_action=accept).
+func chrootedClients(cfg *config.Config) []chrootedClient {
+	var out []chrootedClient
+	if config.IsUnixPath(cfg.Listen.Socketmap) {
+		out = append(out, chrootedClient{"rewrite/unix", "trivial-rewrite does the sender_dependent_default_transport_maps lookup"})
+	}
+	if config.IsUnixPath(cfg.Listen.Milter) {
+		out = append(out,
+			chrootedClient{"smtp/inet", "smtpd asks Postern's milter (so must every other smtpd service, such as submission/inet)"},
+			chrootedClient{"cleanup/unix", "cleanup asks Postern's milter about mail submitted with sendmail"})
+	}
+	return out
+}
+
+// PostconfCommands returns the settings of MainCF and MasterCF as postconf(1) commands, with their
+// comments: postconf -e for each main.cf parameter, postconf -Me for the transport's master.cf
+// service, and postconf -Fe taking the services that connect to Postern's unix sockets out of
+// Postfix's chroot (see chrootedClients).
+func PostconfCommands(cfg *config.Config) string {
+	var b strings.Builder
+	b.WriteString("# Postern's Postfix wiring as postconf commands. Run them as root on the Postfix host, then:\n")
+	b.WriteString("#   postfix check && postfix reload\n\n")
+	for _, line := range strings.Split(strings.TrimRight(MainCF(cfg), "\n"), "\n") {
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+			b.WriteString(line + "\n")
+		default:
+			fmt.Fprintf(&b, "postconf -e %s\n", shellQuote(line))
+		}
+	}
+	b.WriteString("\n")
+	var entry []string
+	for _, line := range strings.Split(strings.TrimRight(MasterCF(cfg), "\n"), "\n") {
+		switch {
+		case strings.HasPrefix(line, chrootNote), strings.HasPrefix(line, "#   "):
+			// Said below, with the commands.
+		case strings.HasPrefix(line, "#"):
+			b.WriteString(line + "\n")
+		default:
+			entry = append(entry, strings.Fields(line)...)
+		}
+	}
+	if len(entry) >= 2 {
+		service := entry[0] + "/" + entry[1]
+		fmt.Fprintf(&b, "postconf -Me %s\n", shellQuote(service+" = "+strings.Join(entry, " ")))
+	}
+	if cs := chrootedClients(cfg); len(cs) > 0 {
+		b.WriteString("\n# Postfix's chroot hides /run: the services that connect to Postern's unix sockets run\n")
+		b.WriteString("# outside it (Debian's stock master.cf runs them chrooted). Loopback TCP addresses in\n")
+		b.WriteString("# postern.yaml avoid this.\n")
+		for _, c := range cs {
+			fmt.Fprintf(&b, "# %s: %s.\n", c.service, c.why)
+			fmt.Fprintf(&b, "postconf -Fe %s\n", shellQuote(c.service+"/chroot = n"))
+		}
+	}
+	return b.String()
+}
+
+// shellQuote quotes s for a POSIX shell: $postern_run_dir and braces stay as they are, for Postfix.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -190,6 +191,85 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 			if tc.master != nil {
 				if got := masterCFServices(MasterCF(cfg)); !reflect.DeepEqual(got, tc.master) {
 					t.Errorf("master.cf:\n got  %v\n want %v", got, tc.master)
+				}
+			}
+		})
+	}
+}
+
+// The --postconf commands, run against a scratch copy of Debian's stock master.cf (every service
+// chrooted), give a configuration Postfix accepts, with Postern's service and settings, and with
+// every service that connects to Postern's unix sockets out of the chroot.
+func TestPostfixConfigPostconf(t *testing.T) {
+	t.Parallel()
+	postconf, err := exec.LookPath("postconf")
+	if err != nil {
+		t.Skip("Postfix is not installed (make deps installs it): ", err)
+	}
+	const stockMaster = "/usr/share/postfix/master.cf.dist"
+	stock, err := os.ReadFile(stockMaster)
+	if err != nil {
+		t.Skip("Debian's stock master.cf is not here: ", err)
+	}
+	for _, tc := range []struct {
+		name, yaml string
+		chrootOff  []string
+	}{
+		{"defaults", "", []string{"rewrite/unix"}},
+		{"milter", "listen: {milter: /run/postern/milter.sock}\n", []string{"rewrite/unix", "smtp/inet", "cleanup/unix"}},
+		{"loopback tcp", "listen: {lmtp: '', smtp: '127.0.0.1:10025', socketmap: '127.0.0.1:10026'}\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "main.cf"), []byte("compatibility_level = 3.7\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "master.cf"), stock, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Parse([]byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			script := PostconfCommands(cfg)
+			// The commands as printed, with postconf pointed at the scratch directory.
+			sh := exec.Command("sh", "-eu", "-c", `postconf() { command "$POSTCONF" -c "$DIR" "$@"; }`+"\n"+script)
+			sh.Env = append(os.Environ(), "POSTCONF="+postconf, "DIR="+dir)
+			if out, err := sh.CombinedOutput(); err != nil || len(out) > 0 {
+				t.Fatalf("running the commands: %v\n%s\n--- commands:\n%s", err, out, script)
+			}
+			if out, err := exec.Command("postfix", "-c", dir, "check").CombinedOutput(); err != nil || len(out) > 0 {
+				t.Fatalf("postfix check: %v\n%s", err, out)
+			}
+			n, err := exec.Command(postconf, "-c", dir, "-n").CombinedOutput()
+			if err != nil || strings.Contains(string(n), "warning") {
+				t.Fatalf("postconf -n: %v\n%s", err, n)
+			}
+			// Postfix now holds what the paste-in snippets say.
+			for k, v := range mainCFSettings(MainCF(cfg)) {
+				if !strings.Contains(string(n), k+" = "+v+"\n") {
+					t.Errorf("main.cf lacks %s = %s:\n%s", k, v, n)
+				}
+			}
+			m, err := exec.Command(postconf, "-c", dir, "-M", transportName(cfg)+"/unix").Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := masterCFServices(string(m)), masterCFServices(MasterCF(cfg)); !reflect.DeepEqual(got, want) {
+				t.Errorf("master.cf service:\n got  %v\n want %v", got, want)
+			}
+			for _, svc := range []string{"rewrite/unix", "smtp/inet", "cleanup/unix"} {
+				out, err := exec.Command(postconf, "-c", dir, "-F", svc+"/chroot").Output()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := "y"
+				if slices.Contains(tc.chrootOff, svc) {
+					want = "n"
+				}
+				if got := strings.TrimSpace(string(out)); got != svc+"/chroot = "+want {
+					t.Errorf("%s, want chroot %s", got, want)
 				}
 			}
 		})

@@ -7,7 +7,8 @@
 //     store when no store is configured.
 //  3. Validate returns every problem at once, so `postern serve --check-config` can list them all.
 //
-// An annotated example of every key is in testdata/postern.yaml.
+// An annotated example of every key is in contrib/postern.yaml (installed as /etc/postern/postern.yaml
+// by the Debian package).
 package config
 
 import (
@@ -62,6 +63,7 @@ const DefaultTransportService = "postern"
 const (
 	instanceWhenNoHostname = "postern"
 	maxSocketMode          = 0o777
+	worldWritable          = 0o002 // connecting to a unix socket needs write permission
 )
 
 // Config is the whole configuration file.
@@ -140,7 +142,8 @@ type Listen struct {
 	// SocketGroup is the group given to the unix sockets; Postfix's delivery agents and lookup
 	// clients must be able to reach them. Default postfix. Empty keeps the process's group.
 	SocketGroup string `yaml:"socket_group"`
-	// SocketMode is the octal permission of the unix sockets. Default "0660".
+	// SocketMode is the octal permission of the unix sockets. Default "0660". A mode that lets
+	// others write (such as "0666") is refused: connecting needs write permission.
 	SocketMode string `yaml:"socket_mode"`
 	// MaxConnections caps the connections open at once on each listener.
 	MaxConnections MaxConnections `yaml:"max_connections"`
@@ -171,11 +174,16 @@ type MaxConnections struct {
 	Admin int `yaml:"admin"`
 }
 
-// SocketFileMode returns SocketMode as a file mode.
+// SocketFileMode returns SocketMode as a file mode. A mode that lets every local user write, and so
+// connect, is refused: whoever reaches the LMTP socket sends mail with any project's credentials,
+// and whoever reaches the milter or socketmap learns which senders Postern serves.
 func (l Listen) SocketFileMode() (fs.FileMode, error) {
 	m, err := strconv.ParseUint(strings.TrimPrefix(l.SocketMode, "0o"), 8, 32)
 	if err != nil || m > maxSocketMode {
 		return 0, fmt.Errorf("listen.socket_mode %q: use an octal mode such as \"0660\"", l.SocketMode)
+	}
+	if m&worldWritable != 0 {
+		return 0, fmt.Errorf("listen.socket_mode %q lets every local user connect to Postern's sockets, and through the LMTP socket send mail with any project's credentials: Postfix reaches them through listen.socket_group, use \"0660\"", l.SocketMode)
 	}
 	return fs.FileMode(m), nil
 }

@@ -10,6 +10,10 @@ import (
 	"time"
 )
 
+// exampleFile is the annotated example configuration, shipped in the package as
+// /etc/postern/postern.yaml.
+const exampleFile = "../../contrib/postern.yaml"
+
 func groupExists(string) error { return nil }
 
 func noGroup(string) error { return errors.New("unknown group") }
@@ -27,12 +31,12 @@ func mustParse(t *testing.T, s string) *Config {
 // the documented defaults must be valid.
 func TestExampleFileIsTheDefault(t *testing.T) {
 	t.Parallel()
-	c, err := Load("testdata/postern.yaml")
+	c, err := Load(exampleFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := Default(); !reflect.DeepEqual(c, want) {
-		t.Fatalf("testdata/postern.yaml differs from Default():\n got  %+v\n want %+v", c, want)
+		t.Fatalf("%s differs from Default():\n got  %+v\n want %+v", exampleFile, c, want)
 	}
 	if errs := c.validate(groupExists); len(errs) != 0 {
 		t.Fatalf("the example is not valid: %v", errs)
@@ -42,7 +46,7 @@ func TestExampleFileIsTheDefault(t *testing.T) {
 // The commented-out vault section of the example names real keys.
 func TestExampleVaultSectionParses(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("testdata/postern.yaml")
+	b, err := os.ReadFile(exampleFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,6 +304,9 @@ func TestValidate(t *testing.T) {
 		{"connection cap raised", "listen: {max_connections: {lmtp: 1000, socketmap: 1}}\n", ""},
 		{"no connections", "listen: {max_connections: {socketmap: 0}}\n", "listen.max_connections.socketmap is 0: it must be at least 1"},
 		{"negative cap", "listen: {max_connections: {admin: -1}}\n", "listen.max_connections.admin is -1"},
+		{"world-writable mode", "listen: {socket_mode: '0666'}\n", `listen.socket_mode "0666" lets every local user connect`},
+		{"world-writable 0777", "listen: {socket_mode: '0777'}\n", `listen.socket_mode "0777" lets every local user connect`},
+		{"others write only", "listen: {socket_mode: '0662'}\n", `listen.socket_mode "0662" lets every local user connect`},
 		{"bad transport", "transport: postern\n", `transport "postern"`},
 		{"both stores", "store: {file: {}, vault: {address: 'https://127.0.0.1:8200', auth: {token_file: /t}}}\n", "both file and vault"},
 		{"vault without address", "store: {vault: {auth: {token_file: /t}}}\n", "store.vault.address"},

@@ -1,6 +1,7 @@
 // Command postern is Postern's one binary: the sidecar (`postern serve`) and the administrators'
 // tools (`postern project ...`, `postern postfix-config`). The commands live in sidecar/cli; this
 // file only wires them to the process: standard streams, the terminal, signals and the exit code.
+// The version is stamped into package buildinfo at build time (make build, make dist).
 package main
 
 import (
@@ -13,9 +14,6 @@ import (
 	"github.com/postern/postern/sidecar/cli"
 )
 
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
-var version string
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	app := &cli.App{
@@ -26,7 +24,6 @@ func main() {
 		Serve:        sidecar.Run,
 		Check:        sidecar.Check,
 		SendTest:     sidecar.SendTest,
-		Version:      version,
 	}
 	code := app.Run(ctx, os.Args[1:])
 	stop()
