@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
@@ -27,7 +28,7 @@ var _ smtpd.Credentials = (*credentials)(nil)
 // newCredentials makes the credentials of the projects in st: their passwords, the OAuth token
 // broker and the declared credential providers. close stops the broker and the providers.
 func newCredentials(ctx context.Context, cfg *config.Config, st store.Store, log *slog.Logger) (c *credentials, close func()) {
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Margin: cfg.Tokens.RefreshMargin, Logger: log.With("component", "token")})
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Margin: cfg.Tokens.RefreshMargin, HTTPClient: cli.OAuthHTTPClient(cfg), Logger: log.With("component", "token")})
 	providers, closeProviders := openProviders(ctx, cfg.CredentialProviders, log.With("component", "plugin"))
 	c = &credentials{
 		basic:   credential.Basic{Logger: log.With("component", "credential")},

@@ -84,8 +84,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		pages, err := signin.New(signin.Options{
 			Key: key, PublicURL: base, Projects: st, Tokens: st, Grants: broker,
-			TestAuth: signin.UpstreamCheck(checks, broker),
-			Logger:   log.With("component", "signin"),
+			TestAuth:   signin.UpstreamCheck(checks, broker),
+			HTTPClient: cli.OAuthHTTPClient(cfg),
+			Logger:     log.With("component", "signin"),
 		})
 		if err != nil {
 			return fmt.Errorf("configuring the sign-in pages: %w", err)

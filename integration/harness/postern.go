@@ -164,8 +164,9 @@ admin: {read_token_file: %s}
 	if err := os.WriteFile(p.Config, []byte(conf), 0o600); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", p.Config, err)
 	}
-	if opts.Store == "" {
+	if opts.Store == "" && p.Bin != "" {
 		// The file store is made once, explicitly, as an operator does: serve never makes one.
+		// Without a binary (tests of Postfix alone, or a Postern in a container) there is none to make.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if out, err := exec.CommandContext(ctx, p.Bin, "init", "--config", p.Config).CombinedOutput(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"time"
 
@@ -193,7 +194,7 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 		fmt.Fprintf(a.Stderr, "postern authorize: "+format+"\n", args...)
 		return ExitFail
 	}
-	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{})
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: OAuthHTTPClient(cfg)})
 	if err != nil {
 		return fail("project %s: %v", p.Name, err)
 	}
@@ -240,7 +241,7 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 		return fail("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
 			"a token of another account is the classic cause of \"535 5.7.3 Authentication unsuccessful\"", account, p.Name, mailbox, mailbox)
 	}
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, HTTPClient: OAuthHTTPClient(cfg), Logger: slog.New(slog.DiscardHandler)})
 	defer broker.Close()
 	if err := broker.Store(ctx, p, tok, token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID}); err != nil {
 		return fail("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
@@ -252,7 +253,7 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 // authorizeApp proves an app-only (client credentials) registration by fetching a token, and saves
 // it, which also clears a needs_reauth state left by an earlier failure.
 func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
-	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{})
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: OAuthHTTPClient(cfg)})
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: project %s: %v\n", p.Name, err)
 		return ExitFail
@@ -262,7 +263,7 @@ func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Sto
 		fmt.Fprintf(a.Stderr, "postern authorize: the identity provider refused the app of project %s: %s\n", p.Name, explainOAuth(err))
 		return ExitFail
 	}
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, Logger: slog.New(slog.DiscardHandler)})
+	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, HTTPClient: OAuthHTTPClient(cfg), Logger: slog.New(slog.DiscardHandler)})
 	defer broker.Close()
 	if err := broker.Store(ctx, p, tok, token.SignIn{}); err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: the app registration works, but saving its token failed: %v\n", err)
@@ -313,6 +314,17 @@ func (a *App) checkUpstream(ctx context.Context, cfg *config.Config, p project.P
 	}
 	fmt.Fprintf(a.Stdout, "the mail server accepted the token: mail of project %s flows\n", p.Name)
 	return ExitOK
+}
+
+// OAuthHTTPClient is the HTTP client for identity providers that cfg describes (oauth.http_proxy,
+// or the environment). A proxy setting that does not parse, which Validate reports, makes every
+// request fail rather than go around the proxy.
+func OAuthHTTPClient(cfg *config.Config) *http.Client {
+	proxy, err := cfg.OAuth.ProxyURL()
+	if err != nil {
+		return oauth.FailingHTTPClient(err)
+	}
+	return oauth.NewHTTPClient(proxy)
 }
 
 // UpstreamOptions are the upstream connection settings of cfg, for upstream.NewPools.

@@ -2,7 +2,7 @@
 // in-memory input and output; cmd/postern only wires it to the process.
 //
 //  1. App.Run takes the arguments after the program name and picks the command: init, serve, project
-//     (add, update, list, show, remove, enable, disable), authorize, authorize-link,
+//     (add, update, list, show, remove, enable, disable), import, authorize, authorize-link,
 //     postfix-config, healthcheck, version (also --version) or help.
 //  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
 //     usage. Flags may come before or after the positional arguments.
@@ -84,6 +84,7 @@ func commands() []command {
 		{"serve", "run the sidecar, or check its configuration with --check-config", runServe},
 		{"init", "create the store (file store) and the generated secret files, once", runInit},
 		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
+		{"import", "create projects from sasl-xoauth2 or email-oauth2-proxy settings and tokens", runImport},
 		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
 		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},
 		{"check", "check that each project can get its credential and sign in upstream", runCheck},

@@ -97,6 +97,8 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Tokens configures the OAuth token broker.
 	Tokens Tokens `yaml:"tokens"`
+	// OAuth configures Postern's requests to identity providers.
+	OAuth OAuth `yaml:"oauth"`
 	// CredentialProviders declares out-of-process credential providers (package plugin) by name.
 	// A project with auth type "plugin" names one of them; only programs declared here are run.
 	CredentialProviders map[string]CredentialProvider `yaml:"credential_providers"`
@@ -721,7 +723,44 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	if c.Tokens.RefreshMargin <= 0 {
 		add("tokens.refresh_margin %v: must be more than 0", c.Tokens.RefreshMargin)
 	}
+	if _, err := c.OAuth.ProxyURL(); err != nil {
+		errs = append(errs, err)
+	}
 	return errs
+}
+
+// OAuth configures Postern's requests to identity providers: token refreshes, sign-ins, the keys
+// that verify id_tokens, revocations.
+type OAuth struct {
+	// HTTPProxy is the proxy every request to an identity provider goes through, loopback hosts
+	// included: http://host:port, https://host:port or socks5://host:port, with user:password@
+	// when the proxy wants them. Default "": the standard environment decides, as for any Go
+	// program: HTTPS_PROXY (or HTTP_PROXY for http:// endpoints), except for the hosts in NO_PROXY
+	// and loopback hosts. When set, the environment is ignored for identity providers.
+	HTTPProxy string `yaml:"http_proxy"`
+}
+
+// ProxyURL is oauth.http_proxy parsed: nil when it is empty (the environment decides). The error
+// names the key and never shows a password in the URL.
+func (o OAuth) ProxyURL() (*url.URL, error) {
+	s := strings.TrimSpace(o.HTTPProxy)
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		// url.Parse's error repeats the input, which may hold a password.
+		return nil, errors.New("oauth.http_proxy is not a URL: use http://host:port, https://host:port or socks5://host:port")
+	}
+	switch u.Scheme {
+	case "http", "https", "socks5", "socks5h":
+	default:
+		return nil, fmt.Errorf("oauth.http_proxy %q: use an http://, https:// or socks5:// URL", u.Redacted())
+	}
+	if u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("oauth.http_proxy %q: give the proxy as scheme://host:port, without a path", u.Redacted())
+	}
+	return u, nil
 }
 
 // Tokens configures how OAuth access tokens are refreshed.

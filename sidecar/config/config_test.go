@@ -341,6 +341,12 @@ func TestValidate(t *testing.T) {
 		{"api token is the store data", "api: {token_file: /var/lib/postern/store.db}\n", "must not be the file of store.file.path"},
 		{"api token is the signin key", "api: {token_file: /var/lib/postern/signin.key}\n", "must not be the file of signin.key_file"},
 		{"api off without the admin listener", "listen: {admin: ''}\n", ""},
+		{"oauth proxy", "oauth: {http_proxy: 'http://proxy.internal:3128'}\n", ""},
+		{"oauth proxy with credentials", "oauth: {http_proxy: 'http://u:p@proxy.internal:3128'}\n", ""},
+		{"oauth socks proxy", "oauth: {http_proxy: 'socks5://127.0.0.1:1080'}\n", ""},
+		{"oauth proxy without scheme", "oauth: {http_proxy: 'proxy.internal:3128'}\n", "oauth.http_proxy"},
+		{"oauth proxy with a path", "oauth: {http_proxy: 'http://proxy.internal:3128/x'}\n", "without a path"},
+		{"oauth proxy of another scheme", "oauth: {http_proxy: 'ftp://proxy.internal'}\n", "oauth.http_proxy \"ftp://proxy.internal\""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -356,6 +362,20 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("errors %v do not say %q", errs, tc.want)
 			}
 		})
+	}
+}
+
+// A refused proxy URL never shows its password.
+func TestOAuthProxyErrorsHidePasswords(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"ftp://u:Pass-w0rd@proxy.internal", "http://u:Pass-w0rd@proxy.internal/x", "http://u:Pass-w0rd@proxy.internal:bad port", "http://u:Pass-w0rd@[::1"} {
+		_, err := OAuth{HTTPProxy: u}.ProxyURL()
+		if err == nil {
+			t.Fatalf("%q accepted", "[the URL]")
+		}
+		if strings.Contains(err.Error(), "Pass-w0rd") {
+			t.Fatalf("the error shows the password: %v", err)
+		}
 	}
 }
 
