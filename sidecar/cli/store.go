@@ -9,7 +9,7 @@ import (
 
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/store/vaultstore"
 	"github.com/postern/postern/vault"
 )
@@ -17,8 +17,8 @@ import (
 // VaultOpenTimeout bounds signing in to Vault when the caller's context has no deadline.
 const VaultOpenTimeout = 20 * time.Second
 
-// OpenStore opens the store cfg.Store names: the embedded file store (created, key file included,
-// when it does not exist yet) or Vault.
+// OpenStore opens the store cfg.Store names: the embedded store (created, key file included, when
+// it does not exist yet; see OpenEmbedded) or Vault.
 func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	return OpenStoreLogged(ctx, cfg, nil)
 }
@@ -42,13 +42,27 @@ func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (s
 		}
 		return s, nil
 	case cfg.Store.File != nil:
-		s, err := filestore.Open(ctx, filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: true, Logger: l})
+		s, err := OpenEmbedded(ctx, cfg.Store.File, l, true)
 		if err != nil {
 			return nil, fmt.Errorf("opening store: %w", err)
 		}
 		return s, nil
 	}
 	return nil, errors.New("opening store: no store is configured")
+}
+
+// OpenEmbedded opens the embedded store (package boltstore) at f's paths. A data file in the format
+// of the earlier single-file store (package filestore) is migrated on the way, once, the old file
+// kept beside it with the suffix ".migrated"; l hears of it. When the store does not exist, create
+// says whether to make it (with its key file, unless one exists) or to fail with
+// boltstore.ErrNotExist.
+func OpenEmbedded(ctx context.Context, f *config.FileStore, l *slog.Logger, create bool) (*boltstore.Store, error) {
+	o := boltstore.Options{Path: f.Path, KeyFile: f.KeyFile, Logger: l}
+	s, err := boltstore.Open(ctx, o)
+	if create && errors.Is(err, boltstore.ErrNotExist) {
+		s, err = boltstore.Create(ctx, o)
+	}
+	return s, err
 }
 
 // VaultOptions maps the configuration's Vault section onto the client's options. Settings left
