@@ -20,6 +20,7 @@ import (
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/store/filestore"
 )
 
@@ -670,6 +671,9 @@ func TestDefaultStoreLocationsAgree(t *testing.T) {
 	t.Parallel()
 	if config.DefaultStorePath != filestore.DefaultPath || config.DefaultStoreKeyFile != filestore.DefaultKeyFile {
 		t.Fatal("config and filestore disagree on the default store files")
+	}
+	if config.DefaultStorePath != boltstore.DefaultPath || config.DefaultStoreKeyFile != boltstore.DefaultKeyFile {
+		t.Fatal("config and boltstore disagree on the default store files")
 	}
 }
 

@@ -453,11 +453,7 @@ func (a *App) openConfigStore(ctx context.Context, load func() (*config.Config, 
 	if !ok {
 		return nil, nil, false
 	}
-	open := a.OpenStore
-	if open == nil {
-		open = OpenStore
-	}
-	st, err := open(ctx, cfg)
+	st, err := a.openStoreLogged(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
 		return nil, nil, false
