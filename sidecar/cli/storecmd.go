@@ -363,7 +363,7 @@ the first time any command opens it; the old file is kept beside it with the suf
 func runStoreMigrate(ctx context.Context, a *App, args []string) int {
 	fs := a.newFlagSet("store migrate", "", migrateAbout)
 	load := a.configFlag(fs)
-	to := fs.String("to", "", "the kind of store to copy to: `vault` or file")
+	to := fs.String("to", "", "the `KIND` of store to copy to: vault or file")
 	toConfig := fs.String("to-config", "", "configuration `FILE` whose store section is the target")
 	replace := fs.Bool("replace", false, "overwrite the projects and tokens the target holds already")
 	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
