@@ -66,7 +66,7 @@ type PosternOptions struct {
 	SocketmapTCP bool
 }
 
-// Postern is a `postern serve` process with a generated config and the embedded file store.
+// Postern is a `postern serve` process with a generated config and the embedded store.
 type Postern struct {
 	Bin    string
 	Dir    string
