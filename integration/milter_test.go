@@ -15,7 +15,7 @@ import (
 	"github.com/postern/postern/integration/harness"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // milterAddProject adds a basic-auth project like Env.AddProject, with extra flags of
@@ -55,7 +55,7 @@ func milterAddOAuthProject(t *testing.T, ctx context.Context, e *harness.Env, na
 		name); err != nil {
 		t.Fatal(err)
 	}
-	st, err := filestore.Open(ctx, filestore.Options{
+	st, err := boltstore.Open(ctx, boltstore.Options{
 		Path:    filepath.Join(e.Postern.Dir, "store.db"),
 		KeyFile: filepath.Join(e.Postern.Dir, "store.key"),
 	})

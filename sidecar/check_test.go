@@ -13,7 +13,7 @@ import (
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/upstream/upstreamtest"
 )
 
@@ -27,7 +27,7 @@ func checkSetup(t *testing.T) (*config.Config, *upstreamtest.Server) {
 	})
 	dir := t.TempDir()
 	path, key := filepath.Join(dir, "store.db"), filepath.Join(dir, "store.key")
-	st, err := filestore.Open(t.Context(), filestore.Options{Path: path, KeyFile: key, Create: true})
+	st, err := boltstore.Create(t.Context(), boltstore.Options{Path: path, KeyFile: key})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 
 // TestDependencyDirection enforces the map in DESIGN: plugin imports neither sidecar nor vault;
 // vault knows nothing of SMTP or the sidecar; fakes in xxxtest packages are imported only by
-// tests.
+// tests; the earlier file store (store/filestore) is imported by no package, only by tests.
 func TestDependencyDirection(t *testing.T) {
 	t.Parallel()
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "github.com/postern/postern/...").Output()
@@ -38,6 +38,9 @@ func TestDependencyDirection(t *testing.T) {
 				if strings.HasPrefix(pkg, r.pkg) && strings.HasPrefix(imp, r.forbidden) {
 					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
 				}
+			}
+			if imp == mod+"sidecar/store/filestore" {
+				t.Errorf("%s imports %s: the earlier file store is only migrated (by boltstore, which reads its format itself); nothing opens it", pkg, imp)
 			}
 			if strings.HasPrefix(imp, mod) && strings.HasSuffix(imp, "test") && !strings.HasSuffix(pkg, "test") &&
 				!strings.HasPrefix(pkg, mod+"integration") {

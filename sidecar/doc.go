@@ -33,8 +33,9 @@
 // refresh token back to the store before using the new access token; a revoked grant marks the
 // project needs_reauth, its mail waits in Postfix's queue, and flows once the owner signs in again.
 //
-// Projects and tokens live in a store (package store): an embedded encrypted file on a single
-// host (store/filestore), or HashiCorp Vault (store/vaultstore over package vault). Run wires the parts together and shuts them down in
+// Projects and tokens live in a store (package store): an embedded database on a single host,
+// each record encrypted (store/boltstore, which migrates the earlier single-file store/filestore),
+// or HashiCorp Vault (store/vaultstore over package vault). Run wires the parts together and shuts them down in
 // order: stop accepting, let transactions in flight finish, close upstream connections, close
 // the store.
 package sidecar

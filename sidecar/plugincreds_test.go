@@ -21,7 +21,7 @@ import (
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/upstream"
 	"github.com/postern/postern/sidecar/upstream/upstreamtest"
 )
@@ -143,7 +143,7 @@ reload_interval: 50ms
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := filestore.Open(context.Background(), filestore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key", Create: true})
+	st, err := boltstore.Open(context.Background(), boltstore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key", Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

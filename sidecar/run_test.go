@@ -21,7 +21,7 @@ import (
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/upstream/upstreamtest"
 )
 
@@ -72,7 +72,7 @@ admin: {read_token_file: %[1]s/read.token}
 	waitUntil(t, "the admin listener", func() bool { return get(admin, "/healthz") == 200 })
 
 	// An administrator adds the project while Postern runs.
-	st, err := filestore.Open(context.Background(), filestore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key"})
+	st, err := boltstore.Open(context.Background(), boltstore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key"})
 	if err != nil {
 		t.Fatal(err)
 	}

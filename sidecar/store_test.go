@@ -18,14 +18,14 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/sidecar/config"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/store/storetest"
 )
 
-// initStore makes an empty file store in dir, as `postern init` does.
+// initStore makes an empty embedded store in dir, as `postern init` does.
 func initStore(t *testing.T, dir string) {
 	t.Helper()
-	s, err := filestore.Init(t.Context(), filestore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key"})
+	s, err := boltstore.Create(t.Context(), boltstore.Options{Path: dir + "/store.db", KeyFile: dir + "/store.key"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestRunDefersWhenTheStoreLostItsProjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := filestore.Open(t.Context(), filestore.Options{Path: state + "/store.db", KeyFile: state + "/store.key"})
+	st, err := boltstore.Open(t.Context(), boltstore.Options{Path: state + "/store.db", KeyFile: state + "/store.key"})
 	if err != nil {
 		t.Fatal(err)
 	}

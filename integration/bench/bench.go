@@ -26,7 +26,7 @@
 //     Postern refreshes every few seconds; the sink validates each new token at the server's
 //     introspection endpoint. Measure path A with XOAUTH2 and count refreshes and deliveries that
 //     waited for one.
-//  6. Write 10,000 projects into a file store with package filestore, start Postern on it and
+//  6. Write 10,000 projects into an embedded store with package boltstore, start Postern on it and
 //     measure start-up until /readyz, resident memory and the socketmap round trip. With Vault
 //     (Options.Vault), write them into Vault too (vaultstore.PutProjects), start Postern on it
 //     through a counting proxy, and measure start-up, memory and one full scan.

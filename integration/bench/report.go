@@ -312,7 +312,7 @@ func (res *Results) PrintTable(w io.Writer) {
 		fmt.Fprintf(w, "  The store of this run is the embedded file store (the Vault dev server was not built; make deps builds it).\n")
 	}
 	if s := res.Scale; s != nil {
-		fmt.Fprintf(w, "\nScale, %d projects in the file store (%.1f MB, written with filestore in %.0fs):\n", s.Projects, float64(s.StoreBytes)/(1<<20), s.StoreWriteSeconds)
+		fmt.Fprintf(w, "\nScale, %d projects in the embedded store (%.1f MB, written with boltstore in %.0fs):\n", s.Projects, float64(s.StoreBytes)/(1<<20), s.StoreWriteSeconds)
 		fmt.Fprintf(w, "  start-up to /readyz with every project loaded %.2fs; RSS %.1f MB (peak %.1f MB); idle CPU %.1f%% (re-reading the store every %.0fs)\n",
 			s.StartupSeconds, s.RSSMB, s.PeakRSSMB, s.IdleCPUPercent, st.ReloadInterval)
 		fmt.Fprintf(w, "  socketmap round trip, known senders: mean %.0f µs, p99 %.0f µs (%d lookups over one connection)\n",

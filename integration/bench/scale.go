@@ -15,7 +15,7 @@ import (
 	"github.com/postern/postern/integration/harness"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // ScaleOptions configure RunScale.
@@ -34,7 +34,7 @@ type ScaleOptions struct {
 // ScaleResult is what Postern costs with many projects.
 type ScaleResult struct {
 	Projects int `json:"projects"`
-	// StoreWriteSeconds is how long writing the projects with filestore took (not Postern's cost).
+	// StoreWriteSeconds is how long writing the projects with boltstore took (not Postern's cost).
 	StoreWriteSeconds float64 `json:"store_write_seconds"`
 	StoreBytes        int64   `json:"store_bytes"`
 	// StartupSeconds: from exec of postern serve until /readyz answered 200 with every project.
@@ -81,11 +81,11 @@ func scaleProjects(n int) []project.Project {
 	return ps
 }
 
-// WriteProjects writes n projects into a new file store at path (key at keyFile) through the
-// filestore package, as `postern project add` would store them, in one PutProjects call: one
-// rewrite of the store's file for all of them.
+// WriteProjects writes n projects into a new embedded store at path (key at keyFile) through the
+// boltstore package, as `postern project add` would store them, in one PutProjects call: one
+// transaction for all of them.
 func WriteProjects(ctx context.Context, path, keyFile string, n int) error {
-	st, err := filestore.Open(ctx, filestore.Options{Path: path, KeyFile: keyFile, Create: true})
+	st, err := boltstore.Create(ctx, boltstore.Options{Path: path, KeyFile: keyFile})
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ type Options struct {
 	// PosternConfig is YAML appended to Postern's generated config.
 	PosternConfig string
 	// PosternStore is the YAML of Postern's store section (PosternOptions.Store, e.g. from
-	// (*Vault).StoreYAML); empty means the embedded file store.
+	// (*Vault).StoreYAML); empty means the embedded store.
 	PosternStore string
 	// SMTP has Postfix deliver to Postern over SMTP on loopback (contrib master-smtp.cf) instead of
 	// LMTP (master.cf).

@@ -57,7 +57,7 @@ type PosternOptions struct {
 	// instead of LMTP.
 	SMTP bool
 	// Store is the YAML of the config's store section (indented by two spaces, e.g. from
-	// (*Vault).StoreYAML); empty means the embedded file store in Dir.
+	// (*Vault).StoreYAML); empty means the embedded store in Dir.
 	Store string
 	// Milter makes Postern serve its milter on Dir/milter.sock (listen.milter).
 	Milter bool
@@ -66,7 +66,7 @@ type PosternOptions struct {
 	SocketmapTCP bool
 }
 
-// Postern is a `postern serve` process with a generated config and the embedded file store.
+// Postern is a `postern serve` process with a generated config and the embedded store.
 type Postern struct {
 	Bin    string
 	Dir    string
@@ -165,7 +165,7 @@ admin: {read_token_file: %s}
 		return nil, fmt.Errorf("writing %s: %w", p.Config, err)
 	}
 	if opts.Store == "" && p.Bin != "" {
-		// The file store is made once, explicitly, as an operator does: serve never makes one.
+		// The embedded store is made once, explicitly, as an operator does: serve never makes one.
 		// Without a binary (tests of Postfix alone, or a Postern in a container) there is none to make.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

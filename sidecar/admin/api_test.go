@@ -18,7 +18,7 @@ import (
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // Secret values of the test projects: none may appear in an answer or a log line.
@@ -71,7 +71,7 @@ func oauthProject() project.Project {
 
 type apiEnv struct {
 	url  string
-	st   *filestore.Store
+	st   *boltstore.Store
 	logs *syncBuffer
 }
 
@@ -80,7 +80,7 @@ type apiEnv struct {
 func newAPIEnv(t *testing.T) *apiEnv {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := filestore.Open(t.Context(), filestore.Options{
+	st, err := boltstore.Open(t.Context(), boltstore.Options{
 		Path: filepath.Join(dir, "store.db"), KeyFile: filepath.Join(dir, "store.key"), Create: true,
 	})
 	if err != nil {
@@ -406,7 +406,7 @@ func TestAPIKeepsEnabledWhenLeftOut(t *testing.T) {
 func TestAPIOff(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	st, err := filestore.Open(t.Context(), filestore.Options{Path: filepath.Join(dir, "db"), KeyFile: filepath.Join(dir, "key"), Create: true})
+	st, err := boltstore.Open(t.Context(), boltstore.Options{Path: filepath.Join(dir, "db"), KeyFile: filepath.Join(dir, "key"), Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

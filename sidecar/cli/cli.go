@@ -15,7 +15,9 @@
 //  5. authorize and authorize-link sign an OAuth project's mailbox in (package signin): a link for
 //     the mailbox owner, or the device code grant at this terminal, or an app-only token; the grant
 //     is saved through a token broker over the same store.
-//  6. serve validates the configuration and hands it to the injected Runner (sidecar.Run), which
+//  6. store export, import, rekey and migrate back up, move and re-encrypt the store (package
+//     store/transfer, store/boltstore), with progress on standard error.
+//  7. serve validates the configuration and hands it to the injected Runner (sidecar.Run), which
 //     runs until its context is cancelled.
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage.
@@ -69,6 +71,10 @@ type App struct {
 	// Version is printed by `postern version`. Empty means the version stamped at build time
 	// (package buildinfo).
 	Version string
+
+	// archiveWorkFactor is the scrypt work factor of `postern store export`; 0 means age's default.
+	// Tests lower it.
+	archiveWorkFactor int
 }
 
 type commandFunc func(ctx context.Context, a *App, args []string) int
@@ -85,6 +91,7 @@ func commands() []command {
 		{"init", "create the store (file store) and the generated secret files, once", runInit},
 		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
 		{"import", "create projects from sasl-xoauth2 or email-oauth2-proxy settings and tokens", runImport},
+		{"store", "export, import, rekey or migrate the store of projects and tokens", runStore},
 		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
 		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},
 		{"check", "check that each project can get its credential and sign in upstream", runCheck},

@@ -21,6 +21,7 @@ import (
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/store/filestore"
 )
 
@@ -108,10 +109,10 @@ func (h *harness) project(name string) project.Project {
 	return p
 }
 
-// initStore makes the harness's file store, as `postern init` does.
+// initStore makes the harness's embedded store, as `postern init` does.
 func (h *harness) initStore() {
 	h.t.Helper()
-	s, err := filestore.Init(h.t.Context(), filestore.Options{Path: filepath.Join(h.dir, "store.db"), KeyFile: filepath.Join(h.dir, "store.key")})
+	s, err := boltstore.Create(h.t.Context(), boltstore.Options{Path: filepath.Join(h.dir, "store.db"), KeyFile: filepath.Join(h.dir, "store.key")})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -688,6 +689,9 @@ func TestDefaultStoreLocationsAgree(t *testing.T) {
 	t.Parallel()
 	if config.DefaultStorePath != filestore.DefaultPath || config.DefaultStoreKeyFile != filestore.DefaultKeyFile {
 		t.Fatal("config and filestore disagree on the default store files")
+	}
+	if config.DefaultStorePath != boltstore.DefaultPath || config.DefaultStoreKeyFile != boltstore.DefaultKeyFile {
+		t.Fatal("config and boltstore disagree on the default store files")
 	}
 }
 

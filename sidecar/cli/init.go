@@ -15,16 +15,17 @@ import (
 const initAbout = `
 Create what Postern keeps on this host, once, before the first 'postern serve':
 
-  - with the embedded file store (store.file): a new key file and an empty store. Nothing is
-    replaced: if the key file or the data file exists, init refuses and changes nothing;
+  - with the embedded store (store.file): a new key file and an empty database. Nothing is
+    replaced: if the key file or the database exists, init refuses and changes nothing;
   - the sign-in key (signin.key_file) when the sign-in pages are on, and the API token
     (api.token_file) when the API is on, unless they exist (they are then kept).
 
 With the Vault store there is no store to create here: projects live in Vault.
 
-'postern serve' and every other command never create a store: a missing key file or data file
+'postern serve' and every other command never create a store: a missing key file or database
 stops them with the path and the fix, so that a state volume that did not mount never turns into a
-new, empty store. The first 'postern project add' may create the file store too, and says so.`
+new, empty store. The first 'postern project add' (or 'postern store import') may create the
+embedded store too, and says so.`
 
 func runInit(ctx context.Context, a *App, args []string) int {
 	flags := a.newFlagSet("init", "", initAbout)

@@ -22,7 +22,7 @@ import (
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // maxPasswordBytes bounds what --password-stdin reads.
@@ -453,10 +453,11 @@ func (a *App) openConfigStore(ctx context.Context, load func() (*config.Config, 
 	return a.openConfigStoreMode(ctx, load, fileOpen)
 }
 
-// openConfigStoreMode is openConfigStore with the file store's missing-store rule given: mode
-// fileCreate creates a file store where neither of its files exists, and says so on standard error.
-// For fileMaybe, a missing file store (ErrNotInitialized) is not an error: st is then nil, and
-// create makes it once the caller is about to write.
+// openConfigStoreMode is openConfigStore with the embedded store's missing-store rule given: mode
+// fileCreate creates an embedded store where neither of its files exists, and says so on standard
+// error. For fileMaybe, a missing embedded store (boltstore.ErrNotExist) is not an error: st is
+// then nil, and fileCreate makes it once the caller is about to write. The store's own events (a
+// migration of the old file format) go to standard error.
 func (a *App) openConfigStoreMode(ctx context.Context, load func() (*config.Config, string, bool), mode int) (*config.Config, store.Store, bool) {
 	cfg, _, ok := load()
 	if !ok {
@@ -475,8 +476,8 @@ func (a *App) openStoreMode(ctx context.Context, cfg *config.Config, mode int) (
 		}
 		return st, true
 	}
-	st, created, err := openStore(ctx, cfg, nil, mode)
-	if mode == fileMaybe && errors.Is(err, filestore.ErrNotInitialized) {
+	st, created, err := openStore(ctx, cfg, a.storeLogger(), mode)
+	if mode == fileMaybe && errors.Is(err, boltstore.ErrNotExist) {
 		return nil, true
 	}
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/store/vaultstore"
 	"github.com/postern/postern/vault"
 )
@@ -17,9 +17,10 @@ import (
 // VaultOpenTimeout bounds signing in to Vault when the caller's context has no deadline.
 const VaultOpenTimeout = 20 * time.Second
 
-// OpenStore opens the store cfg.Store names: the embedded file store or Vault. It never creates a
-// store: a missing file store is an error naming its paths and the fix (`postern init`, or
-// restoring the files), so that a volume that did not mount never becomes a new, empty store.
+// OpenStore opens the store cfg.Store names: the embedded store (package boltstore) or Vault. It
+// never creates a store: a missing database or key file is an error naming its paths and the fix
+// (`postern init`, or restoring the files), so that a volume that did not mount never becomes a
+// new, empty store.
 func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 	return OpenStoreLogged(ctx, cfg, nil)
 }
@@ -30,16 +31,16 @@ func OpenStoreLogged(ctx context.Context, cfg *config.Config, l *slog.Logger) (s
 	return st, err
 }
 
-// How openStore treats a missing file store.
+// How openStore treats a missing embedded store.
 const (
 	fileOpen   = iota // refuse
 	fileCreate        // create it when neither file exists (the first `postern project add`)
 	fileInit          // create it; refuse when either file exists (`postern init`)
-	fileMaybe         // refuse, but let the caller tell "no store yet" (filestore.ErrNotInitialized)
+	fileMaybe         // refuse, but let the caller tell "no store yet" (boltstore.ErrNotExist)
 )
 
-// openStore opens (or, as mode allows, creates) the configured store; created reports a new file
-// store.
+// openStore opens (or, as mode allows, creates) the configured store; created reports a new
+// embedded store.
 func openStore(ctx context.Context, cfg *config.Config, l *slog.Logger, mode int) (store.Store, bool, error) {
 	switch {
 	case cfg.Store.File != nil && cfg.Store.Vault != nil:
@@ -58,18 +59,30 @@ func openStore(ctx context.Context, cfg *config.Config, l *slog.Logger, mode int
 		}
 		return s, false, nil
 	case cfg.Store.File != nil:
-		o := filestore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Create: mode == fileCreate, Logger: l}
-		open, what := filestore.Open, "opening store"
 		if mode == fileInit {
-			open, what = filestore.Init, "creating store"
+			o := boltstore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile, Logger: l}
+			s, err := boltstore.Create(ctx, o)
+			if err != nil {
+				return nil, false, err // "creating store: ..."
+			}
+			return s, true, nil
 		}
-		s, err := open(ctx, o)
+		s, err := OpenEmbedded(ctx, cfg.Store.File, l, mode == fileCreate)
 		if err != nil {
-			return nil, false, fmt.Errorf("%s: %w", what, err)
+			return nil, false, fmt.Errorf("opening store: %w", err)
 		}
 		return s, s.Created(), nil
 	}
 	return nil, false, errors.New("opening store: no store is configured")
+}
+
+// OpenEmbedded opens the embedded store (package boltstore) at f's paths. A data file in the format
+// of the earlier single-file store (package filestore) is migrated on the way, once, the old file
+// kept beside it with the suffix ".migrated" and its index file carried along; l hears of it. When
+// neither the database nor its key file exists, create says whether to make them (Created then
+// reports true) or to fail with boltstore.ErrNotExist; one without the other is always an error.
+func OpenEmbedded(ctx context.Context, f *config.FileStore, l *slog.Logger, create bool) (*boltstore.Store, error) {
+	return boltstore.Open(ctx, boltstore.Options{Path: f.Path, KeyFile: f.KeyFile, Create: create, Logger: l})
 }
 
 // VaultOptions maps the configuration's Vault section onto the client's options. Settings left

@@ -27,7 +27,7 @@ import (
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/store"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
 	"github.com/postern/postern/sidecar/token"
 	"github.com/postern/postern/sidecar/upstream"
 	"github.com/postern/postern/sidecar/upstream/upstreamtest"
@@ -100,7 +100,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		o.idp(&idpOpts)
 	}
 	e.idp = oauthtest.New(t, idpOpts)
-	st, err := filestore.Open(t.Context(), filestore.Options{Path: filepath.Join(t.TempDir(), "store.db"), KeyFile: filepath.Join(t.TempDir(), "store.key"), Create: true})
+	st, err := boltstore.Open(t.Context(), boltstore.Options{Path: filepath.Join(t.TempDir(), "store.db"), KeyFile: filepath.Join(t.TempDir(), "store.key"), Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 // Package store defines where projects and tokens live. The sidecar reads projects and reads and
-// writes tokens; administrators write projects. Two implementations plug in: the embedded
-// encrypted file store (store/filestore, for a single host without Vault) and Vault
-// (store/vaultstore, over the vault package).
+// writes tokens; administrators write projects. Two implementations plug in: the embedded store
+// (store/boltstore, a bbolt database with each record encrypted, for a single host without Vault)
+// and Vault (store/vaultstore, over the vault package). store/filestore is the earlier embedded
+// store, one encrypted file rewritten on every write; boltstore migrates it. store/transfer copies
+// everything between stores and through encrypted archives.
 //
 // Every token write is a check-and-set on the version read, so two Postern processes sharing a store
 // never lose a rotated refresh token: the loser gets ErrConflict, re-reads, and uses what the other

@@ -1,5 +1,12 @@
-// Package filestore is the embedded encrypted store for a single host without Vault: every project
+// Package filestore is the embedded encrypted store of earlier versions of Postern: every project
 // and token record in one data file, encrypted as a whole under a key kept in a separate key file.
+//
+// Postern no longer opens it: the embedded store behind store.file is package boltstore, which
+// reads this format itself to migrate such a data file (and carries its index file along) the first
+// time any command opens it. The package stays as the reference of the format boltstore migrates,
+// and tests use it to write data files to migrate; no other package imports it
+// (TestDependencyDirection in package sidecar checks that). What it shares with boltstore (the
+// missing-file refusals, the index file, key files) lives in store/internal/storefile.
 //
 // The data file is a header followed by ciphertext:
 //
@@ -17,9 +24,9 @@
 //     `postern project add`) does the same when both are missing. A key without its data file, or a
 //     data file without its key, is always an error: nothing that holds state is replaced by a new,
 //     empty one.
-//  2. Beside the data file, the index file (Path + ".index", plain JSON, no secrets) records the
-//     generation of the last write (a counter the data file carries too, authenticated) and how many
-//     projects it left. When the data file holds no project but is older than the index, and the
+//  2. Beside the data file, the index file (Path + ".index", plain JSON, no secrets; see package
+//     storefile) records the generation of the last write (a counter the data file carries too,
+//     authenticated) and how many projects it left. When the data file holds no project but is older than the index, and the
 //     index counted projects, the data file was replaced or rolled back (an empty copy restored, a
 //     volume swapped): every read fails with store.ErrProjectsLost instead of answering "no
 //     projects", so mail is deferred, never rerouted or bounced. Removing the last project with
@@ -65,6 +72,7 @@ import (
 
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/internal/storefile"
 )
 
 // Default locations of the data file and the key file.
@@ -74,7 +82,7 @@ const (
 )
 
 // KeySize is the size of the key in the key file, in bytes.
-const KeySize = chacha20poly1305.KeySize
+const KeySize = storefile.KeySize
 
 const (
 	magic      = "POSTERN1"
@@ -86,10 +94,10 @@ const (
 var ErrDecrypt = errors.New("wrong key file or damaged store")
 
 // ErrNotInitialized is wrapped by Open's error when neither the key file nor the data file exists.
-var ErrNotInitialized = errors.New("no store here")
+var ErrNotInitialized = storefile.ErrNotInitialized
 
 // ErrExists is wrapped by Init's error when the key file or the data file already exists.
-var ErrExists = errors.New("a store already exists")
+var ErrExists = storefile.ErrExists
 
 // Options says where the store lives. The zero value opens the default files and creates nothing.
 type Options struct {
@@ -110,10 +118,10 @@ type Options struct {
 // Store is the file store. It is safe for concurrent use, and several Store values, in one process
 // or many, may be open on the same files.
 type Store struct {
-	path, keyFile, lockPath, indexPath string
-	aead                               cipher.AEAD
-	log                                *slog.Logger
-	created                            bool
+	path, keyFile, lockPath string
+	aead                    cipher.AEAD
+	log                     *slog.Logger
+	created                 bool
 
 	// writeMu serializes this process's writers before they take the file lock.
 	writeMu sync.Mutex
@@ -168,12 +176,6 @@ func (d fileData) live() int {
 	return n
 }
 
-// index is the content of the index file.
-type index struct {
-	Generation int64 `json:"generation"`
-	Projects   int   `json:"projects"`
-}
-
 // record is one stored record. Data is nil for a tombstone.
 type record struct {
 	Version int             `json:"version"`
@@ -214,7 +216,6 @@ func openFiles(ctx context.Context, o Options, initOnly bool) (*Store, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.lockPath = s.path + ".lock"
-	s.indexPath = s.path + ".index"
 	create := o.Create || initOnly
 
 	// Refuse before making anything (even the lock file) when nothing may be created.
@@ -243,42 +244,17 @@ func openFiles(ctx context.Context, o Options, initOnly bool) (*Store, error) {
 // Created reports whether this Open or Init made the store.
 func (s *Store) Created() bool { return s.created }
 
-// check looks at which of the key file and the data file exist, and refuses every combination but
-// "both" (open), and "neither" when create is set. initOnly refuses "both" too.
+// check refuses every combination of existing files but "both" (open), and "neither" when create
+// is set. initOnly refuses "both" too.
 func (s *Store) check(create, initOnly bool) error {
-	keyMissing, err := missing(s.keyFile)
-	if err != nil {
-		return fmt.Errorf("opening store: key file: %w", err)
-	}
-	dataMissing, err := missing(s.path)
-	if err != nil {
-		return fmt.Errorf("opening store: %w", err)
-	}
+	mode := storefile.Open
 	switch {
-	case initOnly && !keyMissing && !dataMissing:
-		return fmt.Errorf("store %s and its key file %s exist: %w; `postern init` never replaces them", s.path, s.keyFile, ErrExists)
-	case initOnly && !keyMissing:
-		return fmt.Errorf("key file %s exists: %w (its data file %s is missing: restore it from backup, or mount the volume that holds it)", s.keyFile, ErrExists, s.path)
-	case initOnly && !dataMissing:
-		return fmt.Errorf("store %s exists: %w (its key file %s is missing: restore it from backup)", s.path, ErrExists, s.keyFile)
-	case keyMissing && dataMissing && !create:
-		return fmt.Errorf("neither the store %s nor its key file %s exists: %w. If Postern has not run here before, create the store with `postern init`; if it has, the volume holding them is not mounted or they were deleted: mount it or restore both from backup (starting with a new, empty store would drop every project)",
-			s.path, s.keyFile, ErrNotInitialized)
-	case keyMissing && !dataMissing:
-		return fmt.Errorf("key file %s does not exist, but the store %s does: the store cannot be read without the key it was written with; restore the key file from backup or mount the volume that holds it", s.keyFile, s.path)
-	case !keyMissing && dataMissing:
-		return fmt.Errorf("store %s does not exist, but its key file %s does: restore the data file from backup or mount the volume that holds it; Postern never replaces a store's data with an empty one", s.path, s.keyFile)
+	case initOnly:
+		mode = storefile.Init
+	case create:
+		mode = storefile.Create
 	}
-	return nil
-}
-
-// missing reports whether path does not exist.
-func missing(path string) (bool, error) {
-	_, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return true, nil
-	}
-	return false, err
+	return storefile.CheckFiles(s.path, s.keyFile, mode)
 }
 
 // setUp makes or checks the key file and the data file under the file lock (another process may
@@ -293,7 +269,7 @@ func (s *Store) setUp(ctx context.Context, create, initOnly bool) error {
 	if err := s.check(create, initOnly); err != nil {
 		return err
 	}
-	dataMissing, err := missing(s.path)
+	dataMissing, err := storefile.Missing(s.path)
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
@@ -302,7 +278,7 @@ func (s *Store) setUp(ctx context.Context, create, initOnly bool) error {
 			return err
 		}
 	}
-	key, err := readKey(s.keyFile)
+	key, err := storefile.ReadKey(s.keyFile)
 	if err != nil {
 		return err
 	}
@@ -328,7 +304,7 @@ func (s *Store) setUp(ctx context.Context, create, initOnly bool) error {
 	if err != nil {
 		return err
 	}
-	if gone, _ := missing(s.indexPath); gone {
+	if !storefile.HasIndex(s.path) {
 		// A store written before the index existed: record what it holds now.
 		s.writeIndex(snap.data)
 	}
@@ -341,33 +317,11 @@ func (s *Store) createKey() error {
 	if _, err := rand.Read(key); err != nil {
 		return fmt.Errorf("making a key: %w", err)
 	}
-	if _, err := writeAtomic(s.keyFile, key, nil); err != nil {
+	if _, err := storefile.WriteAtomic(s.keyFile, key, nil); err != nil {
 		return fmt.Errorf("writing key file: %w", err)
 	}
 	s.log.Info("created a new store key; back it up, the store cannot be read without it", "key_file", s.keyFile)
 	return nil
-}
-
-// readKey reads and checks a key file.
-func readKey(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading key file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s is readable by group or others (mode %04o): chmod 600 %s", path, perm, path)
-	}
-	key, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading key file: %w", err)
-	}
-	if len(key) != KeySize {
-		return nil, fmt.Errorf("key file %s holds %d bytes, not %d: it is not a Postern store key", path, len(key), KeySize)
-	}
-	return key, nil
 }
 
 // Close waits for a write in progress and releases the lock file. Further calls fail; Close itself
@@ -703,7 +657,7 @@ func (s *Store) write(d fileData) error {
 	if err != nil {
 		owner = nil
 	}
-	fi, err := writeAtomic(s.path, buf, owner)
+	fi, err := storefile.WriteAtomic(s.path, buf, owner)
 	if err != nil {
 		return fmt.Errorf("writing store: %w", err)
 	}
@@ -716,107 +670,15 @@ func (s *Store) write(d fileData) error {
 	return nil
 }
 
-// writeIndex records d's generation and project count in the index file. The data is written
-// already, so a failure is logged, not returned: the next write tries again, and until then the
-// index is older than the data, which checkIndex accepts.
+// writeIndex records d's generation and project count in the index file.
 func (s *Store) writeIndex(d fileData) {
-	b, err := json.Marshal(index{Generation: d.Generation, Projects: d.live()})
-	if err == nil {
-		var owner fs.FileInfo
-		owner, _ = os.Stat(s.path)
-		_, err = writeAtomic(s.indexPath, append(b, '\n'), owner)
-	}
-	if err != nil {
-		s.log.Warn("writing the store's index file failed", "path", s.indexPath, "err", err)
-	}
+	storefile.WriteIndex(s.log, s.path, storefile.Index{Generation: d.Generation, Projects: d.live()})
 }
 
 // checkIndex refuses data that holds no project while the index file says the store held some at
 // a later generation: the data file was replaced by an empty or older one.
 func (s *Store) checkIndex(d fileData) error {
-	b, err := os.ReadFile(s.indexPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading the store's index file: %w", err)
-	}
-	var ix index
-	if err := json.Unmarshal(b, &ix); err != nil {
-		return fmt.Errorf("the store's index file %s is damaged (%v): remove it if the data file %s is the one to keep", s.indexPath, err, s.path)
-	}
-	if ix.Generation <= d.Generation || d.live() > 0 || ix.Projects == 0 {
-		return nil
-	}
-	return fmt.Errorf("the store %s holds no project, but its index file %s says it held %d at a later write (generation %d, the data file is at %d): the data file was replaced or rolled back. Restore it from backup or mount the right volume; if the store is meant to be empty, remove %s: %w",
-		s.path, s.indexPath, ix.Projects, ix.Generation, d.Generation, s.indexPath, store.ErrProjectsLost)
-}
-
-// writeAtomic replaces path with b: a temporary file in the same directory (mode 0600), fsync,
-// rename, fsync of the directory. When running as root, the file gets the owner of ref, or of the
-// directory when ref is nil. It returns what fstat said of the new file.
-func writeAtomic(path string, b []byte, ref fs.FileInfo) (fi fs.FileInfo, err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		return nil, err
-	}
-	if err = chownLike(f, dir, ref); err != nil {
-		return nil, err
-	}
-	if _, err = f.Write(b); err != nil {
-		return nil, err
-	}
-	if err = f.Sync(); err != nil {
-		return nil, err
-	}
-	if fi, err = f.Stat(); err != nil {
-		return nil, err
-	}
-	if err = f.Close(); err != nil {
-		return nil, err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return nil, err
-	}
-	return fi, syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// chownLike gives f the owner and group of ref (or of dir when ref is nil), if this process runs as
-// root and they differ. Other users cannot give files away, and need not.
-func chownLike(f *os.File, dir string, ref fs.FileInfo) error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	if ref == nil {
-		var err error
-		if ref, err = os.Stat(dir); err != nil {
-			return err
-		}
-	}
-	st, ok := ref.Sys().(*syscall.Stat_t)
-	if !ok || (st.Uid == 0 && st.Gid == 0) {
-		return nil
-	}
-	return f.Chown(int(st.Uid), int(st.Gid))
+	return storefile.CheckIndex(s.path, d.Generation, d.live())
 }
 
 // openLockFile opens (creating) the lock file beside the data file.
@@ -827,7 +689,7 @@ func openLockFile(path string) (*os.File, error) {
 		return nil, fmt.Errorf("opening lock file: %w", err)
 	}
 	if errors.Is(statErr, fs.ErrNotExist) {
-		if err := chownLike(f, filepath.Dir(path), nil); err != nil {
+		if err := storefile.ChownLike(f, filepath.Dir(path), nil); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("opening lock file: %w", err)
 		}

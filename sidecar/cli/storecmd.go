@@ -1,0 +1,463 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/secret"
+	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/boltstore"
+	"github.com/postern/postern/sidecar/store/transfer"
+)
+
+// The store commands: `postern store export|import|rekey|migrate`. They work on the store the
+// configuration names, report progress on standard error, and never print a secret.
+
+func storeCommands() []command {
+	return []command{
+		{"export", "write every project and token to an encrypted archive", runStoreExport},
+		{"import", "add the projects and tokens of an archive to the store", runStoreImport},
+		{"rekey", "re-encrypt the embedded store under a new key", runStoreRekey},
+		{"migrate", "copy every project and token to Vault, or from Vault to the embedded store", runStoreMigrate},
+	}
+}
+
+func runStore(ctx context.Context, a *App, args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		w, code := a.Stdout, ExitOK
+		if len(args) == 0 {
+			w, code = a.Stderr, ExitUsage
+		}
+		if len(args) > 1 && args[0] == "help" {
+			return runStore(ctx, a, []string{args[1], "-h"})
+		}
+		printStoreUsage(w)
+		return code
+	}
+	for _, c := range storeCommands() {
+		if c.name == args[0] {
+			return c.run(ctx, a, args[1:])
+		}
+	}
+	fmt.Fprintf(a.Stderr, "postern store: unknown command %q\n\n", args[0])
+	printStoreUsage(a.Stderr)
+	return ExitUsage
+}
+
+func printStoreUsage(w io.Writer) {
+	fmt.Fprint(w, `Usage: postern store <command> [arguments]
+
+Back up, move and re-encrypt the store of projects and tokens the configuration names.
+
+Commands:
+`)
+	for _, c := range storeCommands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "\nRun 'postern store <command> -h' for its flags.\n")
+}
+
+// storeLogger reports the store's own events (a migration of the old file format, a new key) on
+// standard error.
+func (a *App) storeLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{
+		Level: slog.LevelInfo,
+		ReplaceAttr: func(groups []string, attr slog.Attr) slog.Attr {
+			if len(groups) == 0 && attr.Key == slog.TimeKey {
+				return slog.Attr{} // a command's own output needs no time stamp
+			}
+			return attr
+		},
+	}))
+}
+
+// openStoreLogged opens the configured store with its events on standard error, unless App.OpenStore
+// replaces the opening.
+func (a *App) openStoreLogged(ctx context.Context, cfg *config.Config) (store.Store, error) {
+	if a.OpenStore != nil {
+		return a.OpenStore(ctx, cfg)
+	}
+	return OpenStoreLogged(ctx, cfg, a.storeLogger())
+}
+
+// progressPrinter prints "stage: done/total (pct%)" on w at every tenth of the way and at the end.
+func progressPrinter(w io.Writer) func(stage string, done, total int) {
+	lastStage, lastTenth := "", -1
+	return func(stage string, done, total int) {
+		if total <= 0 {
+			return
+		}
+		tenth := done * 10 / total
+		if stage == lastStage && tenth == lastTenth {
+			return
+		}
+		lastStage, lastTenth = stage, tenth
+		fmt.Fprintf(w, "%s: %d/%d (%d%%)\n", stage, done, total, done*100/total)
+	}
+}
+
+// passphraseFlags are the ways to give an archive's passphrase.
+type passphraseFlags struct {
+	file  string
+	stdin bool
+}
+
+func (f *passphraseFlags) register(fs *flagSet) {
+	fs.StringVar(&f.file, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
+	fs.BoolVar(&f.stdin, "passphrase-stdin", false, "read the passphrase from standard input")
+}
+
+// passphrase reads the passphrase from a file, from standard input, or from the terminal (twice when
+// confirm is set).
+func (a *App) passphrase(f passphraseFlags, confirm bool) (secret.Secret, error) {
+	switch {
+	case f.file != "" && f.stdin:
+		return secret.Secret{}, errors.New("give the passphrase with --passphrase-file or --passphrase-stdin, not both")
+	case f.file != "":
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			return secret.Secret{}, fmt.Errorf("reading the passphrase: %w", err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		line = strings.TrimSuffix(line, "\r")
+		if line == "" {
+			return secret.Secret{}, fmt.Errorf("the passphrase file %s is empty", f.file)
+		}
+		return secret.New(line), nil
+	case f.stdin:
+		return a.readSecret(true, "passphrase", "--passphrase-stdin", "")
+	case confirm:
+		return a.readSecret(false, "passphrase", "--passphrase-stdin or --passphrase-file", "Passphrase for the archive: ")
+	}
+	if a.ReadPassword == nil {
+		return secret.Secret{}, errors.New("no terminal to ask for the passphrase: use --passphrase-stdin or --passphrase-file")
+	}
+	pw, err := a.ReadPassword("Passphrase of the archive: ")
+	if err != nil {
+		return secret.Secret{}, err
+	}
+	return secret.New(pw), nil
+}
+
+const exportAbout = `
+Write every project and token of the store to FILE ("-": standard output), encrypted with a
+passphrase (age, scrypt), for a backup or to move the store to another host. The archive holds the
+secrets: keep the passphrase apart from it. FILE is written with mode 0600 and replaced only once
+complete.
+
+  postern store export --passphrase-file /root/backup.pass /root/postern-$(date +%F).age
+`
+
+func runStoreExport(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("store export", "FILE", exportAbout)
+	load := a.configFlag(fs)
+	var pf passphraseFlags
+	pf.register(fs)
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	out := pos[0]
+	if out == "-" && pf.stdin {
+		fmt.Fprintln(a.Stderr, "postern store export: standard output holds the archive; give the passphrase with --passphrase-file")
+		return ExitUsage
+	}
+	pass, err := a.passphrase(pf, true)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
+		return ExitFail
+	}
+	if len(pass.Reveal()) < transfer.MinPassphrase {
+		fmt.Fprintf(a.Stderr, "postern store export: the passphrase must be at least %d characters\n", transfer.MinPassphrase)
+		return ExitFail
+	}
+	cfg, _, ok := load()
+	if !ok {
+		return ExitFail
+	}
+	st, err := a.openStoreLogged(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
+		return ExitFail
+	}
+	defer st.Close()
+	progress := progressPrinter(a.Stderr)
+	snap, err := transfer.Read(ctx, st, transfer.Options{Progress: progress})
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
+		return ExitFail
+	}
+	write := func(w io.Writer) error {
+		return transfer.Export(w, snap, pass.Reveal(), transfer.ArchiveOptions{Progress: progress, WorkFactor: a.archiveWorkFactor})
+	}
+	if out == "-" {
+		err = write(a.Stdout)
+	} else {
+		err = writeFileAtomic(out, write)
+	}
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
+		return ExitFail
+	}
+	projects, tokens := snap.Counts()
+	fmt.Fprintf(a.Stderr, "exported %d projects and %d tokens to %s\n", projects, tokens, out)
+	return ExitOK
+}
+
+// writeFileAtomic writes path through write: a temporary file beside it (mode 0600), fsync,
+// rename. path is not touched when write fails.
+func writeFileAtomic(path string, write func(io.Writer) error) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return err
+	}
+	if err = write(f); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+const importAbout = `
+Add the projects and tokens of an archive written by 'postern store export' to the store. The
+archive is read and checked whole first. A project or token the store holds already stops the
+import before anything is written, unless --replace is given. Where neither the embedded store nor
+its key file exists yet, the import makes them (as 'postern init' would), and says so.
+`
+
+func runStoreImport(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("store import", "FILE", importAbout)
+	load := a.configFlag(fs)
+	var pf passphraseFlags
+	pf.register(fs)
+	replace := fs.Bool("replace", false, "overwrite the projects and tokens the store holds already")
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	in := pos[0]
+	if in == "-" && pf.stdin {
+		fmt.Fprintln(a.Stderr, "postern store import: standard input holds the archive; give the passphrase with --passphrase-file")
+		return ExitUsage
+	}
+	pass, err := a.passphrase(pf, false)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
+		return ExitFail
+	}
+	r := a.Stdin
+	if in != "-" {
+		f, err := os.Open(in)
+		if err != nil {
+			fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
+			return ExitFail
+		}
+		defer f.Close()
+		r = f
+	}
+	progress := progressPrinter(a.Stderr)
+	snap, err := transfer.ReadArchive(r, pass.Reveal(), transfer.ArchiveOptions{Progress: progress})
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store import: %s: %v\n", in, err)
+		return ExitFail
+	}
+	cfg, _, ok := load()
+	if !ok {
+		return ExitFail
+	}
+	// Like the first `postern project add`, an import may make the embedded store where neither of
+	// its files exists (moving to a new host), and says so.
+	st, ok := a.openStoreMode(ctx, cfg, fileCreate)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	if err := transfer.Write(ctx, st, snap, transfer.Options{Replace: *replace, Progress: progress}); err != nil {
+		fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
+		return ExitFail
+	}
+	projects, tokens := snap.Counts()
+	fmt.Fprintf(a.Stderr, "imported %d projects and %d tokens from %s\n", projects, tokens, in)
+	return ExitOK
+}
+
+const rekeyAbout = `
+Re-encrypt every record of the embedded store under a new key, written to the key file. The change
+is atomic: a crash leaves the store under the old key or under the new one, and Postern finds
+either. A running 'postern serve' picks the new key up at its next read. Back up the new key file;
+backups of the store made before need the old one (archives from 'postern store export' have their
+own passphrase and are not affected).
+`
+
+func runStoreRekey(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("store rekey", "", rekeyAbout)
+	load := a.configFlag(fs)
+	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
+		return code
+	}
+	cfg, _, ok := load()
+	if !ok {
+		return ExitFail
+	}
+	if cfg.Store.File == nil {
+		fmt.Fprintln(a.Stderr, "postern store rekey: the store is Vault, which encrypts with its own keys: rotate them with 'vault operator rotate'")
+		return ExitFail
+	}
+	st, err := a.openStoreLogged(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
+		return ExitFail
+	}
+	defer st.Close()
+	rk, ok := st.(interface {
+		Rekey(ctx context.Context, progress func(done, total int)) error
+	})
+	if !ok {
+		fmt.Fprintln(a.Stderr, "postern store rekey: this store cannot be rekeyed")
+		return ExitFail
+	}
+	progress := progressPrinter(a.Stderr)
+	if err := rk.Rekey(ctx, func(done, total int) { progress("re-encrypting", done, total) }); err != nil {
+		fmt.Fprintf(a.Stderr, "postern store rekey: %v\n", err)
+		return ExitFail
+	}
+	fmt.Fprintf(a.Stderr, "rekeyed the store %s; the new key is in %s: back it up\n", cfg.Store.File.Path, cfg.Store.File.KeyFile)
+	return ExitOK
+}
+
+const migrateAbout = `
+Copy every project and token from the store the configuration names into another kind of store:
+--to vault from the embedded store, --to file from Vault. The target is the store section of
+--to-config FILE (another configuration file; only its store section is used), or else, for Vault,
+Vault's own environment (VAULT_ADDR, VAULT_TOKEN, ...) with mount "secret" and prefix "postern", and
+for the embedded store its default files (created where neither the database nor its key file
+exists; one without the other is refused). A project or token the target
+holds already stops the migration before anything is written, unless --replace is given.
+
+Postern keeps using the configured store until the configuration is changed to name the target:
+
+  postern store migrate --to vault --to-config /etc/postern/postern-vault.yaml
+  mv /etc/postern/postern-vault.yaml /etc/postern/postern.yaml   # then restart postern serve
+
+A store in the format of earlier versions (one encrypted file) is moved to the embedded database
+the first time any command opens it; the old file is kept beside it with the suffix .migrated.
+`
+
+func runStoreMigrate(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("store migrate", "", migrateAbout)
+	load := a.configFlag(fs)
+	to := fs.String("to", "", "the `KIND` of store to copy to: vault or file")
+	toConfig := fs.String("to-config", "", "configuration `FILE` whose store section is the target")
+	replace := fs.Bool("replace", false, "overwrite the projects and tokens the target holds already")
+	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
+		return code
+	}
+	if *to != "vault" && *to != "file" {
+		fmt.Fprintf(a.Stderr, "postern store migrate: --to must be vault or file, not %q\n\n", *to)
+		fs.printUsage(a.Stderr)
+		return ExitUsage
+	}
+	cfg, _, ok := load()
+	if !ok {
+		return ExitFail
+	}
+	target := &config.Config{}
+	if *toConfig != "" {
+		if target, _, ok = a.loadConfig(*toConfig, true); !ok {
+			return ExitFail
+		}
+	} else if *to == "vault" {
+		target.Store.Vault = &config.VaultConfig{Mount: config.DefaultVaultMount, Prefix: config.DefaultVaultPrefix}
+	} else {
+		target.Store.File = &config.FileStore{Path: config.DefaultStorePath, KeyFile: config.DefaultStoreKeyFile}
+	}
+	switch {
+	case *to == "vault" && target.Store.Vault == nil:
+		fmt.Fprintf(a.Stderr, "postern store migrate: %s names no Vault store (store.vault)\n", *toConfig)
+		return ExitFail
+	case *to == "file" && target.Store.File == nil:
+		fmt.Fprintf(a.Stderr, "postern store migrate: %s names no embedded store (store.file)\n", *toConfig)
+		return ExitFail
+	case *to == "vault" && cfg.Store.Vault != nil, *to == "file" && cfg.Store.File != nil:
+		fmt.Fprintf(a.Stderr, "postern store migrate: the configured store is already a %s store; to move it to another host use 'postern store export' and 'import'\n", *to)
+		return ExitFail
+	}
+	target.Store.Vault, target.Store.File = pick(*to == "vault", target.Store.Vault), pick(*to == "file", target.Store.File)
+
+	src, err := a.openStoreLogged(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
+		return ExitFail
+	}
+	defer src.Close()
+	var dst store.Store
+	if f := target.Store.File; f != nil && a.OpenStore == nil {
+		// The target is made where neither of its files exists; one without the other is refused.
+		var b *boltstore.Store
+		if b, err = OpenEmbedded(ctx, f, a.storeLogger(), true); err == nil {
+			dst = b
+			if b.Created() {
+				fmt.Fprintf(a.Stderr, "postern: created a new, empty store %s with its key file %s; back the key file up: the store cannot be read without it\n", f.Path, f.KeyFile)
+			}
+		}
+	} else {
+		dst, err = a.openStoreLogged(ctx, target)
+	}
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store migrate: the target: %v\n", err)
+		return ExitFail
+	}
+	defer dst.Close()
+	snap, err := transfer.Copy(ctx, dst, src, transfer.Options{Replace: *replace, Progress: progressPrinter(a.Stderr)})
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern store migrate: %v\n", err)
+		return ExitFail
+	}
+	projects, tokens := snap.Counts()
+	fmt.Fprintf(a.Stderr, "copied %d projects and %d tokens from %s to %s\n", projects, tokens, describeStore(cfg), describeStore(target))
+	fmt.Fprintln(a.Stderr, "Postern keeps using the configured store until the configuration names the new one; then restart postern serve.")
+	return ExitOK
+}
+
+func pick[T any](keep bool, v *T) *T {
+	if keep {
+		return v
+	}
+	return nil
+}
+
+// describeStore names a configuration's store without any secret.
+func describeStore(cfg *config.Config) string {
+	if v := cfg.Store.Vault; v != nil {
+		addr := v.Address
+		if addr == "" {
+			addr = os.Getenv("VAULT_ADDR")
+		}
+		return fmt.Sprintf("Vault %s (%s/%s)", addr, v.Mount, v.Prefix)
+	}
+	if f := cfg.Store.File; f != nil {
+		return "the embedded store " + f.Path
+	}
+	return "no store"
+}
