@@ -496,7 +496,7 @@ func (s *Store) confirmEmptyLocked(ctx context.Context, n int) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("Vault lists nothing under %s/projects/ where it held %d project(s), not even the records deletes leave: check store.vault's mount and prefix, the policy, and that this is the Vault the projects are in: %w",
+	return fmt.Errorf("vault lists nothing under %s/projects/ where it held %d project(s), not even the records deletes leave: check store.vault's mount and prefix, the policy, and that this is the Vault the projects are in: %w",
 		s.prefix, n, store.ErrProjectsLost)
 }
 
