@@ -84,6 +84,31 @@ type command struct {
 	run           commandFunc
 }
 
+// runGroup runs the command of a group (postern GROUP NAME ...) that args names: with no
+// arguments, -h or help, the group's usage (help NAME: that command's); an unknown name is a usage
+// error, noun being what the group's commands are called.
+func (a *App) runGroup(ctx context.Context, group, noun string, cmds []command, usage func(io.Writer), args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
+		w, code := a.Stdout, ExitOK
+		if len(args) == 0 {
+			w, code = a.Stderr, ExitUsage
+		}
+		if len(args) > 1 && args[0] == "help" {
+			return a.runGroup(ctx, group, noun, cmds, usage, []string{args[1], "-h"})
+		}
+		usage(w)
+		return code
+	}
+	for _, c := range cmds {
+		if c.name == args[0] {
+			return c.run(ctx, a, args[1:])
+		}
+	}
+	fmt.Fprintf(a.Stderr, "postern %s: unknown %s %q\n\n", group, noun, args[0])
+	usage(a.Stderr)
+	return ExitUsage
+}
+
 // commands returns the top-level commands in the order help lists them.
 func commands() []command {
 	return []command{

@@ -24,25 +24,7 @@ func importCommands() []subcommand {
 }
 
 func runImport(ctx context.Context, a *App, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		w, code := a.Stdout, ExitOK
-		if len(args) == 0 {
-			w, code = a.Stderr, ExitUsage
-		}
-		if len(args) > 1 && args[0] == "help" {
-			return runImport(ctx, a, []string{args[1], "-h"})
-		}
-		printImportUsage(w)
-		return code
-	}
-	for _, c := range importCommands() {
-		if c.name == args[0] {
-			return c.run(ctx, a, args[1:])
-		}
-	}
-	fmt.Fprintf(a.Stderr, "postern import: unknown tool %q\n\n", args[0])
-	printImportUsage(a.Stderr)
-	return ExitUsage
+	return a.runGroup(ctx, "import", "tool", importCommands(), printImportUsage, args)
 }
 
 func printImportUsage(w io.Writer) {

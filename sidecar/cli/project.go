@@ -28,10 +28,8 @@ import (
 // maxPasswordBytes bounds what --password-stdin reads.
 const maxPasswordBytes = 64 << 10
 
-type subcommand struct {
-	name, summary string
-	run           commandFunc
-}
+// subcommand is a command of a group (project, import, store).
+type subcommand = command
 
 func projectCommands() []subcommand {
 	return []subcommand{
@@ -46,25 +44,7 @@ func projectCommands() []subcommand {
 }
 
 func runProject(ctx context.Context, a *App, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		w, code := a.Stdout, ExitOK
-		if len(args) == 0 {
-			w, code = a.Stderr, ExitUsage
-		}
-		if len(args) > 1 && args[0] == "help" {
-			return runProject(ctx, a, []string{args[1], "-h"})
-		}
-		printProjectUsage(w)
-		return code
-	}
-	for _, c := range projectCommands() {
-		if c.name == args[0] {
-			return c.run(ctx, a, args[1:])
-		}
-	}
-	fmt.Fprintf(a.Stderr, "postern project: unknown command %q\n\n", args[0])
-	printProjectUsage(a.Stderr)
-	return ExitUsage
+	return a.runGroup(ctx, "project", "command", projectCommands(), printProjectUsage, args)
 }
 
 func printProjectUsage(w io.Writer) {

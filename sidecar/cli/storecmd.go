@@ -30,25 +30,7 @@ func storeCommands() []command {
 }
 
 func runStore(ctx context.Context, a *App, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		w, code := a.Stdout, ExitOK
-		if len(args) == 0 {
-			w, code = a.Stderr, ExitUsage
-		}
-		if len(args) > 1 && args[0] == "help" {
-			return runStore(ctx, a, []string{args[1], "-h"})
-		}
-		printStoreUsage(w)
-		return code
-	}
-	for _, c := range storeCommands() {
-		if c.name == args[0] {
-			return c.run(ctx, a, args[1:])
-		}
-	}
-	fmt.Fprintf(a.Stderr, "postern store: unknown command %q\n\n", args[0])
-	printStoreUsage(a.Stderr)
-	return ExitUsage
+	return a.runGroup(ctx, "store", "command", storeCommands(), printStoreUsage, args)
 }
 
 func printStoreUsage(w io.Writer) {
