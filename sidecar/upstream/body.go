@@ -5,8 +5,8 @@ import (
 	"bytes"
 )
 
-// bodyWriter writes a message body for DATA a line at a time (net/textproto's DotWriter, which
-// go-smtp's client uses, goes a byte at a time): a dot that begins a line is doubled, a bare LF is
+// bodyWriter writes a message body for DATA a line at a time (net/textproto's DotWriter goes a
+// byte at a time): a dot that begins a line is doubled, a bare LF is
 // sent as CRLF, every other byte as it is, and finish ends the body with the final dot.
 type bodyWriter struct {
 	w *bufio.Writer

@@ -1,19 +1,15 @@
 package upstream
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/textproto"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -32,13 +28,13 @@ type Conn struct {
 	fp     string
 	mech   string
 	nc     net.Conn // the TCP connection
-	guard  *guardConn
+	guard  *guard   // bounds each operation's I/O on nc
 	trace  *tracer
-	wire   *wireConn // what client talks over
-	client *smtp.Client
-	rd     *textproto.Reader // the replies of transactions (tx.go)
+	wire   *wireConn         // the session's connection: nc, or TLS over it
+	rd     *textproto.Reader // every reply of the session, read from wire
 	bodies *sync.Pool        // *bodyBuffers, shared by all connections of the Pools
 
+	ext       map[string]string // the extensions of the last EHLO reply (session.go)
 	maxSize   int64
 	encrypted bool
 	lastUsed  time.Time
@@ -51,8 +47,7 @@ type Conn struct {
 	mailFrom   string    // this transaction's sender
 	mailOpts   smtp.MailOptions
 
-	txOpen    bool   // MAIL was sent and the transaction has not ended
-	broken    bool   // an error left the session in an unknown state
+	state     state  // ready, in a transaction, broken; changed by enter only
 	done      bool   // released or discarded
 	reply     string // the upstream's reply to the last accepted message
 	closeOnce sync.Once
@@ -76,9 +71,9 @@ func (p *Pools) dial(ctx context.Context, pl *pool, proj project.Project, auth A
 		return nil, e
 	}
 	c.nc = nc
-	c.guard = &guardConn{Conn: nc}
+	c.guard = &guard{conn: nc}
 	if err := c.open(ctx, u, auth); err != nil {
-		c.closeNow()
+		c.enter(stateBroken)
 		return nil, err
 	}
 	c.lastUsed = p.opts.Now()
@@ -104,97 +99,36 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 			return &Error{Stage: StageTLS, Addr: c.addr, Message: err.Error()}
 		}
 	}
-	var conn net.Conn = c.guard
 	switch u.TLS {
 	case project.TLSImplicit:
-		tc := tls.Client(c.guard, cfg)
+		tc := tls.Client(c.nc, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return c.tlsError(ctx, cfg.ServerName, err)
 		}
-		conn, c.encrypted = tc, true
+		c.attach(tc)
+		c.encrypted = true
 	case project.TLSStartTLS, project.TLSNone:
+		c.attach(c.nc)
 	default:
 		return &Error{Stage: StageConnect, Addr: c.addr, Message: fmt.Sprintf("upstream.tls %q: use starttls, implicit or none", u.TLS)}
 	}
 
-	pw := &wireConn{Conn: conn, trace: c.trace}
-	pre := textproto.NewConn(pw)
-	if _, err := readReply(pre, pw, 220); err != nil {
+	if _, _, err := c.read(220); err != nil {
 		return c.ioError(ctx, StageGreeting, err, o.GreetingTimeout)
 	}
 	if u.TLS == project.TLSStartTLS {
-		tc, err := c.startTLS(ctx, pre, pw, cfg)
-		if err != nil {
+		if err := c.startTLS(ctx, cfg); err != nil {
 			return err
 		}
-		conn, c.encrypted, pre = tc, true, nil
 	}
-
-	// go-smtp's client reads the greeting itself; give it one, followed by anything the server
-	// sent after its real greeting.
-	replay := io.Reader(strings.NewReader("220 greeting read\r\n"))
-	if pre != nil && pre.R.Buffered() > 0 {
-		rest, _ := pre.R.Peek(pre.R.Buffered())
-		replay = io.MultiReader(replay, bytes.NewReader(bytes.Clone(rest)))
-	}
-	c.wire = &wireConn{Conn: conn, replay: replay, trace: c.trace}
-	c.client = smtp.NewClient(c.wire)
-	c.client.CommandTimeout = o.GreetingTimeout
-	c.client.SubmissionTimeout = o.DataTimeout
-	if err := c.wire.over(c.client.Hello(o.LocalName)); err != nil {
+	if err := c.hello(true); err != nil {
 		return c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
 	}
-
-	if auth.SASL != nil || auth.Username != "" {
-		if !c.encrypted && u.TLS != project.TLSNone {
-			return &Error{Stage: StageAuth, Addr: c.addr, Message: "refusing to send credentials over an unencrypted connection"}
-		}
-		sc, mech, err := saslClient(c.client, auth)
-		if err != nil {
-			return &Error{Stage: StageAuth, Addr: c.addr, Message: err.Error()}
-		}
-		c.mech = mech
-		c.trace.setMode(traceAuth)
-		err = c.wire.over(c.client.Auth(sc))
-		c.trace.setMode(traceCommands)
-		if err != nil {
-			return c.ioError(ctx, StageAuth, err, o.GreetingTimeout)
-		}
+	if err := c.signIn(ctx, u, auth); err != nil {
+		return err
 	}
-	c.client.CommandTimeout = o.CommandTimeout
 	c.readExtensions()
 	return nil
-}
-
-// startTLS says EHLO, requires STARTTLS, and runs the handshake. The caller says EHLO again.
-func (c *Conn) startTLS(ctx context.Context, pre *textproto.Conn, pw *wireConn, cfg *tls.Config) (net.Conn, *Error) {
-	o := c.opts
-	if err := pre.PrintfLine("EHLO %s", o.LocalName); err != nil {
-		return nil, c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
-	}
-	msg, err := readReply(pre, pw, 250)
-	if err != nil {
-		return nil, c.ioError(ctx, StageEHLO, err, o.GreetingTimeout)
-	}
-	if !hasExtension(msg, "STARTTLS") {
-		return nil, &Error{Stage: StageTLS, Addr: c.addr,
-			Message: "the upstream offers no STARTTLS, and Postern sends neither credentials nor mail in plain text " +
-				"(for a server that speaks TLS from the start, set upstream.tls to implicit)"}
-	}
-	if err := pre.PrintfLine("STARTTLS"); err != nil {
-		return nil, c.ioError(ctx, StageTLS, err, o.GreetingTimeout)
-	}
-	if _, err := readReply(pre, pw, 220); err != nil {
-		return nil, c.ioError(ctx, StageTLS, err, o.GreetingTimeout)
-	}
-	if pre.R.Buffered() > 0 {
-		return nil, &Error{Stage: StageTLS, Addr: c.addr, Message: "the upstream sent data before the TLS handshake"}
-	}
-	tc := tls.Client(c.guard, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, c.tlsError(ctx, cfg.ServerName, err)
-	}
-	return tc, nil
 }
 
 func (c *Conn) tlsError(ctx context.Context, name string, err error) *Error {
@@ -208,16 +142,11 @@ func (c *Conn) tlsError(ctx context.Context, name string, err error) *Error {
 func (c *Conn) readExtensions() {
 	c.pipelining = c.has("PIPELINING")
 	c.maxSize = 0
-	if ok, v := c.client.Extension("SIZE"); ok {
+	if ok, v := c.extension("SIZE"); ok {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
 			c.maxSize = n
 		}
 	}
-}
-
-func (c *Conn) has(ext string) bool {
-	ok, _ := c.client.Extension(ext)
-	return ok
 }
 
 // MaxSize is the largest message the upstream accepts, from its SIZE extension; 0 if it set none.
@@ -256,25 +185,16 @@ func (c *Conn) Release() {
 		return
 	}
 	c.queue, c.mailErr, c.mailFrom, c.mailOpts = nil, nil, "", smtp.MailOptions{}
-	if !c.broken && c.txOpen {
-		err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, func() error {
-			if err := c.client.Reset(); err != nil {
-				return err
-			}
-			// go-smtp's client says EHLO again after RSET; do it now, within this bound.
-			return c.client.Hello(c.opts.LocalName)
-		})
-		if err != nil {
-			c.broken = true
+	if c.state == stateTx {
+		if err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, c.simple("RSET", 250)); err != nil {
 			c.log.Debug("upstream connection not reusable", "error", err.Error())
+			c.enter(stateBroken)
 		} else {
-			c.txOpen = false
-			c.readExtensions()
+			c.enter(stateReady)
 		}
 	}
 	c.done = true
-	if c.broken {
-		c.closeNow()
+	if c.state == stateBroken {
 		c.pl.drop()
 		return
 	}
@@ -287,29 +207,39 @@ func (c *Conn) Discard() {
 		return
 	}
 	c.done = true
-	c.broken = true
-	c.closeNow()
+	c.enter(stateBroken)
 	c.pl.drop()
 }
 
 // check makes sure a pooled connection still answers.
 func (c *Conn) check(ctx context.Context) error {
-	err := c.run(ctx, "noop", c.opts.GreetingTimeout, c.client.Noop)
+	err := c.run(ctx, "noop", c.opts.GreetingTimeout, c.simple("NOOP", 250))
 	if err != nil {
-		c.broken = true
 		c.log.Debug("pooled upstream connection failed its check", "error", err.Error())
+		c.enter(stateBroken)
 	}
 	return err
 }
 
 // quit says QUIT, briefly, and closes c.
 func (c *Conn) quit() {
-	if !c.broken && c.client != nil {
+	if c.state != stateBroken {
 		end := c.guard.begin(context.Background(), min(quitTimeout, c.opts.GreetingTimeout))
-		c.client.Quit()
+		c.simple("QUIT", 221)()
 		end()
 	}
-	c.closeNow()
+	c.enter(stateBroken)
+}
+
+// simple is a command that takes one reply with the code expect.
+func (c *Conn) simple(line string, expect int) func() error {
+	return func() error {
+		if err := c.cmd(line); err != nil {
+			return err
+		}
+		_, _, err := c.read(expect)
+		return err
+	}
 }
 
 func (c *Conn) closeNow() {
@@ -332,7 +262,7 @@ func (c *Conn) unusable(stage string) *Error {
 	switch {
 	case c.done:
 		return &Error{Stage: stage, Addr: c.addr, Message: "connection used after Release or Discard"}
-	case c.broken:
+	case c.state == stateBroken:
 		return &Error{Stage: stage, Addr: c.addr, Message: "connection is broken by an earlier error"}
 	}
 	return nil
@@ -341,7 +271,7 @@ func (c *Conn) unusable(stage string) *Error {
 // run does one exchange within timeout and ctx.
 func (c *Conn) run(ctx context.Context, stage string, timeout time.Duration, f func() error) error {
 	end := c.guard.begin(ctx, timeout)
-	err := c.wire.over(f())
+	err := f()
 	end()
 	if err != nil {
 		return c.ioError(ctx, stage, err, timeout)
@@ -350,16 +280,11 @@ func (c *Conn) run(ctx context.Context, stage string, timeout time.Duration, f f
 }
 
 // ioError makes an Error of what an exchange returned. Anything but an SMTP reply, and a 421,
-// leaves the connection unusable.
+// leaves the connection broken.
 func (c *Conn) ioError(ctx context.Context, stage string, err error, timeout time.Duration) *Error {
-	if errors.Is(err, smtp.ErrTooLongLine) {
-		// go-smtp's client limits the lines it reads, as wireConn does (replyLimit).
-		err = fmt.Errorf("%w: %w", ErrReplyTooLarge, err)
-	}
 	e := replyError(stage, c.addr, err)
 	if e.Code == 0 || e.Code == 421 {
-		c.broken = true
-		c.closeNow()
+		c.enter(stateBroken)
 	}
 	if e.Code != 0 {
 		return e
@@ -384,51 +309,4 @@ func isTimeout(err error) bool {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
-}
-
-// readReply reads one reply from tp, which reads w, turning a negative one into an
-// *smtp.SMTPError as go-smtp does.
-func readReply(tp *textproto.Conn, w *wireConn, expect int) (string, error) {
-	_, msg, err := tp.ReadResponse(expect)
-	err = w.over(err)
-	var te *textproto.Error
-	if errors.As(err, &te) {
-		return msg, toSMTPError(te.Code, te.Msg)
-	}
-	return msg, err
-}
-
-func toSMTPError(code int, msg string) *smtp.SMTPError {
-	e := &smtp.SMTPError{Code: code, Message: msg}
-	first, rest, ok := strings.Cut(msg, " ")
-	if !ok {
-		return e
-	}
-	parts := strings.Split(first, ".")
-	if len(parts) != 3 {
-		return e
-	}
-	var enh smtp.EnhancedCode
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil {
-			return e
-		}
-		enh[i] = n
-	}
-	e.EnhancedCode = enh
-	e.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
-	return e
-}
-
-// hasExtension reports whether an EHLO reply (as textproto returns it) lists ext.
-func hasExtension(ehlo, ext string) bool {
-	sc := bufio.NewScanner(strings.NewReader(ehlo))
-	sc.Scan() // the greeting line
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) > 0 && strings.EqualFold(f[0], ext) {
-			return true
-		}
-	}
-	return false
 }

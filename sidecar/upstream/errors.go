@@ -146,7 +146,7 @@ func hasEnhanced(c smtp.EnhancedCode) bool {
 	return c != smtp.EnhancedCode{} && c != smtp.NoEnhancedCode
 }
 
-// replyError turns what go-smtp returned into an Error. An *smtp.SMTPError keeps the upstream's
+// replyError turns what an exchange returned into an Error. An *smtp.SMTPError keeps the upstream's
 // reply; anything else has no code.
 func replyError(stage, addr string, err error) *Error {
 	var se *smtp.SMTPError

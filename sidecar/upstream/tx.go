@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/textproto"
 	"slices"
 	"strings"
 	"time"
@@ -16,15 +15,11 @@ import (
 	envelope "github.com/postern/postern/sidecar/address"
 )
 
-// A transaction (MAIL, RCPT, DATA, the message) is Postern's own exchange on the connection that
-// go-smtp's client opened and signed in: go-smtp's client sends one command and waits for its
-// reply, and writes a message a byte at a time. With an upstream that offers PIPELINING (RFC 2920),
-// MAIL, the recipients and DATA go out in one write and the message follows the 354 reply: two
-// round trips per message instead of three plus one per recipient.
-//
-// Both read the same stream, each through its own buffer; they take turns, and each reads only
-// the replies to its own commands. An upstream that sends more than it was asked for leaves the
-// connection broken, never in a state where the wrong reply is read.
+// A transaction (MAIL, RCPT, DATA, the message) runs on a signed-in session (session.go). With an
+// upstream that offers PIPELINING (RFC 2920), MAIL, the recipients and DATA go out in one write
+// and the message follows the 354 reply: two round trips per message instead of three plus one
+// per recipient. An upstream that sends more than it was asked for leaves the connection broken,
+// never in a state where the wrong reply is read.
 
 // command is one command of a transaction and the reply code class it expects.
 type command struct {
@@ -33,9 +28,9 @@ type command struct {
 	expect int // for textproto.ReadResponse: 250, 25 (any 25x) or 354
 }
 
-// mailCommand formats MAIL FROM as go-smtp's client does: BODY=8BITMIME whenever the upstream
-// offers 8BITMIME, SIZE when known and the upstream offers SIZE, SMTPUTF8 and REQUIRETLS when
-// asked for (refuse has checked the upstream offers them). The sender is written as
+// mailCommand formats MAIL FROM: BODY=8BITMIME whenever the upstream offers 8BITMIME, SIZE when
+// known and the upstream offers SIZE, SMTPUTF8 and REQUIRETLS when asked for (refuse has checked
+// the upstream offers them). The sender is written as
 // address.Path does; one that cannot be is refused here (553 5.1.7).
 func (c *Conn) mailCommand(from string, opts *smtp.MailOptions) (command, *Error) {
 	path, err := envelope.Path(from)
@@ -80,9 +75,6 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 	end := c.guard.begin(ctx, c.opts.CommandTimeout)
 	defer end()
 	replies = make([]*Error, len(cmds))
-	if c.rd == nil {
-		c.rd = textproto.NewReader(bufio.NewReader(c.wire))
-	}
 	send := func(cmds []command) *Error {
 		var b strings.Builder
 		for _, cmd := range cmds {
@@ -90,7 +82,7 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 			b.WriteString("\r\n")
 		}
 		if cmds[0].stage == StageMail {
-			c.txOpen = true
+			c.enter(stateTx)
 		}
 		if _, err := io.WriteString(c.wire, b.String()); err != nil {
 			return c.ioError(ctx, cmds[0].stage, err, c.opts.CommandTimeout)
@@ -103,8 +95,7 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 	}
 	finish := func() *Error {
 		if c.rd.R.Buffered() > 0 {
-			c.broken = true
-			c.closeNow()
+			c.enter(stateBroken)
 			return &Error{Stage: cmds[len(cmds)-1].stage, Addr: c.addr, Message: "the upstream sent more replies than commands it was given"}
 		}
 		return nil
@@ -145,8 +136,8 @@ func (c *Conn) exchange(ctx context.Context, cmds []command) (replies []*Error, 
 	return replies, finish()
 }
 
-// Mail starts a transaction: MAIL FROM with BODY=8BITMIME whenever the upstream offers 8BITMIME
-// (as go-smtp's client sends it), and SIZE and SMTPUTF8 where it offers them. SMTPUTF8 goes with
+// Mail starts a transaction: MAIL FROM with BODY=8BITMIME whenever the upstream offers 8BITMIME,
+// and SIZE and SMTPUTF8 where it offers them. SMTPUTF8 goes with
 // MAIL when opts asks for it or when the sender needs it (address.NeedsSMTPUTF8), and, while MAIL
 // waits to go out with the recipients, when a recipient needs it. What the upstream declared it
 // cannot take is refused here with a permanent *Error (Local set): an 8-bit or binary body without
@@ -191,7 +182,8 @@ func (c *Conn) flush(ctx context.Context) error {
 		return e
 	}
 	if r := replies[0]; r != nil {
-		c.mailErr, c.txOpen = r, false
+		c.mailErr = r
+		c.enter(stateReady)
 		return r
 	}
 	return nil
@@ -257,7 +249,8 @@ func (c *Conn) rcpts(ctx context.Context, to []string, data bool) (rcptErrs []*E
 	}
 	if mailQueued {
 		if r := replies[0]; r != nil {
-			c.mailErr, c.txOpen = r, false
+			c.mailErr = r
+			c.enter(stateReady)
 			if data && replies[len(replies)-1] == nil {
 				c.abortData(ctx) // a 354 after all: end the empty message
 			}
@@ -317,17 +310,15 @@ func (c *Conn) recipient(to string, cmds []command) (command, *Error) {
 func (c *Conn) abortData(ctx context.Context) {
 	end := c.guard.begin(ctx, c.opts.CommandTimeout)
 	defer end()
-	if _, err := io.WriteString(c.wire, ".\r\n"); err != nil {
+	if err := c.cmd("."); err != nil {
 		c.ioError(ctx, StageData, err, c.opts.CommandTimeout)
 		return
 	}
-	if _, _, err := c.rd.ReadResponse(0); err != nil {
-		var te *textproto.Error
-		if !errors.As(err, &te) {
-			c.ioError(ctx, StageData, err, c.opts.CommandTimeout)
-		}
+	if _, _, err := c.read(0); err != nil {
+		c.ioError(ctx, StageData, err, c.opts.CommandTimeout)
+		return
 	}
-	c.txOpen = true
+	c.enter(stateTx)
 }
 
 // Data sends DATA and the message to the recipients Rcpt added, and returns the upstream's final
@@ -375,8 +366,7 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 	c.trace.setMode(traceCommands)
 	if err != nil {
 		if src.err != nil {
-			c.broken = true
-			c.closeNow()
+			c.enter(stateBroken)
 			return &Error{Stage: StageData, Addr: c.addr, Message: "reading the message failed; the upstream transaction was abandoned", Err: src.err}
 		}
 		return c.ioError(ctx, StageData, err, c.opts.DataTimeout)
@@ -385,13 +375,12 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 	if e != nil {
 		return e
 	}
-	c.txOpen = false // the upstream gave its final word on this message
+	c.enter(stateReady) // the upstream gave its final word on this message
 	if refused != nil {
 		return refused
 	}
 	if c.rd.R.Buffered() > 0 {
-		c.broken = true
-		c.closeNow()
+		c.enter(stateBroken)
 	}
 	c.reply = msg
 	return nil
@@ -400,15 +389,13 @@ func (c *Conn) body(ctx context.Context, r io.Reader) error {
 // readReply reads the reply to one command of a transaction. A negative reply is refused; a
 // failure to read one, or a 421 (the upstream is closing), is failed, and leaves c broken.
 func (c *Conn) readReply(ctx context.Context, stage string, expect int, timeout time.Duration) (msg string, refused, failed *Error) {
-	_, msg, err := c.rd.ReadResponse(expect)
-	err = c.wire.over(err)
-	var te *textproto.Error
+	_, msg, err := c.read(expect)
+	var se *smtp.SMTPError
 	switch {
-	case errors.As(err, &te):
-		refused = replyError(stage, c.addr, toSMTPError(te.Code, te.Msg))
+	case errors.As(err, &se):
+		refused = replyError(stage, c.addr, se)
 		if refused.Code == 421 {
-			c.broken = true
-			c.closeNow()
+			c.enter(stateBroken)
 			return msg, nil, refused
 		}
 		return msg, refused, nil

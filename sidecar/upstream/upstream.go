@@ -13,10 +13,13 @@
 //     has idled longer than Options.CheckIdleAfter), or opens one while the project has fewer
 //     than project.Limits.Connections() open, or waits its turn for one, at most
 //     Options.MaxConnWait.
-//  3. Opening a connection: TCP; implicit TLS, or the greeting, EHLO, STARTTLS and EHLO again
-//     (RFC 3207: everything learned before TLS is forgotten); certificate verification against the
-//     system's roots plus project.Upstream.CAPEM; then AUTH PLAIN or LOGIN with the project's
-//     username and password, or the SASL client the caller supplies (XOAUTH2). Credentials are
+//  3. Opening a connection: TCP; with implicit TLS the handshake, the greeting and EHLO; with
+//     STARTTLS the greeting, EHLO, STARTTLS, the handshake and EHLO again (RFC 3207: everything
+//     learned before TLS is forgotten); certificate verification against the system's roots plus
+//     project.Upstream.CAPEM; HELO instead of the last EHLO when the upstream answers it with 500
+//     or 502. Then AUTH PLAIN or LOGIN with the project's username and password, or the SASL
+//     client the caller supplies (XOAUTH2); an initial response that would take the AUTH line
+//     over 512 octets answers the server's first challenge instead (RFC 4954). Credentials are
 //     never sent over an unencrypted connection unless the project's TLS mode is none, which only
 //     a loopback upstream may use.
 //  4. Mail, Rcpt and Data relay the message, or Mail and Send, which takes the recipients with
@@ -29,6 +32,10 @@
 //     instead when an error left its state unknown), Discard closes it. Idle connections close after
 //     Options.IdleTimeout; connections opened with settings that have since changed (host, port,
 //     TLS, server name, CA, verification, username, mechanism) are not reused.
+//
+// Each connection is one SMTP session that this package runs itself (session.go), from the
+// greeting to QUIT: one reader of the upstream's replies and one state, ready, in a transaction
+// (reset with RSET before the connection is reused) or broken (closed, never reused).
 //
 // Every reply of the upstream, from the greeting on, is read within limits (a line of 1000 octets,
 // a reply of 64 KiB or 128 lines): a reply over them fails the exchange with ErrReplyTooLarge, a
@@ -279,9 +286,7 @@ func (p *Pools) Acquire(ctx context.Context, proj project.Project, auth Auth) (*
 			return c, nil
 		}
 		// Stale: open a fresh connection in the slot it held.
-		if c.broken {
-			c.closeNow()
-		} else {
+		if c.state != stateBroken {
 			p.background(c.quit)
 		}
 		pl.redial()

@@ -1045,9 +1045,9 @@ func ExamplePools() {
 }
 
 // An upstream, or anyone on the network path before STARTTLS, cannot make Postern hold an
-// unbounded reply in memory: every reply read (the greeting and the EHLO before STARTTLS by
-// Postern, the EHLO after it by go-smtp's client, the transaction's replies by Postern) stops at a
-// line or reply limit, as a temporary failure that closes the connection. Not parallel: the
+// unbounded reply in memory: every reply read (the greeting, the EHLO before STARTTLS or without
+// it, the transaction's replies) stops at a line or reply limit, as a temporary failure that
+// closes the connection. Not parallel: the
 // memory it measures must be its own.
 func TestReplyLimits(t *testing.T) {
 	const payload = 64 << 20
@@ -1061,8 +1061,8 @@ func TestReplyLimits(t *testing.T) {
 		{"greeting lines", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodGreeting, Lines: true}, upstream.StageGreeting},
 		{"EHLO before STARTTLS", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodEHLO}, upstream.StageEHLO},
 		{"EHLO lines before STARTTLS", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodEHLO, Lines: true}, upstream.StageEHLO},
-		{"EHLO read by go-smtp", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO}, upstream.StageEHLO},
-		{"EHLO lines read by go-smtp", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO, Lines: true}, upstream.StageEHLO},
+		{"EHLO without STARTTLS", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO}, upstream.StageEHLO},
+		{"EHLO lines without STARTTLS", project.TLSNone, upstreamtest.Flood{At: upstreamtest.FloodEHLO, Lines: true}, upstream.StageEHLO},
 		{"MAIL", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodMail}, upstream.StageMail},
 		{"MAIL lines", project.TLSStartTLS, upstreamtest.Flood{At: upstreamtest.FloodMail, Lines: true}, upstream.StageMail},
 	} {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -15,71 +14,38 @@ import (
 // longAgo is a deadline in the past: every blocked read or write returns at once.
 var longAgo = time.Unix(1, 0)
 
-// guardConn bounds all I/O of one operation (dial, MAIL, DATA, ...) by the operation's timeout and
-// context. go-smtp's client sets a deadline around each command and clears it afterwards (so none
-// applies while it writes a message body); guardConn clamps every deadline it sets to the end of the
-// current operation, and once the operation's context is done it keeps every deadline in the past.
-// It sits under TLS, which passes its deadlines down.
-type guardConn struct {
-	net.Conn
+// guard bounds all I/O of one operation (dial, MAIL, DATA, ...) on a connection by the
+// operation's timeout and context: begin sets the connection's deadline to the earlier of the two,
+// and once the context is done puts it in the past, so every blocked read or write returns at
+// once. Deadlines set on the TCP connection hold for TLS above it.
+type guard struct {
+	conn net.Conn
 
-	mu      sync.Mutex
-	gen     uint64    // counts operations, so a late context callback cannot touch the next one
-	limit   time.Time // no deadline beyond this; zero between operations
-	expired bool      // the operation's context is done
-}
-
-func (g *guardConn) SetDeadline(t time.Time) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.Conn.SetDeadline(g.clamp(t))
-}
-
-func (g *guardConn) SetReadDeadline(t time.Time) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.Conn.SetReadDeadline(g.clamp(t))
-}
-
-func (g *guardConn) SetWriteDeadline(t time.Time) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.Conn.SetWriteDeadline(g.clamp(t))
-}
-
-func (g *guardConn) clamp(t time.Time) time.Time {
-	if g.expired {
-		return longAgo
-	}
-	if !g.limit.IsZero() && (t.IsZero() || g.limit.Before(t)) {
-		return g.limit
-	}
-	return t
+	mu  sync.Mutex
+	gen uint64 // counts operations, so a late context callback cannot touch the next one
 }
 
 // begin starts an operation that must end within timeout and while ctx lasts. The returned
 // function ends it and lifts the deadline.
-func (g *guardConn) begin(ctx context.Context, timeout time.Duration) (end func()) {
+func (g *guard) begin(ctx context.Context, timeout time.Duration) (end func()) {
+	var limit time.Time
+	if timeout > 0 {
+		limit = time.Now().Add(timeout)
+	}
+	if d, ok := ctx.Deadline(); ok && (limit.IsZero() || d.Before(limit)) {
+		limit = d
+	}
 	g.mu.Lock()
 	g.gen++
 	gen := g.gen
-	g.expired = false
-	g.limit = time.Time{}
-	if timeout > 0 {
-		g.limit = time.Now().Add(timeout)
-	}
-	if d, ok := ctx.Deadline(); ok && (g.limit.IsZero() || d.Before(g.limit)) {
-		g.limit = d
-	}
-	g.Conn.SetDeadline(g.limit)
+	g.conn.SetDeadline(limit)
 	g.mu.Unlock()
 
 	stop := context.AfterFunc(ctx, func() {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		if g.gen == gen {
-			g.expired = true
-			g.Conn.SetDeadline(longAgo)
+			g.conn.SetDeadline(longAgo)
 		}
 	})
 	return func() {
@@ -87,34 +53,20 @@ func (g *guardConn) begin(ctx context.Context, timeout time.Duration) (end func(
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		g.gen++
-		g.limit = time.Time{}
-		g.expired = false
-		g.Conn.SetDeadline(time.Time{})
+		g.conn.SetDeadline(time.Time{})
 	}
 }
 
-// wireConn is the connection every reply of the upstream is read from, above TLS: by Postern
-// itself before STARTTLS, by go-smtp's client from EHLO to AUTH, and by Postern again for the
-// transactions (tx.go). It bounds the replies (replyLimit), replays the greeting go-smtp's client
-// insists on reading itself (Postern has read the real one already, and after STARTTLS there is
-// none), and traces the session when asked.
+// wireConn is the connection a session talks over, above TLS: every command is written to it and
+// every reply of the upstream read from it, from the greeting on. It bounds the replies
+// (replyLimit) and traces the session when asked.
 type wireConn struct {
 	net.Conn
-	replay io.Reader // read before Conn; nil once drained
-	trace  *tracer   // nil: no trace
-	limit  replyLimit
+	trace *tracer // nil: no trace
+	limit replyLimit
 }
 
 func (w *wireConn) Read(b []byte) (int, error) {
-	if w.replay != nil {
-		n, err := w.replay.Read(b)
-		if err == io.EOF {
-			w.replay, err = nil, nil
-		}
-		if n > 0 || err != nil {
-			return w.limit.check(b[:n], err)
-		}
-	}
 	n, err := w.Conn.Read(b)
 	if n, err = w.limit.check(b[:n], err); n > 0 {
 		w.trace.lines("S", b[:n])
@@ -122,10 +74,9 @@ func (w *wireConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// over returns err, or the reply limit's error once a read went over it. textproto (and so
-// go-smtp's client) hands on the part of a line read before a failed read as if it were a whole
-// line, so a reply cut short by the limit can look complete, or like a refusal: every exchange
-// asks over after reading its reply.
+// over returns err, or the reply limit's error once a read went over it. textproto hands on the
+// part of a line read before a failed read as if it were a whole line, so a reply cut short by the
+// limit can look complete, or like a refusal: every reply read (Conn.read) asks over.
 func (w *wireConn) over(err error) error {
 	if w.limit.err != nil {
 		return w.limit.err
@@ -137,9 +88,7 @@ func (w *wireConn) over(err error) error {
 // before STARTTLS) cannot make Postern hold an unbounded reply in memory. RFC 5321 §4.5.3.1.5 caps
 // a reply line at 512 octets with its CRLF; real servers stay well below that, the longest being
 // Exchange Online's refusals with a diagnostic and Google's XOAUTH2 error challenge (base64 JSON,
-// about 100 octets). An EHLO reply has about 20 lines. The line limit is below the 2000 octets
-// go-smtp's client allows the lines it reads (smtp.ErrTooLongLine), so that this limit is the one
-// that trips, and over can tell.
+// about 100 octets). An EHLO reply has about 20 lines.
 const (
 	maxReplyLine  = 1000     // octets of one reply line with its CRLF: twice RFC 5321's limit
 	maxReplyBytes = 64 << 10 // octets of one reply, all its lines
@@ -152,7 +101,7 @@ var ErrReplyTooLarge = errors.New("the upstream's reply is too large")
 
 // replyLimit follows the replies in the bytes read from an upstream and fails the read that takes
 // a line or a reply over the limits. It splits replies as net/textproto's ReadResponse does, which
-// both go-smtp's client and Postern read them with: a reply is one line, unless that line is
+// Postern reads them with: a reply is one line, unless that line is
 // "ddd-...", in which case it runs up to the next line that starts with the same "ddd ".
 type replyLimit struct {
 	line  int     // octets of the current line so far

@@ -1,7 +1,8 @@
 // Package xoauth2 owns the client side of the XOAUTH2 SASL mechanism (Google's and Microsoft's way
 // of signing in to SMTP with an OAuth 2.0 access token), which github.com/emersion/go-sasl lacks.
 //
-// The exchange, as go-smtp's Client.Auth drives it:
+// The exchange, as an SMTP client's AUTH drives it (sidecar/upstream's session; go-smtp's
+// Client.Auth alike):
 //
 //  1. Start names the mechanism. Access tokens are several kilobytes and RFC 4954 forbids an AUTH
 //     line longer than 512 octets, so by default Start returns no initial response and the client
@@ -11,7 +12,8 @@
 //  3. The server accepts with 235, or (Google, sometimes Microsoft) sends a second 334 whose challenge
 //     is a JSON error {"status":"401","schemes":"bearer","scope":"..."}. Next answers that with an
 //     empty line so the server sends its real 535, and keeps the decoded error, which Err returns
-//     after the exchange. The 535 itself reaches the caller as go-smtp's *smtp.SMTPError.
+//     after the exchange. The 535 itself reaches the caller as the SMTP client's error (an
+//     *upstream.Error of stage auth).
 package xoauth2
 
 import (
@@ -42,7 +44,9 @@ const (
 	Auto Mode = iota
 	// NoInitialResponse always waits for the server's empty 334 challenge.
 	NoInitialResponse
-	// InitialResponse always puts the response on the AUTH line, whatever its length.
+	// InitialResponse always returns the response from Start, whatever its length. (A client that
+	// keeps RFC 4954's limit itself, as sidecar/upstream's does, still sends one too long for the
+	// AUTH line after the server's first challenge.)
 	InitialResponse
 )
 
