@@ -14,7 +14,6 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
@@ -27,7 +26,7 @@ import (
 // a new connection, then says what works and, for what does not, what to do next. It returns an
 // error when a project failed.
 func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, names []string) error {
-	st, err := cli.OpenStoreLogged(ctx, cfg, log.With("component", "store"))
+	st, _, err := OpenStore(ctx, cfg, log.With("component", "store"), StoreOpen)
 	if err != nil {
 		return err
 	}
@@ -42,17 +41,15 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		for _, n := range names {
 			i := slices.IndexFunc(projects, func(p project.Project) bool { return p.Name == n })
 			if i < 0 {
-				return cli.ExplainNotFound(store.ErrNotFound, n)
+				return explainNotFound(store.ErrNotFound, n)
 			}
 			chosen = append(chosen, projects[i])
 		}
 		projects = chosen
 	}
 
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	defer pools.Close()
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
 
 	failed := 0
 	for _, p := range projects {
@@ -62,7 +59,7 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		}
 		fmt.Fprintf(w, "%s: %s upstream %s ... ", p.Name, authLabel(p), p.Upstream.Address())
 		start := time.Now()
-		conn, err := signIn(ctx, creds, pools, p)
+		conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
 		if err != nil {
 			failed++
 			fmt.Fprintf(w, "FAILED\n  %v\n  next: %s\n", err, nextStep(p, err))
@@ -81,17 +78,32 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 	return nil
 }
 
+// TestMessage is what `postern send-test` sends.
+type TestMessage struct {
+	Project string
+	From    string // empty: the project's first sender address
+	To      string
+}
+
+// explainNotFound names the fix for a project that does not exist.
+func explainNotFound(err error, name string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no project named %s ('postern project list' shows them)", name)
+	}
+	return err
+}
+
 // SendTest is `postern send-test`: one short message from the project's sender to m.To through
 // the project's upstream, directly (not through Postfix), with the upstream's reply printed.
-func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, m cli.TestMessage) error {
-	st, err := cli.OpenStoreLogged(ctx, cfg, log.With("component", "store"))
+func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, m TestMessage) error {
+	st, _, err := OpenStore(ctx, cfg, log.With("component", "store"), StoreOpen)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	p, err := st.Project(ctx, m.Project)
 	if err != nil {
-		return cli.ExplainNotFound(err, m.Project)
+		return explainNotFound(err, m.Project)
 	}
 	from := m.From
 	if from == "" {
@@ -105,13 +117,11 @@ func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Wr
 		return fmt.Errorf("project %s may not send as %s (its senders: %s)", p.Name, from, strings.Join(p.SendAsList(), ", "))
 	}
 
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	defer pools.Close()
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
 
 	fmt.Fprintf(w, "%s: %s upstream %s ... ", p.Name, authLabel(p), p.Upstream.Address())
-	conn, err := signIn(ctx, creds, pools, p)
+	conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
 	if err != nil {
 		fmt.Fprintf(w, "FAILED\n")
 		return fmt.Errorf("%w\n  next: %s", err, nextStep(p, err))

@@ -8,8 +8,9 @@ import (
 )
 
 // TestDependencyDirection enforces the map in DESIGN: plugin imports neither sidecar nor vault;
-// vault knows nothing of SMTP or the sidecar; fakes in xxxtest packages are imported only by
-// tests.
+// vault knows nothing of SMTP or the sidecar; wiring goes one way, cmd → cli → sidecar → parts, so
+// neither sidecar nor any of its parts imports sidecar/cli or sidecar/cmd; fakes in xxxtest
+// packages are imported only by tests.
 func TestDependencyDirection(t *testing.T) {
 	t.Parallel()
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "github.com/postern/postern/...").Output()
@@ -25,6 +26,7 @@ func TestDependencyDirection(t *testing.T) {
 		{mod + "vault", mod + "sidecar", "vault knows nothing of the sidecar"},
 		{mod + "vault", "github.com/emersion/go-smtp", "vault knows nothing of SMTP"},
 	}
+	cli, cmd := mod+"sidecar/cli", mod+"sidecar/cmd"
 	checked := 0
 	for _, line := range strings.Split(string(bytes.TrimSpace(out)), "\n") {
 		fields := strings.Fields(line)
@@ -38,6 +40,9 @@ func TestDependencyDirection(t *testing.T) {
 				if strings.HasPrefix(pkg, r.pkg) && strings.HasPrefix(imp, r.forbidden) {
 					t.Errorf("%s imports %s: %s", pkg, imp, r.why)
 				}
+			}
+			if strings.HasPrefix(pkg, mod+"sidecar") && (imp == cli || strings.HasPrefix(imp, cmd)) && pkg != cli && !strings.HasPrefix(pkg, cmd) {
+				t.Errorf("%s imports %s: wiring goes one way, cmd → cli → sidecar → parts", pkg, imp)
 			}
 			if strings.HasPrefix(imp, mod) && strings.HasSuffix(imp, "test") && !strings.HasSuffix(pkg, "test") &&
 				!strings.HasPrefix(pkg, mod+"integration") {

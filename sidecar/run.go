@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
-	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
@@ -41,7 +40,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
-	st, opened, err := openStore(ctx, cfg, log.With("component", "store"))
+	st, opened, err := openServeStore(ctx, cfg, log.With("component", "store"))
 	if err != nil {
 		return err
 	}
@@ -60,15 +59,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	broker := creds.broker
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
+	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
 
-	// The sign-in pages for OAuth mailboxes, on the admin listener. Their upstream check has pools
-	// of its own, so that it always opens a new connection and signs in with the new token.
-	checks := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "signin")))
-	defer checks.Close()
+	// The sign-in pages for OAuth mailboxes, on the admin listener.
 	var extraRoutes map[string]http.Handler
 	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
 		var key []byte
@@ -81,7 +76,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		pages, err := signin.New(signin.Options{
 			Key: key, PublicURL: base, Projects: st, Tokens: st, Grants: broker,
-			TestAuth: signin.UpstreamCheck(checks, broker),
+			TestAuth: parts.SignInCheck,
 			Logger:   log.With("component", "signin"),
 		})
 		if err != nil {
@@ -220,7 +215,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	<-ctx.Done()
 	log.Info("shutting down: finishing transactions in flight")
 	wg.Wait()
-	if err := pools.Close(); err != nil {
+	if err := parts.ClosePools(); err != nil {
 		log.Warn("closing upstream connections", "err", err)
 	}
 	if n := broker.PendingWrites(); n > 0 {

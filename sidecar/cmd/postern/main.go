@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/cli"
 )
 
@@ -23,9 +22,6 @@ func main() {
 		Stdout:       os.Stdout,
 		Stderr:       os.Stderr,
 		ReadPassword: cli.TerminalPassword(os.Stdin, os.Stderr),
-		Serve:        sidecar.Run,
-		Check:        sidecar.Check,
-		SendTest:     sidecar.SendTest,
 		Version:      version,
 	}
 	code := app.Run(ctx, os.Args[1:])
