@@ -143,13 +143,14 @@ func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Wr
 	return nil
 }
 
-// signIn gets p's credential and an upstream connection signed in with it, on a new connection.
-func signIn(ctx context.Context, creds *credentials, pools *upstream.Pools, p project.Project) (*upstream.Conn, error) {
-	auth, err := creds.Credential(ctx, p, false)
-	if err != nil {
-		return nil, fmt.Errorf("getting the credential: %w", err)
-	}
-	return pools.Acquire(ctx, p, auth)
+// signIn signs p in upstream on a new connection, through the one sign-in of package credential
+// (a refused OAuth token is renewed once, as for a delivery).
+func signIn(ctx context.Context, creds *credential.Manager, pools *upstream.Pools, p project.Project) (conn *upstream.Conn, err error) {
+	err = creds.SignIn(ctx, p, func(a upstream.Auth) error {
+		conn, err = pools.Acquire(ctx, p, a)
+		return err
+	})
+	return conn, err
 }
 
 func authLabel(p project.Project) string {

@@ -2,7 +2,9 @@ package sidecar
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -52,5 +54,34 @@ func TestDependencyDirection(t *testing.T) {
 	}
 	if checked < 10 {
 		t.Fatalf("only %d packages listed; the check looked at nothing", checked)
+	}
+}
+
+// TestSMTPDKnowsNoAuthType: the mail server hands every sign-in to package credential, so its
+// non-test source names no auth type.
+func TestSMTPDKnowsNoAuthType(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("smtpd/*.go")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no source in smtpd: %v", err)
+	}
+	checked := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checked++
+		for _, name := range []string{"AuthOAuth2", "AuthPlugin", "AuthBasic", "AuthNone"} {
+			if bytes.Contains(src, []byte(name)) {
+				t.Errorf("%s mentions project.%s: choosing a credential by auth type belongs to package credential", f, name)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no non-test source in smtpd")
 	}
 }

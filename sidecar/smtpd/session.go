@@ -137,23 +137,11 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 		return err
 	}
 
-	creds := s.srv.opts.Credentials
-	auth, err := creds.Credential(ctx, p, false)
-	if err != nil {
-		return fmt.Errorf("getting the credential: %w", err)
-	}
-	conn, err := s.srv.opts.Upstreams.Acquire(ctx, p, auth)
-	if authFailed(err) && (p.Auth.Type == project.AuthOAuth2 || p.Auth.Type == project.AuthPlugin) {
-		tx.log.Info("the upstream refused the credential: trying a fresh one", "error", err)
-		auth, err = creds.Credential(ctx, p, true)
-		if err != nil {
-			return fmt.Errorf("getting a fresh credential: %w", err)
-		}
-		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, auth)
-	}
-	if authFailed(err) {
-		creds.Rejected(ctx, p, err)
-	}
+	var conn *upstream.Conn
+	err = s.srv.opts.Credentials.SignIn(ctx, p, func(a upstream.Auth) (err error) {
+		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, a)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -374,11 +362,6 @@ func stateUnknown(err error) bool {
 	}
 	var ue *upstream.Error
 	return !errors.As(err, &ue) || ue.Code == 0 || ue.Code == 421
-}
-
-func authFailed(err error) bool {
-	var ue *upstream.Error
-	return errors.As(err, &ue) && ue.AuthFailed()
 }
 
 // countingReader counts the bytes of a message and fails once they pass max (0: no limit of its
