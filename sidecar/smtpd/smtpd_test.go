@@ -554,7 +554,7 @@ func TestMailRefusals(t *testing.T) {
 		{"bounce", "", nil, 550, smtp.EnhancedCode{5, 7, 1}, "is not served by Postern"},
 		{"disabled project", "noreply@off.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project off is disabled"},
 		{"needs re-authorisation", "noreply@a.example", fmt.Errorf("token: %w", &credential.ReauthError{Reason: "invalid_grant: AADSTS700082"}),
-			451, smtp.EnhancedCode{4, 7, 0}, "project a needs re-authorisation: invalid_grant: AADSTS700082"},
+			451, smtp.EnhancedCode{4, 7, 0}, "project a needs re-authorisation: the mailbox owner must sign in again"},
 		{"credential source down", "noreply@a.example", errors.New("vault: connection refused"), 451, smtp.EnhancedCode{4, 3, 0}, ""},
 	}
 	for _, tc := range tests {
