@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
@@ -165,20 +166,10 @@ func authLabel(p project.Project) string {
 	return string(p.Auth.Type)
 }
 
-// nextStep says what an administrator can do about err.
+// nextStep says what an administrator can do about err (package advice).
 func nextStep(p project.Project, err error) string {
-	var ue *upstream.Error
-	switch {
-	case errors.Is(err, credential.ErrNeedsReauth):
-		return "the mailbox owner signs in again: postern authorize-link " + p.Name
-	case errors.As(err, &ue) && ue.AuthFailed() && p.Auth.Type == project.AuthOAuth2:
-		return "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox and that it is the mailbox signed in"
-	case errors.As(err, &ue) && ue.AuthFailed():
-		return "the upstream refused the username or password: postern project update " + p.Name + " --password-stdin"
-	case errors.As(err, &ue) && ue.Stage == upstream.StageTLS:
-		return "check upstream.tls, the server name and the CA (postern project update " + p.Name + " --tls/--server-name/--ca-file)"
-	case errors.As(err, &ue) && (ue.Stage == upstream.StageConnect || ue.Stage == upstream.StagePool):
-		return "check the upstream's host and port, and that this machine may reach it"
+	if next := advice.Next(p, err); next != "" {
+		return next
 	}
 	return "see the error above; mail for this project waits in Postfix's queue meanwhile"
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
@@ -261,22 +262,23 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 			row.Expiry = ts.Expiry
 			switch {
 			case ts.State == project.TokenNeedsReauth:
-				row.State, row.Reason = "needs_reauth", ts.Reason
-				row.Action = "the mailbox owner must sign in again: postern authorize-link " + p.Name
+				row.State, row.Reason = advice.StateNeedsReauth, ts.Reason
+				row.Action = advice.Status(p, row.State, nil)
 			case ts.Rejected != "":
-				row.State, row.Reason = "unhealthy", ts.Rejected
-				row.Action = "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox"
+				row.State, row.Reason = advice.StateUnhealthy, ts.Rejected
+				row.Action = advice.Status(p, row.State, ts.RejectedErr)
 			case ts.LastError != "":
-				row.State, row.Reason = "unhealthy", ts.LastError
-				row.Action = "token refresh is failing; Postern retries by itself"
+				row.State, row.Reason = advice.StateUnhealthy, ts.LastError
+				row.Action = advice.Status(p, row.State, nil)
 			}
 		}
 		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
-			row.State, row.Reason = "upstream_down", s.LastError
-			row.Action = "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
+			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
+			row.Action = advice.Status(p, row.State, nil)
 		}
 		if !p.Enabled {
-			row.State, row.Action = "disabled", "postern project enable "+p.Name
+			row.State = advice.StateDisabled
+			row.Action = advice.Status(p, row.State, nil)
 		}
 		out = append(out, row)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/sidecar"
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
@@ -303,8 +304,8 @@ func (a *App) checkUpstream(ctx context.Context, parts *sidecar.Parts, p project
 	defer cancel()
 	if err := parts.SignInCheck(ctx, p); err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: the mail server refused the sign-in: %v\n", err)
-		if advice := signin.Advice(p, err); advice != "" {
-			fmt.Fprintln(a.Stderr, advice)
+		if next := advice.Next(p, err); next != "" {
+			fmt.Fprintln(a.Stderr, next)
 		}
 		fmt.Fprintf(a.Stderr, "The grant is saved; mail of project %s waits in Postfix's queue until this is fixed.\n", p.Name)
 		return ExitFail

@@ -178,6 +178,7 @@ type entry struct {
 	reason      string
 	rejected    string
 	rejectedAt  time.Time
+	rejectedErr error
 	// renewed identifies the last token Renew refreshed for (tokenID), so that no token is
 	// renewed twice.
 	renewed [sha256.Size]byte
@@ -857,7 +858,7 @@ func (b *Broker) Rejected(_ context.Context, p project.Project, err error) {
 	}
 	b.mu.Lock()
 	e := b.entryLocked(p.Name)
-	e.rejected, e.rejectedAt = text, b.opts.Now()
+	e.rejected, e.rejectedAt, e.rejectedErr = text, b.opts.Now(), err
 	b.mu.Unlock()
 	b.log.Warn("the upstream refused the project's access token: mail is deferred", "project", p.Name, "error", text)
 }
@@ -867,7 +868,7 @@ func (b *Broker) Accepted(_ context.Context, p project.Project) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if e := b.entries[p.Name]; e != nil && e.rejected != "" {
-		e.rejected, e.rejectedAt = "", time.Time{}
+		e.rejected, e.rejectedAt, e.rejectedErr = "", time.Time{}, nil
 		b.log.Info("the upstream accepts the project's access token again", "project", p.Name)
 	}
 }
@@ -897,9 +898,11 @@ type ProjectStatus struct {
 	LastError   string
 	LastErrorAt time.Time
 	RetryAt     time.Time
-	// Rejected is the upstream's refusal of the token, if any, and RejectedAt its time.
-	Rejected   string
-	RejectedAt time.Time
+	// Rejected is the upstream's refusal of the token, if any, RejectedAt its time and RejectedErr
+	// the error itself (an *upstream.Error), for package advice.
+	Rejected    string
+	RejectedAt  time.Time
+	RejectedErr error
 	// PendingWrite says a rotated token is held in memory because the store could not be written.
 	PendingWrite bool
 	// Refreshing says a refresh is in flight.
@@ -922,7 +925,7 @@ func (b *Broker) Status(name string) ProjectStatus {
 	s := ProjectStatus{
 		State: e.state, Reason: e.reason,
 		LastRefresh: e.lastRefresh, LastErrorAt: e.lastErrAt, RetryAt: e.retryAt,
-		Rejected: e.rejected, RejectedAt: e.rejectedAt,
+		Rejected: e.rejected, RejectedAt: e.rejectedAt, RejectedErr: e.rejectedErr,
 		PendingWrite: e.pending, Refreshing: e.flight != nil,
 	}
 	if e.loaded {

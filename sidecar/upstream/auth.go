@@ -22,7 +22,7 @@ func saslClient(c *smtp.Client, auth Auth) (sasl.Client, string, error) {
 	}
 	ok, list := c.Extension("AUTH")
 	if !ok {
-		return nil, "", fmt.Errorf("the upstream offers no AUTH: check upstream.tls and the server's settings")
+		return nil, "", fmt.Errorf("%w: check upstream.tls and the server's settings", ErrNoAuth)
 	}
 	offered := strings.Fields(strings.ToUpper(list))
 	mech := strings.ToUpper(auth.Mechanism)
@@ -34,7 +34,7 @@ func saslClient(c *smtp.Client, auth Auth) (sasl.Client, string, error) {
 	case mech == "":
 		return nil, "", fmt.Errorf("the upstream offers AUTH %s; Postern speaks PLAIN and LOGIN", list)
 	case !slices.Contains(offered, mech):
-		return nil, "", fmt.Errorf("the upstream does not offer AUTH %s (it offers %s): check auth.mechanism", mech, list)
+		return nil, "", fmt.Errorf("%w %s (it offers %s): check auth.mechanism", ErrMechanismNotOffered, mech, list)
 	}
 	switch mech {
 	case sasl.Plain:

@@ -151,7 +151,7 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		}
 		sc, mech, err := saslClient(c.client, auth)
 		if err != nil {
-			return &Error{Stage: StageAuth, Addr: c.addr, Message: err.Error()}
+			return &Error{Stage: StageAuth, Addr: c.addr, Err: err}
 		}
 		c.mech = mech
 		c.trace.setMode(traceAuth)
