@@ -130,7 +130,7 @@ func TestContainerMilter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	milterWantReply(t, "MAIL FROM of a sender of no project", tx.Mail, 550, "5.7.1", "not a known sender")
+	milterWantReply(t, "MAIL FROM of a sender of no project", tx.Mail, 550, "5.7.1", "is not served by Postern")
 
 	refused := &harness.Mail{From: userA, To: []string{"alice@dest.test"}, Header: map[string]string{"From": "boss@elsewhere.test"}}
 	if tx, err = front.Transact(ctx, refused); err != nil {

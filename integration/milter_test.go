@@ -172,7 +172,7 @@ func TestMilterChecksAtSubmission(t *testing.T) {
 	t.Run("sender of a routed domain in no project", func(t *testing.T) {
 		m := &harness.Mail{From: "stranger@client-a.test", To: []string{"alice@dest.test"}}
 		tx := milterTransact(t, ctx, e, m)
-		milterWantReply(t, "MAIL FROM", tx.Mail, 550, "5.7.1", "<stranger@client-a.test> is not a known sender for client-a.test")
+		milterWantReply(t, "MAIL FROM", tx.Mail, 550, "5.7.1", "sender <stranger@client-a.test> is not served by Postern")
 		if len(tx.Rcpt) != 0 {
 			t.Errorf("RCPT was sent after MAIL FROM was refused")
 		}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/postern/postern/sidecar/cli"
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
@@ -27,7 +27,7 @@ import (
 // a new connection, then says what works and, for what does not, what to do next. It returns an
 // error when a project failed.
 func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, names []string) error {
-	st, err := cli.OpenStoreLogged(ctx, cfg, log.With("component", "store"))
+	st, _, err := OpenStore(ctx, cfg, log.With("component", "store"), StoreOpen)
 	if err != nil {
 		return err
 	}
@@ -42,17 +42,15 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		for _, n := range names {
 			i := slices.IndexFunc(projects, func(p project.Project) bool { return p.Name == n })
 			if i < 0 {
-				return cli.ExplainNotFound(store.ErrNotFound, n)
+				return explainNotFound(store.ErrNotFound, n)
 			}
 			chosen = append(chosen, projects[i])
 		}
 		projects = chosen
 	}
 
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	defer pools.Close()
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
 
 	failed := 0
 	for _, p := range projects {
@@ -62,7 +60,7 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 		}
 		fmt.Fprintf(w, "%s: %s upstream %s ... ", p.Name, authLabel(p), p.Upstream.Address())
 		start := time.Now()
-		conn, err := signIn(ctx, creds, pools, p)
+		conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
 		if err != nil {
 			failed++
 			fmt.Fprintf(w, "FAILED\n  %v\n  next: %s\n", err, nextStep(p, err))
@@ -81,17 +79,32 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 	return nil
 }
 
+// TestMessage is what `postern send-test` sends.
+type TestMessage struct {
+	Project string
+	From    string // empty: the project's first sender address
+	To      string
+}
+
+// explainNotFound names the fix for a project that does not exist.
+func explainNotFound(err error, name string) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no project named %s ('postern project list' shows them)", name)
+	}
+	return err
+}
+
 // SendTest is `postern send-test`: one short message from the project's sender to m.To through
 // the project's upstream, directly (not through Postfix), with the upstream's reply printed.
-func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, m cli.TestMessage) error {
-	st, err := cli.OpenStoreLogged(ctx, cfg, log.With("component", "store"))
+func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, m TestMessage) error {
+	st, _, err := OpenStore(ctx, cfg, log.With("component", "store"), StoreOpen)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	p, err := st.Project(ctx, m.Project)
 	if err != nil {
-		return cli.ExplainNotFound(err, m.Project)
+		return explainNotFound(err, m.Project)
 	}
 	from := m.From
 	if from == "" {
@@ -105,13 +118,11 @@ func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Wr
 		return fmt.Errorf("project %s may not send as %s (its senders: %s)", p.Name, from, strings.Join(p.SendAsList(), ", "))
 	}
 
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	defer pools.Close()
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
 
 	fmt.Fprintf(w, "%s: %s upstream %s ... ", p.Name, authLabel(p), p.Upstream.Address())
-	conn, err := signIn(ctx, creds, pools, p)
+	conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
 	if err != nil {
 		fmt.Fprintf(w, "FAILED\n")
 		return fmt.Errorf("%w\n  next: %s", err, nextStep(p, err))
@@ -133,13 +144,14 @@ func SendTest(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Wr
 	return nil
 }
 
-// signIn gets p's credential and an upstream connection signed in with it, on a new connection.
-func signIn(ctx context.Context, creds *credentials, pools *upstream.Pools, p project.Project) (*upstream.Conn, error) {
-	auth, err := creds.Credential(ctx, p, false)
-	if err != nil {
-		return nil, fmt.Errorf("getting the credential: %w", err)
-	}
-	return pools.Acquire(ctx, p, auth)
+// signIn signs p in upstream on a new connection, through the one sign-in of package credential
+// (a refused OAuth token is renewed once, as for a delivery).
+func signIn(ctx context.Context, creds *credential.Manager, pools *upstream.Pools, p project.Project) (conn *upstream.Conn, err error) {
+	err = creds.SignIn(ctx, p, func(a upstream.Auth) error {
+		conn, err = pools.Acquire(ctx, p, a)
+		return err
+	})
+	return conn, err
 }
 
 func authLabel(p project.Project) string {
@@ -154,20 +166,10 @@ func authLabel(p project.Project) string {
 	return string(p.Auth.Type)
 }
 
-// nextStep says what an administrator can do about err.
+// nextStep says what an administrator can do about err (package advice).
 func nextStep(p project.Project, err error) string {
-	var ue *upstream.Error
-	switch {
-	case errors.Is(err, credential.ErrNeedsReauth):
-		return "the mailbox owner signs in again: postern authorize-link " + p.Name
-	case errors.As(err, &ue) && ue.AuthFailed() && p.Auth.Type == project.AuthOAuth2:
-		return "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox and that it is the mailbox signed in"
-	case errors.As(err, &ue) && ue.AuthFailed():
-		return "the upstream refused the username or password: postern project update " + p.Name + " --password-stdin"
-	case errors.As(err, &ue) && ue.Stage == upstream.StageTLS:
-		return "check upstream.tls, the server name and the CA (postern project update " + p.Name + " --tls/--server-name/--ca-file)"
-	case errors.As(err, &ue) && (ue.Stage == upstream.StageConnect || ue.Stage == upstream.StagePool):
-		return "check the upstream's host and port, and that this machine may reach it"
+	if next := advice.Next(p, err); next != "" {
+		return next
 	}
 	return "see the error above; mail for this project waits in Postfix's queue meanwhile"
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
@@ -91,7 +90,7 @@ func TestSendTest(t *testing.T) {
 	cfg, up := checkSetup(t)
 	log := slog.New(slog.DiscardHandler)
 	var out bytes.Buffer
-	if err := SendTest(context.Background(), cfg, log, &out, cli.TestMessage{Project: "good", To: "someone@dest.example"}); err != nil {
+	if err := SendTest(context.Background(), cfg, log, &out, TestMessage{Project: "good", To: "someone@dest.example"}); err != nil {
 		t.Fatalf("SendTest = %v\n%s", err, out.String())
 	}
 	msgs := up.Messages()
@@ -105,12 +104,12 @@ func TestSendTest(t *testing.T) {
 
 	tests := []struct {
 		name string
-		m    cli.TestMessage
+		m    TestMessage
 		want string
 	}{
-		{"unknown project", cli.TestMessage{Project: "nosuch", To: "a@b.example"}, "no project named nosuch"},
-		{"sender of another project", cli.TestMessage{Project: "good", From: "x@bad.example", To: "a@b.example"}, "may not send as x@bad.example"},
-		{"wrong password", cli.TestMessage{Project: "bad", To: "a@b.example"}, "postern project update bad --password-stdin"},
+		{"unknown project", TestMessage{Project: "nosuch", To: "a@b.example"}, "no project named nosuch"},
+		{"sender of another project", TestMessage{Project: "good", From: "x@bad.example", To: "a@b.example"}, "may not send as x@bad.example"},
+		{"wrong password", TestMessage{Project: "bad", To: "a@b.example"}, "postern project update bad --password-stdin"},
 	}
 	for _, tt := range tests {
 		if err := SendTest(context.Background(), cfg, log, &out, tt.m); err == nil || !strings.Contains(err.Error(), tt.want) {

@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/buildinfo"
-	"github.com/postern/postern/sidecar/cli"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/milter"
@@ -44,7 +44,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	build := buildinfo.Get()
 	log.Info("starting postern", "version", build.Version, "revision", build.Revision, "go", build.GoVersion)
-	st, opened, err := openStore(ctx, cfg, log.With("component", "store"))
+	st, opened, err := openServeStore(ctx, cfg, log.With("component", "store"))
 	if err != nil {
 		return err
 	}
@@ -63,15 +63,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
-	pools := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "upstream")))
-	creds, closeCreds := newCredentials(ctx, cfg, st, log)
-	defer closeCreds()
-	broker := creds.broker
+	parts := NewParts(ctx, cfg, st, log)
+	defer parts.Close()
+	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
 
-	// The sign-in pages for OAuth mailboxes, on the admin listener. Their upstream check has pools
-	// of its own, so that it always opens a new connection and signs in with the new token.
-	checks := upstream.NewPools(cli.UpstreamOptions(cfg, log.With("component", "signin")))
-	defer checks.Close()
+	// The sign-in pages for OAuth mailboxes, on the admin listener.
 	var extraRoutes map[string]http.Handler
 	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
 		var key []byte
@@ -84,8 +80,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		pages, err := signin.New(signin.Options{
 			Key: key, PublicURL: base, Projects: st, Tokens: st, Grants: broker,
-			TestAuth:   signin.UpstreamCheck(checks, broker),
-			HTTPClient: cli.OAuthHTTPClient(cfg),
+			TestAuth:   parts.SignInCheck,
+			HTTPClient: OAuthHTTPClient(cfg),
 			Logger:     log.With("component", "signin"),
 		})
 		if err != nil {
@@ -225,7 +221,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	<-ctx.Done()
 	log.Info("shutting down: finishing transactions in flight")
 	wg.Wait()
-	if err := pools.Close(); err != nil {
+	if err := parts.ClosePools(); err != nil {
 		log.Warn("closing upstream connections", "err", err)
 	}
 	if n := broker.PendingWrites(); n > 0 {
@@ -271,22 +267,23 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 			row.Expiry = ts.Expiry
 			switch {
 			case ts.State == project.TokenNeedsReauth:
-				row.State, row.Reason = "needs_reauth", ts.Reason
-				row.Action = "the mailbox owner must sign in again: postern authorize-link " + p.Name
+				row.State, row.Reason = advice.StateNeedsReauth, ts.Reason
+				row.Action = advice.Status(p, row.State, nil)
 			case ts.Rejected != "":
-				row.State, row.Reason = "unhealthy", ts.Rejected
-				row.Action = "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox"
+				row.State, row.Reason = advice.StateUnhealthy, ts.Rejected
+				row.Action = advice.Status(p, row.State, ts.RejectedErr)
 			case ts.LastError != "":
-				row.State, row.Reason = "unhealthy", ts.LastError
-				row.Action = "token refresh is failing; Postern retries by itself"
+				row.State, row.Reason = advice.StateUnhealthy, ts.LastError
+				row.Action = advice.Status(p, row.State, nil)
 			}
 		}
 		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
-			row.State, row.Reason = "upstream_down", s.LastError
-			row.Action = "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
+			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
+			row.Action = advice.Status(p, row.State, nil)
 		}
 		if !p.Enabled {
-			row.State, row.Action = "disabled", "postern project enable "+p.Name
+			row.State = advice.StateDisabled
+			row.Action = advice.Status(p, row.State, nil)
 		}
 		out = append(out, row)
 	}

@@ -5,17 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"time"
 
+	"github.com/postern/postern/sidecar"
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/token"
-	"github.com/postern/postern/sidecar/upstream"
 )
 
 const authorizeAbout = `
@@ -194,7 +194,7 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 		fmt.Fprintf(a.Stderr, "postern authorize: "+format+"\n", args...)
 		return ExitFail
 	}
-	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: OAuthHTTPClient(cfg)})
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: sidecar.OAuthHTTPClient(cfg)})
 	if err != nil {
 		return fail("project %s: %v", p.Name, err)
 	}
@@ -241,19 +241,19 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 		return fail("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
 			"a token of another account is the classic cause of \"535 5.7.3 Authentication unsuccessful\"", account, p.Name, mailbox, mailbox)
 	}
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, HTTPClient: OAuthHTTPClient(cfg), Logger: slog.New(slog.DiscardHandler)})
-	defer broker.Close()
-	if err := broker.Store(ctx, p, tok, token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID}); err != nil {
+	parts := sidecar.NewParts(ctx, cfg, st, slog.New(slog.DiscardHandler))
+	defer parts.Close()
+	if err := parts.Broker.Store(ctx, p, tok, token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID}); err != nil {
 		return fail("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
 	}
 	fmt.Fprintf(a.Stdout, "signed in as %s: the grant of project %s is saved\n", account, p.Name)
-	return a.checkUpstream(ctx, cfg, p, broker, check)
+	return a.checkUpstream(ctx, parts, p, check)
 }
 
 // authorizeApp proves an app-only (client credentials) registration by fetching a token, and saves
 // it, which also clears a needs_reauth state left by an earlier failure.
 func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
-	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: OAuthHTTPClient(cfg)})
+	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: sidecar.OAuthHTTPClient(cfg)})
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: project %s: %v\n", p.Name, err)
 		return ExitFail
@@ -263,14 +263,14 @@ func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Sto
 		fmt.Fprintf(a.Stderr, "postern authorize: the identity provider refused the app of project %s: %s\n", p.Name, explainOAuth(err))
 		return ExitFail
 	}
-	broker := token.New(token.Options{Store: st, Instance: cfg.Instance, HTTPClient: OAuthHTTPClient(cfg), Logger: slog.New(slog.DiscardHandler)})
-	defer broker.Close()
-	if err := broker.Store(ctx, p, tok, token.SignIn{}); err != nil {
+	parts := sidecar.NewParts(ctx, cfg, st, slog.New(slog.DiscardHandler))
+	defer parts.Close()
+	if err := parts.Broker.Store(ctx, p, tok, token.SignIn{}); err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: the app registration works, but saving its token failed: %v\n", err)
 		return ExitFail
 	}
 	fmt.Fprintf(a.Stdout, "the app registration of project %s works: the identity provider issued an app-only token (no person signs in)\n", p.Name)
-	return a.checkUpstream(ctx, cfg, p, broker, check)
+	return a.checkUpstream(ctx, parts, p, check)
 }
 
 // explainOAuth is a token-endpoint failure in the provider's words, with what it means.
@@ -295,49 +295,21 @@ func explainOAuth(err error) string {
 
 // checkUpstream signs in to p's upstream with the credential creds now gives, without sending
 // mail, and says what the server said.
-func (a *App) checkUpstream(ctx context.Context, cfg *config.Config, p project.Project, creds signin.Credentials, check bool) int {
+func (a *App) checkUpstream(ctx context.Context, parts *sidecar.Parts, p project.Project, check bool) int {
 	if !check {
 		return ExitOK
 	}
-	pools := upstream.NewPools(UpstreamOptions(cfg, nil))
-	defer pools.Close()
 	fmt.Fprintf(a.Stdout, "signing in to %s with the new token (no mail is sent)...\n", p.Upstream.Address())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := signin.UpstreamCheck(pools, creds)(ctx, p); err != nil {
+	if err := parts.SignInCheck(ctx, p); err != nil {
 		fmt.Fprintf(a.Stderr, "postern authorize: the mail server refused the sign-in: %v\n", err)
-		if advice := signin.Advice(p, err); advice != "" {
-			fmt.Fprintln(a.Stderr, advice)
+		if next := advice.Next(p, err); next != "" {
+			fmt.Fprintln(a.Stderr, next)
 		}
 		fmt.Fprintf(a.Stderr, "The grant is saved; mail of project %s waits in Postfix's queue until this is fixed.\n", p.Name)
 		return ExitFail
 	}
 	fmt.Fprintf(a.Stdout, "the mail server accepted the token: mail of project %s flows\n", p.Name)
 	return ExitOK
-}
-
-// OAuthHTTPClient is the HTTP client for identity providers that cfg describes (oauth.http_proxy,
-// or the environment). A proxy setting that does not parse, which Validate reports, makes every
-// request fail rather than go around the proxy.
-func OAuthHTTPClient(cfg *config.Config) *http.Client {
-	proxy, err := cfg.OAuth.ProxyURL()
-	if err != nil {
-		return oauth.FailingHTTPClient(err)
-	}
-	return oauth.NewHTTPClient(proxy)
-}
-
-// UpstreamOptions are the upstream connection settings of cfg, for upstream.NewPools.
-func UpstreamOptions(cfg *config.Config, log *slog.Logger) upstream.Options {
-	return upstream.Options{
-		LocalName:       cfg.Upstream.HeloName,
-		DialTimeout:     cfg.Upstream.DialTimeout,
-		GreetingTimeout: cfg.Upstream.GreetingTimeout,
-		CommandTimeout:  cfg.Upstream.CommandTimeout,
-		DataTimeout:     cfg.Upstream.DataTimeout,
-		IdleTimeout:     cfg.Upstream.IdleTimeout,
-		MaxConnWait:     cfg.Upstream.MaxConnWait,
-		DownBackoff:     cfg.Upstream.DownBackoff,
-		Logger:          log,
-	}
 }

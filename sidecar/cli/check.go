@@ -3,26 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 
+	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/config"
 )
-
-// Checker runs `postern check` for the named projects (all of them when none are named), writing
-// what it finds to w.
-type Checker func(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, projects []string) error
-
-// TestSender runs `postern send-test`, writing what it does to w.
-type TestSender func(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, m TestMessage) error
-
-// TestMessage is what `postern send-test` sends.
-type TestMessage struct {
-	Project string
-	From    string // empty: the project's first sender address
-	To      string
-}
 
 const checkAbout = `
 Check that Postern can deliver for each enabled project (or the projects named): read the projects
@@ -41,11 +27,7 @@ func runCheck(ctx context.Context, a *App, args []string) int {
 	if !ok {
 		return ExitFail
 	}
-	if a.Check == nil {
-		fmt.Fprintln(a.Stderr, "postern check: this build cannot check projects")
-		return ExitFail
-	}
-	if err := a.Check(ctx, cfg, log, a.Stdout, names); err != nil {
+	if err := sidecar.Check(ctx, cfg, log, a.Stdout, names); err != nil {
 		fmt.Fprintf(a.Stderr, "postern check: %v\n", err)
 		return ExitFail
 	}
@@ -75,11 +57,7 @@ func runSendTest(ctx context.Context, a *App, args []string) int {
 	if !ok {
 		return ExitFail
 	}
-	if a.SendTest == nil {
-		fmt.Fprintln(a.Stderr, "postern send-test: this build cannot send")
-		return ExitFail
-	}
-	if err := a.SendTest(ctx, cfg, log, a.Stdout, TestMessage{Project: rest[0], From: *from, To: *to}); err != nil {
+	if err := sidecar.SendTest(ctx, cfg, log, a.Stdout, sidecar.TestMessage{Project: rest[0], From: *from, To: *to}); err != nil {
 		fmt.Fprintf(a.Stderr, "postern send-test: %v\n", err)
 		return ExitFail
 	}

@@ -17,8 +17,9 @@
 //     is saved through a token broker over the same store.
 //  6. store export, import, rekey and migrate back up, move and re-encrypt the store (package
 //     store/transfer, store/boltstore), with progress on standard error.
-//  7. serve validates the configuration and hands it to the injected Runner (sidecar.Run), which
-//     runs until its context is cancelled.
+//  7. serve validates the configuration and hands it to sidecar.Run, which runs until its context
+//     is cancelled; check and send-test call sidecar.Check and sidecar.SendTest. The package calls
+//     into sidecar, never the other way round.
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage.
 package cli
@@ -46,9 +47,6 @@ const (
 	ExitUsage = 2
 )
 
-// Runner runs the sidecar until ctx is cancelled: sidecar.Run.
-type Runner func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
-
 // App is the postern command. Its zero value is not usable: set Stdin, Stdout and Stderr at least.
 type App struct {
 	// Stdin, Stdout and Stderr are the command's standard streams.
@@ -57,12 +55,8 @@ type App struct {
 	// ReadPassword shows prompt and reads a line from the terminal without echo. Nil means there is no
 	// terminal: commands that need a password then require --password-stdin.
 	ReadPassword func(prompt string) (string, error)
-	// Serve runs the sidecar for `postern serve`. Nil makes serve fail (--check-config still works).
-	Serve Runner
-	// Check runs `postern check`; nil means this build cannot.
-	Check Checker
-	// SendTest runs `postern send-test`; nil means this build cannot.
-	SendTest TestSender
+	// Serve runs the sidecar for `postern serve` until ctx is cancelled. Nil means sidecar.Run.
+	Serve func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 	// OpenStore opens the store the configuration names. Nil means OpenStore.
 	OpenStore func(ctx context.Context, cfg *config.Config) (store.Store, error)
 	// ConfigPath is the configuration file used when --config is not given. Empty means

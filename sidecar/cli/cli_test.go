@@ -528,7 +528,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"send-test", "-h"}, ExitOK, "-to"},
 		{[]string{"send-test", "client-a"}, ExitUsage, "--to must be the recipient's address"},
 		{[]string{"send-test", "--to", "x@dest.example"}, ExitUsage, "missing argument"},
-		{[]string{"check"}, ExitFail, "this build cannot check projects"},
+		{[]string{"check"}, ExitFail, "create the store with `postern init`"},
 	}
 	for _, tc := range tests {
 		r := h.run("", tc.args...)

@@ -17,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
@@ -377,23 +378,8 @@ func oauthProblems(p project.Project, secretComing bool) []error {
 	return nil
 }
 
-// nextStep says how an OAuth project's mailbox gets signed in.
-func nextStep(p project.Project, signInURL string) string {
-	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
-		return ""
-	}
-	switch p.Auth.OAuth.Grant {
-	case oauth.GrantClientCredentials:
-		return fmt.Sprintf("check the app registration (no person signs in): postern authorize %s", p.Name)
-	case oauth.GrantDeviceCode:
-		return fmt.Sprintf("sign the mailbox in from a terminal: postern authorize --device %s", p.Name)
-	}
-	s := fmt.Sprintf("send the mailbox owner a sign-in link: postern authorize-link %s", p.Name)
-	if signInURL != "" {
-		s += fmt.Sprintf(" (the app registration's redirect URI must be %s/signin/callback)", signInURL)
-	}
-	return s
-}
+// nextStep says how an OAuth project's mailbox gets signed in (package advice).
+func nextStep(p project.Project, signInURL string) string { return advice.SignIn(p, signInURL) }
 
 // readCAFile reads a PEM file and checks that it holds at least one certificate.
 func readCAFile(path string) (string, error) {

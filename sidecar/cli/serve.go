@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/postern/postern/sidecar"
 )
 
 const serveAbout = `
@@ -40,15 +42,15 @@ func runServe(ctx context.Context, a *App, args []string) int {
 		}
 		return ExitOK
 	}
-	if a.Serve == nil {
-		fmt.Fprintln(a.Stderr, "postern serve: this build cannot run the sidecar")
-		return ExitFail
-	}
 	log := cfg.Log.NewLogger(a.Stderr)
 	if path == "" {
 		log.Info("no configuration file, using the built-in defaults", "path", a.configPath())
 	}
-	if err := a.Serve(ctx, cfg, log); err != nil && !errors.Is(err, context.Canceled) {
+	serve := a.Serve
+	if serve == nil {
+		serve = sidecar.Run
+	}
+	if err := serve(ctx, cfg, log); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("postern stopped", "err", err)
 		return ExitFail
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
@@ -397,7 +398,7 @@ func runStoreMigrate(ctx context.Context, a *App, args []string) int {
 	if f := target.Store.File; f != nil && a.OpenStore == nil {
 		// The target is made where neither of its files exists; one without the other is refused.
 		var b *boltstore.Store
-		if b, err = OpenEmbedded(ctx, f, a.storeLogger(), true); err == nil {
+		if b, err = sidecar.OpenEmbedded(ctx, f, a.storeLogger(), true); err == nil {
 			dst = b
 			if b.Created() {
 				fmt.Fprintf(a.Stderr, "postern: created a new, empty store %s with its key file %s; back the key file up: the store cannot be read without it\n", f.Path, f.KeyFile)

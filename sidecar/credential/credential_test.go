@@ -45,14 +45,12 @@ func TestBasic(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := project.Project{Name: "a", Auth: tc.auth}
-			for _, force := range []bool{false, true} {
-				a, err := b.Credential(t.Context(), p, force)
-				if (err != nil) != tc.wantErr {
-					t.Fatalf("err = %v", err)
-				}
-				if a.Username != tc.user || a.Secret.Reveal() != tc.auth.Password.Reveal() || a.Mechanism != tc.auth.Mechanism && !tc.wantErr {
-					t.Fatalf("Credential = %+v", a)
-				}
+			a, err := b.Credential(t.Context(), p)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if a.Username != tc.user || a.Secret.Reveal() != tc.auth.Password.Reveal() || a.Mechanism != tc.auth.Mechanism && !tc.wantErr {
+				t.Fatalf("Credential = %+v", a)
 			}
 			b.Rejected(t.Context(), p, errors.New("535 5.7.8 Authentication credentials invalid"))
 		})

@@ -73,5 +73,5 @@ func ExampleServer_Serve() {
 	}
 	// Output:
 	// someone@elsewhere.example: accepted, nothing more asked
-	// stranger@client-a.example: 550 5.7.1 <stranger@client-a.example> is not a known sender for client-a.example: add it to a project (postern project update ...)
+	// stranger@client-a.example: 550 5.7.1 sender <stranger@client-a.example> is not served by Postern
 }

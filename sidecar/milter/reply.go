@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	gomilter "github.com/emersion/go-milter"
+
+	policy "github.com/postern/postern/sidecar/reply"
 )
 
 // smtpReply is a reply the milter asks Postfix to give: "code enhanced text".
@@ -21,6 +23,18 @@ const maxReplyText = 450
 
 func reply(code int, enhanced, text string) smtpReply {
 	return smtpReply{text: fmt.Sprintf("%d %s %s", code, enhanced, truncate(text, maxReplyText))}
+}
+
+// fromPolicy is the reply the policy (package reply) gives for a state, made safe for the milter
+// protocol: printable ASCII only.
+func fromPolicy(r policy.Reply) smtpReply {
+	b := []byte(r.Text)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	return reply(r.Code, r.EnhancedString(), string(b))
 }
 
 // response is the SMFIR_REPLYCODE packet. Postfix reads the text the way Sendmail does, as a format

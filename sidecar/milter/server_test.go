@@ -341,7 +341,7 @@ func TestPolicy(t *testing.T) {
 			name: "unknown sender of a routed domain",
 			msg:  message{sender: "stranger@client-a.example"},
 			want: outcome{stage: "mail", code: gomilter.ActReplyCode,
-				reply: "550 5.7.1 <stranger@client-a.example> is not a known sender for client-a.example: add it to a project (postern project update ...)"},
+				reply: "550 5.7.1 sender <stranger@client-a.example> is not served by Postern"},
 		},
 		{
 			name: "unrelated sender",
@@ -367,17 +367,17 @@ func TestPolicy(t *testing.T) {
 		{
 			name: "directory unavailable",
 			msg:  message{sender: "x@down.example"},
-			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 the project directory is unavailable, try again later"},
+			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 project configuration is unavailable, try again later"},
 		},
 		{
 			name: "directory too slow",
 			msg:  message{sender: "x@slow.example"},
-			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 the project directory is unavailable, try again later"},
+			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 project configuration is unavailable, try again later"},
 		},
 		{
 			name: "resolver fault",
 			msg:  message{sender: "x@broken.example"},
-			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 temporary failure, try again later"},
+			want: outcome{stage: "mail", code: gomilter.ActReplyCode, reply: "451 4.3.0 temporary local problem, try again later"},
 		},
 		{
 			name: "allowed From",

@@ -13,6 +13,7 @@ import (
 
 	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/project"
+	policy "github.com/postern/postern/sidecar/reply"
 )
 
 // session is the Milter of one connection. go-milter calls it from the connection's one goroutine,
@@ -80,7 +81,7 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 	}
 
 	if err := sendable(from); err != nil {
-		return s.refuse("mail", 553, "5.1.7", "sender address rejected: "+err.Reason, err.Error()), nil
+		return s.refuse("mail", policy.For(policy.BadSender, policy.Facts{Reason: err.Reason}), err.Error()), nil
 	}
 
 	opts := &s.srv.opts
@@ -91,27 +92,22 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 	if err != nil {
 		switch {
 		case opts.IsNoProject(err):
-			return s.refuse("mail", 550, "5.7.1",
-				fmt.Sprintf("<%s> is not a known sender for %s: add it to a project (postern project update ...)", clean(from), clean(domain)),
-				"the sender belongs to no project"), nil
+			return s.refuse("mail", policy.For(policy.NoProject, policy.Facts{Sender: clean(from)}), "the sender belongs to no project"), nil
 		case opts.IsUnavailable(err) || timedOut || errors.Is(err, context.DeadlineExceeded):
-			return s.refuse("mail", 451, "4.3.0", "the project directory is unavailable, try again later",
-				fmt.Sprintf("resolving the sender: %v", err)), nil
+			return s.refuse("mail", policy.For(policy.Unavailable, policy.Facts{}), fmt.Sprintf("resolving the sender: %v", err)), nil
 		default:
-			return s.refuse("mail", 451, "4.3.0", "temporary failure, try again later",
-				fmt.Sprintf("resolving the sender: %v", err)), nil
+			return s.refuse("mail", policy.For(policy.Temporary, policy.Facts{}), fmt.Sprintf("resolving the sender: %v", err)), nil
 		}
 	}
 	s.msg.project = p
 	s.msg.maxRcpt, s.msg.maxBytes = s.srv.limitsFor(p)
 
 	if !p.Enabled {
-		return s.refuse("mail", 451, "4.7.0", fmt.Sprintf("project %s is disabled", clean(p.Name)), "the project is disabled"), nil
+		return s.refuse("mail", policy.For(policy.Disabled, policy.Facts{Project: clean(p.Name)}), "the project is disabled"), nil
 	}
 	if opts.Credentials != nil {
 		if state, reason := opts.Credentials.State(p); state == project.TokenNeedsReauth {
-			return s.refuse("mail", 451, "4.7.0",
-				fmt.Sprintf("project %s needs re-authorisation: the mailbox owner must sign in again", clean(p.Name)),
+			return s.refuse("mail", policy.For(policy.NeedsSignIn, policy.Facts{Project: clean(p.Name)}),
 				"credential needs re-authorisation: "+reason), nil
 		}
 	}
@@ -129,13 +125,13 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, 
 		return gomilter.RespContinue, nil
 	}
 	if err := sendable(rcpt); err != nil {
-		r := reply(553, "5.1.3", "recipient address rejected: "+err.Reason)
+		r := fromPolicy(policy.For(policy.BadRecipient, policy.Facts{Reason: err.Reason}))
 		s.logDecision("rcpt", "refuse recipient", r.text, err.Error(), "recipient", rcpt)
 		return r.response(), nil
 	}
 	if s.msg.maxRcpt > 0 && s.msg.rcpts >= s.msg.maxRcpt {
 		s.msg.refused++
-		r := reply(452, "4.5.3", fmt.Sprintf("too many recipients: %s allows at most %d per message", clean(s.msg.project.Name), s.msg.maxRcpt))
+		r := fromPolicy(policy.For(policy.TooManyRecipients, policy.Facts{Project: clean(s.msg.project.Name), Limit: int64(s.msg.maxRcpt)}))
 		if s.msg.refused == 1 {
 			// Logged for the first refused recipient only; the final decision carries the count.
 			s.logDecision("rcpt", "refuse recipient", r.text, fmt.Sprintf("recipient %d is over the limit", s.msg.rcpts+1), "recipient", rcpt)
@@ -230,7 +226,7 @@ func (s *session) checkFrom() gomilter.Response {
 	for _, v := range s.msg.from {
 		list, empty, err := parseAddressList(v)
 		if err != nil {
-			return s.refuse("eoh", 550, "5.6.0", "the From header cannot be parsed as RFC 5322 addresses",
+			return s.refuse("eoh", policy.For(policy.BadFrom, policy.Facts{}),
 				fmt.Sprintf("parsing From %q: %v", truncate(v, 200), err))
 		}
 		if empty {
@@ -241,14 +237,14 @@ func (s *session) checkFrom() gomilter.Response {
 		}
 	}
 	if len(addrs) == 0 {
-		return s.refuse("eoh", 550, "5.6.0", "the message has no From address: RFC 5322 requires one",
+		return s.refuse("eoh", policy.For(policy.NoFrom, policy.Facts{}),
 			fmt.Sprintf("%d From fields, no address", len(s.msg.from)))
 	}
 	p := s.msg.project
 	for _, a := range addrs {
 		if !p.MaySendAs(a) {
-			return s.refuse("eoh", 550, "5.7.60",
-				fmt.Sprintf("From <%s> is not allowed for %s: the mailbox may send as %s", clean(a), clean(p.Name), sendAsSummary(p.SendAsList())),
+			facts := policy.Facts{Address: clean(a), Project: clean(p.Name), Reason: sendAsSummary(p.SendAsList())}
+			return s.refuse("eoh", policy.For(policy.SendAsDenied, facts),
 				fmt.Sprintf("From %s is not in the project's send-as list", a))
 		}
 	}
@@ -256,17 +252,16 @@ func (s *session) checkFrom() gomilter.Response {
 }
 
 func (s *session) tooLarge(stage, reason string) gomilter.Response {
-	return s.refuse(stage, 552, "5.3.4",
-		fmt.Sprintf("message too large: %s accepts at most %d bytes", clean(s.msg.project.Name), s.msg.maxBytes), reason)
+	return s.refuse(stage, policy.For(policy.TooLarge, policy.Facts{Project: clean(s.msg.project.Name), Limit: s.msg.maxBytes}), reason)
 }
 
 // refuse ends the message with a reply and logs the decision. The reply goes as SMFIR_REPLYCODE,
 // which go-milter treats as "continue", so the session keeps its state; the message state is reset
 // here and again at the next MAIL FROM or abort.
-func (s *session) refuse(stage string, code int, enhanced, text, reason string) gomilter.Response {
-	r := reply(code, enhanced, text)
+func (s *session) refuse(stage string, pr policy.Reply, reason string) gomilter.Response {
+	r := fromPolicy(pr)
 	action := "reject"
-	if code < 500 {
+	if pr.Code < 500 {
 		action = "tempfail"
 	}
 	s.logDecision(stage, action, r.text, reason)

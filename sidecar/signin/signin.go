@@ -47,6 +47,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
@@ -482,7 +483,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 				"The mail server said:",
 			}
 			pg.Detail = err.Error()
-			pg.Advice = Advice(p, err)
+			pg.Advice = advice.Next(p, err)
 		} else {
 			pg.Paragraphs[0] = fmt.Sprintf("Postern saved the sign-in of %s and signed in to the mail server with it (no mail was sent). Mail of project %s flows from now on, including mail that waited; you can close this page.", account, p.Name)
 		}

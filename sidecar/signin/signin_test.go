@@ -22,6 +22,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/oauth/oauthtest"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
@@ -669,7 +670,7 @@ func TestUpstreamCheck(t *testing.T) {
 				testAuth: func(e *env) func(context.Context, project.Project) error {
 					pools := upstream.NewPools(upstream.Options{LocalName: "postern.test"})
 					t.Cleanup(func() { pools.Close() })
-					return signin.UpstreamCheck(pools, e.broker)
+					return signin.UpstreamCheck(pools, credential.New(credential.Options{OAuth: e.broker}))
 				},
 			})
 			valid := func(user, tok string) bool {

@@ -26,7 +26,7 @@ func serveSMTP(t *testing.T, up *upstreamtest.Server) string {
 	}
 	pools := upstream.NewPools(upstream.Options{})
 	t.Cleanup(func() { pools.Close() })
-	srv, err := New(Options{Resolver: dir, Credentials: credential.Basic{}, Upstreams: pools})
+	srv, err := New(Options{Resolver: dir, Credentials: credential.New(credential.Options{}), Upstreams: pools})
 	if err != nil {
 		t.Fatal(err)
 	}

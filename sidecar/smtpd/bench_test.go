@@ -61,7 +61,7 @@ func benchServer(b *testing.B, projects ...project.Project) *smtp.Client {
 	}
 	pools := upstream.NewPools(upstream.Options{Logger: log, LocalName: "postern.test"})
 	b.Cleanup(func() { pools.Close() })
-	srv, err := New(Options{Resolver: dir, Credentials: &fakeCreds{}, Upstreams: pools, Logger: log, Hostname: "postern.test"})
+	srv, err := New(Options{Resolver: dir, Credentials: (&fakeCreds{}).manager(), Upstreams: pools, Logger: log, Hostname: "postern.test"})
 	if err != nil {
 		b.Fatal(err)
 	}

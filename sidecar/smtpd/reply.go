@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/reply"
 	"github.com/postern/postern/sidecar/upstream"
 )
 
@@ -53,7 +53,9 @@ func (e *txError) Unwrap() error { return e.err }
 // replyFor is the one place that decides what Postfix hears. It returns nil for a nil err and
 // otherwise a bare *smtp.SMTPError (go-smtp turns anything else into 554 5.0.0, a bounce).
 //
-// The rules (DESIGN.md, "What Postfix hears"): a sender no project serves is refused (550 5.7.1);
+// It finds the state and takes the reply from package reply, the policy the milter shares; what
+// only an upstream can say (its own replies) is mapped here. The rules (DESIGN.md, "What Postfix
+// hears"): a sender no project serves is refused (550 5.7.1);
 // an address that cannot be written into an upstream command is refused (553 5.1.7 for the sender,
 // 553 5.1.3 for a recipient), and so is an address beyond ASCII without SMTPUTF8 (553 5.6.7);
 // an upstream's definite no (5xx to RCPT or DATA, or a size the upstream declared it cannot take)
@@ -69,47 +71,48 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 		tx = &txError{}
 	}
 	var bad *address.SyntaxError
-
+	var limit int64
+	var le *limitError
+	if errors.As(err, &le) {
+		limit = le.limit
+	}
+	facts := reply.Facts{Sender: tx.sender, Project: tx.project, Limit: limit}
+	state := reply.State(0)
 	switch {
 	case errors.As(err, &bad):
-		// RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination address.
+		facts.Reason = bad.Reason
+		state = reply.BadRecipient
 		if stage == stageMail {
-			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "sender address rejected: " + bad.Reason}
+			state = reply.BadSender
 		}
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "recipient address rejected: " + bad.Reason}
 	case errors.Is(err, errSMTPUTF8Undeclared):
-		// Postfix's own SMTP server says the same; 5.6.7 is RFC 6531's code for it.
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "Must declare SMTPUTF8 to send unicode address"}
+		state = reply.SMTPUTF8Undeclared
 	case errors.Is(err, directory.ErrNoProject):
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: fmt.Sprintf("sender <%s> is not served by Postern", clean(tx.sender, 320))}
+		state = reply.NoProject
 	case errors.Is(err, directory.ErrUnavailable):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-			Message: "project configuration is unavailable, try again later"}
+		state = reply.Unavailable
 	case errors.Is(err, errDisabled):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("project %s is disabled", tx.project)}
+		state = reply.Disabled
 	case errors.Is(err, credential.ErrNeedsReauth):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("project %s needs re-authorisation: %s", tx.project, clean(credential.Reason(err), 400))}
+		// The reason (the identity provider's words) is for the operator: it is in the log.
+		state = reply.NeedsSignIn
 	case errors.Is(err, errShuttingDown):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 2},
-			Message: "Postern is shutting down, try again later"}
+		state = reply.ShuttingDown
 	case errors.Is(err, errNestedMail):
-		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "nested MAIL command"}
+		state = reply.NestedMail
 	case errors.Is(err, errTooManyRecipients):
-		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "too many recipients"}
+		state = reply.TooManyRecipients
 	case errors.Is(err, errRateLimited):
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("rate limit reached for project %s, try again later", tx.project)}
+		state = reply.RateLimited
 	case errors.Is(err, errLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
 		// Over DATA go-smtp finds the line on the wire, over BDAT countingReader finds it in the
-		// message: one reply. Temporary, as every failure to read the message is.
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 6, 0},
-			Message: fmt.Sprintf("message has a line over %d bytes", maxLineLength)}
+		// message: one reply.
+		state, facts.Limit = reply.LineTooLong, maxLineLength
 	case errors.Is(err, errMessageTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
-		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-			Message: "message size exceeds the limit for this sender"}
+		state = reply.TooLarge
+	}
+	if state != 0 {
+		return smtpReply(reply.For(state, facts))
 	}
 
 	var ue *upstream.Error
@@ -121,9 +124,23 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 		// A reply that did not come through the upstream package: judge it like one.
 		return upstreamReply(&upstream.Error{Stage: stage, Code: se.Code, Enhanced: se.EnhancedCode, Message: se.Message})
 	}
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
-		Message: "temporary local problem, try again later"}
+	return smtpReply(reply.For(reply.Temporary, facts))
 }
+
+// smtpReply is r as go-smtp writes it.
+func smtpReply(r reply.Reply) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(r.Enhanced), Message: r.Text}
+}
+
+// limitError is a limit that was passed, with the limit, for the reply.
+type limitError struct {
+	err    error // errTooManyRecipients or errMessageTooLarge
+	limit  int64
+	detail string
+}
+
+func (e *limitError) Error() string { return e.detail + ": " + e.err.Error() }
+func (e *limitError) Unwrap() error { return e.err }
 
 // upstreamReply maps an upstream failure.
 func upstreamReply(e *upstream.Error) *smtp.SMTPError {
@@ -133,8 +150,7 @@ func upstreamReply(e *upstream.Error) *smtp.SMTPError {
 	}
 	switch {
 	case e.AuthFailed():
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("%s refused the credentials: %s", said, replyText(e))}
+		return smtpReply(reply.For(reply.CredentialRefused, reply.Facts{Upstream: said, Said: replyText(e)}))
 	case e.Code == 0:
 		// No reply at all: network, TLS, timeout, pool. Our description, which names no secret.
 		return &smtp.SMTPError{Code: 451, EnhancedCode: noReplyEnhanced(e), Message: clean(e.Error(), 600)}
@@ -202,27 +218,8 @@ func hasEnhanced(c smtp.EnhancedCode) bool {
 	return c != smtp.EnhancedCode{} && c != smtp.NoEnhancedCode
 }
 
-// clean makes s safe for a reply line: no CR or other control characters except the newlines
-// that separate the lines of a multi-line reply, at most n bytes.
-func clean(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		switch {
-		case r == '\n':
-			return r
-		case r < ' ' || r == 0x7f:
-			return -1
-		}
-		return r
-	}, s)
-	s = strings.Trim(s, "\n")
-	if len(s) > n {
-		for n > 0 && !utf8.RuneStart(s[n]) {
-			n--
-		}
-		s = s[:n]
-	}
-	return s
-}
+// clean makes s safe for a reply line (reply.Clean).
+func clean(s string, n int) string { return reply.Clean(s, n) }
 
 // asError returns r as an error, or a true nil for a nil r (never a typed nil).
 func asError(r *smtp.SMTPError) error {

@@ -41,7 +41,8 @@ func TestReplyFor(t *testing.T) {
 		{"disabled", stageMail, tx(errDisabled), 451, smtp.EnhancedCode{4, 7, 0}, []string{"project client-a is disabled"}, nil},
 		// DESIGN: credential needs re-authorisation → 451 4.7.0.
 		{"needs reauth", stageMail, tx(fmt.Errorf("getting the credential: %w", &credential.ReauthError{Reason: "invalid_grant: AADSTS700082"})),
-			451, smtp.EnhancedCode{4, 7, 0}, []string{"project client-a needs re-authorisation: invalid_grant: AADSTS700082"}, nil},
+			451, smtp.EnhancedCode{4, 7, 0}, []string{"project client-a needs re-authorisation: the mailbox owner must sign in again"},
+			[]string{"AADSTS700082", "invalid_grant"}}, // the identity provider's reason is for the operator: the log
 		// DESIGN: upstream 535 after one forced refresh → 451 4.7.0.
 		{"auth failed", stageMail, up(upstream.StageAuth, 535, smtp.EnhancedCode{5, 7, 3}, "Authentication unsuccessful"),
 			451, smtp.EnhancedCode{4, 7, 0}, []string{addr, "535 5.7.3 Authentication unsuccessful"}, nil},

@@ -131,36 +131,24 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 		return errDisabled
 	}
 	if max := p.Limits.MaxMessageBytes; max > 0 && opts.Size > max {
-		return fmt.Errorf("SIZE=%d over the project's limit of %d bytes: %w", opts.Size, max, errMessageTooLarge)
+		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the project's limit of %d bytes", opts.Size, max)}
 	}
 	if err := s.srv.limiters.wait(ctx, p, s.srv.opts.RateWait); err != nil {
 		return err
 	}
 
-	creds := s.srv.opts.Credentials
-	auth, err := creds.Credential(ctx, p, false)
-	if err != nil {
-		return fmt.Errorf("getting the credential: %w", err)
-	}
-	conn, err := s.srv.opts.Upstreams.Acquire(ctx, p, auth)
-	if authFailed(err) && (p.Auth.Type == project.AuthOAuth2 || p.Auth.Type == project.AuthPlugin) {
-		tx.log.Info("the upstream refused the credential: trying a fresh one", "error", err)
-		auth, err = creds.Credential(ctx, p, true)
-		if err != nil {
-			return fmt.Errorf("getting a fresh credential: %w", err)
-		}
-		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, auth)
-	}
-	if authFailed(err) {
-		creds.Rejected(ctx, p, err)
-	}
+	var conn *upstream.Conn
+	err = s.srv.opts.Credentials.SignIn(ctx, p, func(a upstream.Auth) (err error) {
+		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, a)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 
 	if max := conn.MaxSize(); max > 0 && opts.Size > max {
 		conn.Release()
-		return fmt.Errorf("SIZE=%d over the upstream's limit of %d bytes: %w", opts.Size, max, errMessageTooLarge)
+		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the upstream's limit of %d bytes", opts.Size, max)}
 	}
 	if err := conn.Mail(ctx, tx.sender, &smtp.MailOptions{Size: opts.Size, Body: opts.Body, UTF8: opts.UTF8}); err != nil {
 		giveBack(conn, err)
@@ -186,7 +174,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if err == nil {
 		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
-			err = fmt.Errorf("%d recipients accepted, the project's limit is %d: %w", len(tx.rcpts), max, errTooManyRecipients)
+			err = &limitError{err: errTooManyRecipients, limit: int64(max), detail: fmt.Sprintf("%d recipients accepted, the project's limit is %d", len(tx.rcpts), max)}
 		} else if s.lmtp {
 			// LMTP answers for each recipient after the message: the recipients go upstream
 			// with DATA (in one round trip where the upstream pipelines), and a recipient the
@@ -376,11 +364,6 @@ func stateUnknown(err error) bool {
 	return !errors.As(err, &ue) || ue.Code == 0 || ue.Code == 421
 }
 
-func authFailed(err error) bool {
-	var ue *upstream.Error
-	return errors.As(err, &ue) && ue.AuthFailed()
-}
-
 // countingReader counts the bytes of a message and fails once they pass max (0: no limit of its
 // own; the server's limit is go-smtp's), or once a line passes maxLineLength: a check of the
 // message itself, the same whether it came with DATA or in BDAT chunks.
@@ -395,7 +378,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	if c.max > 0 && c.n > c.max {
-		return n, fmt.Errorf("message passed the project's limit of %d bytes: %w", c.max, errMessageTooLarge)
+		return n, &limitError{err: errMessageTooLarge, limit: c.max, detail: fmt.Sprintf("message passed the project's limit of %d bytes", c.max)}
 	}
 	for rest := p[:n]; ; {
 		i := bytes.IndexByte(rest, '\n')

@@ -13,11 +13,10 @@
 //     configuration unavailable: 451 4.3.0. Project disabled: 451 4.7.0. A SIZE over the project's
 //     limit: 552 5.3.4. The project's messages-per-minute budget is waited for, at most
 //     Options.RateWait, else 451 4.7.0.
-//  2. The project's credential is fetched (Credentials); one that needs a person to sign in again
-//     is 451 4.7.0 with the reason. An upstream connection is acquired (Upstreams). If the
-//     upstream refuses the credential and it can be renewed (OAuth), a fresh one is asked for and
-//     tried exactly once more; a refusal that stands is reported to Credentials.Rejected and
-//     answered 451 4.7.0. Then MAIL FROM with SIZE and BODY is ready for the upstream (sent at
+//  2. The project signs in through Credentials (package credential), which acquires an upstream
+//     connection (Upstreams) with the project's credential, renews a refused credential once where
+//     it can and reports the outcome to its source. A credential that needs a person to sign in
+//     again is 451 4.7.0, and so is a refusal that stands. Then MAIL FROM with SIZE and BODY is ready for the upstream (sent at
 //     once, or with the first recipient when the upstream offers PIPELINING).
 //  3. RCPT TO: a recipient no quoting can carry upstream is refused with 553 5.1.3, one beyond
 //     ASCII without SMTPUTF8 on MAIL FROM with 553 5.6.7; both before it goes anywhere, over LMTP
@@ -68,13 +67,12 @@ type Resolver interface {
 	Resolve(ctx context.Context, sender string) (project.Project, error)
 }
 
-// Credentials supplies what a project signs in upstream with (credential.Basic, the token broker).
+// Credentials is the one sign-in to an upstream (*credential.Manager): it gets the project's
+// credential, calls attempt with it, renews it once where the upstream refused it and its source
+// can, and reports the outcome to the source. An error matching credential.ErrNeedsReauth means a
+// person must sign in again.
 type Credentials interface {
-	// Credential returns what to AUTH with. force asks for a fresh one (after the upstream rejected
-	// the last). An error matching credential.ErrNeedsReauth means a person must sign in again.
-	Credential(ctx context.Context, p project.Project, force bool) (upstream.Auth, error)
-	// Rejected reports that the upstream refused a credential, with the upstream's text.
-	Rejected(ctx context.Context, p project.Project, err error)
+	SignIn(ctx context.Context, p project.Project, attempt func(upstream.Auth) error) error
 }
 
 // Upstreams hands out signed-in upstream connections (*upstream.Pools).
@@ -84,7 +82,7 @@ type Upstreams interface {
 
 var (
 	_ Resolver    = (*directory.Directory)(nil)
-	_ Credentials = credential.Basic{}
+	_ Credentials = (*credential.Manager)(nil)
 	_ Upstreams   = (*upstream.Pools)(nil)
 )
 

@@ -40,7 +40,8 @@ func (m *memStore) Projects(context.Context) ([]project.Project, error) {
 	return slices.Clone(m.projects), m.err
 }
 
-// fakeCreds hands out the project's password; with fresh set, a forced call hands out fresh.
+// fakeCreds is a credential source that hands out the project's password; with fresh set, a
+// renewal hands out fresh. It records each call: false for Credential, true for Renew.
 type fakeCreds struct {
 	mu       sync.Mutex
 	forced   []bool
@@ -49,7 +50,15 @@ type fakeCreds struct {
 	err      error
 }
 
-func (f *fakeCreds) Credential(_ context.Context, p project.Project, force bool) (upstream.Auth, error) {
+func (f *fakeCreds) Credential(_ context.Context, p project.Project) (upstream.Auth, error) {
+	return f.credential(p, false)
+}
+
+func (f *fakeCreds) Renew(_ context.Context, p project.Project, _ upstream.Auth) (upstream.Auth, error) {
+	return f.credential(p, true)
+}
+
+func (f *fakeCreds) credential(p project.Project, force bool) (upstream.Auth, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.forced = append(f.forced, force)
@@ -71,6 +80,17 @@ func (f *fakeCreds) Rejected(_ context.Context, p project.Project, err error) {
 	defer f.mu.Unlock()
 	f.rejected = append(f.rejected, p.Name+": "+err.Error())
 }
+
+func (f *fakeCreds) Accepted(context.Context, project.Project) {}
+
+// manager signs in through f: as a source that renews for OAuth and plugin projects, as one that
+// cannot (a password) for basic and none.
+func (f *fakeCreds) manager() *credential.Manager {
+	return credential.New(credential.Options{Basic: basicOnly{f}, OAuth: f, Plugin: f})
+}
+
+// basicOnly hides Renew: a password is not renewed.
+type basicOnly struct{ credential.Source }
 
 func (f *fakeCreds) calls() ([]bool, []string) {
 	f.mu.Lock()
@@ -146,7 +166,7 @@ func newHarnessWithStore(t *testing.T, opts Options, store *memStore) *harness {
 	h.pools = upstream.NewPools(upstream.Options{Logger: log, LocalName: "postern.test"})
 	t.Cleanup(func() { h.pools.Close() })
 
-	opts.Resolver, opts.Credentials, opts.Upstreams, opts.Logger = h.dir, h.creds, h.pools, log
+	opts.Resolver, opts.Credentials, opts.Upstreams, opts.Logger = h.dir, h.creds.manager(), h.pools, log
 	if opts.Hostname == "" {
 		opts.Hostname = "postern.test"
 	}
@@ -315,7 +335,7 @@ func TestDeliveryOverSMTP(t *testing.T) {
 	}
 	pools := upstream.NewPools(upstream.Options{})
 	t.Cleanup(func() { pools.Close() })
-	srv, err := New(Options{Resolver: dir, Credentials: credential.Basic{}, Upstreams: pools, MaxMessageBytes: 1000})
+	srv, err := New(Options{Resolver: dir, Credentials: credential.New(credential.Options{}), Upstreams: pools, MaxMessageBytes: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +379,7 @@ func TestDeliveryOverSMTP(t *testing.T) {
 
 func TestServeSMTPRefusesNonLoopback(t *testing.T) {
 	t.Parallel()
-	srv, err := New(Options{Resolver: &directory.Directory{}, Credentials: credential.Basic{}, Upstreams: upstream.NewPools(upstream.Options{})})
+	srv, err := New(Options{Resolver: &directory.Directory{}, Credentials: credential.New(credential.Options{}), Upstreams: upstream.NewPools(upstream.Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -534,7 +554,7 @@ func TestMailRefusals(t *testing.T) {
 		{"bounce", "", nil, 550, smtp.EnhancedCode{5, 7, 1}, "is not served by Postern"},
 		{"disabled project", "noreply@off.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project off is disabled"},
 		{"needs re-authorisation", "noreply@a.example", fmt.Errorf("token: %w", &credential.ReauthError{Reason: "invalid_grant: AADSTS700082"}),
-			451, smtp.EnhancedCode{4, 7, 0}, "project a needs re-authorisation: invalid_grant: AADSTS700082"},
+			451, smtp.EnhancedCode{4, 7, 0}, "project a needs re-authorisation: the mailbox owner must sign in again"},
 		{"credential source down", "noreply@a.example", errors.New("vault: connection refused"), 451, smtp.EnhancedCode{4, 3, 0}, ""},
 	}
 	for _, tc := range tests {

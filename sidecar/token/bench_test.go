@@ -56,7 +56,7 @@ func BenchmarkCredentialCacheHit(b *testing.B) {
 		}},
 	}
 	ctx := context.Background()
-	if _, err := br.Credential(ctx, p, false); err != nil { // loads the record once
+	if _, err := br.Credential(ctx, p); err != nil { // loads the record once
 		b.Fatal(err)
 	}
 	reads := st.reads
@@ -64,7 +64,7 @@ func BenchmarkCredentialCacheHit(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := br.Credential(ctx, p, false); err != nil {
+			if _, err := br.Credential(ctx, p); err != nil {
 				b.Error(err)
 				return
 			}

@@ -8,8 +8,10 @@
 //     store read, no identity-provider call.
 //  2. Within Margin, the still-valid token is returned at once and one refresh starts in the
 //     background (one at a time per project). No delivery waits on a refresh.
-//  3. Expired or missing (or force, after the upstream refused the token): callers wait for a
-//     refresh; concurrent callers share one.
+//  3. Expired or missing: callers wait for a refresh; concurrent callers share one. Renew, after
+//     the upstream refused a token, refreshes once per refused token: callers refused with the same
+//     token share one refresh, a caller refused with a token already replaced gets the new one, and
+//     a token that was renewed once is never renewed again.
 //  4. A refresh reads the store record first. If another replica already wrote a newer valid
 //     token, that one is used. If another replica has claimed the refresh (RefreshingBy, until
 //     RefreshingUntil), this one keeps its valid token, or waits for the other's record, and never
@@ -26,12 +28,15 @@
 //     keeps serving the current token while it is valid, and fails (ErrUnavailable) only when no
 //     valid token exists.
 //
-// Rejected records an upstream's refusal of a token for Status; Store saves a new grant from the
-// sign-in callback and clears needs_reauth.
+// Rejected records an upstream's refusal of a token for Status, and Accepted clears it when the
+// upstream takes the project's token again; Store saves a new grant from the sign-in callback and
+// clears needs_reauth. The broker is the OAuth source of package credential, which calls Renew,
+// Rejected and Accepted.
 package token
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -111,9 +116,6 @@ type Options struct {
 	// that does not answer leaves time to refresh from memory and keep the new token pending;
 	// zero means a third of RefreshTimeout.
 	StoreTimeout time.Duration
-	// ForceWindow: a forced refresh within this long after the last completed one returns the
-	// current token instead; zero means 5 s.
-	ForceWindow time.Duration
 }
 
 const (
@@ -176,6 +178,10 @@ type entry struct {
 	reason      string
 	rejected    string
 	rejectedAt  time.Time
+	rejectedErr error
+	// renewed identifies the last token Renew refreshed for (tokenID), so that no token is
+	// renewed twice.
+	renewed [sha256.Size]byte
 }
 
 type flight struct {
@@ -210,9 +216,6 @@ func New(opts Options) *Broker {
 	}
 	if opts.StoreTimeout <= 0 {
 		opts.StoreTimeout = opts.RefreshTimeout / 3
-	}
-	if opts.ForceWindow <= 0 {
-		opts.ForceWindow = 5 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Broker{opts: opts, log: opts.Logger, ctx: ctx, cancel: cancel, entries: make(map[string]*entry)}
@@ -255,53 +258,115 @@ func (b *Broker) fresh(t project.Token, now time.Time) bool {
 	return b.valid(t, now) && now.Add(b.opts.Margin).Before(t.Expiry)
 }
 
-// Credential returns the project's upstream sign-in: XOAUTH2 with a valid access token. force asks
-// for a token other than the cached one (the upstream refused it), unless one was obtained in the
-// last ForceWindow. Errors match credential.ErrNeedsReauth (a person must sign in) or
-// ErrUnavailable (try later).
-func (b *Broker) Credential(ctx context.Context, p project.Project, force bool) (upstream.Auth, error) {
-	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
-		return upstream.Auth{}, fmt.Errorf("project %q: auth type %q is not oauth2", p.Name, p.Auth.Type)
-	}
-	if b.opts.Store == nil {
-		return upstream.Auth{}, fmt.Errorf("project %q: the token broker has no store", p.Name)
+// Credential returns the project's upstream sign-in: XOAUTH2 with a valid access token. Errors
+// match credential.ErrNeedsReauth (a person must sign in) or ErrUnavailable (try later).
+func (b *Broker) Credential(ctx context.Context, p project.Project) (upstream.Auth, error) {
+	if err := b.check(p); err != nil {
+		return upstream.Auth{}, err
 	}
 	now := b.opts.Now()
 	b.mu.Lock()
 	e := b.entryLocked(p.Name)
 	usable := e.loaded && e.state != project.TokenNeedsReauth // a dead grant's token is not used
 	switch {
-	case !force && usable && b.fresh(e.tok, now):
+	case usable && b.fresh(e.tok, now):
 		tok := e.tok
 		b.mu.Unlock()
 		return b.auth(p, tok), nil
-	case !force && usable && b.valid(e.tok, now):
+	case usable && b.valid(e.tok, now):
 		if e.flight == nil && !now.Before(e.retryAt) && !b.closed {
 			b.startLocked(e, p, false)
 		}
 		tok := e.tok
 		b.mu.Unlock()
 		return b.auth(p, tok), nil
-	case force && usable && b.valid(e.tok, now) && !e.lastRefresh.IsZero() && now.Sub(e.lastRefresh) < b.opts.ForceWindow:
-		tok := e.tok
-		b.mu.Unlock()
-		return b.auth(p, tok), nil
 	}
-	if e.flight == nil {
-		if b.closed {
+	f, err := b.flightLocked(e, p, false)
+	b.mu.Unlock()
+	if err != nil {
+		return upstream.Auth{}, err
+	}
+	return b.wait(ctx, p, f)
+}
+
+// Renew returns a sign-in with a token other than refused, the one the upstream has just refused
+// (step 3 of the package comment): the cached token when it is another one already (a renewal
+// for refused happened, or the cache moved on), else a new one from the identity provider. It
+// refreshes once per refused token: concurrent callers refused with the same token share one
+// refresh, and a token renewed once is never renewed again: Renew then returns refused itself,
+// and the caller reports the refusal (Rejected).
+func (b *Broker) Renew(ctx context.Context, p project.Project, refused upstream.Auth) (upstream.Auth, error) {
+	if err := b.check(p); err != nil {
+		return upstream.Auth{}, err
+	}
+	id := tokenID(refused.Secret)
+	for range 2 {
+		now := b.opts.Now()
+		b.mu.Lock()
+		e := b.entryLocked(p.Name)
+		usable := e.loaded && e.state != project.TokenNeedsReauth
+		switch {
+		case usable && b.valid(e.tok, now) && !e.tok.AccessToken.Equal(refused.Secret):
+			tok := e.tok
 			b.mu.Unlock()
-			return upstream.Auth{}, fmt.Errorf("project %q: the token broker is closed: %w", p.Name, ErrUnavailable)
+			return b.auth(p, tok), nil
+		case e.flight == nil && e.renewed == id:
+			b.mu.Unlock()
+			b.log.Warn("the upstream refused a token that was renewed already: not renewing it again", "project", p.Name)
+			return refused, nil
 		}
-		if now.Before(e.retryAt) && e.lastErr != nil {
-			err := e.lastErr
-			b.mu.Unlock()
+		forced := e.flight == nil
+		if forced {
+			e.renewed = id
+		}
+		f, err := b.flightLocked(e, p, true)
+		b.mu.Unlock()
+		if err != nil {
 			return upstream.Auth{}, err
 		}
-		b.startLocked(e, p, force)
+		a, err := b.wait(ctx, p, f)
+		if err != nil || forced || !a.Secret.Equal(refused.Secret) {
+			return a, err
+		}
+		// A refresh that was not for this refusal (ahead of expiry) gave the refused token back:
+		// renew it now.
 	}
-	f := e.flight
+	return refused, nil
+}
+
+// tokenID identifies an access token without keeping it.
+func tokenID(s secret.Secret) [sha256.Size]byte { return sha256.Sum256([]byte(s.Reveal())) }
+
+// check reports a project the broker cannot serve.
+func (b *Broker) check(p project.Project) error {
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		return fmt.Errorf("project %q: auth type %q is not oauth2", p.Name, p.Auth.Type)
+	}
+	if b.opts.Store == nil {
+		return fmt.Errorf("project %q: the token broker has no store", p.Name)
+	}
+	return nil
+}
+
+// flightLocked returns the project's refresh in flight, starting one (forced or not) if none is;
+// or the error to answer while refreshes back off. b.mu is held.
+func (b *Broker) flightLocked(e *entry, p project.Project, force bool) (*flight, error) {
+	if e.flight != nil {
+		return e.flight, nil
+	}
+	if b.closed {
+		return nil, fmt.Errorf("project %q: the token broker is closed: %w", p.Name, ErrUnavailable)
+	}
+	if b.opts.Now().Before(e.retryAt) && e.lastErr != nil {
+		return nil, e.lastErr
+	}
+	b.startLocked(e, p, force)
+	return e.flight, nil
+}
+
+// wait waits for the refresh f and returns its token.
+func (b *Broker) wait(ctx context.Context, p project.Project, f *flight) (upstream.Auth, error) {
 	b.waiting.Add(1)
-	b.mu.Unlock()
 	defer b.waiting.Add(-1)
 
 	select {
@@ -784,8 +849,8 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 	return nil
 }
 
-// Rejected records that the upstream refused the project's token (after a forced refresh), with
-// the upstream's words; Status shows it until Accepted or a new sign-in.
+// Rejected records that the upstream refused the project's token (after Renew), with the
+// upstream's words; Status shows it until Accepted or a new sign-in.
 func (b *Broker) Rejected(_ context.Context, p project.Project, err error) {
 	text := "the upstream refused the token"
 	if err != nil {
@@ -793,18 +858,27 @@ func (b *Broker) Rejected(_ context.Context, p project.Project, err error) {
 	}
 	b.mu.Lock()
 	e := b.entryLocked(p.Name)
-	e.rejected, e.rejectedAt = text, b.opts.Now()
+	e.rejected, e.rejectedAt, e.rejectedErr = text, b.opts.Now(), err
 	b.mu.Unlock()
 	b.log.Warn("the upstream refused the project's access token: mail is deferred", "project", p.Name, "error", text)
 }
 
 // Accepted clears a recorded refusal once the upstream accepts the project's token again.
-func (b *Broker) Accepted(name string) {
+func (b *Broker) Accepted(_ context.Context, p project.Project) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e := b.entries[name]; e != nil {
-		e.rejected, e.rejectedAt = "", time.Time{}
+	if e := b.entries[p.Name]; e != nil && e.rejected != "" {
+		e.rejected, e.rejectedAt, e.rejectedErr = "", time.Time{}, nil
+		b.log.Info("the upstream accepts the project's access token again", "project", p.Name)
 	}
+}
+
+// State is the project's credential state as the milter and the status page see it: what the
+// broker knows, after one store read the first time (Observe; a failed read leaves it unknown).
+func (b *Broker) State(ctx context.Context, p project.Project) (project.TokenState, string) {
+	_ = b.Observe(ctx, p)
+	s := b.Status(p.Name)
+	return s.State, s.Reason
 }
 
 // ProjectStatus is what the status page and metrics show of one project. It holds no token.
@@ -824,9 +898,11 @@ type ProjectStatus struct {
 	LastError   string
 	LastErrorAt time.Time
 	RetryAt     time.Time
-	// Rejected is the upstream's refusal of the token, if any, and RejectedAt its time.
-	Rejected   string
-	RejectedAt time.Time
+	// Rejected is the upstream's refusal of the token, if any, RejectedAt its time and RejectedErr
+	// the error itself (an *upstream.Error), for package advice.
+	Rejected    string
+	RejectedAt  time.Time
+	RejectedErr error
 	// PendingWrite says a rotated token is held in memory because the store could not be written.
 	PendingWrite bool
 	// Refreshing says a refresh is in flight.
@@ -849,7 +925,7 @@ func (b *Broker) Status(name string) ProjectStatus {
 	s := ProjectStatus{
 		State: e.state, Reason: e.reason,
 		LastRefresh: e.lastRefresh, LastErrorAt: e.lastErrAt, RetryAt: e.retryAt,
-		Rejected: e.rejected, RejectedAt: e.rejectedAt,
+		Rejected: e.rejected, RejectedAt: e.rejectedAt, RejectedErr: e.rejectedErr,
 		PendingWrite: e.pending, Refreshing: e.flight != nil,
 	}
 	if e.loaded {

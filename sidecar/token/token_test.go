@@ -226,9 +226,18 @@ func (f *fixture) broker(t *testing.T, instance string) *token.Broker {
 	return b
 }
 
-func mustCredential(t *testing.T, b *token.Broker, p project.Project, force bool) upstream.Auth {
+func mustRenew(t *testing.T, b *token.Broker, p project.Project, refused upstream.Auth) upstream.Auth {
 	t.Helper()
-	a, err := b.Credential(context.Background(), p, force)
+	a, err := b.Renew(context.Background(), p, refused)
+	if err != nil {
+		t.Errorf("Renew: %v", err)
+	}
+	return a
+}
+
+func mustCredential(t *testing.T, b *token.Broker, p project.Project) upstream.Auth {
+	t.Helper()
+	a, err := b.Credential(context.Background(), p)
 	if err != nil {
 		t.Fatalf("Credential: %v", err)
 	}
@@ -251,7 +260,7 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 func credentialAsync(b *token.Broker, p project.Project) <-chan upstream.Auth {
 	ch := make(chan upstream.Auth, 1)
 	go func() {
-		a, _ := b.Credential(context.Background(), p, false)
+		a, _ := b.Credential(context.Background(), p)
 		ch <- a
 	}()
 	return ch
@@ -273,7 +282,7 @@ func TestCredentialShape(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	a := mustCredential(t, b, f.p, false)
+	a := mustCredential(t, b, f.p)
 	if a.Mechanism != "XOAUTH2" || a.Username != mailbox || !a.Secret.Equal(f.seed.AccessToken) || a.SASL == nil {
 		t.Fatalf("auth = %+v", a)
 	}
@@ -283,7 +292,7 @@ func TestCredentialShape(t *testing.T) {
 	if err != nil || !bytes.Equal(resp, xoauth2.Response(mailbox, f.seed.AccessToken)) {
 		t.Fatalf("SASL response wrong (err %v)", err)
 	}
-	if _, err := b.Credential(context.Background(), project.Project{Name: "basic", Auth: project.Auth{Type: project.AuthBasic}}, false); err == nil {
+	if _, err := b.Credential(context.Background(), project.Project{Name: "basic", Auth: project.Auth{Type: project.AuthBasic}}); err == nil {
 		t.Fatal("a basic project got a credential")
 	}
 }
@@ -292,14 +301,14 @@ func TestNoRefreshWhileFresh(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	first := mustCredential(t, b, f.p, false)
+	first := mustCredential(t, b, f.p)
 	reads := f.store.readCount()
 	if reads != 1 {
 		t.Fatalf("the first Credential read the store %d times, want 1", reads)
 	}
 	for range 50 {
 		f.clock.Advance(time.Minute / 2) // 25 minutes in all: still 35 minutes from expiry
-		a := mustCredential(t, b, f.p, false)
+		a := mustCredential(t, b, f.p)
 		if !a.Secret.Equal(first.Secret) {
 			t.Fatal("token changed while fresh")
 		}
@@ -319,7 +328,7 @@ func TestBackgroundRefreshAheadOfMargin(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	old := mustCredential(t, b, f.p, false)
+	old := mustCredential(t, b, f.p)
 
 	f.clock.Advance(55 * time.Minute) // 5 minutes left: within the 10-minute margin, still valid
 	arrived, release := f.idp.Block()
@@ -327,7 +336,7 @@ func TestBackgroundRefreshAheadOfMargin(t *testing.T) {
 	for i := range 20 {
 		// Every caller returns at once with the still-valid token while the refresh is held at the
 		// identity provider: none of them waits for it.
-		a := mustCredential(t, b, f.p, false)
+		a := mustCredential(t, b, f.p)
 		if !a.Secret.Equal(old.Secret) {
 			t.Fatalf("caller %d got another token while the refresh is blocked", i)
 		}
@@ -345,7 +354,7 @@ func TestBackgroundRefreshAheadOfMargin(t *testing.T) {
 	release()
 	waitFor(t, "the background refresh", func() bool { return !b.Status(projectName).Refreshing })
 
-	a := mustCredential(t, b, f.p, false)
+	a := mustCredential(t, b, f.p)
 	if a.Secret.Equal(old.Secret) {
 		t.Fatal("the token was not replaced")
 	}
@@ -378,7 +387,7 @@ func TestSingleFlight(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got[i], errs[i] = b.Credential(context.Background(), f.p, false)
+			got[i], errs[i] = b.Credential(context.Background(), f.p)
 		}()
 	}
 	recv(t, arrived, "the refresh at the identity provider")
@@ -468,7 +477,7 @@ func TestConflict(t *testing.T) {
 		}
 		waiting := make(chan upstream.Auth, 1)
 		go func() {
-			got, err := a.Credential(context.Background(), f.p, false)
+			got, err := a.Credential(context.Background(), f.p)
 			if err != nil {
 				t.Error(err)
 			}
@@ -478,7 +487,7 @@ func TestConflict(t *testing.T) {
 		if n := f.idp.Requests(); n != 0 {
 			t.Fatalf("broker a redeemed the refresh token under b's claim (%d requests)", n)
 		}
-		bb := mustCredential(t, b2, f.p, false)
+		bb := mustCredential(t, b2, f.p)
 		got := recv(t, waiting, "broker a")
 		if !got.Secret.Equal(bb.Secret) {
 			t.Fatal("the replicas use different tokens")
@@ -499,7 +508,7 @@ func TestConflict(t *testing.T) {
 		if _, err := f.store.PutToken(context.Background(), projectName, rec); err != nil {
 			t.Fatal(err)
 		}
-		mustCredential(t, a, f.p, false)
+		mustCredential(t, a, f.p)
 		if rec := f.store.get(projectName); rec.RefreshedBy != "a" || rec.RefreshingBy != "" {
 			t.Fatalf("record refreshed by %q, claim %q", rec.RefreshedBy, rec.RefreshingBy)
 		}
@@ -520,7 +529,7 @@ func TestConflict(t *testing.T) {
 				})
 			}
 		}
-		got := mustCredential(t, a, f.p, false)
+		got := mustCredential(t, a, f.p)
 		rec := f.store.get(projectName)
 		// 1 the seed, 2 a's claim, 3 the other write, 4 a's token written again over it.
 		if !rec.AccessToken.Equal(got.Secret) || rec.RefreshedBy != "a" || rec.Version != 4 {
@@ -559,7 +568,7 @@ func TestNeedsReauth(t *testing.T) {
 			f := newFixture(t, tc.idp, -time.Minute)
 			tc.setup(f)
 			b := f.broker(t, "a")
-			_, err := b.Credential(context.Background(), f.p, false)
+			_, err := b.Credential(context.Background(), f.p)
 			if !errors.Is(err, credential.ErrNeedsReauth) {
 				t.Fatalf("err = %v, want ErrNeedsReauth", err)
 			}
@@ -581,11 +590,11 @@ func TestNeedsReauth(t *testing.T) {
 
 			// Asking again soon does not call the identity provider again.
 			n := f.idp.Requests()
-			if _, err := b.Credential(context.Background(), f.p, false); !errors.Is(err, credential.ErrNeedsReauth) {
+			if _, err := b.Credential(context.Background(), f.p); !errors.Is(err, credential.ErrNeedsReauth) {
 				t.Fatalf("second call: %v", err)
 			}
 			f.clock.Advance(time.Minute)
-			if _, err := b.Credential(context.Background(), f.p, true); !errors.Is(err, credential.ErrNeedsReauth) {
+			if _, err := b.Renew(context.Background(), f.p, upstream.Auth{}); !errors.Is(err, credential.ErrNeedsReauth) {
 				t.Fatalf("after a minute: %v", err)
 			}
 			if f.idp.Requests() != n {
@@ -597,7 +606,7 @@ func TestNeedsReauth(t *testing.T) {
 			if err := b.Store(context.Background(), f.p, f.idp.Grant(mailbox), token.SignIn{Account: mailbox}); err != nil {
 				t.Fatal(err)
 			}
-			a := mustCredential(t, b, f.p, false)
+			a := mustCredential(t, b, f.p)
 			if _, ok := f.idp.Valid(a.Secret.Reveal()); !ok {
 				t.Fatal("not the new sign-in's token")
 			}
@@ -616,7 +625,7 @@ func TestNeedsReauthPickedUpFromStore(t *testing.T) {
 	f := newFixture(t, oauthtest.Options{}, -time.Minute)
 	f.idp.Revoke(mailbox, "")
 	a := f.broker(t, "a")
-	if _, err := a.Credential(context.Background(), f.p, false); !errors.Is(err, credential.ErrNeedsReauth) {
+	if _, err := a.Credential(context.Background(), f.p); !errors.Is(err, credential.ErrNeedsReauth) {
 		t.Fatalf("err = %v", err)
 	}
 	// The mailbox owner signs in through the other replica.
@@ -625,8 +634,8 @@ func TestNeedsReauthPickedUpFromStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.clock.Advance(31 * time.Second)
-	got := mustCredential(t, a, f.p, false)
-	if want := mustCredential(t, b2, f.p, false); !got.Secret.Equal(want.Secret) {
+	got := mustCredential(t, a, f.p)
+	if want := mustCredential(t, b2, f.p); !got.Secret.Equal(want.Secret) {
 		t.Fatal("replica a did not pick up the new sign-in")
 	}
 }
@@ -635,11 +644,11 @@ func TestTransient(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	old := mustCredential(t, b, f.p, false)
+	old := mustCredential(t, b, f.p)
 
 	f.clock.Advance(55 * time.Minute)
 	f.idp.Fail(1, oauthtest.Failure{Status: 500})
-	if a := mustCredential(t, b, f.p, false); !a.Secret.Equal(old.Secret) {
+	if a := mustCredential(t, b, f.p); !a.Secret.Equal(old.Secret) {
 		t.Fatal("the current token was not served")
 	}
 	waitFor(t, "the failed refresh", func() bool { return b.Status(projectName).LastError != "" })
@@ -649,7 +658,7 @@ func TestTransient(t *testing.T) {
 	}
 	// Backing off: the current token is served and the identity provider is left alone.
 	for range 5 {
-		if a := mustCredential(t, b, f.p, false); !a.Secret.Equal(old.Secret) {
+		if a := mustCredential(t, b, f.p); !a.Secret.Equal(old.Secret) {
 			t.Fatal("the current token was not served while backing off")
 		}
 	}
@@ -663,9 +672,9 @@ func TestTransient(t *testing.T) {
 
 	// After the backoff the next call refreshes in the background, successfully.
 	f.clock.Advance(time.Second)
-	mustCredential(t, b, f.p, false)
+	mustCredential(t, b, f.p)
 	waitFor(t, "the retried refresh", func() bool { return b.Status(projectName).LastError == "" })
-	if a := mustCredential(t, b, f.p, false); a.Secret.Equal(old.Secret) {
+	if a := mustCredential(t, b, f.p); a.Secret.Equal(old.Secret) {
 		t.Fatal("the token was not refreshed after the backoff")
 	}
 }
@@ -688,7 +697,7 @@ func TestTransientWithoutValidToken(t *testing.T) {
 			f := newFixture(t, oauthtest.Options{}, -time.Minute)
 			tc.failure(f)
 			b := f.broker(t, "a")
-			_, err := b.Credential(context.Background(), f.p, false)
+			_, err := b.Credential(context.Background(), f.p)
 			if !errors.Is(err, token.ErrUnavailable) || errors.Is(err, credential.ErrNeedsReauth) {
 				t.Fatalf("err = %v, want ErrUnavailable only", err)
 			}
@@ -707,7 +716,7 @@ func TestRefreshTimeout(t *testing.T) {
 	defer release()
 	b := token.New(token.Options{Store: f.store, Now: f.clock.Now, RefreshTimeout: 100 * time.Millisecond})
 	defer b.Close()
-	_, err := b.Credential(context.Background(), f.p, false)
+	_, err := b.Credential(context.Background(), f.p)
 	if !errors.Is(err, token.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
@@ -724,11 +733,11 @@ func TestStoreHangsDuringRefresh(t *testing.T) {
 		Backoff: token.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond},
 	})
 	defer b.Close()
-	mustCredential(t, b, f.p, false) // loaded in memory
+	mustCredential(t, b, f.p) // loaded in memory
 
 	f.clock.Advance(time.Hour) // expired
 	f.store.setHang(true)
-	a := mustCredential(t, b, f.p, false)
+	a := mustCredential(t, b, f.p)
 	if a.Secret.Equal(f.seed.AccessToken) {
 		t.Fatal("no new token")
 	}
@@ -746,11 +755,11 @@ func TestStoreDownDuringRefresh(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	mustCredential(t, b, f.p, false) // loaded in memory
+	mustCredential(t, b, f.p) // loaded in memory
 
 	f.clock.Advance(time.Hour) // expired
 	f.store.setDown(true)
-	a := mustCredential(t, b, f.p, false)
+	a := mustCredential(t, b, f.p)
 	if a.Secret.Equal(f.seed.AccessToken) {
 		t.Fatal("no new token")
 	}
@@ -772,28 +781,47 @@ func TestStoreDownDuringRefresh(t *testing.T) {
 	}
 	// The next refresh uses the stored (rotated) refresh token successfully.
 	f.clock.Advance(time.Hour)
-	next := mustCredential(t, b, f.p, false)
+	next := mustCredential(t, b, f.p)
 	if next.Secret.Equal(a.Secret) {
 		t.Fatal("no refresh after the write landed")
 	}
 }
 
-func TestForce(t *testing.T) {
+// TestRenew: renewal after a refusal is decided per token, not per clock. A refused token is
+// renewed once, right after the last refresh too; a caller refused with a token already replaced
+// gets the new one; concurrent callers refused with the same token share one refresh.
+func TestRenew(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, oauthtest.Options{}, time.Hour)
 	b := f.broker(t, "a")
-	old := mustCredential(t, b, f.p, false)
-	forced := mustCredential(t, b, f.p, true)
-	if forced.Secret.Equal(old.Secret) || f.idp.Requests() != 1 {
-		t.Fatalf("force did not refresh (%d requests)", f.idp.Requests())
+	old := mustCredential(t, b, f.p)
+	renewed := mustRenew(t, b, f.p, old)
+	if renewed.Secret.Equal(old.Secret) || f.idp.Requests() != 1 {
+		t.Fatalf("Renew did not refresh (%d requests)", f.idp.Requests())
 	}
-	again := mustCredential(t, b, f.p, true)
-	if !again.Secret.Equal(forced.Secret) || f.idp.Requests() != 1 {
-		t.Fatal("a second force right after a refresh refreshed again")
+	if again := mustRenew(t, b, f.p, old); !again.Secret.Equal(renewed.Secret) || f.idp.Requests() != 1 {
+		t.Fatal("a second refusal of the same token renewed it again")
 	}
-	f.clock.Advance(10 * time.Second)
-	if third := mustCredential(t, b, f.p, true); third.Secret.Equal(forced.Secret) || f.idp.Requests() != 2 {
-		t.Fatal("a force after the window did not refresh")
+	// The renewed token refused at once (the identity provider dropped it): renewed, no waiting.
+	third := mustRenew(t, b, f.p, renewed)
+	if third.Secret.Equal(renewed.Secret) || f.idp.Requests() != 2 {
+		t.Fatalf("a refused fresh token was not renewed (%d requests)", f.idp.Requests())
+	}
+
+	const callers = 20
+	got := make([]upstream.Auth, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() { got[i] = mustRenew(t, b, f.p, third) })
+	}
+	wg.Wait()
+	for _, a := range got {
+		if a.Secret.Equal(third.Secret) || !a.Secret.Equal(got[0].Secret) {
+			t.Fatal("concurrent renewals of one refused token did not share one new token")
+		}
+	}
+	if f.idp.Requests() != 3 {
+		t.Fatalf("%d callers refused with one token made %d refreshes, want 1", callers, f.idp.Requests()-2)
 	}
 
 	b.Rejected(context.Background(), f.p, errors.New("535 5.7.3 Authentication unsuccessful"))
@@ -801,7 +829,7 @@ func TestForce(t *testing.T) {
 	if s.Healthy() || !strings.Contains(s.Rejected, "5.7.3") {
 		t.Fatalf("status after Rejected = %+v", s)
 	}
-	b.Accepted(projectName)
+	b.Accepted(context.Background(), f.p)
 	if s := b.Status(projectName); !s.Healthy() {
 		t.Fatalf("status after Accepted = %+v", s)
 	}
@@ -815,17 +843,17 @@ func TestClientCredentials(t *testing.T) {
 	p := project.Project{Name: "app", Auth: project.Auth{Type: project.AuthOAuth2, Username: mailbox, OAuth: idp.OAuth("client_credentials", "smtp")}}
 	b := token.New(token.Options{Store: st, Now: c.Now})
 	defer b.Close()
-	first := mustCredential(t, b, p, false)
+	first := mustCredential(t, b, p)
 	rec := st.get("app")
 	if !rec.AccessToken.Equal(first.Secret) || !rec.RefreshToken.IsZero() || rec.Version != 1 {
 		t.Fatalf("stored client credentials record: version %d, has refresh token %v", rec.Version, !rec.RefreshToken.IsZero())
 	}
-	mustCredential(t, b, p, false)
+	mustCredential(t, b, p)
 	if n := idp.RequestsOf("client_credentials"); n != 1 {
 		t.Fatalf("%d requests, want 1", n)
 	}
 	c.Advance(2 * time.Hour)
-	if next := mustCredential(t, b, p, false); next.Secret.Equal(first.Secret) || idp.RequestsOf("client_credentials") != 2 {
+	if next := mustCredential(t, b, p); next.Secret.Equal(first.Secret) || idp.RequestsOf("client_credentials") != 2 {
 		t.Fatal("an expired client credentials token was not re-requested")
 	}
 }
@@ -836,7 +864,7 @@ func TestNotSignedIn(t *testing.T) {
 	b := token.New(token.Options{Store: newMemStore()})
 	defer b.Close()
 	p := project.Project{Name: "new", Auth: project.Auth{Type: project.AuthOAuth2, Username: mailbox, OAuth: idp.OAuth("")}}
-	_, err := b.Credential(context.Background(), p, false)
+	_, err := b.Credential(context.Background(), p)
 	if !errors.Is(err, credential.ErrNeedsReauth) || !strings.Contains(err.Error(), "not been signed in") {
 		t.Fatalf("err = %v", err)
 	}
@@ -879,19 +907,19 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 			errs = append(errs, fmt.Sprintf("%v %+v", a, a))
 		}
 	}
-	note(b.Credential(context.Background(), f.p, false)) // refresh
+	note(b.Credential(context.Background(), f.p)) // refresh
 	f.clock.Advance(55 * time.Minute)
 	f.idp.Fail(1, oauthtest.Failure{Status: 500, Code: "server_error", Description: "boom"})
-	note(b.Credential(context.Background(), f.p, false)) // background refresh fails
+	note(b.Credential(context.Background(), f.p)) // background refresh fails
 	waitFor(t, "the failed refresh", func() bool { return b.Status(projectName).LastError != "" })
 	f.clock.Advance(10 * time.Minute)
 	f.store.setDown(true)
-	note(b.Credential(context.Background(), f.p, false)) // refresh with the store down
+	note(b.Credential(context.Background(), f.p)) // refresh with the store down
 	f.store.setDown(false)
 	waitFor(t, "the pending write", func() bool { return b.PendingWrites() == 0 })
 	f.clock.Advance(2 * time.Hour)
 	f.idp.Revoke(mailbox, "")
-	note(b.Credential(context.Background(), f.p, false)) // needs_reauth
+	note(b.Credential(context.Background(), f.p)) // needs_reauth
 	bad := f.p
 	o := *bad.Auth.OAuth
 	o.ClientSecret = secret.New("wrong-client-secret-5678")
@@ -902,7 +930,7 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 	if _, err := f.store.PutToken(context.Background(), "other", otherSeed); err != nil {
 		t.Fatal(err)
 	}
-	note(b.Credential(context.Background(), bad, false)) // bad client
+	note(b.Credential(context.Background(), bad)) // bad client
 	errs = append(errs, fmt.Sprintf("%+v %+v", b.Status(projectName), b.Status("other")))
 
 	f.store.mu.Lock()
@@ -942,7 +970,7 @@ func TestStoreSignInWhileStoreDown(t *testing.T) {
 	if b.PendingWrites() != 1 {
 		t.Fatal("the sign-in is not pending")
 	}
-	if a := mustCredential(t, b, f.p, false); a.Secret.Reveal() != g.AccessToken {
+	if a := mustCredential(t, b, f.p); a.Secret.Reveal() != g.AccessToken {
 		t.Fatal("the new sign-in's token is not served from memory")
 	}
 	f.store.setDown(false)
@@ -1002,7 +1030,7 @@ func TestObserveStoredState(t *testing.T) {
 			if n := f.idp.Requests(); n != 0 {
 				t.Fatalf("Observe called the identity provider %d times", n)
 			}
-			_, err := b.Credential(context.Background(), f.p, false)
+			_, err := b.Credential(context.Background(), f.p)
 			if (c.wantState == project.TokenNeedsReauth) != errors.Is(err, credential.ErrNeedsReauth) {
 				t.Fatalf("Credential after Observe: %v", err)
 			}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -30,7 +29,7 @@ func (c *Conn) signIn(ctx context.Context, u project.Upstream, auth Auth) *Error
 	}
 	sc, mech, err := c.saslClient(auth)
 	if err != nil {
-		return &Error{Stage: StageAuth, Addr: c.addr, Message: err.Error()}
+		return &Error{Stage: StageAuth, Addr: c.addr, Err: err}
 	}
 	c.mech = mech
 	c.trace.setMode(traceAuth)
@@ -119,7 +118,7 @@ func (c *Conn) saslClient(auth Auth) (sasl.Client, string, error) {
 	}
 	ok, list := c.extension("AUTH")
 	if !ok {
-		return nil, "", errors.New("the upstream offers no AUTH: check upstream.tls and the server's settings")
+		return nil, "", fmt.Errorf("%w: check upstream.tls and the server's settings", ErrNoAuth)
 	}
 	offered := strings.Fields(strings.ToUpper(list))
 	mech := strings.ToUpper(auth.Mechanism)
@@ -131,7 +130,7 @@ func (c *Conn) saslClient(auth Auth) (sasl.Client, string, error) {
 	case mech == "":
 		return nil, "", fmt.Errorf("the upstream offers AUTH %s; Postern speaks PLAIN and LOGIN", list)
 	case !slices.Contains(offered, mech):
-		return nil, "", fmt.Errorf("the upstream does not offer AUTH %s (it offers %s): check auth.mechanism", mech, list)
+		return nil, "", fmt.Errorf("%w %s (it offers %s): check auth.mechanism", ErrMechanismNotOffered, mech, list)
 	}
 	switch mech {
 	case sasl.Plain:

@@ -30,6 +30,12 @@ var (
 	ErrBusy = errors.New("every upstream connection is busy")
 	// ErrClosed is the cause of the Error that Acquire returns after Pools.Close.
 	ErrClosed = errors.New("upstream pools are closed")
+	// ErrNoAuth is the cause of the Error at StageAuth when the upstream offers no AUTH at all
+	// (often: AUTH is offered only after STARTTLS).
+	ErrNoAuth = errors.New("the upstream offers no AUTH")
+	// ErrMechanismNotOffered is the cause of the Error at StageAuth when the upstream does not
+	// offer the mechanism the project signs in with.
+	ErrMechanismNotOffered = errors.New("the upstream does not offer AUTH")
 )
 
 // Error is every failure of this package. The upstream's own reply, when there was one, is in

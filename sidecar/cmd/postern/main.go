@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/cli"
 )
 
@@ -21,9 +20,6 @@ func main() {
 		Stdout:       os.Stdout,
 		Stderr:       os.Stderr,
 		ReadPassword: cli.TerminalPassword(os.Stdin, os.Stderr),
-		Serve:        sidecar.Run,
-		Check:        sidecar.Check,
-		SendTest:     sidecar.SendTest,
 	}
 	code := app.Run(ctx, os.Args[1:])
 	stop()

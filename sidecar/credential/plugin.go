@@ -1,7 +1,8 @@
-package sidecar
+package credential
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,11 +13,8 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/postern/postern/plugin"
-	"github.com/postern/postern/sidecar/config"
-	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/upstream"
 	"github.com/postern/postern/sidecar/xoauth2"
 )
@@ -25,16 +23,17 @@ import (
 // asked again; a refusal upstream asks again at once.
 const pluginCacheFor = 5 * time.Minute
 
-// pluginCredentials asks out-of-process credential providers (package plugin) for the credentials
-// of projects with auth type plugin. Answers are cached until shortly before they expire, so a
-// provider is asked once per credential, not once per message.
-type pluginCredentials struct {
+// Plugins is the source of projects with auth type plugin: it asks out-of-process credential
+// providers (package plugin). Answers are cached until shortly before they expire, so a provider
+// is asked once per credential, not once per message.
+type Plugins struct {
 	providers map[string]plugin.Provider
 	log       *slog.Logger
 	now       func() time.Time
 
-	mu    sync.Mutex
-	cache map[string]pluginEntry
+	mu      sync.Mutex
+	cache   map[string]pluginEntry
+	renewed map[string][sha256.Size]byte // by project: the last credential renewed after a refusal
 }
 
 type pluginEntry struct {
@@ -43,33 +42,53 @@ type pluginEntry struct {
 	state, reason string
 }
 
-var _ smtpd.Credentials = (*pluginCredentials)(nil)
+var (
+	_ Source  = (*Plugins)(nil)
+	_ Renewer = (*Plugins)(nil)
+	_ Stater  = (*Plugins)(nil)
+)
 
-// openProviders starts every declared provider. A provider that cannot start is logged and left
-// out: its projects' mail waits (4xx) rather than Postern refusing to serve everyone.
-func openProviders(ctx context.Context, decl map[string]config.CredentialProvider, log *slog.Logger) (map[string]plugin.Provider, func()) {
-	hosts := map[string]plugin.Provider{}
-	var open []*plugin.Host
-	for name, d := range decl {
-		h, err := plugin.Open(ctx, plugin.HostOptions{
-			Path: d.Path, Args: d.Args, Env: d.Env, StartTimeout: d.StartTimeout,
-			Logger: log.With("provider", name),
-		})
-		if err != nil {
-			log.Error("credential provider did not start; its projects' mail waits", "provider", name, "err", err)
-			continue
-		}
-		hosts[name] = h
-		open = append(open, h)
+// NewPlugins returns the source over the started providers, by the name projects give in
+// auth.plugin.provider. A nil log discards; a nil now is time.Now.
+func NewPlugins(providers map[string]plugin.Provider, log *slog.Logger, now func() time.Time) *Plugins {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return hosts, func() {
-		for _, h := range open {
-			h.Close()
-		}
+	if now == nil {
+		now = time.Now
 	}
+	return &Plugins{providers: providers, log: log, now: now, cache: map[string]pluginEntry{}, renewed: map[string][sha256.Size]byte{}}
 }
 
-func (c *pluginCredentials) Credential(ctx context.Context, p project.Project, force bool) (upstream.Auth, error) {
+// Credential returns p's cached credential, or asks its provider.
+func (c *Plugins) Credential(ctx context.Context, p project.Project) (upstream.Auth, error) {
+	return c.credential(ctx, p, false)
+}
+
+// Renew asks p's provider for a fresh credential (ForceRefresh) after the upstream refused
+// refused, once per refused credential: when the cache holds another one already, that one is
+// returned; a credential renewed once is returned as it is.
+func (c *Plugins) Renew(ctx context.Context, p project.Project, refused upstream.Auth) (upstream.Auth, error) {
+	id := sha256.Sum256([]byte(refused.Secret.Reveal()))
+	now := c.now()
+	c.mu.Lock()
+	e, cached := c.cache[p.Name]
+	if cached && e.state == "" && now.Before(e.until) {
+		if a := pluginAuth(e.cred); !a.Secret.Equal(refused.Secret) {
+			c.mu.Unlock()
+			return a, nil
+		}
+	}
+	if c.renewed[p.Name] == id {
+		c.mu.Unlock()
+		return refused, nil
+	}
+	c.renewed[p.Name] = id
+	c.mu.Unlock()
+	return c.credential(ctx, p, true)
+}
+
+func (c *Plugins) credential(ctx context.Context, p project.Project, force bool) (upstream.Auth, error) {
 	pa := p.Auth.Plugin
 	if pa == nil {
 		return upstream.Auth{}, fmt.Errorf("project %q: auth type plugin without auth.plugin", p.Name)
@@ -90,7 +109,7 @@ func (c *pluginCredentials) Credential(ctx context.Context, p project.Project, f
 	switch {
 	case errors.As(err, &reauth):
 		c.set(p.Name, pluginEntry{state: string(project.TokenNeedsReauth), reason: reauth.Reason})
-		return upstream.Auth{}, &credential.ReauthError{Reason: reauth.Reason}
+		return upstream.Auth{}, &ReauthError{Reason: reauth.Reason}
 	case err != nil:
 		return upstream.Auth{}, fmt.Errorf("project %q: credential provider %q: %w", p.Name, pa.Provider, err)
 	}
@@ -102,7 +121,7 @@ func (c *pluginCredentials) Credential(ctx context.Context, p project.Project, f
 	return pluginAuth(cred), nil
 }
 
-func (c *pluginCredentials) set(name string, e pluginEntry) {
+func (c *Plugins) set(name string, e pluginEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cache[name] = e
@@ -119,7 +138,7 @@ func pluginAuth(cred plugin.Credential) upstream.Auth {
 }
 
 // Rejected tells the provider the upstream refused its credential and forgets the cached one.
-func (c *pluginCredentials) Rejected(ctx context.Context, p project.Project, err error) {
+func (c *Plugins) Rejected(ctx context.Context, p project.Project, err error) {
 	c.mu.Lock()
 	e := c.cache[p.Name]
 	delete(c.cache, p.Name)
@@ -142,8 +161,11 @@ func (c *pluginCredentials) Rejected(ctx context.Context, p project.Project, err
 	}
 }
 
+// Accepted does nothing: a provider hears only of refusals.
+func (c *Plugins) Accepted(context.Context, project.Project) {}
+
 // State is the last known state of a plugin project's credential.
-func (c *pluginCredentials) State(p project.Project) (project.TokenState, string) {
+func (c *Plugins) State(_ context.Context, p project.Project) (project.TokenState, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.cache[p.Name]; ok && e.state != "" {

@@ -15,7 +15,8 @@ import (
 	"github.com/postern/postern/sidecar/oauth/oauthtest"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
-	"github.com/postern/postern/sidecar/store/filestore"
+	"github.com/postern/postern/sidecar/store/boltstore"
+	"github.com/postern/postern/sidecar/upstream"
 )
 
 // forwardProxy is an HTTP forward proxy: it relays absolute-URI requests (what a client sends to
@@ -75,7 +76,7 @@ func TestTokenRefreshUsesConfiguredProxy(t *testing.T) {
 
 			dir := t.TempDir()
 			path, key := filepath.Join(dir, "store.db"), filepath.Join(dir, "store.key")
-			st, err := filestore.Open(t.Context(), filestore.Options{Path: path, KeyFile: key, Create: true})
+			st, err := boltstore.Open(t.Context(), boltstore.Options{Path: path, KeyFile: key, Create: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,10 +102,10 @@ func TestTokenRefreshUsesConfiguredProxy(t *testing.T) {
 			if viaProxy {
 				cfg.OAuth.HTTPProxy = ps.URL
 			}
-			creds, closeCreds := newCredentials(t.Context(), cfg, st, slog.New(slog.DiscardHandler))
-			defer closeCreds()
-			if _, err := creds.Credential(t.Context(), p, false); err != nil {
-				t.Fatalf("Credential: %v", err)
+			parts := NewParts(t.Context(), cfg, st, slog.New(slog.DiscardHandler))
+			defer parts.Close()
+			if err := parts.Credentials.SignIn(t.Context(), p, func(upstream.Auth) error { return nil }); err != nil {
+				t.Fatalf("SignIn: %v", err)
 			}
 			if idp.Requests() != 1 {
 				t.Fatalf("the identity provider saw %d token requests, want 1", idp.Requests())

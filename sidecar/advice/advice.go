@@ -1,0 +1,158 @@
+// Package advice is the one adviser: given what went wrong with a project (a typed error, or its
+// state on the status page) and the project's auth type, it says what the operator must do next.
+// `postern check`, `postern send-test`, `postern authorize`, the status page and the sign-in pages
+// all ask it, so the same failure gets the same fix everywhere. Its texts are for the operator and
+// never go into a reply to a submitting application (package reply).
+//
+// Status advises on a project's state on the status page, SignIn on how an OAuth mailbox gets
+// signed in (by its grant).
+//
+// How Next decides, first match wins:
+//
+//  1. A credential that needs a person to sign in again (credential.ErrNeedsReauth): send the
+//     mailbox owner a sign-in link.
+//  2. The upstream refused the sign-in (upstream.Error at StageAuth): by the enhanced code first,
+//     which names the cause whatever the credential (5.7.139: SMTP AUTH is off for the mailbox or
+//     the tenant; 5.7.30: basic authentication is off); then by the auth type: an OAuth token
+//     (Exchange 5.7.3: SMTP.Send, consent, the mailbox signed in; Gmail: the scope) or a
+//     password (update it).
+//  3. The upstream offers no AUTH, or not the mechanism (upstream.ErrNoAuth,
+//     upstream.ErrMechanismNotOffered): the TLS mode, or the mechanism.
+//  4. The upstream cannot be reached (connect, TLS, greeting, EHLO, or down and waiting).
+//  5. Anything else: "" (nothing to add to the error itself).
+package advice
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/oauth"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/upstream"
+)
+
+// Next says what to do about err, a failed sign-in or delivery of project p, for the operator who
+// reads it; "" when there is nothing more specific to say than err itself.
+func Next(p project.Project, err error) string {
+	if err == nil {
+		return ""
+	}
+	if errors.Is(err, credential.ErrNeedsReauth) {
+		return SignInAgain(p)
+	}
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		return ""
+	}
+	switch {
+	case errors.Is(err, upstream.ErrNoAuth):
+		return "The server offered no AUTH: check the project's TLS mode (Exchange Online offers AUTH only after STARTTLS on port 587)."
+	case errors.Is(err, upstream.ErrMechanismNotOffered) && p.Auth.Type == project.AuthOAuth2:
+		return "The server does not offer XOAUTH2: it cannot take OAuth sign-ins, or only after STARTTLS."
+	case errors.Is(err, upstream.ErrMechanismNotOffered):
+		return "The server does not offer the project's AUTH mechanism: change it (postern project update " + p.Name + " --mechanism ...) or leave it to Postern."
+	case ue.AuthFailed():
+		return refused(p, ue)
+	}
+	switch ue.Stage {
+	case upstream.StageConnect, upstream.StageGreeting, upstream.StageEHLO:
+		return fmt.Sprintf("Postern could not reach the mail server %s: check the project's upstream host, port and TLS mode, and that this host may connect there.", ue.Addr)
+	case upstream.StageTLS:
+		return fmt.Sprintf("TLS with the mail server %s failed: check upstream.tls, the server name and the CA (postern project update %s --tls/--server-name/--ca-file)", ue.Addr, p.Name)
+	case upstream.StagePool:
+		if errors.Is(err, upstream.ErrDown) {
+			return fmt.Sprintf("Postern could not reach the mail server %s a moment ago and waits before trying again: check the project's upstream host, port and TLS mode.", ue.Addr)
+		}
+	}
+	return ""
+}
+
+// SignInAgain is what to do when the mailbox owner must sign in again.
+func SignInAgain(p project.Project) string {
+	how := SignIn(p, "")
+	if how == "" {
+		how = "postern authorize-link " + p.Name
+	}
+	return "The identity provider no longer accepts the grant: the mailbox owner must sign in again; " + how + "."
+}
+
+// SignIn says how an OAuth project's mailbox gets signed in, by its grant; "" for other projects.
+// signInURL, when known, is the sign-in pages' base URL, for the redirect URI to register.
+func SignIn(p project.Project, signInURL string) string {
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		return ""
+	}
+	switch p.Auth.OAuth.Grant {
+	case oauth.GrantClientCredentials:
+		return fmt.Sprintf("check the app registration (no person signs in): postern authorize %s", p.Name)
+	case oauth.GrantDeviceCode:
+		return fmt.Sprintf("sign the mailbox in from a terminal: postern authorize --device %s", p.Name)
+	}
+	s := fmt.Sprintf("send the mailbox owner a sign-in link: postern authorize-link %s", p.Name)
+	if signInURL != "" {
+		s += fmt.Sprintf(" (the app registration's redirect URI must be %s/signin/callback)", signInURL)
+	}
+	return s
+}
+
+// Status-page states that Status advises on.
+const (
+	StateNeedsReauth  = "needs_reauth"
+	StateUnhealthy    = "unhealthy"
+	StateUpstreamDown = "upstream_down"
+	StateDisabled     = "disabled"
+)
+
+// Status says what to do about project p in a status-page state; err is the failure behind it
+// (the upstream's refusal, the last refresh error), nil if not known.
+func Status(p project.Project, state string, err error) string {
+	switch state {
+	case StateNeedsReauth:
+		if how := SignIn(p, ""); how != "" {
+			return "the mailbox owner must sign in again: " + how
+		}
+		return "the mailbox owner must sign in again"
+	case StateUnhealthy:
+		if next := Next(p, err); next != "" {
+			return next
+		}
+		return "token refresh is failing; Postern retries by itself"
+	case StateUpstreamDown:
+		return "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
+	case StateDisabled:
+		return "postern project enable " + p.Name
+	}
+	return ""
+}
+
+// refused is step 2 of the package comment.
+func refused(p project.Project, ue *upstream.Error) string {
+	mailbox := p.Auth.Username
+	switch {
+	case ue.Enhanced == smtp.EnhancedCode{5, 7, 139} || strings.Contains(strings.ToLower(ue.Message), "smtpclientauthentication"):
+		// Microsoft's reply names the cause, in its code or (without one) in its text.
+		return fmt.Sprintf("SMTP AUTH is turned off for this mailbox or for the whole organisation, which blocks OAuth too: "+
+			"an Exchange admin must enable SMTP AUTH for this mailbox (Microsoft 365 admin center: Users, %s, Mail, "+
+			"Manage email apps, Authenticated SMTP; or Set-CASMailbox -Identity %s -SmtpClientAuthenticationDisabled $false), "+
+			"and for the organisation if it is off there (Set-TransportConfig -SmtpClientAuthenticationDisabled $false).", mailbox, mailbox)
+	case ue.Enhanced == smtp.EnhancedCode{5, 7, 30}:
+		return "The server refuses basic authentication: switch the project to OAuth (postern project update " + p.Name + " --auth oauth2 ...)."
+	case p.Auth.Type == project.AuthPlugin && p.Auth.Plugin != nil:
+		return "The server refused the credential of the credential provider " + p.Auth.Plugin.Provider + ", which has been told: check the provider's settings for project " + p.Name + "."
+	case p.Auth.Type != project.AuthOAuth2:
+		return "the upstream refused the username or password: postern project update " + p.Name + " --password-stdin"
+	case ue.Enhanced == smtp.EnhancedCode{5, 7, 3}:
+		return "Exchange Online refused the token. The usual causes: SMTP AUTH is turned off for the mailbox " +
+			"(an Exchange admin enables it: Set-CASMailbox -Identity " + mailbox + " -SmtpClientAuthenticationDisabled $false), " +
+			"the app registration lacks the delegated permission SMTP.Send (https://outlook.office.com/SMTP.Send) or admin consent for it, " +
+			"or the token belongs to another account than " + mailbox + "."
+	case ue.Code == 534 || ue.Enhanced == smtp.EnhancedCode{5, 7, 8} || ue.Enhanced == smtp.EnhancedCode{5, 7, 9} || ue.Enhanced == smtp.EnhancedCode{5, 7, 14}:
+		return "The server refused the token. For Gmail: the OAuth scope must be https://mail.google.com/, and a Workspace admin " +
+			"must allow the app (Admin console, Security, API controls). Otherwise check that the token is issued for this mail server."
+	}
+	return "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox and that it is the mailbox signed in (" + mailbox + ")"
+}
