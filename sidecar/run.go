@@ -47,7 +47,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, Logger: log.With("component", "directory")})
+	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, RemovedHold: cfg.Postfix.RemovedHold(), Logger: log.With("component", "directory")})
 	// Signing in to Vault takes milliseconds when it answers: give it a moment, so that the first
 	// load finds the store open. When it does not answer, serve anyway: lookups answer 4xx, mail
 	// waits in Postfix's queue, and the directory tries again soon (directory.Options.RetryMin).
@@ -280,7 +280,11 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 			row.State, row.Reason = "upstream_down", s.LastError
 			row.Action = "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
 		}
-		if !p.Enabled {
+		switch {
+		case p.IsRemoved():
+			row.State, row.Reason = "removed", "removed at "+p.Removed.Format(time.RFC3339)+"; its senders' mail is deferred"
+			row.Action = "postern project add " + p.Name + " ... to let its mail flow, or postern project purge " + p.Name
+		case !p.Enabled:
 			row.State, row.Action = "disabled", "postern project enable "+p.Name
 		}
 		out = append(out, row)

@@ -102,7 +102,28 @@ type Config struct {
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 	// Debug holds what helps find out where Postern spends its time.
 	Debug Debug `yaml:"debug"`
+	// Postfix describes the local Postfix that delivers to Postern.
+	Postfix Postfix `yaml:"postfix"`
 }
+
+// Postfix describes the local Postfix: where `postern project remove` asks it for the mail it holds,
+// and how long it holds mail, which is how long a removed project keeps answering for its senders.
+type Postfix struct {
+	// ConfigDirectory is Postfix's configuration directory (postqueue -c). Empty means Postfix's
+	// own default, /etc/postfix.
+	ConfigDirectory string `yaml:"config_directory"`
+	// Postqueue is the postqueue command. Default "postqueue", looked up in PATH, /usr/sbin and
+	// /usr/local/sbin.
+	Postqueue string `yaml:"postqueue"`
+	// QueueLifetime is Postfix's maximal_queue_lifetime. Default 120h (5 days, Postfix's default).
+	QueueLifetime time.Duration `yaml:"queue_lifetime"`
+	// BackoffTime is Postfix's maximal_backoff_time. Default 4000s (Postfix's default).
+	BackoffTime time.Duration `yaml:"backoff_time"`
+}
+
+// RemovedHold is how long a removed project keeps answering for its senders with a temporary
+// failure: by then Postfix has made its last attempt at every message it held for the project.
+func (p Postfix) RemovedHold() time.Duration { return p.QueueLifetime + p.BackoffTime }
 
 // Debug holds what helps find out where Postern spends its time.
 type Debug struct {
@@ -412,6 +433,7 @@ func base() *Config {
 		},
 		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin},
 		ReloadInterval: 10 * time.Second,
+		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
 }
 
@@ -689,6 +711,8 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 		{"smtpd.data_timeout", c.SMTPD.DataTimeout},
 		{"milter.idle_timeout", c.Milter.IdleTimeout},
 		{"milter.packet_timeout", c.Milter.PacketTimeout},
+		{"postfix.queue_lifetime", c.Postfix.QueueLifetime},
+		{"postfix.backoff_time", c.Postfix.BackoffTime},
 	} {
 		if d.v <= 0 {
 			add("%s %v: must be more than 0", d.key, d.v)

@@ -105,6 +105,9 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 	s.msg.project = p
 	s.msg.maxRcpt, s.msg.maxBytes = s.srv.limitsFor(p)
 
+	if p.IsRemoved() {
+		return s.refuse("mail", 451, "4.7.0", fmt.Sprintf("project %s was removed", clean(p.Name)), "the project was removed"), nil
+	}
 	if !p.Enabled {
 		return s.refuse("mail", 451, "4.7.0", fmt.Sprintf("project %s is disabled", clean(p.Name)), "the project is disabled"), nil
 	}

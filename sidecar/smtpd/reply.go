@@ -24,6 +24,7 @@ const (
 // Conditions found by the session itself. replyFor maps each to its reply.
 var (
 	errDisabled          = errors.New("project is disabled")
+	errRemoved           = errors.New("project was removed")
 	errTooManyRecipients = errors.New("too many recipients for the project")
 	errRateLimited       = errors.New("rate limit reached")
 	errMessageTooLarge   = errors.New("message too large")
@@ -89,6 +90,11 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	case errors.Is(err, errDisabled):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 			Message: fmt.Sprintf("project %s is disabled", tx.project)}
+	case errors.Is(err, errRemoved):
+		// Temporary: the mail stays queued until Postfix's queue lifetime ends, or the project is
+		// added again, or purged (then its senders are no longer Postern's).
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("project %s was removed; its mail waits until it is added again or purged", tx.project)}
 	case errors.Is(err, credential.ErrNeedsReauth):
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 			Message: fmt.Sprintf("project %s needs re-authorisation: %s", tx.project, clean(credential.Reason(err), 400))}

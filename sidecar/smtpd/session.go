@@ -127,6 +127,9 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 	}
 	tx.project = p
 	tx.log = tx.log.With("project", p.Name)
+	if p.IsRemoved() {
+		return errRemoved
+	}
 	if !p.Enabled {
 		return errDisabled
 	}
