@@ -580,11 +580,27 @@ func (l Log) SlogLevel() slog.Level {
 
 // NewLogger returns a logger writing to w in the configured format and level.
 func (l Log) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: l.SlogLevel()}
+	level := new(slog.LevelVar)
+	level.Set(l.SlogLevel())
+	return l.NewLoggerVar(w, level)
+}
+
+// NewLoggerVar returns a logger writing to w in the configured format, at the level level holds,
+// so that the level can change while the logger is in use (a reload). In JSON, durations are
+// numbers of seconds (1.5), not Go's integer nanoseconds; text shows them as Go does ("1.5s").
+func (l Log) NewLoggerVar(w io.Writer, level *slog.LevelVar) *slog.Logger {
 	if l.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationSeconds}))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// durationSeconds turns a time.Duration value into its seconds.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+	}
+	return a
 }
 
 // Validate returns every problem with the configuration at once, nil when there is none. It also
