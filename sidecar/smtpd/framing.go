@@ -21,19 +21,15 @@ import (
 //  1. Between commands, one whole command line per read. A line that has not arrived whole by the
 //     deadline go-smtp set (Options.ReadTimeout from when it started waiting) is never handed over:
 //     go-smtp gets the timeout, answers 421 4.4.2 and closes the connection.
-//
 //  2. After go-smtp answers DATA with 354, whole lines of the message, up to and including the line
 //     that ends it (go-smtp's own end-of-data rule, mirrored by endOfData), within
 //     Options.DataTimeout of the 354. A message cut off is never relayed: the upstream connection
 //     sees the read fail before the final dot.
-//
 //  3. After a BDAT command go-smtp will read (its size parses as go-smtp parses it), the chunk's
 //     bytes as they come: a chunk is binary and need not end a line. Each chunk must arrive within
 //     Options.DataTimeout of its command.
-//
 //  4. Every read error is final: after a timeout the connection is finished, whatever deadline
 //     go-smtp sets next. A line longer than maxLineLength fails with smtp.ErrTooLongLine.
-//
 //  5. XFORWARD is announced and answered here, never by go-smtp (xforward.go).
 //
 // STARTTLS would need the raw bytes, but the server offers no TLS.
