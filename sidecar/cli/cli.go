@@ -45,8 +45,9 @@ const (
 	ExitUsage = 2
 )
 
-// Runner runs the sidecar until ctx is cancelled: sidecar.Run.
-type Runner func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
+// Runner runs the sidecar until ctx is cancelled, applying each configuration received from
+// reloads as far as it can while running: sidecar.Serve.
+type Runner func(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-chan *config.Config) error
 
 // App is the postern command. Its zero value is not usable: set Stdin, Stdout and Stderr at least.
 type App struct {
@@ -58,6 +59,9 @@ type App struct {
 	ReadPassword func(prompt string) (string, error)
 	// Serve runs the sidecar for `postern serve`. Nil makes serve fail (--check-config still works).
 	Serve Runner
+	// NotifyReload has c receive the signal that asks `postern serve` to read its configuration
+	// again (SIGHUP: signal.Notify). Nil means serve never reloads.
+	NotifyReload func(c chan<- os.Signal)
 	// Check runs `postern check`; nil means this build cannot.
 	Check Checker
 	// SendTest runs `postern send-test`; nil means this build cannot.

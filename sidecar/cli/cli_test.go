@@ -630,7 +630,7 @@ func TestServeRunsTheRunner(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "instance: test-instance\nlog:\n  format: json\n")
 	var got *config.Config
-	h.app.Serve = func(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	h.app.Serve = func(ctx context.Context, cfg *config.Config, log *slog.Logger, _ <-chan *config.Config) error {
 		got = cfg
 		log.Info("running")
 		<-ctx.Done()
@@ -653,7 +653,7 @@ func TestServeRunsTheRunner(t *testing.T) {
 		t.Errorf("the runner's logger does not follow log.format: %q", errOut.String())
 	}
 
-	h.app.Serve = func(context.Context, *config.Config, *slog.Logger) error {
+	h.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error {
 		return errors.New("listening: address in use")
 	}
 	r := h.run("", "serve")
@@ -668,7 +668,7 @@ func TestServeRunsTheRunner(t *testing.T) {
 
 	h2 := newHarness(t, "log:\n  level: loud\n")
 	called := false
-	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger) error { called = true; return nil }
+	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error { called = true; return nil }
 	if r := h2.run("", "serve"); r.code != ExitFail || called {
 		t.Fatalf("serve with an invalid config: %v (runner called: %v)", r, called)
 	}

@@ -132,8 +132,9 @@ type Directory struct {
 	opts Options
 	log  *slog.Logger
 
-	snap  atomic.Pointer[snapshot]
-	reads atomic.Int64
+	snap     atomic.Pointer[snapshot]
+	reads    atomic.Int64
+	interval atomic.Int64 // Options.Interval, changed by SetInterval
 
 	mu          sync.Mutex
 	inflight    chan struct{} // closed when the running reload ends; nil when none runs
@@ -146,7 +147,18 @@ type Directory struct {
 // New returns a Directory over src. Nothing is read until Load or Run.
 func New(src store.Projects, opts Options) *Directory {
 	opts = opts.withDefaults()
-	return &Directory{src: src, opts: opts, log: opts.Logger}
+	d := &Directory{src: src, opts: opts, log: opts.Logger}
+	d.interval.Store(int64(opts.Interval))
+	return d
+}
+
+// SetInterval changes the time between Run's periodic reloads (a configuration reload), from the
+// next one on. Zero or less means DefaultInterval.
+func (d *Directory) SetInterval(i time.Duration) {
+	if i <= 0 {
+		i = DefaultInterval
+	}
+	d.interval.Store(int64(i))
 }
 
 // Load reads the store once and waits for the result. It returns the store's error when the read
@@ -190,15 +202,16 @@ func (d *Directory) Run(ctx context.Context) error {
 // nextWait is the time until Run's next reload: Interval, or while nothing is cached after a
 // failed read, *retry, which then doubles up to Interval.
 func (d *Directory) nextWait(retry *time.Duration) time.Duration {
+	interval := time.Duration(d.interval.Load())
 	d.mu.Lock()
 	failed := d.lastErr != ""
 	d.mu.Unlock()
 	if !failed || d.snap.Load() != nil {
 		*retry = d.opts.RetryMin
-		return d.opts.Interval
+		return interval
 	}
-	wait := min(*retry, d.opts.Interval)
-	*retry = min(2**retry, d.opts.Interval)
+	wait := min(*retry, interval)
+	*retry = min(2**retry, interval)
 	return wait
 }
 

@@ -142,7 +142,7 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 	if max := p.Limits.MaxMessageBytes; max > 0 && opts.Size > max {
 		return fmt.Errorf("SIZE=%d over the project's limit of %d bytes: %w", opts.Size, max, errMessageTooLarge)
 	}
-	if err := s.srv.limiters.wait(ctx, p, s.srv.opts.RateWait); err != nil {
+	if err := s.srv.limiters.wait(ctx, p, time.Duration(s.srv.rateWait.Load())); err != nil {
 		return err
 	}
 
