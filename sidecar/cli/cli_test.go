@@ -668,7 +668,10 @@ func TestServeRunsTheRunner(t *testing.T) {
 
 	h2 := newHarness(t, "log:\n  level: loud\n")
 	called := false
-	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error { called = true; return nil }
+	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error {
+		called = true
+		return nil
+	}
 	if r := h2.run("", "serve"); r.code != ExitFail || called {
 		t.Fatalf("serve with an invalid config: %v (runner called: %v)", r, called)
 	}
