@@ -152,7 +152,7 @@ func (f *projectFlags) register(fs *flagSet, update bool) {
 	fs.StringVar(&f.clientID, "client-id", "", "OAuth client `ID` of the app registration")
 	fs.BoolVar(&f.secretStdin, "client-secret-stdin", false, "read the OAuth client secret from standard input")
 	fs.BoolVar(&f.secretPrompt, "client-secret-prompt", false, "ask for the OAuth client secret on the terminal")
-	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's)")
+	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's; generic: openid email offline_access)")
 	fs.StringVar(&f.grant, "grant", "", "OAuth `GRANT`: authorization_code (default), device_code or client_credentials")
 	fs.StringVar(&f.authURL, "auth-url", "", "authorization endpoint `URL` (provider generic)")
 	fs.StringVar(&f.tokenURL, "token-url", "", "token endpoint `URL` (provider generic)")
@@ -513,6 +513,23 @@ password, with --client-secret-stdin or --client-secret-prompt:
 
 The mailbox is then signed in once: 'postern authorize-link', 'postern authorize --device', or for
 --grant client_credentials no sign-in at all ('postern authorize' checks the registration).
+
+Default scopes, when --scopes is not given: microsoft "https://outlook.office.com/SMTP.Send
+offline_access openid email profile" (client_credentials: "https://outlook.office365.com/.default");
+google "https://mail.google.com/ openid email"; generic "openid email offline_access" (add the
+server's mail scope with --scopes if it has one). With --provider generic, give --issuer: the
+id_token is then verified with the issuer's keys, and when it does not name the mailbox (standard
+OpenID providers put email at the userinfo endpoint), the userinfo endpoint from the issuer's
+/.well-known/openid-configuration is asked.
+
+Upstream limits per mailbox, to configure with --messages-per-minute, --recipients-per-day and
+--max-connections: Microsoft 365 allows 30 messages a minute, 10,000 recipients a day and 3
+concurrent connections (3 is the default of --max-connections); Gmail allows 100 recipients a
+message (--max-recipients).
+
+Access tokens are refreshed tokens.refresh_margin (default 10m) before they expire, but at most half
+their lifetime before: a token living 50 seconds is used for 25 seconds, not refreshed on every
+delivery.
 
 Nothing is written unless every setting is valid; all problems are listed at once.`
 
