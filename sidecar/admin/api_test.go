@@ -551,3 +551,25 @@ func TestAPIConcurrentChange(t *testing.T) {
 		})
 	}
 }
+
+// DELETE leaves a tombstone that enable refuses; PUT over it adds the project again, enabled.
+func TestAPIAddsARemovedProjectAgain(t *testing.T) {
+	t.Parallel()
+	env := newAPIEnv(t)
+	if a := call(t, env.url, "DELETE", "/api/v1/projects/b", apiToken, "", nil); a.code != 200 {
+		t.Fatalf("DELETE: %d %s", a.code, a.body)
+	}
+	if a := call(t, env.url, "POST", "/api/v1/projects/b/enable", apiToken, "", nil); a.code != 409 || !strings.Contains(a.body, "was removed") {
+		t.Errorf("enable of a removed project: %d %s", a.code, a.body)
+	}
+	body := `{"senders": ["news@b.example"],
+		"upstream": {"host": "smtp.b.example", "port": 587, "tls": "starttls"},
+		"auth": {"type": "basic", "username": "news@b.example", "password": "` + pwNew + `"}}`
+	a := call(t, env.url, "PUT", "/api/v1/projects/b", apiToken, body, nil)
+	if a.code != 200 {
+		t.Fatalf("PUT over the tombstone: %d %s", a.code, a.body)
+	}
+	if p := mustProject(t, env.st, "b"); p.IsRemoved() || !p.Enabled || p.Auth.Type != project.AuthBasic {
+		t.Errorf("after PUT over the tombstone: %+v", p)
+	}
+}

@@ -799,12 +799,12 @@ func ExplainNotFound(err error, name string) error {
 }
 
 func runProjectList(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("project list", "", "List the projects: name, whether enabled, how they sign in, upstream, senders, and for\nOAuth projects the state of their token.")
+	fs := a.newFlagSet("project list", "", "List the projects: name, whether enabled (or when removed), how they sign in, upstream,\nsenders, and for OAuth projects the state of their token.")
 	load := a.configFlag(fs)
 	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
 		return code
 	}
-	st, ok := a.openProjectStore(ctx, load)
+	cfg, st, ok := a.openConfigStore(ctx, load)
 	if !ok {
 		return ExitFail
 	}
@@ -822,7 +822,11 @@ func runProjectList(ctx context.Context, a *App, args []string) int {
 	fmt.Fprintln(tw, "NAME\tENABLED\tAUTH\tUPSTREAM\tSENDERS\tTOKEN")
 	for _, p := range all {
 		if p.IsRemoved() {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\t%s\t%s\n", p.Name, "removed "+p.Removed.Format(time.DateOnly), "-",
+			state := "removed " + p.Removed.Format(time.DateOnly)
+			if !time.Now().Before(p.HeldUntil(cfg.Postfix.RemovedHold())) {
+				state += " (expired: purge it)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\t%s\t%s\n", p.Name, state, "-",
 				p.Upstream.Address(), p.Upstream.TLS, strings.Join(p.Senders, ", "), "-")
 			continue
 		}
