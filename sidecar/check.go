@@ -54,6 +54,10 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 
 	failed := 0
 	for _, p := range projects {
+		if p.IsRemoved() {
+			fmt.Fprintf(w, "%s: removed, not checked (postern project purge %s forgets it)\n", p.Name, p.Name)
+			continue
+		}
 		if !p.Enabled {
 			fmt.Fprintf(w, "%s: disabled, not checked (postern project enable %s)\n", p.Name, p.Name)
 			continue

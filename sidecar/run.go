@@ -34,11 +34,19 @@ import (
 // storeOpenWait is how long Run waits for Vault's sign-in before the first load of the projects.
 const storeOpenWait = 2 * time.Second
 
-// Run is `postern serve`: it opens the store, loads the projects, starts every configured listener
-// and serves until ctx ends. Shutdown is ordered: the lookup and milter listeners and the mail
-// listeners stop accepting, transactions in flight finish (bounded), then the upstream
-// connections close, then the store.
+// Run is Serve without reloads.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	return Serve(ctx, cfg, log, nil)
+}
+
+// Serve is `postern serve`: it opens the store, loads the projects, starts every configured
+// listener and serves until ctx ends. Shutdown is ordered: the lookup and milter listeners and the
+// mail listeners stop accepting (their unix sockets are removed), transactions in flight finish
+// (bounded by smtpd.data_timeout), then the upstream connections close, then the store.
+//
+// Each configuration received from reloads (a SIGHUP; see reload.go) is applied as far as it can
+// be while running; the log names what needs a restart.
+func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-chan *config.Config) error {
 	if errs := cfg.Validate(); len(errs) > 0 {
 		return fmt.Errorf("invalid configuration: %w", errors.Join(errs...))
 	}
@@ -50,7 +58,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, Logger: log.With("component", "directory")})
+	dir := directory.New(st, directory.Options{Interval: cfg.ReloadInterval, RemovedHold: cfg.Postfix.RemovedHold(), Logger: log.With("component", "directory")})
 	// Signing in to Vault takes milliseconds when it answers: give it a moment, so that the first
 	// load finds the store open. When it does not answer, serve anyway: lookups answer 4xx, mail
 	// waits in Postfix's queue, and the directory tries again soon (directory.Options.RetryMin).
@@ -209,6 +217,26 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = dir.Run(ctx) })
+	wg.Go(func() {
+		running := *cfg
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case next := <-reloads:
+				changed, err := changedKeys(&running, next)
+				if err != nil {
+					log.Error("reloading the configuration", "err", err)
+					continue
+				}
+				applied, restart := splitReload(changed)
+				dir.SetInterval(next.ReloadInterval)
+				mail.SetRateWait(next.Limits.RateWait)
+				running.Log.Level, running.ReloadInterval, running.Limits.RateWait = next.Log.Level, next.ReloadInterval, next.Limits.RateWait
+				logReload(log, applied, restart)
+			}
+		}
+	})
 	for _, serve := range servers {
 		wg.Go(func() {
 			if err := serve(ctx); err != nil {
@@ -281,7 +309,11 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
 			row.Action = advice.Status(p, row.State, nil)
 		}
-		if !p.Enabled {
+		switch {
+		case p.IsRemoved():
+			row.State, row.Reason = advice.StateRemoved, "removed at "+p.Removed.Format(time.RFC3339)+"; its senders' mail is deferred"
+			row.Action = advice.Status(p, row.State, nil)
+		case !p.Enabled:
 			row.State = advice.StateDisabled
 			row.Action = advice.Status(p, row.State, nil)
 		}

@@ -257,6 +257,27 @@ func (p *Postern) Stop() error {
 	return errors.New("postern did not stop within 10s of SIGTERM and was killed")
 }
 
+// Signal sends sig to the running process.
+func (p *Postern) Signal(sig os.Signal) error {
+	if p.cmd == nil {
+		return errors.New("postern is not running")
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Wait waits until the process has ended, or ctx ends.
+func (p *Postern) Wait(ctx context.Context) error {
+	if p.done == nil {
+		return errors.New("postern was never started")
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for postern to exit: %w", context.Cause(ctx))
+	}
+}
+
 // Exited reports whether the process has ended, and how.
 func (p *Postern) Exited() (bool, error) {
 	if p.done == nil {

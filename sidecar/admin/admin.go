@@ -54,7 +54,7 @@ type ProjectStatus struct {
 	Auth      string    `json:"auth"`
 	Upstream  string    `json:"upstream"`
 	Senders   []string  `json:"senders"`
-	State     string    `json:"state"`            // ok, disabled, needs_reauth, unhealthy
+	State     string    `json:"state"`            // ok, disabled, removed, needs_reauth, unhealthy, upstream_down
 	Reason    string    `json:"reason,omitempty"` // why, in the provider's or upstream's words
 	Action    string    `json:"action,omitempty"` // what to do next
 	Expiry    time.Time `json:"token_expiry,omitzero"`

@@ -9,7 +9,8 @@ package admin
 //  3. GET answers the project with its secrets as "[set]" or "[not set]". PUT takes the project in
 //     the storage form (project.UnmarshalStored: unknown keys are errors), keeps the stored secrets
 //     the body leaves out, checks everything at once, and writes with check-and-set. DELETE
-//     removes it; POST .../enable and .../disable switch it.
+//     removes it as `postern project remove` does (store.Remove: a tombstone keeps its queued mail
+//     waiting), or with ?purge=true deletes it for good; POST .../enable and .../disable switch it.
 //  4. Every answer is JSON; errors are {"error": ..., "problems": [...]} saying what to do next.
 //     Each write is logged once; no secret reaches an answer or the log.
 
@@ -26,6 +27,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/postern/postern/sidecar/oauth"
@@ -241,12 +243,23 @@ func (a *projectAPI) delete(w http.ResponseWriter, r *http.Request) {
 	if want != 0 && !checkVersion(w, name, old, err == nil, want) {
 		return
 	}
-	if err := a.st.DeleteProject(r.Context(), name); err != nil {
+	if purge, _ := strconv.ParseBool(r.URL.Query().Get("purge")); purge {
+		if err := a.st.DeleteProject(r.Context(), name); err != nil {
+			a.readError(w, name, err)
+			return
+		}
+		a.logWrite(r, name, "purge", old.Version)
+		writeJSON(w, http.StatusOK, map[string]any{"deleted": name, "version": old.Version})
+		return
+	}
+	tokens, _ := a.st.(store.Tokens)
+	tomb, err := store.Remove(r.Context(), a.st, tokens, name, time.Now())
+	if err != nil {
 		a.readError(w, name, err)
 		return
 	}
-	a.logWrite(r, name, "delete", old.Version)
-	writeJSON(w, http.StatusOK, map[string]any{"deleted": name, "version": old.Version})
+	a.logWrite(r, name, "remove", tomb.Version)
+	writeJSON(w, http.StatusOK, map[string]any{"removed": name, "version": tomb.Version, "removed_at": tomb.Removed})
 }
 
 func (a *projectAPI) setEnabled(w http.ResponseWriter, r *http.Request, enabled bool) {
@@ -266,6 +279,10 @@ func (a *projectAPI) setEnabled(w http.ResponseWriter, r *http.Request, enabled 
 			return
 		}
 		if want != 0 && !checkVersion(w, name, p, true, want) {
+			return
+		}
+		if p.IsRemoved() {
+			writeError(w, http.StatusConflict, fmt.Sprintf("project %s was removed: PUT it again, or DELETE it with ?purge=true", name))
 			return
 		}
 		if p.Enabled == enabled {
@@ -409,8 +426,10 @@ func merge(in, old project.Project, exists, hasEnabled bool) project.Project {
 		p.Auth.OAuth = &o
 	}
 	p.Version = 0
+	// A PUT writes a live project: over a tombstone, it adds the removed project again.
+	p.Removed = time.Time{}
 	if !hasEnabled {
-		p.Enabled = !exists || old.Enabled
+		p.Enabled = !exists || old.Enabled || old.IsRemoved()
 	}
 	if !exists {
 		return p

@@ -300,10 +300,17 @@ func TestAPI(t *testing.T) {
 				"auth": {"type": "oauth2", "username": "noreply@o.example", "oauth": {"provider": "microsoft", "tenant": "o.example", "client_id": "cid-1", "client_secret": "[set]"}}}`,
 			code: 422, want: []string{"auth.oauth.client_secret holds what GET shows"}, check: unchanged("o", 1)},
 
-		{name: "delete", method: "DELETE", path: "/api/v1/projects/b", token: apiToken, code: 200, writes: "delete", want: []string{`"deleted": "b"`},
+		{name: "delete leaves a tombstone", method: "DELETE", path: "/api/v1/projects/b", token: apiToken, code: 200, writes: "remove", want: []string{`"removed": "b"`},
+			check: func(t *testing.T, st store.Admin) {
+				p, err := st.Project(t.Context(), "b")
+				if err != nil || !p.IsRemoved() || p.Enabled || len(p.Senders) == 0 || !p.Auth.Password.IsZero() || p.Auth.Type != project.AuthNone {
+					t.Errorf("after delete: %+v, %v; want a tombstone with the senders and no password", p, err)
+				}
+			}},
+		{name: "delete with purge", method: "DELETE", path: "/api/v1/projects/b?purge=true", token: apiToken, code: 200, writes: "purge", want: []string{`"deleted": "b"`},
 			check: func(t *testing.T, st store.Admin) {
 				if _, err := st.Project(t.Context(), "b"); !errors.Is(err, store.ErrNotFound) {
-					t.Errorf("after delete: %v", err)
+					t.Errorf("after purge: %v", err)
 				}
 			}},
 		{name: "delete missing", method: "DELETE", path: "/api/v1/projects/nope", token: apiToken, code: 404, want: []string{"no project named nope"}},
@@ -354,7 +361,7 @@ func TestAPI(t *testing.T) {
 			case tc.writes == "" && written != 0:
 				t.Errorf("a write was logged: %s", logs)
 			case tc.writes != "" && (written != 1 || !strings.Contains(logs, "action="+tc.writes) ||
-				!strings.Contains(logs, "remote=127.0.0.1:") || !strings.Contains(logs, "project="+strings.Split(tc.path, "/")[4])):
+				!strings.Contains(logs, "remote=127.0.0.1:") || !strings.Contains(logs, "project="+strings.Split(strings.Split(tc.path, "?")[0], "/")[4])):
 				t.Errorf("want one %s logged with project and remote address: %s", tc.writes, logs)
 			}
 			for _, s := range allSecrets {
@@ -542,5 +549,27 @@ func TestAPIConcurrentChange(t *testing.T) {
 			}
 			tc.check(t, mustProject(t, env.st, "a"))
 		})
+	}
+}
+
+// DELETE leaves a tombstone that enable refuses; PUT over it adds the project again, enabled.
+func TestAPIAddsARemovedProjectAgain(t *testing.T) {
+	t.Parallel()
+	env := newAPIEnv(t)
+	if a := call(t, env.url, "DELETE", "/api/v1/projects/b", apiToken, "", nil); a.code != 200 {
+		t.Fatalf("DELETE: %d %s", a.code, a.body)
+	}
+	if a := call(t, env.url, "POST", "/api/v1/projects/b/enable", apiToken, "", nil); a.code != 409 || !strings.Contains(a.body, "was removed") {
+		t.Errorf("enable of a removed project: %d %s", a.code, a.body)
+	}
+	body := `{"senders": ["news@b.example"],
+		"upstream": {"host": "smtp.b.example", "port": 587, "tls": "starttls"},
+		"auth": {"type": "basic", "username": "news@b.example", "password": "` + pwNew + `"}}`
+	a := call(t, env.url, "PUT", "/api/v1/projects/b", apiToken, body, nil)
+	if a.code != 200 {
+		t.Fatalf("PUT over the tombstone: %d %s", a.code, a.body)
+	}
+	if p := mustProject(t, env.st, "b"); p.IsRemoved() || !p.Enabled || p.Auth.Type != project.AuthBasic {
+		t.Errorf("after PUT over the tombstone: %+v", p)
 	}
 }

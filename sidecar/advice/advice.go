@@ -105,6 +105,7 @@ const (
 	StateUnhealthy    = "unhealthy"
 	StateUpstreamDown = "upstream_down"
 	StateDisabled     = "disabled"
+	StateRemoved      = "removed"
 )
 
 // Status says what to do about project p in a status-page state; err is the failure behind it
@@ -125,6 +126,8 @@ func Status(p project.Project, state string, err error) string {
 		return "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
 	case StateDisabled:
 		return "postern project enable " + p.Name
+	case StateRemoved:
+		return "postern project add " + p.Name + " ... to let its mail flow, or postern project purge " + p.Name
 	}
 	return ""
 }

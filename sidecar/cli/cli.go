@@ -47,6 +47,10 @@ const (
 	ExitUsage = 2
 )
 
+// Runner runs the sidecar until ctx is cancelled, applying each configuration received from
+// reloads as far as it can while running: sidecar.Serve.
+type Runner func(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-chan *config.Config) error
+
 // App is the postern command. Its zero value is not usable: set Stdin, Stdout and Stderr at least.
 type App struct {
 	// Stdin, Stdout and Stderr are the command's standard streams.
@@ -55,8 +59,11 @@ type App struct {
 	// ReadPassword shows prompt and reads a line from the terminal without echo. Nil means there is no
 	// terminal: commands that need a password then require --password-stdin.
 	ReadPassword func(prompt string) (string, error)
-	// Serve runs the sidecar for `postern serve` until ctx is cancelled. Nil means sidecar.Run.
-	Serve func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
+	// Serve runs the sidecar for `postern serve`. Nil means sidecar.Serve.
+	Serve Runner
+	// NotifyReload has c receive the signal that asks `postern serve` to read its configuration
+	// again (SIGHUP: signal.Notify). Nil means serve never reloads.
+	NotifyReload func(c chan<- os.Signal)
 	// OpenStore opens the store the configuration names. Nil means OpenStore.
 	OpenStore func(ctx context.Context, cfg *config.Config) (store.Store, error)
 	// ConfigPath is the configuration file used when --config is not given. Empty means

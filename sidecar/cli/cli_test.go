@@ -129,7 +129,13 @@ func (h *harness) projectCount() int {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return len(ps)
+	n := 0
+	for _, p := range ps {
+		if !p.IsRemoved() {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *harness) neverPrinted(secrets ...string) {
@@ -236,12 +242,31 @@ func TestProjectLifecycle(t *testing.T) {
 		t.Fatal("enable did not enable")
 	}
 
-	h.mustRun("", "project", "remove", "client-a")
+	// remove leaves a tombstone that still routes the senders; purge deletes it.
+	r = h.mustRun("", "project", "remove", "client-a")
+	if !strings.Contains(r.stdout, "removed project client-a") || !strings.Contains(r.stdout, "deferred until") {
+		t.Errorf("remove: %v", r)
+	}
+	if p := h.project("client-a"); !p.IsRemoved() || p.Enabled || !p.Auth.Password.IsZero() || len(p.Senders) != 2 {
+		t.Fatalf("after remove: %+v; want a tombstone with the senders and no password", p)
+	}
+	if r := h.mustRun("", "project", "list"); !strings.Contains(r.stdout, "client-a  removed ") {
+		t.Errorf("list after remove: %v", r)
+	}
+	for _, cmd := range [][]string{{"project", "enable", "client-a"}, {"project", "update", "client-a", "--port", "465"}} {
+		if r := h.run("", cmd...); r.code != ExitFail || !strings.Contains(r.stderr, "was removed at") || !strings.Contains(r.stderr, "postern project purge client-a") {
+			t.Errorf("%v on a removed project: %v", cmd, r)
+		}
+	}
+	r = h.mustRun("", "project", "purge", "client-a")
+	if !strings.Contains(r.stdout, "purged project client-a") {
+		t.Errorf("purge: %v", r)
+	}
 	if n := h.projectCount(); n != 0 {
-		t.Fatalf("%d projects after remove", n)
+		t.Fatalf("%d projects after purge", n)
 	}
 	if r := h.mustRun("", "project", "list"); !strings.Contains(r.stdout, "no projects") {
-		t.Errorf("list after remove: %v", r)
+		t.Errorf("list after purge: %v", r)
 	}
 	r = h.run("", "project", "remove", "client-a")
 	if r.code != ExitFail || !strings.Contains(r.stderr, "no project named client-a") {
@@ -614,7 +639,7 @@ func TestServeRunsTheRunner(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, "instance: test-instance\nlog:\n  format: json\n")
 	var got *config.Config
-	h.app.Serve = func(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	h.app.Serve = func(ctx context.Context, cfg *config.Config, log *slog.Logger, _ <-chan *config.Config) error {
 		got = cfg
 		log.Info("running")
 		<-ctx.Done()
@@ -637,7 +662,7 @@ func TestServeRunsTheRunner(t *testing.T) {
 		t.Errorf("the runner's logger does not follow log.format: %q", errOut.String())
 	}
 
-	h.app.Serve = func(context.Context, *config.Config, *slog.Logger) error {
+	h.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error {
 		return errors.New("listening: address in use")
 	}
 	r := h.run("", "serve")
@@ -652,7 +677,10 @@ func TestServeRunsTheRunner(t *testing.T) {
 
 	h2 := newHarness(t, "log:\n  level: loud\n")
 	called := false
-	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger) error { called = true; return nil }
+	h2.app.Serve = func(context.Context, *config.Config, *slog.Logger, <-chan *config.Config) error {
+		called = true
+		return nil
+	}
 	if r := h2.run("", "serve"); r.code != ExitFail || called {
 		t.Fatalf("serve with an invalid config: %v (runner called: %v)", r, called)
 	}
@@ -717,5 +745,53 @@ func TestProjectWithCredentialProvider(t *testing.T) {
 	if r := h.run("", "project", "update", "acme", "--auth", "none", "--plugin-provider", "x"); r.code != ExitFail ||
 		!strings.Contains(r.stderr, "--auth plugin") {
 		t.Fatalf("--plugin-provider on a non-plugin project: %v", r)
+	}
+}
+
+// project remove counts the mail Postfix holds for the project's senders (postqueue -j, in the
+// configured Postfix directory), and says so when it cannot; add brings a removed project back.
+func TestRemoveCountsQueuedMailAndAddBringsItBack(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "postqueue")
+	script := `#!/bin/sh
+[ "$1 $2 $3" = "-c /etc/postfix-out -j" ] || { echo "postqueue: fatal: usage" >&2; exit 64; }
+echo '{"queue_name": "deferred", "queue_id": "A1", "sender": "noreply@client.co.uk", "recipients": [{"address": "x@dest.test"}]}'
+echo '{"queue_name": "active", "queue_id": "A2", "sender": "billing@client.co.uk", "recipients": [{"address": "y@dest.test"}]}'
+echo '{"queue_name": "deferred", "queue_id": "A3", "sender": "other@elsewhere.test", "recipients": [{"address": "z@dest.test"}]}'
+`
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, fmt.Sprintf("postfix: {postqueue: %s, config_directory: /etc/postfix-out, queue_lifetime: 48h}\n", fake))
+	h.mustRun("pw\n", addClientA...)
+	r := h.mustRun("", "project", "remove", "client-a")
+	if !strings.Contains(r.stdout, "Postfix (/etc/postfix-out) holds 2 message(s) from its senders") {
+		t.Errorf("remove does not count the queued mail: %v", r)
+	}
+	removed := h.project("client-a").Removed
+	if !strings.Contains(r.stdout, removed.Add(48*time.Hour+4000*time.Second).Local().Format(time.RFC1123)) {
+		t.Errorf("remove does not say until when the mail is deferred (queue_lifetime + backoff_time): %v", r)
+	}
+	r = h.mustRun("", "project", "remove", "client-a")
+	if !strings.Contains(r.stdout, "was removed already") || h.project("client-a").Removed != removed {
+		t.Errorf("second remove: %v", r)
+	}
+
+	r = h.mustRun("pw\n", addClientA...)
+	if p := h.project("client-a"); !strings.Contains(r.stdout, "added project client-a") || p.IsRemoved() || !p.Enabled || p.Auth.Password.Reveal() != "pw" {
+		t.Fatalf("adding the removed project again: %v, %+v", r, p)
+	}
+
+	// Without postqueue, remove says it could not count.
+	if err := os.Remove(fake); err != nil {
+		t.Fatal(err)
+	}
+	r = h.mustRun("", "project", "remove", "--purge", "client-a")
+	if !strings.Contains(r.stdout, "purged project client-a") || !strings.Contains(r.stdout, "could not count the mail Postfix holds for it") {
+		t.Errorf("remove --purge without postqueue: %v", r)
+	}
+	if h.projectCount() != 0 {
+		t.Error("remove --purge left the project")
 	}
 }

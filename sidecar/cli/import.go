@@ -241,7 +241,9 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 	}
 	existing := map[string]project.Project{}
 	for _, p := range all {
-		existing[p.Name] = p
+		if !p.IsRemoved() { // a removed project's name is free again, as for project add
+			existing[p.Name] = p
+		}
 	}
 
 	// 1. Check everything.

@@ -174,7 +174,8 @@ func MasterCF(cfg *config.Config) string {
 	opt := func(k, v string) { fmt.Fprintf(&b, "  -o %s=%s\n", k, v) }
 	opt("syslog_name", "postfix/"+name)
 	opt(client+"_connection_cache_on_demand", "yes")
-	opt(client+"_send_xforward_command", "no")
+	// Postfix's queue id reaches Postern (XFORWARD IDENT), for log lines that join Postfix's.
+	opt(client+"_send_xforward_command", "yes")
 	if client == "smtp" {
 		// Postern's SMTP listener offers neither; a site's relay settings must not apply to it.
 		opt("smtp_tls_security_level", "none")

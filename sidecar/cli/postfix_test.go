@@ -142,7 +142,7 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 			master: map[string][]string{"postern/unix": {"postern", "unix", "-", "-", "n", "-", "-", "lmtp",
 				"lmtp_connection_cache_on_demand=yes", "lmtp_data_done_timeout=480s", "lmtp_data_init_timeout=180s",
 				"lmtp_data_xfer_timeout=180s", "lmtp_lhlo_timeout=60s", "lmtp_mail_timeout=240s", "lmtp_rcpt_timeout=180s",
-				"lmtp_send_xforward_command=no", "syslog_name=postfix/postern"}},
+				"lmtp_send_xforward_command=yes", "syslog_name=postfix/postern"}},
 		},
 		{
 			name: "smtp delivery, tcp socketmap, milter, own transport name",
@@ -160,7 +160,7 @@ func TestPostfixConfigFollowsTheConfig(t *testing.T) {
 			master: map[string][]string{"relay2/unix": {"relay2", "unix", "-", "-", "n", "-", "-", "smtp",
 				"smtp_connection_cache_on_demand=yes", "smtp_data_done_timeout=960s", "smtp_data_init_timeout=360s",
 				"smtp_data_xfer_timeout=360s", "smtp_helo_timeout=60s", "smtp_mail_timeout=420s", "smtp_rcpt_timeout=360s",
-				"smtp_sasl_auth_enable=no", "smtp_send_xforward_command=no", "smtp_tls_security_level=none", "syslog_name=postfix/relay2"}},
+				"smtp_sasl_auth_enable=no", "smtp_send_xforward_command=yes", "smtp_tls_security_level=none", "syslog_name=postfix/relay2"}},
 		},
 		{
 			name: "milter beside the socketmap",

@@ -19,8 +19,10 @@ import (
 
 	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
+	"github.com/postern/postern/sidecar/mailq"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/route"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/store/boltstore"
@@ -38,7 +40,8 @@ func projectCommands() []subcommand {
 		{"update", "change some settings of a project", runProjectUpdate},
 		{"list", "list the projects", runProjectList},
 		{"show", "show one project (secrets as [set] or [not set])", runProjectShow},
-		{"remove", "remove a project and its token", runProjectRemove},
+		{"remove", "remove a project; its queued mail keeps waiting (see -h)", runProjectRemove},
+		{"purge", "delete a removed project for good", runProjectPurge},
 		{"disable", "stop serving a project; its mail waits in Postfix's queue", runProjectDisable},
 		{"enable", "serve a disabled project again", runProjectEnable},
 	}
@@ -130,7 +133,7 @@ func (f *projectFlags) register(fs *flagSet, update bool) {
 	fs.StringVar(&f.clientID, "client-id", "", "OAuth client `ID` of the app registration")
 	fs.BoolVar(&f.secretStdin, "client-secret-stdin", false, "read the OAuth client secret from standard input")
 	fs.BoolVar(&f.secretPrompt, "client-secret-prompt", false, "ask for the OAuth client secret on the terminal")
-	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's)")
+	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's; generic: openid email offline_access)")
 	fs.StringVar(&f.grant, "grant", "", "OAuth `GRANT`: authorization_code (default), device_code or client_credentials")
 	fs.StringVar(&f.authURL, "auth-url", "", "authorization endpoint `URL` (provider generic)")
 	fs.StringVar(&f.tokenURL, "token-url", "", "token endpoint `URL` (provider generic)")
@@ -478,6 +481,23 @@ password, with --client-secret-stdin or --client-secret-prompt:
 The mailbox is then signed in once: 'postern authorize-link', 'postern authorize --device', or for
 --grant client_credentials no sign-in at all ('postern authorize' checks the registration).
 
+Default scopes, when --scopes is not given: microsoft "https://outlook.office.com/SMTP.Send
+offline_access openid email profile" (client_credentials: "https://outlook.office365.com/.default");
+google "https://mail.google.com/ openid email"; generic "openid email offline_access" (add the
+server's mail scope with --scopes if it has one). With --provider generic, give --issuer: the
+id_token is then verified with the issuer's keys, and when it does not name the mailbox (standard
+OpenID providers put email at the userinfo endpoint), the userinfo endpoint from the issuer's
+/.well-known/openid-configuration is asked.
+
+Upstream limits per mailbox, to configure with --messages-per-minute, --recipients-per-day and
+--max-connections: Microsoft 365 allows 30 messages a minute, 10,000 recipients a day and 3
+concurrent connections (3 is the default of --max-connections); Gmail allows 100 recipients a
+message (--max-recipients).
+
+Access tokens are refreshed tokens.refresh_margin (default 10m) before they expire, but at most half
+their lifetime before: a token living 50 seconds is used for 25 seconds, not refreshed on every
+delivery.
+
 Nothing is written unless every setting is valid; all problems are listed at once.`
 
 func runProjectAdd(ctx context.Context, a *App, args []string) int {
@@ -508,10 +528,15 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 		}
 	}
 	for _, o := range all {
-		if o.Name == p.Name {
+		if o.Name != p.Name {
+			continue
+		}
+		if !o.IsRemoved() {
 			fmt.Fprintf(a.Stderr, "postern project add: project %s exists: change it with 'postern project update %s'\n", p.Name, p.Name)
 			return ExitFail
 		}
+		// Adding a removed project again replaces its tombstone: its queued mail flows again.
+		p.Version = o.Version
 	}
 	problems = append(problems, project.SenderConflicts(p, all)...)
 	newSecret := f.secretStdin || f.secretPrompt
@@ -547,6 +572,10 @@ func runProjectAdd(ctx context.Context, a *App, args []string) int {
 		defer st.Close()
 	}
 	v, err := st.PutProject(ctx, p)
+	if errors.Is(err, store.ErrConflict) {
+		fmt.Fprintf(a.Stderr, "postern project add: project %s was changed by someone else meanwhile; nothing was changed, run the command again\n", p.Name)
+		return ExitFail
+	}
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern project add: %v\n", err)
 		return ExitFail
@@ -592,6 +621,9 @@ func runProjectUpdate(ctx context.Context, a *App, args []string) int {
 	}
 	defer st.Close()
 	p, err := st.Project(ctx, name)
+	if err == nil && p.IsRemoved() {
+		err = removedError(p)
+	}
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern project update: %v\n", ExplainNotFound(err, name))
 		return ExitFail
@@ -734,12 +766,12 @@ func ExplainNotFound(err error, name string) error {
 }
 
 func runProjectList(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("project list", "", "List the projects: name, whether enabled, how they sign in, upstream, senders, and for\nOAuth projects the state of their token.")
+	fs := a.newFlagSet("project list", "", "List the projects: name, whether enabled (or when removed), how they sign in, upstream,\nsenders, and for OAuth projects the state of their token.")
 	load := a.configFlag(fs)
 	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
 		return code
 	}
-	st, ok := a.openProjectStore(ctx, load)
+	cfg, st, ok := a.openConfigStore(ctx, load)
 	if !ok {
 		return ExitFail
 	}
@@ -756,6 +788,15 @@ func runProjectList(ctx context.Context, a *App, args []string) int {
 	tw := tabwriter.NewWriter(a.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tENABLED\tAUTH\tUPSTREAM\tSENDERS\tTOKEN")
 	for _, p := range all {
+		if p.IsRemoved() {
+			state := "removed " + p.Removed.Format(time.DateOnly)
+			if !time.Now().Before(p.HeldUntil(cfg.Postfix.RemovedHold())) {
+				state += " (expired: purge it)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\t%s\t%s\n", p.Name, state, "-",
+				p.Upstream.Address(), p.Upstream.TLS, strings.Join(p.Senders, ", "), "-")
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\t%s\t%s\n", p.Name, yesNo(p.Enabled), p.Auth.Type,
 			p.Upstream.Address(), p.Upstream.TLS, strings.Join(p.Senders, ", "), tokenState(ctx, st, p))
 	}
@@ -845,6 +886,12 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 		return strconv.FormatInt(n, 10)
 	}
 	row("name", p.Name)
+	if p.IsRemoved() {
+		row("removed", p.Removed.Format(time.RFC3339)+" (its senders' mail is deferred; 'postern project purge "+p.Name+"' deletes it)")
+		row("senders", strings.Join(p.Senders, ", "))
+		tw.Flush()
+		return
+	}
 	row("enabled", yesNo(p.Enabled))
 	row("version", strconv.Itoa(p.Version))
 	row("senders", strings.Join(p.Senders, ", "))
@@ -953,24 +1000,111 @@ func showJSON(p project.Project, tok *project.Token) ([]byte, error) {
 	return json.MarshalIndent(obj, "", "  ")
 }
 
+const removeAbout = `
+Remove a project. Its credentials are deleted at once (the password or client secret, and the
+OAuth tokens), but a tombstone with its senders stays in the store: Postern keeps answering the
+mail of those senders with a temporary failure (451 4.7.0), so that mail Postfix already holds for
+the project stays in Postfix's queue instead of leaving through Postfix's default transport. That
+mail leaves when the project is added again ('postern project add NAME ...'), or returns to its
+senders when Postfix's queue lifetime ends (postfix.queue_lifetime in Postern's configuration,
+Postfix's maximal_queue_lifetime: 5 days by default). After the queue lifetime plus
+postfix.backoff_time, the tombstone answers for nothing any more.
+
+remove prints how many messages Postfix still holds for the project's senders (postqueue -j, with
+postfix.config_directory), when postqueue runs on this host.
+
+With --purge, or with 'postern project purge NAME', the project is deleted for good: its senders are
+no longer Postern's, and mail Postfix still holds for them leaves through Postfix's other
+transports (or bounces) at its next retry.`
+
 func runProjectRemove(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("project remove", "NAME", "Remove a project and its token record. Its senders are no longer routed through Postern:\nmail Postfix already queued for it is then deferred until it expires.")
+	fs := a.newFlagSet("project remove", "NAME", removeAbout)
+	load := a.configFlag(fs)
+	purge := fs.Bool("purge", false, "delete the project for good, now (as 'postern project purge')")
+	pos, code, ok := a.parse(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	cfg, st, ok := a.openConfigStore(ctx, load)
+	if !ok {
+		return ExitFail
+	}
+	defer st.Close()
+	name := pos[0]
+	if *purge {
+		return a.purge(ctx, cfg, st, name, "project remove")
+	}
+	old, err := st.Project(ctx, name)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", ExplainNotFound(err, name))
+		return ExitFail
+	}
+	tomb, err := store.Remove(ctx, st, st, name, time.Now())
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", ExplainNotFound(err, name))
+		return ExitFail
+	}
+	until := tomb.HeldUntil(cfg.Postfix.RemovedHold()).Local().Format(time.RFC1123)
+	if old.IsRemoved() {
+		fmt.Fprintf(a.Stdout, "project %s was removed already, at %s; its senders' mail is deferred until %s\n",
+			name, tomb.Removed.Local().Format(time.RFC1123), until)
+	} else {
+		fmt.Fprintf(a.Stdout, "removed project %s: its credentials are deleted; its senders' mail is deferred until %s\n", name, until)
+	}
+	fmt.Fprintf(a.Stdout, "%s\n", queuedFor(ctx, cfg, tomb))
+	fmt.Fprintf(a.Stdout, "to let that mail flow again: postern project add %s ...; to give up on it: postern project purge %s\n", name, name)
+	return ExitOK
+}
+
+func runProjectPurge(ctx context.Context, a *App, args []string) int {
+	fs := a.newFlagSet("project purge", "NAME", "Delete a project for good, removed or not, with its token record. Its senders are no longer\nPostern's: mail Postfix still holds for them leaves through Postfix's other transports (or\nbounces) at its next retry. 'postern project remove' keeps that mail waiting instead.")
 	load := a.configFlag(fs)
 	pos, code, ok := a.parse(fs, args, 1, 1)
 	if !ok {
 		return code
 	}
-	st, ok := a.openProjectStore(ctx, load)
+	cfg, st, ok := a.openConfigStore(ctx, load)
 	if !ok {
 		return ExitFail
 	}
 	defer st.Close()
-	if err := st.DeleteProject(ctx, pos[0]); err != nil {
-		fmt.Fprintf(a.Stderr, "postern project remove: %v\n", ExplainNotFound(err, pos[0]))
+	return a.purge(ctx, cfg, st, pos[0], "project purge")
+}
+
+func (a *App) purge(ctx context.Context, cfg *config.Config, st store.Store, name, cmd string) int {
+	p, err := st.Project(ctx, name)
+	if err == nil {
+		err = st.DeleteProject(ctx, name)
+	}
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, ExplainNotFound(err, name))
 		return ExitFail
 	}
-	fmt.Fprintf(a.Stdout, "removed project %s\n", pos[0])
+	fmt.Fprintf(a.Stdout, "purged project %s\n", name)
+	fmt.Fprintf(a.Stdout, "%s\n", queuedFor(ctx, cfg, p))
 	return ExitOK
+}
+
+// queuedFor says how many messages the local Postfix holds for p's senders.
+func queuedFor(ctx context.Context, cfg *config.Config, p project.Project) string {
+	msgs, err := mailq.List(ctx, mailq.Options{Postqueue: cfg.Postfix.Postqueue, ConfigDir: cfg.Postfix.ConfigDirectory})
+	if err != nil {
+		return fmt.Sprintf("could not count the mail Postfix holds for it: %v", err)
+	}
+	p.Removed = time.Time{}
+	table, _ := route.New([]project.Project{p})
+	n := mailq.Count(msgs, func(sender string) bool { _, ok := table.Lookup(sender); return ok })
+	dir := cfg.Postfix.ConfigDirectory
+	if dir == "" {
+		dir = "the default instance"
+	}
+	return fmt.Sprintf("Postfix (%s) holds %d message(s) from its senders", dir, n)
+}
+
+// removedError says what to do with a removed project instead of changing it.
+func removedError(p project.Project) error {
+	return fmt.Errorf("project %s was removed at %s: add it again with 'postern project add %s ...', or delete it for good with 'postern project purge %s'",
+		p.Name, p.Removed.Local().Format(time.RFC1123), p.Name, p.Name)
 }
 
 func runProjectDisable(ctx context.Context, a *App, args []string) int {
@@ -994,6 +1128,9 @@ func (a *App) setEnabled(ctx context.Context, args []string, enabled bool, name,
 	}
 	defer st.Close()
 	p, err := st.Project(ctx, pos[0])
+	if err == nil && p.IsRemoved() {
+		err = removedError(p)
+	}
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern %s: %v\n", name, ExplainNotFound(err, pos[0]))
 		return ExitFail

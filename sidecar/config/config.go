@@ -106,7 +106,28 @@ type Config struct {
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 	// Debug holds what helps find out where Postern spends its time.
 	Debug Debug `yaml:"debug"`
+	// Postfix describes the local Postfix that delivers to Postern.
+	Postfix Postfix `yaml:"postfix"`
 }
+
+// Postfix describes the local Postfix: where `postern project remove` asks it for the mail it holds,
+// and how long it holds mail, which is how long a removed project keeps answering for its senders.
+type Postfix struct {
+	// ConfigDirectory is Postfix's configuration directory (postqueue -c). Empty means Postfix's
+	// own default, /etc/postfix.
+	ConfigDirectory string `yaml:"config_directory"`
+	// Postqueue is the postqueue command. Default "postqueue", looked up in PATH, /usr/sbin and
+	// /usr/local/sbin.
+	Postqueue string `yaml:"postqueue"`
+	// QueueLifetime is Postfix's maximal_queue_lifetime. Default 120h (5 days, Postfix's default).
+	QueueLifetime time.Duration `yaml:"queue_lifetime"`
+	// BackoffTime is Postfix's maximal_backoff_time. Default 4000s (Postfix's default).
+	BackoffTime time.Duration `yaml:"backoff_time"`
+}
+
+// RemovedHold is how long a removed project keeps answering for its senders with a temporary
+// failure: by then Postfix has made its last attempt at every message it held for the project.
+func (p Postfix) RemovedHold() time.Duration { return p.QueueLifetime + p.BackoffTime }
 
 // Debug holds what helps find out where Postern spends its time.
 type Debug struct {
@@ -422,6 +443,7 @@ func base() *Config {
 		},
 		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin},
 		ReloadInterval: 10 * time.Second,
+		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
 }
 
@@ -568,11 +590,27 @@ func (l Log) SlogLevel() slog.Level {
 
 // NewLogger returns a logger writing to w in the configured format and level.
 func (l Log) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: l.SlogLevel()}
+	level := new(slog.LevelVar)
+	level.Set(l.SlogLevel())
+	return l.NewLoggerVar(w, level)
+}
+
+// NewLoggerVar returns a logger writing to w in the configured format, at the level level holds,
+// so that the level can change while the logger is in use (a reload). In JSON, durations are
+// numbers of seconds (1.5), not Go's integer nanoseconds; text shows them as Go does ("1.5s").
+func (l Log) NewLoggerVar(w io.Writer, level *slog.LevelVar) *slog.Logger {
 	if l.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationSeconds}))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// durationSeconds turns a time.Duration value into its seconds.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+	}
+	return a
 }
 
 // Validate returns every problem with the configuration at once, nil when there is none. It also
@@ -699,6 +737,8 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 		{"smtpd.data_timeout", c.SMTPD.DataTimeout},
 		{"milter.idle_timeout", c.Milter.IdleTimeout},
 		{"milter.packet_timeout", c.Milter.PacketTimeout},
+		{"postfix.queue_lifetime", c.Postfix.QueueLifetime},
+		{"postfix.backoff_time", c.Postfix.BackoffTime},
 	} {
 		if d.v <= 0 {
 			add("%s %v: must be more than 0", d.key, d.v)

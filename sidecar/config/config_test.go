@@ -461,3 +461,16 @@ func TestNewLogger(t *testing.T) {
 		t.Fatalf("output %q", out)
 	}
 }
+
+// JSON logs carry durations as seconds, which log processors read as numbers; text keeps Go's form.
+func TestLoggerDurationsInSeconds(t *testing.T) {
+	var js, text strings.Builder
+	Log{Level: "info", Format: "json"}.NewLogger(&js).Info("delivered", "duration", 1500*time.Millisecond)
+	if !strings.Contains(js.String(), `"duration":1.5`) {
+		t.Errorf("JSON log: %s; want \"duration\":1.5", js.String())
+	}
+	Log{Level: "info", Format: "text"}.NewLogger(&text).Info("delivered", "duration", 1500*time.Millisecond)
+	if !strings.Contains(text.String(), "duration=1.5s") {
+		t.Errorf("text log: %s; want duration=1.5s", text.String())
+	}
+}

@@ -16,7 +16,12 @@
 //     projects) fails the read with store.ErrProjectsLost rather than answering "none", so lost
 //     projects never turn into ErrNoProject (NOTFOUND, 550): they keep being served from the last
 //     good snapshot, or, with none, answer ErrUnavailable; Ready reports it either way.
-//  5. Reload errors, route conflicts and invalid projects are logged once each time they change, not
+//  5. A removed project's tombstone (project.Project.Removed) stays in the snapshot, routed after
+//     every live project, for Options.RemovedHold after its removal: its senders keep resolving to
+//     it, so the socketmap keeps sending their mail to Postern, which defers it, and mail Postfix
+//     still holds for the project never leaves through the default transport. A live project
+//     claiming the same senders wins.
+//  6. Reload errors, route conflicts and invalid projects are logged once each time they change, not
 //     on every interval.
 //
 // In steady state a delivered message costs no store read: StoreReads counts them to prove it.
@@ -51,6 +56,10 @@ const (
 	DefaultMissWait     = 2 * time.Second
 	DefaultLoadTimeout  = 30 * time.Second
 	DefaultRetryMin     = time.Second
+	// DefaultRemovedHold is Postfix's default maximal_queue_lifetime (5d) plus its
+	// maximal_backoff_time (4000s): by then Postfix has returned or delivered every message it
+	// held for a removed project.
+	DefaultRemovedHold = 5*24*time.Hour + 4000*time.Second
 )
 
 // Options tune a Directory. The zero value is ready to use.
@@ -70,6 +79,10 @@ type Options struct {
 	// are cached (mail waits meanwhile); the wait doubles with each failure up to Interval. Zero
 	// means DefaultRetryMin.
 	RetryMin time.Duration
+	// RemovedHold is how long after its removal a removed project still answers for its senders
+	// (with a temporary failure): Postfix's maximal_queue_lifetime plus its maximal_backoff_time.
+	// Zero means DefaultRemovedHold.
+	RemovedHold time.Duration
 	// Logger receives reload errors, conflicts and changes. Nil discards.
 	Logger *slog.Logger
 	// Now is the clock. Nil means time.Now.
@@ -92,6 +105,9 @@ func (o Options) withDefaults() Options {
 	if o.RetryMin <= 0 {
 		o.RetryMin = DefaultRetryMin
 	}
+	if o.RemovedHold <= 0 {
+		o.RemovedHold = DefaultRemovedHold
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -105,6 +121,8 @@ func (o Options) withDefaults() Options {
 type snapshot struct {
 	projects map[string]project.Project
 	table    *route.Table
+	// removed routes the senders of removed projects still held (Options.RemovedHold), after table.
+	removed  *route.Table
 	loadedAt time.Time
 }
 
@@ -114,8 +132,9 @@ type Directory struct {
 	opts Options
 	log  *slog.Logger
 
-	snap  atomic.Pointer[snapshot]
-	reads atomic.Int64
+	snap     atomic.Pointer[snapshot]
+	reads    atomic.Int64
+	interval atomic.Int64 // Options.Interval, changed by SetInterval
 
 	mu          sync.Mutex
 	inflight    chan struct{} // closed when the running reload ends; nil when none runs
@@ -128,7 +147,18 @@ type Directory struct {
 // New returns a Directory over src. Nothing is read until Load or Run.
 func New(src store.Projects, opts Options) *Directory {
 	opts = opts.withDefaults()
-	return &Directory{src: src, opts: opts, log: opts.Logger}
+	d := &Directory{src: src, opts: opts, log: opts.Logger}
+	d.interval.Store(int64(opts.Interval))
+	return d
+}
+
+// SetInterval changes the time between Run's periodic reloads (a configuration reload), from the
+// next one on. Zero or less means DefaultInterval.
+func (d *Directory) SetInterval(i time.Duration) {
+	if i <= 0 {
+		i = DefaultInterval
+	}
+	d.interval.Store(int64(i))
 }
 
 // Load reads the store once and waits for the result. It returns the store's error when the read
@@ -172,15 +202,16 @@ func (d *Directory) Run(ctx context.Context) error {
 // nextWait is the time until Run's next reload: Interval, or while nothing is cached after a
 // failed read, *retry, which then doubles up to Interval.
 func (d *Directory) nextWait(retry *time.Duration) time.Duration {
+	interval := time.Duration(d.interval.Load())
 	d.mu.Lock()
 	failed := d.lastErr != ""
 	d.mu.Unlock()
 	if !failed || d.snap.Load() != nil {
 		*retry = d.opts.RetryMin
-		return d.opts.Interval
+		return interval
 	}
-	wait := min(*retry, d.opts.Interval)
-	*retry = min(2**retry, d.opts.Interval)
+	wait := min(*retry, interval)
+	*retry = min(2**retry, interval)
 	return wait
 }
 
@@ -333,16 +364,29 @@ func (d *Directory) reload(ctx context.Context) {
 		d.recordError(err)
 		return
 	}
-	table, problems := route.New(projects)
+	now := d.opts.Now()
+	var live, removed []project.Project
 	for _, p := range projects {
+		switch {
+		case !p.IsRemoved():
+			live = append(live, p)
+		case now.Before(p.HeldUntil(d.opts.RemovedHold)):
+			removed = append(removed, p)
+		}
+	}
+	table, problems := route.New(live)
+	// Two tombstones naming one sender are not worth a warning: either defers the mail.
+	removedTable, _ := route.New(removed)
+	for _, p := range live {
 		for _, perr := range p.Validate() {
 			problems = append(problems, fmt.Errorf("project %q: %w", p.Name, perr))
 		}
 	}
-	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, loadedAt: d.opts.Now()}
-	for _, p := range projects {
+	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, removed: removedTable, loadedAt: now}
+	for _, p := range append(live, removed...) {
 		s.projects[p.Name] = p
 	}
+	projects = append(live, removed...)
 	d.snap.Store(s)
 	d.recordSuccess(s, projects, problems)
 }
@@ -401,7 +445,9 @@ func (s *snapshot) lookup(sender string) (project.Project, bool) {
 	}
 	name, ok := s.table.Lookup(sender)
 	if !ok {
-		return project.Project{}, false
+		if name, ok = s.removed.Lookup(sender); !ok {
+			return project.Project{}, false
+		}
 	}
 	p, ok := s.projects[name]
 	return p, ok

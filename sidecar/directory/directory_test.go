@@ -443,3 +443,39 @@ func TestRunRetriesSoonWhileNothingIsCached(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// A removed project's tombstone keeps answering for its senders (so that its queued mail goes to
+// Postern and is deferred, never elsewhere) until its hold ends; a live project claiming the same
+// senders routes before it; no problem is logged for the tombstone.
+func TestRemovedProjectAnswersUntilItsHoldEnds(t *testing.T) {
+	t.Parallel()
+	clockStart := time.Unix(1_700_000_000, 0)
+	gone := project.Tombstone(project.Project{Name: "gone", Senders: []string{"@gone.example", "noreply@taken.example"}, Version: 3}, clockStart)
+	live := proj("taken", true, "@taken.example")
+	f := newFixture(t, Options{RemovedHold: time.Hour}, gone, live)
+	ctx := t.Context()
+	if err := f.dir.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err := f.dir.Resolve(ctx, "billing@gone.example")
+	if err != nil || p.Name != "gone" || !p.IsRemoved() || p.Enabled {
+		t.Fatalf("Resolve of a removed project's sender = %+v, %v; want its tombstone", p, err)
+	}
+	if p, err := f.dir.Resolve(ctx, "noreply@taken.example"); err != nil || p.Name != "taken" {
+		t.Errorf("a sender of a removed project that a live project claims resolves to %q, %v; want the live one", p.Name, err)
+	}
+	if strings.Contains(f.logs.String(), `project \"gone\"`) {
+		t.Errorf("problems logged for a tombstone:\n%s", f.logs)
+	}
+
+	f.clock.advance(time.Hour + time.Second)
+	if err := f.dir.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.dir.Resolve(ctx, "billing@gone.example"); !errors.Is(err, ErrNoProject) {
+		t.Errorf("Resolve after the hold = %v, want ErrNoProject", err)
+	}
+	if _, ok := f.dir.Project("gone"); ok {
+		t.Error("the expired tombstone is still listed")
+	}
+}

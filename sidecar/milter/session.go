@@ -102,6 +102,9 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (gomilter.Response
 	s.msg.project = p
 	s.msg.maxRcpt, s.msg.maxBytes = s.srv.limitsFor(p)
 
+	if p.IsRemoved() {
+		return s.refuse("mail", policy.For(policy.Removed, policy.Facts{Project: clean(p.Name)}), "the project was removed"), nil
+	}
 	if !p.Enabled {
 		return s.refuse("mail", policy.For(policy.Disabled, policy.Facts{Project: clean(p.Name)}), "the project is disabled"), nil
 	}

@@ -95,7 +95,7 @@ func (c *Claims) Identity(name string) (Identity, error) {
 		email := strings.TrimSpace(c.Email)
 		switch {
 		case email == "":
-			return id, errors.New("the id_token names no account (no email claim: the scopes must include email)")
+			return id, errors.New("neither the id_token nor the userinfo endpoint names the account (no email claim: the scopes must include email, and the issuer must be set for Postern to find the userinfo endpoint)")
 		case !bool(c.EmailVerified):
 			return id, fmt.Errorf("the id_token's email %s is not verified (email_verified is not true)", email)
 		}
@@ -253,7 +253,55 @@ func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token) (Identity, e
 	if err != nil {
 		return Identity{}, err
 	}
+	if p.Name != Microsoft && strings.TrimSpace(claims.Email) == "" && p.Issuer != "" && !strings.Contains(p.Issuer, "{") {
+		if err := p.userinfo(ctx, tok, claims); err != nil {
+			return Identity{}, err
+		}
+	}
 	return claims.Identity(p.Name)
+}
+
+// userinfo completes claims, whose id_token named no email, with the email and email_verified
+// the issuer's userinfo endpoint answers for tok's access token (OpenID Connect Core 5.3). The
+// answer must be for the id_token's subject (5.3.2), or it is ignored.
+func (p *Provider) userinfo(ctx context.Context, tok *oauth2.Token, claims *Claims) error {
+	d, err := p.discover(ctx)
+	if err != nil {
+		return err
+	}
+	if d.Userinfo == "" {
+		return nil // Identity says that no email came
+	}
+	if err := checkEndpoint(d.Userinfo); err != nil {
+		return fmt.Errorf("the userinfo endpoint %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.Userinfo, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	resp, err := p.httpClient().Do(req)
+	if err != nil {
+		return fmt.Errorf("asking the userinfo endpoint %s: %w", d.Userinfo, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("asking the userinfo endpoint %s for the account: %s", d.Userinfo, resp.Status)
+	}
+	var ui struct {
+		Subject       string  `json:"sub"`
+		Email         string  `json:"email"`
+		EmailVerified boolish `json:"email_verified"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ui); err != nil {
+		return fmt.Errorf("the userinfo endpoint %s: %s", d.Userinfo, jsonProblem(err))
+	}
+	if ui.Subject != claims.Subject {
+		return fmt.Errorf("the userinfo endpoint %s answered for subject %q, not the id_token's %q", d.Userinfo, ui.Subject, claims.Subject)
+	}
+	claims.Email, claims.EmailVerified = ui.Email, ui.EmailVerified
+	return nil
 }
 
 // Ways a signed-in account can differ from the one a project expects (AccountError.Kind).
@@ -404,17 +452,34 @@ func (p *Provider) getJSON(ctx context.Context, u string, v any) error {
 	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
 }
 
-func (p *Provider) discoverJWKS(ctx context.Context) (string, error) {
+// discovery is what Postern reads of an issuer's /.well-known/openid-configuration.
+type discovery struct {
+	Issuer   string `json:"issuer"`
+	JWKSURI  string `json:"jwks_uri"`
+	Userinfo string `json:"userinfo_endpoint"`
+}
+
+// discover reads the issuer's OpenID configuration; its issuer must be p.Issuer.
+func (p *Provider) discover(ctx context.Context) (discovery, error) {
 	u := strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
-	var d struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
-	}
+	var d discovery
 	if err := p.getJSON(ctx, u, &d); err != nil {
-		return "", fmt.Errorf("discovering the signing keys at %s: %w", u, err)
+		return d, fmt.Errorf("discovering the issuer's endpoints at %s: %w", u, err)
 	}
-	if d.Issuer != p.Issuer || d.JWKSURI == "" {
-		return "", fmt.Errorf("discovering the signing keys at %s: issuer %q, jwks_uri %q", u, d.Issuer, d.JWKSURI)
+	if d.Issuer != p.Issuer {
+		return d, fmt.Errorf("discovering the issuer's endpoints at %s: issuer %q is not %q", u, d.Issuer, p.Issuer)
+	}
+	return d, nil
+}
+
+func (p *Provider) discoverJWKS(ctx context.Context) (string, error) {
+	d, err := p.discover(ctx)
+	if err != nil {
+		return "", err
+	}
+	u := strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
+	if d.JWKSURI == "" {
+		return "", fmt.Errorf("discovering the signing keys at %s: no jwks_uri", u)
 	}
 	if err := checkEndpoint(d.JWKSURI); err != nil {
 		return "", fmt.Errorf("discovering the signing keys at %s: jwks_uri %w", u, err)

@@ -8,14 +8,17 @@
 //  1. NewProvider (or ConfigFor) derives the endpoints, scopes and authorization-URL parameters from
 //     the provider name: Microsoft's per-tenant v2.0 endpoints with the SMTP.Send scope, Google's
 //     endpoints with https://mail.google.com/ and access_type=offline + prompt=consent (so a refresh
-//     token is issued), or the explicit URLs of a generic server.
+//     token is issued), or the explicit URLs of a generic server, with the scopes
+//     "openid email offline_access" unless others are configured.
 //  2. A person signs in once, through one of the grants: authorization code with PKCE S256 and a
 //     state (AuthCodeURL, then Exchange at the callback), or the device code (DeviceAuth, then
 //     DeviceToken, which polls with RFC 8628's authorization_pending / slow_down rules and reports
 //     progress). Unattended projects use client credentials (ClientCredentials) and have no person.
 //  3. Identity names the account that signed in after verifying the id_token (signature against
 //     the issuer's keys, iss, aud, exp): for Microsoft its preferred_username (or upn), oid and
-//     tid; for others its email, only when email_verified, and sub. CheckAccount compares it with
+//     tid; for others its email, only when email_verified, and sub. A standard OpenID provider
+//     may leave email out of the id_token and serve it at its userinfo endpoint (discovered from
+//     the issuer): it is read there, for the same sub, by the same rule. CheckAccount compares it with
 //     the project's mailbox and with the account of the previous sign-in.
 //  4. From then on the token broker (sidecar/token) calls Refresh ahead of expiry, and Classify tells
 //     it whether a failure needs a person (NeedsReauth), an administrator (BadClient), or only time
@@ -61,6 +64,11 @@ const (
 	// GoogleMail is the only scope Gmail accepts for SMTP.
 	GoogleMail = "https://mail.google.com/"
 )
+
+// GenericScopes are the default scopes of a generic (standard OpenID Connect) sign-in: an id_token
+// (openid), the account's address (email, in the id_token or at the userinfo endpoint) and a
+// refresh token (offline_access). Mail scopes of the server, if it has any, must be configured.
+var GenericScopes = []string{"openid", "email", "offline_access"}
 
 // MicrosoftDelegatedScopes are the default scopes of a Microsoft sign-in: SMTP.Send, a refresh
 // token, and an id_token naming the account.
@@ -260,6 +268,9 @@ func (p *Provider) generic(o *project.OAuth) error {
 		}
 	}
 	p.Config.Endpoint = oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceURL, AuthStyle: style}
+	if len(p.Config.Scopes) == 0 && p.Grant != GrantClientCredentials {
+		p.Config.Scopes = append([]string(nil), GenericScopes...)
+	}
 	p.RevocationURL = o.RevocationURL
 	return nil
 }

@@ -112,9 +112,16 @@ func TestConfigFor(t *testing.T) {
 			urlLacks: []string{"access_type", "prompt"},
 		},
 		{
-			name:  "generic confidential client uses basic auth",
-			o:     project.OAuth{Provider: "generic", ClientID: "cid", ClientSecret: secret.New("s"), AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t"},
-			auth:  "https://idp.example/a",
+			name:   "generic confidential client uses basic auth, with OpenID's scopes by default",
+			o:      project.OAuth{Provider: "generic", ClientID: "cid", ClientSecret: secret.New("s"), AuthURL: "https://idp.example/a", TokenURL: "https://idp.example/t"},
+			auth:   "https://idp.example/a",
+			token:  "https://idp.example/t",
+			style:  oauth2.AuthStyleInHeader,
+			scopes: []string{"openid", "email", "offline_access"},
+		},
+		{
+			name:  "generic client credentials get no default scopes",
+			o:     project.OAuth{Provider: "generic", ClientID: "cid", ClientSecret: secret.New("s"), TokenURL: "https://idp.example/t", Grant: "client_credentials"},
 			token: "https://idp.example/t",
 			style: oauth2.AuthStyleInHeader,
 		},
@@ -135,6 +142,7 @@ func TestConfigFor(t *testing.T) {
 			token:  "http://127.0.0.1:8080/t",
 			device: "http://[::1]:8080/d",
 			style:  oauth2.AuthStyleInParams,
+			scopes: []string{"openid", "email", "offline_access"},
 		},
 		{
 			name:    "generic http token_url",
@@ -486,10 +494,12 @@ func TestVerifyIDToken(t *testing.T) {
 		{"email not verified", idp.Sign(rs256, claims(map[string]any{"email_verified": false})), "", "not verified"},
 		{"email_verified missing", idp.Sign(rs256, claims(map[string]any{"email_verified": nil})), "", "not verified"},
 		{"unverified email and a preferred_username", idp.Sign(rs256, claims(map[string]any{"email_verified": nil, "preferred_username": "a@client.example"})), "", "not verified"},
-		{"preferred_username is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "preferred_username": "p@client.example"})), "", "names no account"},
-		{"upn is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "upn": "u@client.example"})), "", "names no account"},
+		// Without email in the id_token the userinfo endpoint is asked, with the access token "x",
+		// which it refuses.
+		{"preferred_username is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "preferred_username": "p@client.example"})), "", "userinfo endpoint"},
+		{"upn is no mailbox off Microsoft", idp.Sign(rs256, claims(map[string]any{"email": nil, "upn": "u@client.example"})), "", "userinfo endpoint"},
 		{"no sub", idp.Sign(rs256, claims(map[string]any{"sub": nil})), "", "no sub"},
-		{"no account claim", idp.Sign(rs256, claims(map[string]any{"email": nil})), "", "names no account"},
+		{"no account claim", idp.Sign(rs256, claims(map[string]any{"email": nil})), "", "userinfo endpoint"},
 		{"other audience", idp.Sign(rs256, claims(map[string]any{"aud": "someone-else"})), "", "audience"},
 		{"expired", idp.Sign(rs256, claims(map[string]any{"exp": now.Add(-time.Hour).Unix()})), "", "expired"},
 		{"no exp", idp.Sign(rs256, claims(map[string]any{"exp": nil})), "", "no exp"},
@@ -539,4 +549,55 @@ func FuzzParseIDToken(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A standard OpenID provider may name the account at its userinfo endpoint only: the account is
+// read there, for the id_token's subject, with the same email_verified rule.
+func TestIdentityFromUserinfo(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const account = "a@client.example"
+	tests := []struct {
+		name    string
+		claims  map[string]any // of the userinfo answer, over the defaults
+		issuer  bool
+		want    string
+		wantErr string
+	}{
+		{"email at userinfo", nil, true, account, ""},
+		{"unverified email at userinfo", map[string]any{"email_verified": false}, true, "", "not verified"},
+		{"userinfo for another subject", map[string]any{"sub": "someone-else"}, true, "", "answered for subject"},
+		{"no issuer, no userinfo", nil, false, "", "names the account"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			idp := oauthtest.New(t, oauthtest.Options{
+				IDClaims:       func(string) map[string]any { return map[string]any{"email": nil, "email_verified": nil} },
+				UserinfoClaims: func(string) map[string]any { return tc.claims },
+			})
+			o := idp.OAuth("", "openid", "email")
+			if !tc.issuer {
+				o.Issuer = ""
+			}
+			p, err := oauth.NewProvider(o, oauth.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := idp.Grant(account)
+			tok := (&oauth2.Token{AccessToken: g.AccessToken}).WithExtra(map[string]any{
+				"id_token": idp.IDToken(map[string]any{"sub": oauthtest.Subject(account)}),
+			})
+			got, err := p.Account(ctx, tok)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Account = %q, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Account = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
 }

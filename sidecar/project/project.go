@@ -66,6 +66,12 @@ type Project struct {
 	Auth Auth `json:"auth"`
 	// Limits are the upstream's limits, enforced by Postern before the upstream has to.
 	Limits Limits `json:"limits"`
+	// Removed, when set, makes the record a tombstone: the project was removed at that time (see
+	// Tombstone). Its senders keep being routed to Postern, which answers them with a temporary
+	// failure, so that mail Postfix still holds for the project stays queued instead of leaving
+	// through Postfix's default transport; after Postfix's queue lifetime the tombstone is
+	// ignored, and `postern project purge` deletes it at once.
+	Removed time.Time `json:"removed,omitzero"`
 
 	// Version is the store's version of this record (set by the store, never stored).
 	Version int `json:"-"`
@@ -169,7 +175,36 @@ func NormalizeSender(s string) string {
 	return s[:at] + "@" + strings.ToLower(s[at+1:])
 }
 
-// Validate returns every problem with p at once.
+// IsRemoved reports whether p is a tombstone left by removing the project.
+func (p Project) IsRemoved() bool { return !p.Removed.IsZero() }
+
+// Tombstone is what stays of p once it is removed at the time at: its name, its senders and its
+// upstream's address, disabled, with no credentials (the password and client secret are gone)
+// and no limits. Version is kept, so that writing the tombstone is a check-and-set on the record
+// that was read.
+func Tombstone(p Project, at time.Time) Project {
+	return Project{
+		Name:     p.Name,
+		Senders:  p.Senders,
+		SendAs:   p.SendAs,
+		Upstream: Upstream{Host: p.Upstream.Host, Port: p.Upstream.Port, TLS: p.Upstream.TLS},
+		Auth:     Auth{Type: AuthNone},
+		Removed:  at.UTC().Truncate(time.Second),
+		Version:  p.Version,
+	}
+}
+
+// HeldUntil is when the tombstone p stops answering for its senders, given how long Postfix may
+// hold a message (hold): Removed + hold. Zero for a project that is not removed.
+func (p Project) HeldUntil(hold time.Duration) time.Time {
+	if !p.IsRemoved() {
+		return time.Time{}
+	}
+	return p.Removed.Add(hold)
+}
+
+// Validate returns every problem with p at once. A tombstone is checked for its name and senders
+// only.
 func (p Project) Validate() []error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -183,6 +218,9 @@ func (p Project) Validate() []error {
 		if err := checkAddressPattern(s); err != nil {
 			add("senders: %v", err)
 		}
+	}
+	if p.IsRemoved() {
+		return errs
 	}
 	for _, s := range p.SendAs {
 		if err := checkAddressPattern(s); err != nil {

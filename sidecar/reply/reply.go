@@ -60,6 +60,9 @@ const (
 	Unavailable
 	// Disabled: the sender's project is disabled.
 	Disabled
+	// Removed: the sender's project was removed (`postern project remove`); its mail waits until
+	// it is added again, purged, or Postfix's queue lifetime ends.
+	Removed
 	// RateLimited: the project's messages-per-minute budget was not there in time.
 	RateLimited
 	// NeedsSignIn: the project's credential needs a person to sign in again.
@@ -117,6 +120,9 @@ var table = map[State]entry{
 	}},
 	Unavailable: {451, [3]int{4, 3, 0}, fixed("project configuration is unavailable, try again later")},
 	Disabled:    {451, [3]int{4, 7, 0}, func(f Facts) string { return fmt.Sprintf("project %s is disabled", Clean(f.Project, 100)) }},
+	Removed: {451, [3]int{4, 7, 0}, func(f Facts) string {
+		return fmt.Sprintf("project %s was removed; its mail waits until it is added again or purged", Clean(f.Project, 100))
+	}},
 	RateLimited: {451, [3]int{4, 7, 0}, func(f Facts) string {
 		return fmt.Sprintf("rate limit reached for project %s, try again later", Clean(f.Project, 100))
 	}},

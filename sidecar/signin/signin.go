@@ -41,6 +41,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -388,16 +389,17 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 	facts := page{Project: f.Project, Mailbox: f.Mailbox}
 	if code := q.Get("error"); code != "" || q.Get("code") == "" {
 		pg := facts
-		pg.Status, pg.Outcome, pg.Title = http.StatusBadRequest, OutcomeProviderError, "The identity provider did not sign the mailbox in"
+		desc := strings.TrimSpace(q.Get("error_description"))
+		pg.Status, pg.Outcome = http.StatusBadRequest, OutcomeProviderError
+		pg.Title, pg.Advice = providerAnswer(q.Get("error"), desc)
 		if code == "" {
 			code = "no authorization code in the answer"
 		}
 		pg.Detail = code
-		if d := strings.TrimSpace(q.Get("error_description")); d != "" {
-			pg.Detail += ": " + d
+		if desc != "" {
+			pg.Detail += ": " + desc
 		}
 		pg.Paragraphs = []string{"Nothing was saved. The identity provider said:"}
-		pg.Advice = providerAdvice(q.Get("error"))
 		s.log.Warn("sign-in: the identity provider answered with an error", "project", f.Project, "error", q.Get("error"))
 		render(w, s.log, &pg)
 		return
@@ -501,6 +503,28 @@ func (s *Server) flow(r *http.Request, state string) (flow, error) {
 		return flow{}, errNoFlow
 	}
 	return s.sealer.open(state, c.Value, s.opts.Now())
+}
+
+// cancelRE matches the descriptions identity providers give access_denied when the person
+// cancelled or declined (oidc-provider: "End-User aborted interaction"; Microsoft: AADSTS65004
+// "User declined to consent"; Keycloak, Okta and others: "... denied/cancelled ... by the user").
+var cancelRE = regexp.MustCompile(`(?i)abort|cancel|declin|AADSTS65004|(denied|rejected)( the request| access)? by (the )?(end-)?user|user (denied|rejected)|did not consent`)
+
+// providerAnswer titles the page for an error the identity provider sent to the callback, and
+// explains it. A person who cancelled is told so; anything else is the provider's refusal, which
+// the person could not have avoided, and says so.
+func providerAnswer(code, desc string) (title, advice string) {
+	switch {
+	case code == "access_denied" && cancelRE.MatchString(desc):
+		return "The sign-in was cancelled", "The sign-in was cancelled or the access declined at the identity provider. To send mail as this mailbox, Postern needs the access allowed: open the link again and allow it."
+	case code == "access_denied" && desc == "":
+		return "The identity provider did not sign the mailbox in", providerAdvice(code)
+	case code == "access_denied":
+		return "The identity provider refused the sign-in", "The identity provider refused the access for the reason above; you did nothing wrong. Tell your Postern administrator: the app registration or the project's OAuth settings (such as its scopes) may need to change, or an administrator may have to approve the app."
+	case code == "":
+		return "The identity provider did not sign the mailbox in", ""
+	}
+	return "The identity provider refused the sign-in", providerAdvice(code)
 }
 
 // providerAdvice explains the RFC 6749 error codes a person meets at the callback.

@@ -522,6 +522,41 @@ func TestProviderError(t *testing.T) {
 	}
 }
 
+// The page tells a person who cancelled from a refusal by the identity provider, which the person
+// could not have avoided (a provider refusing the scopes asked for, say).
+func TestProviderRefusalIsNotACancel(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, code, desc, title, advice string
+	}{
+		{"cancelled at oidc-provider", "access_denied", "End-User aborted interaction", "The sign-in was cancelled", "open the link again"},
+		{"declined at Microsoft", "access_denied", "AADSTS65004: User declined to consent to access the app.", "The sign-in was cancelled", "open the link again"},
+		{"refused by the provider", "access_denied", "requested scope is not allowed for this client", "The identity provider refused the sign-in", "you did nothing wrong"},
+		{"invalid scope", "invalid_scope", "openid scope must be requested", "The identity provider refused the sign-in", "tell your Postern administrator"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{})
+			link, _ := e.link(time.Hour)
+			b := newBrowser(t)
+			auth := b.press(link)
+			r := b.get(e.base + "/signin/callback?" + url.Values{
+				"state": {auth.Query().Get("state")}, "error": {tc.code}, "error_description": {tc.desc},
+			}.Encode())
+			if r.outcome() != signin.OutcomeProviderError {
+				t.Fatalf("outcome %s\n%s", r.outcome(), r.body)
+			}
+			if got := r.text("title"); got != tc.title {
+				t.Errorf("title %q, want %q", got, tc.title)
+			}
+			if !strings.Contains(r.text("advice"), tc.advice) {
+				t.Errorf("advice %q lacks %q", r.text("advice"), tc.advice)
+			}
+		})
+	}
+}
+
 func TestStateMismatch(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})

@@ -30,6 +30,7 @@ import (
 //     Options.DataTimeout of its command.
 //  4. Every read error is final: after a timeout the connection is finished, whatever deadline
 //     go-smtp sets next. A line longer than maxLineLength fails with smtp.ErrTooLongLine.
+//  5. XFORWARD is announced and answered here, never by go-smtp (xforward.go).
 //
 // STARTTLS would need the raw bytes, but the server offers no TLS.
 type framer struct {
@@ -42,6 +43,9 @@ type framer struct {
 	err   error // the first read error, returned from then on
 
 	body atomic.Bool // set when go-smtp has answered 354: the message follows
+	// hello is set when go-smtp was handed EHLO or LHLO: its reply gets the XFORWARD keyword.
+	hello atomic.Bool
+	xfwd  xforward
 }
 
 type frameMode int
@@ -89,11 +93,18 @@ func (c *drainConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// Write sends go-smtp's replies; a 354 starts a message.
+// Write sends go-smtp's replies; a 354 starts a message; the reply to EHLO or LHLO announces
+// XFORWARD.
 func (c *drainConn) Write(b []byte) (int, error) {
 	if bytes.HasPrefix(b, []byte("354")) {
 		c.frame.body.Store(true)
 		c.setDataDeadline()
+	}
+	if c.frame.hello.Swap(false) {
+		if _, err := c.Conn.Write(withCapability(b)); err != nil {
+			return 0, err
+		}
+		return len(b), nil
 	}
 	return c.Conn.Write(b)
 }
@@ -120,9 +131,17 @@ func (f *framer) prepare() error {
 		return f.prepareBody()
 	}
 	line, err := f.peekLine()
+	for err == nil && isXForward(line) {
+		reply := f.xfwd.command(line)
+		f.rd.Discard(len(line))
+		if _, err = f.c.Conn.Write(reply); err == nil {
+			line, err = f.peekLine()
+		}
+	}
 	if err != nil {
 		return err
 	}
+	f.hello.Store(isHello(line))
 	f.ready = len(line)
 	if size, ok := bdatSize(line); ok && size > 0 {
 		f.mode, f.chunk = modeChunk, size

@@ -24,6 +24,7 @@ const (
 // Conditions found by the session itself. replyFor maps each to its reply.
 var (
 	errDisabled          = errors.New("project is disabled")
+	errRemoved           = errors.New("project was removed")
 	errTooManyRecipients = errors.New("too many recipients for the project")
 	errRateLimited       = errors.New("rate limit reached")
 	errMessageTooLarge   = errors.New("message too large")
@@ -93,6 +94,8 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 		state = reply.Unavailable
 	case errors.Is(err, errDisabled):
 		state = reply.Disabled
+	case errors.Is(err, errRemoved):
+		state = reply.Removed
 	case errors.Is(err, credential.ErrNeedsReauth):
 		// The reason (the identity provider's words) is for the operator: it is in the log.
 		state = reply.NeedsSignIn

@@ -104,13 +104,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		opts = &smtp.MailOptions{}
 	}
 	tx := &transaction{sender: from, utf8: opts.UTF8, started: time.Now(), log: s.log.With("sender", from)}
+	if s.dc != nil {
+		// Postfix's queue id (XFORWARD IDENT), so that these lines join Postfix's own.
+		if id := s.dc.frame.xfwd.take()["IDENT"]; id != "" {
+			tx.log = tx.log.With("queue_id", id)
+		}
+	}
 	err := checkAddress(from, opts.UTF8)
 	if err == nil {
 		err = s.open(tx, opts)
 	}
 	if err != nil {
 		reply := replyFor(stageMail, tx.wrap(err))
-		s.logRefusal(tx.log, stageMail, reply, err)
+		s.logRefusal(tx.log, stageMail, reply, err, time.Since(tx.started))
 		s.endTransaction()
 		return reply
 	}
@@ -127,13 +133,16 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 	}
 	tx.project = p
 	tx.log = tx.log.With("project", p.Name)
+	if p.IsRemoved() {
+		return errRemoved
+	}
 	if !p.Enabled {
 		return errDisabled
 	}
 	if max := p.Limits.MaxMessageBytes; max > 0 && opts.Size > max {
 		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the project's limit of %d bytes", opts.Size, max)}
 	}
-	if err := s.srv.limiters.wait(ctx, p, s.srv.opts.RateWait); err != nil {
+	if err := s.srv.limiters.wait(ctx, p, time.Duration(s.srv.rateWait.Load())); err != nil {
 		return err
 	}
 
@@ -185,7 +194,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if err != nil {
 		reply := replyFor(stageRcpt, tx.wrap(err))
-		s.logRefusal(tx.log.With("recipient", to), stageRcpt, reply, err)
+		s.logRefusal(tx.log.With("recipient", to), stageRcpt, reply, err, time.Since(tx.started))
 		s.srv.counts.recipient(tx.project.Name, reply.Code)
 		return reply
 	}
@@ -246,7 +255,7 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 			if i < len(refused) && refused[i] != nil {
 				n--
 				rr := replyFor(stageRcpt, tx.wrap(refused[i]))
-				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i])
+				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i], time.Since(tx.started))
 				s.srv.counts.recipient(tx.project.Name, rr.Code)
 				status.SetStatus(rcpt, rr)
 				continue
@@ -259,17 +268,15 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 			s.srv.counts.recipient(tx.project.Name, code)
 		}
 	}
-	log := tx.log.With("recipients", n, "bytes", body.n, "duration", time.Since(tx.started).Round(time.Millisecond))
+	log := tx.log.With("recipients", n, "bytes", body.n)
 	switch {
 	case n == 0:
-		log.Info("no recipient accepted")
+		log.Info("no recipient accepted", "outcome", "refused", "duration", time.Since(tx.started))
 	case reply == nil:
-		if id := upstreamID(accepted); id != "" {
-			log = log.With("upstream_id", id)
-		}
-		log.Info("delivered", "upstream_reply", clean(accepted, 300))
+		log.Info("delivered", "outcome", "delivered", "upstream_id", upstreamID(accepted),
+			"duration", time.Since(tx.started), "upstream_reply", clean(accepted, 300))
 	default:
-		s.logRefusal(log, stageData, reply, err)
+		s.logRefusal(log, stageData, reply, err, time.Since(tx.started))
 	}
 	return reply
 }
@@ -320,13 +327,14 @@ func (s *session) endTransaction() {
 	}
 }
 
-// logRefusal logs a failure: definite refusals at info, temporary ones at warn (with the cause).
-func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPError, err error) {
-	level := slog.LevelWarn
+// logRefusal logs a failure: definite refusals at info, temporary ones at warn (with the cause),
+// with the outcome Postfix hears (deferred or refused) and the time since MAIL FROM.
+func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPError, err error, took time.Duration) {
+	level, outcome := slog.LevelWarn, "deferred"
 	if reply.Code >= 500 {
-		level = slog.LevelInfo
+		level, outcome = slog.LevelInfo, "refused"
 	}
-	log.Log(context.Background(), level, "refused",
+	log.Log(context.Background(), level, "refused", "outcome", outcome, "duration", took,
 		"stage", stage, "reply", fmt.Sprintf("%d %d.%d.%d %s", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message),
 		"error", err)
 }

@@ -51,6 +51,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -137,6 +138,16 @@ type Server struct {
 	log      *slog.Logger
 	limiters *limiters
 	counts   counters
+	rateWait atomic.Int64 // Options.RateWait, changed by SetRateWait
+}
+
+// SetRateWait changes Options.RateWait for the transactions that start from now on (a
+// configuration reload). Zero or less means DefaultRateWait.
+func (s *Server) SetRateWait(d time.Duration) {
+	if d <= 0 {
+		d = DefaultRateWait
+	}
+	s.rateWait.Store(int64(d))
 }
 
 // New checks opts and returns a Server, or every problem with opts at once.
@@ -205,7 +216,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	return &Server{opts: opts, log: opts.Logger, limiters: newLimiters()}, nil
+	s := &Server{opts: opts, log: opts.Logger, limiters: newLimiters()}
+	s.rateWait.Store(int64(opts.RateWait))
+	return s, nil
 }
 
 // ServeLMTP serves LMTP on l (Postfix's `lmtp:unix:...` transport) until ctx ends, then shuts down

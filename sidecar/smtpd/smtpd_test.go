@@ -542,6 +542,7 @@ func TestMailRefusals(t *testing.T) {
 	up := fakeUpstream(t, upstreamtest.Options{}, "user@a.example", "user@off.example", "user@reauth.example")
 	disabled := basicProject("off", "off.example", up)
 	disabled.Enabled = false
+	removed := project.Tombstone(basicProject("gone", "gone.example", up), time.Now())
 	tests := []struct {
 		name     string
 		sender   string
@@ -553,6 +554,7 @@ func TestMailRefusals(t *testing.T) {
 		{"unknown sender", "someone@elsewhere.example", nil, 550, smtp.EnhancedCode{5, 7, 1}, "sender <someone@elsewhere.example> is not served by Postern"},
 		{"bounce", "", nil, 550, smtp.EnhancedCode{5, 7, 1}, "is not served by Postern"},
 		{"disabled project", "noreply@off.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project off is disabled"},
+		{"removed project", "noreply@gone.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project gone was removed; its mail waits until it is added again or purged"},
 		{"needs re-authorisation", "noreply@a.example", fmt.Errorf("token: %w", &credential.ReauthError{Reason: "invalid_grant: AADSTS700082"}),
 			451, smtp.EnhancedCode{4, 7, 0}, "project a needs re-authorisation: the mailbox owner must sign in again"},
 		{"credential source down", "noreply@a.example", errors.New("vault: connection refused"), 451, smtp.EnhancedCode{4, 3, 0}, ""},
@@ -560,7 +562,7 @@ func TestMailRefusals(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, Options{}, basicProject("a", "a.example", up), disabled)
+			h := newHarness(t, Options{}, basicProject("a", "a.example", up), disabled, removed)
 			h.creds.err = tc.credErr
 			res := send(t, h.dial(), tc.sender, []string{"x@dest.example"}, body, nil)
 			wantReply(t, "MAIL", res.mail, tc.code, tc.enhanced, tc.text)

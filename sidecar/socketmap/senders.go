@@ -21,6 +21,13 @@ type Resolver interface {
 // Senders answers the "senders" map: Transport for every sender a project serves (enabled or not: a
 // disabled project's mail still goes to Postern, which defers it), NOTFOUND for every other sender,
 // so unrelated mail never touches Postern.
+//
+// A removed project's senders keep getting Transport while its tombstone is held (see package
+// directory): Postern then answers their mail 451 4.7.0 at MAIL FROM, and Postfix keeps it queued
+// with that reason in its log. TEMP would keep it queued too, but every lookup by cleanup, smtpd
+// and the queue manager would then fail as a table error (submissions refused with "Temporary
+// lookup failure", the reason in Postfix's log a generic resolver failure), instead of the one
+// deferral that names the project.
 type Senders struct {
 	Resolver Resolver
 	// Transport is the Postfix transport that delivers to Postern, e.g.

@@ -13,6 +13,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/postern/postern/sidecar/project"
 )
@@ -53,7 +55,8 @@ type Admin interface {
 	// PutProject creates or replaces a project. If p.Version is not 0 the write is a check-and-set
 	// on that version. It returns the new version.
 	PutProject(ctx context.Context, p project.Project) (int, error)
-	// DeleteProject removes a project and its token record.
+	// DeleteProject removes a project and its token record for good (`postern project purge`).
+	// To remove a project whose mail Postfix may still hold, write its tombstone (Remove).
 	DeleteProject(ctx context.Context, name string) error
 }
 
@@ -64,3 +67,67 @@ type Store interface {
 	// Close releases the store.
 	Close() error
 }
+
+// Remove replaces the project called name with its tombstone (project.Tombstone at now), and
+// erases the secrets of its token record when tokens is not nil: the record stays, in state
+// needs_reauth and with the sign-in links it had used, until Purge. It returns the tombstone.
+// Removing a removed project changes nothing and returns its tombstone.
+//
+// A tombstone keeps the project's senders routed to Postern, which defers their mail, so that mail
+// Postfix still holds for the project never leaves through Postfix's default transport. Both
+// writes are check-and-set; a conflict with a concurrent writer is retried on a fresh read.
+func Remove(ctx context.Context, admin Admin, tokens Tokens, name string, now time.Time) (project.Project, error) {
+	var tomb project.Project
+	for attempt := 1; ; attempt++ {
+		p, err := admin.Project(ctx, name)
+		if err != nil {
+			return project.Project{}, err
+		}
+		if p.IsRemoved() {
+			tomb = p
+			break
+		}
+		tomb = project.Tombstone(p, now)
+		v, err := admin.PutProject(ctx, tomb)
+		if errors.Is(err, ErrConflict) && attempt < removeAttempts {
+			continue
+		}
+		if err != nil {
+			return project.Project{}, fmt.Errorf("writing the tombstone of project %s: %w", name, err)
+		}
+		tomb.Version = v
+		break
+	}
+	if tokens == nil {
+		return tomb, nil
+	}
+	for attempt := 1; ; attempt++ {
+		t, err := tokens.Token(ctx, name)
+		if errors.Is(err, ErrNotFound) {
+			return tomb, nil
+		}
+		if err != nil {
+			return tomb, fmt.Errorf("reading the token record of project %s: %w", name, err)
+		}
+		if t.AccessToken.IsZero() && t.RefreshToken.IsZero() && t.State == project.TokenNeedsReauth {
+			return tomb, nil
+		}
+		erased := project.Token{
+			Account: t.Account, AccountID: t.AccountID, TenantID: t.TenantID,
+			State: project.TokenNeedsReauth, Reason: "the project was removed",
+			UpdatedAt: now.UTC(), Version: t.Version,
+		}
+		erased.KeepSignIns(t, now)
+		_, err = tokens.PutToken(ctx, name, erased)
+		if errors.Is(err, ErrConflict) && attempt < removeAttempts {
+			continue
+		}
+		if err != nil {
+			return tomb, fmt.Errorf("erasing the token of project %s: %w", name, err)
+		}
+		return tomb, nil
+	}
+}
+
+// removeAttempts bounds the check-and-set retries of Remove.
+const removeAttempts = 5

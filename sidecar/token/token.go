@@ -100,7 +100,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Margin is how long before expiry a token is refreshed; zero means 10 minutes.
+	// Margin is how long before expiry a token is refreshed; zero means 10 minutes. For a token
+	// that lives less than twice the margin, half its lifetime is used instead (lifetime: from the
+	// record's UpdatedAt, when it was obtained, to its Expiry), so that a short-lived token is not
+	// refreshed on every delivery.
 	Margin time.Duration
 	// Instance names this process in the records it writes (RefreshedBy).
 	Instance string
@@ -250,12 +253,23 @@ func (b *Broker) entryLocked(name string) *entry {
 // valid: usable on the wire now: not expiring within a minute, or within half the margin when
 // the margin is shorter (tokens that live only seconds, as in tests).
 func (b *Broker) valid(t project.Token, now time.Time) bool {
-	return !t.AccessToken.IsZero() && now.Add(min(minValidity, b.opts.Margin/2)).Before(t.Expiry)
+	return !t.AccessToken.IsZero() && now.Add(min(minValidity, b.margin(t)/2)).Before(t.Expiry)
 }
 
 // fresh: valid and not due for a refresh.
 func (b *Broker) fresh(t project.Token, now time.Time) bool {
-	return b.valid(t, now) && now.Add(b.opts.Margin).Before(t.Expiry)
+	return b.valid(t, now) && now.Add(b.margin(t)).Before(t.Expiry)
+}
+
+// margin is how long before t's expiry it is refreshed: Options.Margin, but at most half of t's
+// lifetime. Without the cap, a token living less than the margin would be due for a refresh from
+// the moment it was obtained: refreshed on every delivery.
+func (b *Broker) margin(t project.Token) time.Duration {
+	m := b.opts.Margin
+	if !t.UpdatedAt.IsZero() && t.UpdatedAt.Before(t.Expiry) {
+		m = min(m, t.Expiry.Sub(t.UpdatedAt)/2)
+	}
+	return m
 }
 
 // Credential returns the project's upstream sign-in: XOAUTH2 with a valid access token. Errors

@@ -1037,3 +1037,28 @@ func TestObserveStoredState(t *testing.T) {
 		})
 	}
 }
+
+// A token living less than the margin (50 s against the default 10 minutes) is used for half its
+// lifetime before it is refreshed: it is not refreshed on every delivery.
+func TestShortLivedTokenIsNotRefreshedOnEveryDelivery(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, oauthtest.Options{}, 50*time.Second)
+	rec := f.seed
+	rec.UpdatedAt = f.clock.Now()
+	if _, err := f.store.PutToken(context.Background(), projectName, rec); err != nil {
+		t.Fatal(err)
+	}
+	b := f.broker(t, "a")
+	for range 10 {
+		f.clock.Advance(2 * time.Second) // 20 s in all: within the first half of its life
+		if a := mustCredential(t, b, f.p); !a.Secret.Equal(f.seed.AccessToken) {
+			t.Fatal("the short-lived token was replaced within the first half of its life")
+		}
+	}
+	if n := f.idp.Requests(); n != 0 {
+		t.Fatalf("%d token requests for a token in the first half of its 50 s life, want 0", n)
+	}
+	f.clock.Advance(10 * time.Second) // 30 s: past half its life, refreshed ahead of expiry
+	mustCredential(t, b, f.p)
+	waitFor(t, "a refresh past half the token's life", func() bool { return f.idp.Requests() == 1 })
+}

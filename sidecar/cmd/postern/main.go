@@ -20,6 +20,7 @@ func main() {
 		Stdout:       os.Stdout,
 		Stderr:       os.Stderr,
 		ReadPassword: cli.TerminalPassword(os.Stdin, os.Stderr),
+		NotifyReload: func(c chan<- os.Signal) { signal.Notify(c, syscall.SIGHUP) },
 	}
 	code := app.Run(ctx, os.Args[1:])
 	stop()

@@ -59,6 +59,9 @@ type Options struct {
 	// (by default email, email_verified true, preferred_username and a sub derived from the
 	// account); a nil value removes a claim.
 	IDClaims func(account string) map[string]any
+	// UserinfoClaims, when set, overrides or adds to what the userinfo endpoint answers for
+	// account (by default sub, email and email_verified true); a nil value removes a claim.
+	UserinfoClaims func(account string) map[string]any
 	// DeviceInterval is the device flow's polling interval in seconds; zero means 1.
 	DeviceInterval int
 	// Now is the clock for expiry checks and id_token dates; nil means time.Now.
@@ -70,7 +73,7 @@ type Server struct {
 	// URL is the base URL and the issuer.
 	URL string
 	// Endpoints.
-	AuthURL, TokenURL, DeviceURL, RevocationURL, JWKSURL string
+	AuthURL, TokenURL, DeviceURL, RevocationURL, JWKSURL, UserinfoURL string
 	// ClientID and ClientSecret are the registered client's.
 	ClientID, ClientSecret string
 
@@ -178,6 +181,7 @@ func New(t testing.TB, opts Options) *Server {
 	mux.HandleFunc("POST /devicecode", s.deviceCode)
 	mux.HandleFunc("POST /revoke", s.revoke)
 	mux.HandleFunc("GET /jwks", s.jwks)
+	mux.HandleFunc("GET /userinfo", s.userinfo)
 	mux.HandleFunc("GET /.well-known/openid-configuration", s.discovery)
 	s.srv = httptest.NewServer(mux)
 	t.Cleanup(func() {
@@ -195,6 +199,7 @@ func New(t testing.TB, opts Options) *Server {
 	s.DeviceURL = s.URL + "/devicecode"
 	s.RevocationURL = s.URL + "/revoke"
 	s.JWKSURL = s.URL + "/jwks"
+	s.UserinfoURL = s.URL + "/userinfo"
 	return s
 }
 
@@ -681,10 +686,33 @@ func (s *Server) jwks(w http.ResponseWriter, _ *http.Request) {
 	}}})
 }
 
+// userinfo is OpenID Connect's UserInfo endpoint: the claims of the account a valid access token
+// (Authorization: Bearer) belongs to.
+func (s *Server) userinfo(w http.ResponseWriter, r *http.Request) {
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	account, ok := s.Valid(tok)
+	if !strings.EqualFold(scheme, "Bearer") || !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_token"})
+		return
+	}
+	claims := map[string]any{"sub": Subject(account), "email": account, "email_verified": true}
+	if s.opts.UserinfoClaims != nil {
+		for k, v := range s.opts.UserinfoClaims(account) {
+			if v == nil {
+				delete(claims, k)
+				continue
+			}
+			claims[k] = v
+		}
+	}
+	writeJSON(w, http.StatusOK, claims)
+}
+
 func (s *Server) discovery(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"issuer": s.URL, "authorization_endpoint": s.AuthURL, "token_endpoint": s.TokenURL,
 		"device_authorization_endpoint": s.DeviceURL, "revocation_endpoint": s.RevocationURL,
-		"jwks_uri": s.JWKSURL, "id_token_signing_alg_values_supported": []string{"RS256"},
+		"jwks_uri": s.JWKSURL, "userinfo_endpoint": s.UserinfoURL, "id_token_signing_alg_values_supported": []string{"RS256"},
 	})
 }

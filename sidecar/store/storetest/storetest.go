@@ -46,6 +46,7 @@ func Run(t *testing.T, open Opener) {
 		{"TokenCAS", testTokenCAS},
 		{"DeleteRemovesToken", testDeleteRemovesToken},
 		{"RecreateAfterDelete", testRecreateAfterDelete},
+		{"RemoveLeavesTombstone", testRemoveLeavesTombstone},
 		{"RecordsAreIndependent", testRecordsAreIndependent},
 		{"ConcurrentTokenUpdates", testConcurrentTokenUpdates},
 	}
@@ -380,6 +381,49 @@ func testDeleteRemovesToken(t *testing.T, s store.Store) {
 	}
 	sameToken(t, getToken(t, s, "client-b"), SampleToken("client-b"))
 	wantErr(t, "second DeleteProject", s.DeleteProject(ctx, "client-a"), store.ErrNotFound)
+}
+
+// A removed project stays as a tombstone carrying its senders and the time of removal, with no
+// secret left in the project or its token record; adding it again replaces the tombstone.
+func testRemoveLeavesTombstone(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := OAuthProject("client-a")
+	put(t, s, p)
+	put(t, s, BasicProject("client-b"))
+	putToken(t, s, "client-a", SampleToken("client-a"))
+	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+
+	tomb, err := store.Remove(ctx, s, s, "client-a", at)
+	if err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	got := getProject(t, s, "client-a")
+	if !got.Removed.Equal(at) || got.Enabled || !reflect.DeepEqual(got.Senders, p.Senders) || got.Version != tomb.Version {
+		t.Fatalf("after Remove: %+v, want a disabled tombstone removed at %v with senders %v", got, at, p.Senders)
+	}
+	if got.Auth.Type != project.AuthNone || got.Auth.OAuth != nil || !got.Auth.Password.IsZero() {
+		t.Errorf("the tombstone keeps credentials: %+v", got.Auth)
+	}
+	if names := listNames(t, s); !reflect.DeepEqual(names, []string{"client-a", "client-b"}) {
+		t.Errorf("Projects after Remove: %v, want the tombstone listed", names)
+	}
+	tok := getToken(t, s, "client-a")
+	if !tok.AccessToken.IsZero() || !tok.RefreshToken.IsZero() || tok.State != project.TokenNeedsReauth {
+		t.Errorf("the token record keeps its secrets after Remove: state %s, access %v, refresh %v",
+			tok.State, !tok.AccessToken.IsZero(), !tok.RefreshToken.IsZero())
+	}
+	if again, err := store.Remove(ctx, s, s, "client-a", at.Add(time.Hour)); err != nil || !again.Removed.Equal(at) {
+		t.Errorf("second Remove: %+v, %v; want the first tombstone unchanged", again, err)
+	}
+
+	// Adding it again is a check-and-set on the tombstone.
+	p.Version = got.Version
+	put(t, s, p)
+	if back := getProject(t, s, "client-a"); back.IsRemoved() || back.Auth.Type != project.AuthOAuth2 {
+		t.Errorf("added again: %+v", back)
+	}
+	_, err = store.Remove(ctx, s, s, "nope", at)
+	wantErr(t, "Remove of a missing project", err, store.ErrNotFound)
 }
 
 func testRecreateAfterDelete(t *testing.T, s store.Store) {
