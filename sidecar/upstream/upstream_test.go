@@ -562,6 +562,54 @@ func TestHangingUpstreamDoesNotDelayOthers(t *testing.T) {
 	deliver(t, pools, proj("project-b", good), basic(""))
 }
 
+// Once an upstream failed to answer, the next try is made by at most the project's limit of
+// callers; every other caller is turned away at once instead of waiting behind them, so that a
+// silent upstream holds no more of Postfix's delivery slots than its limit.
+func TestSilentUpstreamHoldsNoMoreThanItsLimit(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	hang := upstreamtest.NewServer(t, upstreamtest.Options{Hang: true})
+	pools, _ := newPools(t, upstream.Options{Now: clk.Now, GreetingTimeout: time.Second})
+	p := proj("client-a", hang)
+	p.Limits.MaxConnections = 1
+	ctx := ctxFor(t)
+
+	if _, err := pools.Acquire(ctx, p, upstream.Auth{}); asError(t, err).Stage != upstream.StageGreeting {
+		t.Fatalf("first attempt: got %v, want a greeting timeout", err)
+	}
+	clk.Add(time.Minute) // past the backoff: the upstream is tried again
+	dialer := make(chan error, 1)
+	go func() {
+		_, err := pools.Acquire(ctx, p, upstream.Auth{})
+		dialer <- err
+	}()
+	waitServer(t, hang, func(s upstreamtest.Stats) bool { return s.Conns == 2 })
+
+	other := make(chan error, 1)
+	go func() {
+		_, err := pools.Acquire(ctx, p, upstream.Auth{})
+		other <- err
+	}()
+	var err error
+	eventually(t, "the second caller returns or waits", func() bool {
+		select {
+		case err = <-other:
+			return true
+		default:
+		}
+		if s := poolStats(t, pools, "client-a"); s.Waiting > 0 {
+			t.Fatalf("a second caller waits behind the connection trying a silent upstream (pool %+v)", s)
+		}
+		return false
+	})
+	if !errors.Is(err, upstream.ErrDown) || !asError(t, err).Temporary() {
+		t.Errorf("second caller: got %v, want a temporary ErrDown", err)
+	}
+	if err := <-dialer; asError(t, err).Stage != upstream.StageGreeting {
+		t.Errorf("the caller trying again: got %v, want a greeting timeout", err)
+	}
+}
+
 func TestDownBackoff(t *testing.T) {
 	t.Parallel()
 	clk := newClock()
