@@ -1,0 +1,302 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/integration/harness"
+)
+
+// The fault matrix: each case submits a numbered batch through the front Postfix, injects its fault
+// in the middle of the batch, ends it, lets the front retry (short back-off times, and flushes, as
+// an operator would), and counts what became of every message by its Message-ID. A case passes
+// when every message arrived exactly once or is still queued, none bounced, and duplicates appear
+// only where SMTP itself cannot avoid them (the client lost the reply to the final dot).
+
+// faultBatch is the size of each case's batch.
+const faultBatch = 200
+
+// faultEnv starts the real parts (the harness's Postfix retries deferred mail within seconds)
+// with a short down_backoff in Postern, plus extra upstream settings.
+func faultEnv(t *testing.T, posternConfig string) *harness.Env {
+	t.Helper()
+	conf := "upstream: {down_backoff: 1s" + posternConfig + "}"
+	return startEnv(t, harness.Options{PosternConfig: conf, LogLevel: "info"})
+}
+
+// submitBatch submits n messages (from, to) to b, calling at(i) before message i when set.
+func submitBatch(t *testing.T, ctx context.Context, b *harness.Batch, n int, mail func(i int) *harness.Mail, at func(i int)) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if at != nil {
+			at(i)
+		}
+		if err := b.Submit(ctx, mail(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// settle flushes the front until its queue is empty (or a minute passed), then counts the batch
+// in the mailboxes, prints the case's row and summary line, and checks that nothing was lost or
+// bounced.
+func settle(t *testing.T, ctx context.Context, e *harness.Env, name string, b *harness.Batch, mailboxes ...string) harness.BatchCounts {
+	t.Helper()
+	wait, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	stop := e.Front.KeepFlushing(wait, 2*time.Second)
+	err := e.Front.WaitQueueEmpty(wait)
+	stop()
+	if err != nil {
+		t.Errorf("after the fault: %v", err)
+	}
+	var dirs []harness.Maildir
+	for _, m := range mailboxes {
+		dirs = append(dirs, e.Upstream.Mailbox(m))
+	}
+	c, cerr := b.Count(ctx, dirs...)
+	if cerr != nil {
+		t.Fatal(cerr)
+	}
+	t.Logf("\n%s\n%s", harness.RowHeader, c.Row(name))
+	t.Log(c.Line(name))
+	if !c.OK() {
+		t.Errorf("case %s: delivered %d + queued %d != sent %d, or bounced %d (lost: %v)",
+			name, c.Delivered, c.Queued, c.Sent, c.Bounced, c.Lost)
+	}
+	return c
+}
+
+// Case 1: Postern is SIGKILLed under load and restarted a few seconds later. Mail in flight is lost
+// by no one: the front defers it (the connection was lost) and delivers it once Postern is back.
+// A message whose upstream accepted it just before the kill, before Postern could pass the
+// reply on, may arrive twice; those are counted.
+func TestFaultPosternKilledUnderLoad(t *testing.T) {
+	t.Parallel()
+	e := faultEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a := e.Upstream.Org("client-a")
+	user, _ := a.User()
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a"})
+
+	b := harness.NewBatch("kill", e.Front)
+	restarted := make(chan error, 1)
+	submitBatch(t, ctx, b, faultBatch, func(int) *harness.Mail {
+		return &harness.Mail{From: user, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		if i != faultBatch/3 {
+			return
+		}
+		if err := e.Postern.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("postern killed after %d messages", i)
+		go func() {
+			time.Sleep(3 * time.Second)
+			restarted <- e.Postern.Start(ctx)
+		}()
+	})
+	if err := <-restarted; err != nil {
+		t.Fatalf("restarting postern: %v", err)
+	}
+	c := settle(t, ctx, e, "postern-sigkill", b, "alice@dest.test")
+	if c.Deferred == 0 && c.SubmitRetries == 0 {
+		t.Errorf("no message was deferred and no submission refused: the kill hit nothing")
+	}
+}
+
+// upstreamFaultCase runs one fault of the upstream's, injected by a proxy in front of client-a's
+// server from a third of the batch until two thirds, and at least for minWindow.
+func upstreamFaultCase(t *testing.T, name string, f harness.Fault, minWindow time.Duration) (harness.BatchCounts, *harness.FaultProxy) {
+	t.Helper()
+	e := faultEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a := e.Upstream.Org("client-a")
+	user, _ := a.User()
+	proxy := harness.StartFaultProxy(t, e.CA, a.Addr())
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a", Port: proxy.Port})
+
+	b := harness.NewBatch(name, e.Front)
+	var began time.Time
+	submitBatch(t, ctx, b, faultBatch, func(int) *harness.Mail {
+		return &harness.Mail{From: user, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		switch i {
+		case faultBatch / 3:
+			proxy.SetFault(f)
+			began = time.Now()
+		case 2 * faultBatch / 3:
+			if d := minWindow - time.Since(began); d > 0 {
+				time.Sleep(d)
+			}
+			proxy.SetFault(harness.FaultNone)
+		}
+	})
+	c := settle(t, ctx, e, name, b, "alice@dest.test")
+	t.Logf("the proxy injected %q %d times", f, proxy.Injected(f))
+	if proxy.Injected(f) == 0 {
+		t.Errorf("the fault %q was never injected", f)
+	}
+	if c.Deferred == 0 {
+		t.Errorf("no message was deferred: the fault reached no delivery")
+	}
+	return c, proxy
+}
+
+// Case 2a: the upstream's connection is cut in the middle of DATA. The upstream never saw the end
+// of the message, so nothing may arrive twice.
+func TestFaultUpstreamCutMidData(t *testing.T) {
+	t.Parallel()
+	c, _ := upstreamFaultCase(t, "upstream-cut-mid-data", harness.FaultCutData, 3*time.Second)
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none: the upstream never had the whole message", c.Duplicates)
+	}
+}
+
+// Case 2b: the upstream answers 421 to everything for a while.
+func TestFaultUpstream421(t *testing.T) {
+	t.Parallel()
+	c, _ := upstreamFaultCase(t, "upstream-421", harness.Fault421, 5*time.Second)
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+}
+
+// Case 2c: the upstream accepts the data and the connection closes before its reply arrives. The
+// upstream has the message; the front cannot know and retries. Each such cut may give one
+// duplicate, never more, and the front must retry rather than bounce.
+func TestFaultUpstreamNoReplyAfterData(t *testing.T) {
+	t.Parallel()
+	c, proxy := upstreamFaultCase(t, "upstream-no-reply-after-data", harness.FaultNoReplyAfterData, 3*time.Second)
+	if n := proxy.Injected(harness.FaultNoReplyAfterData); c.Duplicates > n {
+		t.Errorf("%d duplicates, more than the %d replies lost", c.Duplicates, n)
+	}
+}
+
+// Case 7: one project's upstream is black-holed (accepts TCP, never answers) while another project
+// sends. The other project's mail arrives while the black hole lasts; the black-holed project's
+// mail is deferred, not bounced, holds no more upstream connections than its limit, and arrives
+// once the upstream answers again.
+func TestFaultUpstreamBlackHoled(t *testing.T) {
+	t.Parallel()
+	e := faultEnv(t, ", greeting_timeout: 5s, command_timeout: 5s")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a, bo := e.Upstream.Org("client-a"), e.Upstream.Org("client-b")
+	userA, _ := a.User()
+	userB, _ := bo.User()
+	proxy := harness.StartFaultProxy(t, e.CA, a.Addr())
+	addProjects(t, ctx, e,
+		harness.ProjectOptions{Name: "client-a", Org: "client-a", Port: proxy.Port},
+		harness.ProjectOptions{Name: "client-b", Org: "client-b"})
+
+	b := harness.NewBatch("blackhole", e.Front)
+	submitted := map[string]time.Time{}
+	submitBatch(t, ctx, b, faultBatch, func(i int) *harness.Mail {
+		m := &harness.Mail{From: userA, To: []string{"alice@dest.test"}}
+		if i%2 == 1 {
+			m = &harness.Mail{From: userB, To: []string{"bob@dest.test"}}
+		}
+		return m
+	}, func(i int) {
+		if i == faultBatch/5 {
+			proxy.SetFault(harness.FaultBlackHole)
+		}
+		// Message i is numbered i: remember when each of client-b's was submitted.
+		if i%2 == 1 {
+			submitted[fmt.Sprintf("blackhole-%04d", i)] = time.Now()
+		}
+	})
+
+	// While the black hole lasts, every one of client-b's messages arrives.
+	wantB := faultBatch / 2
+	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	var slowest time.Duration
+	var slowestID string
+	err := pollUntil(wait, func() bool {
+		msgs, err := e.Upstream.Mailbox("bob@dest.test").Messages()
+		if err != nil || len(msgs) < wantB {
+			return false
+		}
+		slowest, slowestID = 0, ""
+		for _, m := range msgs {
+			st, err := fileModTime(m.Path)
+			if err != nil {
+				continue
+			}
+			if d := st.Sub(submitted[m.ID()]); d > slowest {
+				slowest, slowestID = d, m.ID()
+			}
+		}
+		return true
+	})
+	if err != nil {
+		n, _ := e.Upstream.Mailbox("bob@dest.test").Count(nil)
+		t.Fatalf("client-b's mail was held back by client-a's black-holed upstream: %d of %d arrived", n, wantB)
+	}
+	t.Logf("client-b: all %d messages arrived during client-a's black hole; the slowest (%s) %s after its submission",
+		wantB, slowestID, slowest.Round(time.Millisecond))
+	// Not a performance bound: a message held behind client-a's timeouts (5s each, one after
+	// another) would take far longer than this.
+	if slowest > 5*time.Second {
+		t.Errorf("client-b's slowest message took %s: held behind client-a's black hole", slowest)
+	}
+	if n, _ := e.Upstream.Mailbox("alice@dest.test").Count(nil); n > faultBatch/5 {
+		t.Errorf("%d of client-a's messages arrived through a black hole", n)
+	}
+	// client-a's mail waits deferred in the queue, not bounced.
+	if _, err := e.Front.WaitQueue(ctx, func(q []harness.QueuedMessage) bool {
+		for _, m := range q {
+			for _, r := range m.Recipients {
+				if r.DelayReason != "" {
+					return true
+				}
+			}
+		}
+		return false
+	}); err != nil {
+		t.Errorf("client-a's mail was not deferred: %v", err)
+	}
+	proxy.SetFault(harness.FaultNone)
+	c := settle(t, ctx, e, "one-upstream-black-holed", b, "alice@dest.test", "bob@dest.test")
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	// The limit (3, the default) counts connections in use; one more may be closing (QUIT) in the
+	// background while its slot is opened again.
+	if limit := 3; proxy.MaxOpen() > limit+1 {
+		t.Errorf("client-a had %d connections open at once, more than its limit of %d", proxy.MaxOpen(), limit)
+	}
+	t.Logf("client-a: at most %d upstream connections at once; %d sessions black-holed", proxy.MaxOpen(), proxy.Injected(harness.FaultBlackHole))
+}
+
+// pollUntil calls cond every 100ms until it holds or ctx ends.
+func pollUntil(ctx context.Context, cond func() bool) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// fileModTime is when a file was last written: for a Maildir message, when it was delivered.
+func fileModTime(path string) (time.Time, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return st.ModTime(), nil
+}
