@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -299,4 +300,78 @@ func fileModTime(path string) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return st.ModTime(), nil
+}
+
+// Case 3: Vault is stopped (its process ended, not paused) in the middle of a batch and started
+// again a few seconds later. The dev server keeps its data in memory, so the restart comes back
+// empty and the administrator restores the project, as after restoring a backup. Meanwhile the
+// credentials Postern holds keep the mail flowing; Postern never mistakes the empty Vault for "no
+// projects" (store.ErrProjectsLost). Then Postern itself is started while Vault is down: it
+// serves, mail waits with a temporary reply, and it recovers by itself once Vault is back.
+func TestFaultVaultStoppedAndRestarted(t *testing.T) {
+	t.Parallel()
+	harness.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	v := harness.StartVault(t)
+	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v)), LogLevel: "info"})
+	admin := vaultAdmin(t, v, v.Addr, filepath.Join(e.Dir, "admin"))
+	a := e.Upstream.Org("client-a")
+	user, _ := a.User()
+	project := harness.ProjectOptions{Name: "client-a", Org: "client-a"}
+	vaultAddProject(t, ctx, e, admin, project, e.Postern)
+
+	b := harness.NewBatch("vault", e.Front)
+	mail := func(int) *harness.Mail { return &harness.Mail{From: user, To: []string{"alice@dest.test"}} }
+	submitBatch(t, ctx, b, faultBatch, mail, func(i int) {
+		switch i {
+		case faultBatch / 3:
+			v.Stop()
+			t.Logf("vault stopped after %d messages", i)
+		case 2 * faultBatch / 3:
+			time.Sleep(3 * time.Second)
+			if err := v.Start(); err != nil {
+				t.Fatal(err)
+			}
+			vaultAddProject(t, ctx, e, admin, project, e.Postern)
+			t.Logf("vault started and restored after %d messages", i)
+		}
+	})
+	settle(t, ctx, e, "vault-stopped", b, "alice@dest.test")
+
+	// A Postern started while Vault is down serves, and defers mail until Vault is back.
+	if err := e.Postern.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	v.Stop()
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Fatalf("postern started while vault is down: %v", err)
+	}
+	// Its socketmap cannot say where the mail goes: the front refuses with 451 4.3.0 at RCPT, and
+	// the application tries again later.
+	if _, err := e.Front.Submit(ctx, mail(0)); err == nil {
+		t.Errorf("with vault down since postern started, the front accepted mail for a project it cannot route")
+	} else if code, _ := harness.SMTPCode(err); code/100 != 4 {
+		t.Errorf("with vault down since postern started: %v, want a 4xx reply", err)
+	} else {
+		t.Logf("with vault down since postern started: %v", err)
+	}
+	b2 := harness.NewBatch("vault-down-at-start", e.Front)
+	restored := make(chan struct{})
+	go func() {
+		defer close(restored)
+		time.Sleep(3 * time.Second)
+		if err := v.Start(); err != nil {
+			t.Error(err)
+			return
+		}
+		vaultAddProject(t, ctx, e, admin, project)
+	}()
+	// Submitted while Vault is still down: each is tried until Postern routes it again.
+	submitBatch(t, ctx, b2, 20, mail, nil)
+	<-restored
+	if err := e.Postern.WaitRouted(ctx, user, true); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, ctx, e, "postern-started-vault-down", b2, "alice@dest.test")
 }
