@@ -375,3 +375,56 @@ func TestFaultVaultStoppedAndRestarted(t *testing.T) {
 	}
 	settle(t, ctx, e, "postern-started-vault-down", b2, "alice@dest.test")
 }
+
+// Case 4: the OAuth server is down (hung: it accepts connections and never answers) for longer
+// than an access token lives. Mail submitted meanwhile waits with a temporary reply, nothing is
+// bounced, the grant survives, and everything flows once the server is back. Each message signs
+// in anew (a short idle timeout), so the token in use is judged every time.
+func TestFaultOAuthServerDownLongerThanTokenLife(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const ttl = 20 * time.Second
+	w := oauthStart(t, ctx, oauthWorldOptions{accessTTL: ttl, idleTimeout: time.Second})
+	w.signInOK(t, ctx, w.link(t, ctx))
+
+	const n = 100
+	b := harness.NewBatch("oauth-down", w.e.Front)
+	var paused time.Time
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			_ = w.idp.Resume()
+		}
+	})
+	submitBatch(t, ctx, b, n, func(int) *harness.Mail {
+		return &harness.Mail{From: oauthMailbox, To: []string{oauthRcpt}}
+	}, func(i int) {
+		switch i {
+		case n / 3:
+			if err := w.idp.Pause(); err != nil {
+				t.Fatal(err)
+			}
+			paused = time.Now()
+			t.Logf("the OAuth server hangs after %d messages", i)
+		case 2 * n / 3:
+			// Down for longer than a token lives: the token in hand when it went down expired.
+			time.Sleep(ttl + 5*time.Second - time.Since(paused))
+			if err := w.idp.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			resumed = true
+			t.Logf("the OAuth server answers again after %s", time.Since(paused).Round(time.Second))
+		}
+	})
+	c := settle(t, ctx, w.e, "oauth-server-down", b, oauthRcpt)
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	if c.Deferred == 0 {
+		t.Errorf("no message waited while the OAuth server was down longer than a token's life")
+	}
+	if s := w.status(t, ctx); s.State != "ok" {
+		t.Errorf("after the OAuth server came back: state %q (%s), want ok (the grant survives)", s.State, s.Reason)
+	}
+}
