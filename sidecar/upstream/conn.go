@@ -103,6 +103,13 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		if cfg, err = tlsConfig(u, o.RootCAs); err != nil {
 			return &Error{Stage: StageTLS, Addr: c.addr, Message: err.Error()}
 		}
+		if cfg.InsecureSkipVerify {
+			// The project's explicit opt-out; said on every connection so that it is never
+			// silently off.
+			c.log.Warn("the upstream's certificate is NOT verified (upstream.insecure_skip_verify is set): "+
+				"anyone on the path can read the credentials and the mail; set upstream.ca_pem instead",
+				"server_name", cfg.ServerName)
+		}
 	}
 	var conn net.Conn = c.guard
 	switch u.TLS {

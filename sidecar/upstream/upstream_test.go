@@ -312,15 +312,21 @@ func TestCertificateVerification(t *testing.T) {
 		{"server name override", project.TLSStartTLS, func(u *project.Upstream) { u.ServerName = "localhost" }, ""},
 		{"not a PEM", project.TLSStartTLS, func(u *project.Upstream) { u.CAPEM = "nonsense" }, "upstream.ca_pem"},
 		{"verification off", project.TLSImplicit, func(u *project.Upstream) { u.CAPEM = ""; u.InsecureSkipVerify = true }, ""},
+		{"verification off, starttls", project.TLSStartTLS, func(u *project.Upstream) { u.CAPEM = ""; u.InsecureSkipVerify = true }, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: tc.mode, Users: users()})
-			pools, _ := newPools(t, upstream.Options{})
+			pools, logs := newPools(t, upstream.Options{})
 			p := proj("client-a", srv)
 			tc.mutate(&p.Upstream)
 			c, err := pools.Acquire(ctxFor(t), p, basic(""))
+			// Verification is never silently off: every connection without it says so, loudly.
+			warned := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "certificate is NOT verified")
+			if warned != p.Upstream.InsecureSkipVerify {
+				t.Errorf("warned about unverified certificates: %v, want %v; logs:\n%s", warned, p.Upstream.InsecureSkipVerify, logs.String())
+			}
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Acquire: %v", err)
