@@ -2,6 +2,8 @@ package plugin
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +24,9 @@ var ErrClosed = errors.New("credential provider host is closed")
 type HostOptions struct {
 	// Path is the provider binary. Required.
 	Path string
+	// SHA256 is the binary's SHA-256, in hex (as sha256sum prints it). Required: the binary
+	// is checked against it before every start, and a binary that differs is not started.
+	SHA256 string
 	// Args are the binary's arguments (without the program name). They are logged at debug
 	// level: pass secrets through the provider's own configuration, never here.
 	Args []string
@@ -37,10 +42,28 @@ type HostOptions struct {
 	StartTimeout time.Duration
 }
 
+// ErrChecksum says that the provider binary's SHA-256 is not the one configured.
+var ErrChecksum = errors.New("the binary's SHA-256 is not the configured one: it was changed or replaced")
+
+// decodeSHA256 decodes a hex SHA-256.
+func decodeSHA256(s string) ([]byte, error) {
+	if s == "" {
+		return nil, errors.New("sha256 is empty: give the binary's SHA-256 (sha256sum prints it)")
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != sha256.Size {
+		return nil, fmt.Errorf("sha256 %q is not a SHA-256 in hex (64 hex digits)", s)
+	}
+	return b, nil
+}
+
 func (o HostOptions) validate() error {
 	var errs []error
 	if o.Path == "" {
 		errs = append(errs, errors.New("path is empty"))
+	}
+	if _, err := decodeSHA256(o.SHA256); err != nil {
+		errs = append(errs, err)
 	}
 	if o.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("start timeout %v is negative", o.StartTimeout))
@@ -205,9 +228,15 @@ func (h *Host) start(ctx context.Context) (*goplugin.Client, Provider, error) {
 		return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, err)
 	}
 
+	sum, err := decodeSHA256(h.opts.SHA256)
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, err)
+	}
 	cmd := exec.Command(h.opts.Path, h.opts.Args...)
 	cmd.Env = append([]string(nil), h.opts.Env...)
 	c := goplugin.NewClient(&goplugin.ClientConfig{
+		// go-plugin hashes the file at cmd.Path and refuses to start it unless it matches.
+		SecureConfig:     &goplugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
 		HandshakeConfig:  Handshake,
 		Plugins:          pluginSet(nil),
 		Cmd:              cmd,
@@ -231,6 +260,9 @@ func (h *Host) start(ctx context.Context) (*goplugin.Client, Provider, error) {
 	case r := <-done:
 		if r.err != nil {
 			c.Kill()
+			if errors.Is(r.err, goplugin.ErrChecksumsDoNotMatch) {
+				r.err = ErrChecksum
+			}
 			return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, r.err)
 		}
 		h.log.Info("credential provider started", "pid", pid(c))

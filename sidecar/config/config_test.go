@@ -2,8 +2,11 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -432,5 +435,42 @@ func TestNewLogger(t *testing.T) {
 	log.Warn("shown", "k", "v")
 	if out := buf.String(); strings.Contains(out, "hidden") || !strings.Contains(out, `"msg":"shown"`) {
 		t.Fatalf("output %q", out)
+	}
+}
+
+// A credential provider's binary is pinned by its SHA-256: a missing, malformed or different
+// checksum is a configuration error.
+func TestValidateCredentialProviderChecksum(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "provider")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	good := sha256.Sum256([]byte("#!/bin/sh\n"))
+	other := sha256.Sum256([]byte("something else"))
+	tests := []struct {
+		name, sum, want string
+	}{
+		{"pinned", hex.EncodeToString(good[:]), ""},
+		{"pinned, upper case", strings.ToUpper(hex.EncodeToString(good[:])), ""},
+		{"missing", "", "credential_providers.p.sha256: missing"},
+		{"not hex", "xyz", "is not a SHA-256 in hex"},
+		{"another binary's", hex.EncodeToString(other[:]), "not the configured one"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustParse(t, "credential_providers: {p: {path: "+bin+", sha256: '"+tc.sum+"'}}\n")
+			errs := c.validate(groupExists)
+			if tc.want == "" {
+				if len(errs) != 0 {
+					t.Fatalf("valid config refused: %v", errs)
+				}
+				return
+			}
+			if !strings.Contains(errors.Join(errs...).Error(), tc.want) {
+				t.Fatalf("errors %v do not say %q", errs, tc.want)
+			}
+		})
 	}
 }
