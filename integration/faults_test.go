@@ -315,6 +315,7 @@ func TestFaultVaultStoppedAndRestarted(t *testing.T) {
 	defer cancel()
 	v := harness.StartVault(t)
 	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v)), LogLevel: "info"})
+	e.Secrets.Add("Vault root token", v.RootToken)
 	admin := vaultAdmin(t, v, v.Addr, filepath.Join(e.Dir, "admin"))
 	a := e.Upstream.Org("client-a")
 	user, _ := a.User()
