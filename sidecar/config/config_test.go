@@ -474,3 +474,22 @@ func TestValidateCredentialProviderChecksum(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParse feeds configuration files: parsing and validating never panic, and every problem is
+// an error, not a crash.
+func FuzzParse(f *testing.F) {
+	if b, err := os.ReadFile("testdata/postern.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("listen: {smtp: '127.0.0.1:10025', socket_mode: '0777'}\n"))
+	f.Add([]byte("upstream: {dial_timeout: -1s}\nlimits: {max_recipients: 0}\n"))
+	f.Add([]byte("credential_providers: {p: {path: /bin/true, sha256: zz}}\n"))
+	f.Add([]byte("a: &a [*a, *a]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		_ = c.validate(groupExists)
+	})
+}
