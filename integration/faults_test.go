@@ -429,3 +429,44 @@ func TestFaultOAuthServerDownLongerThanTokenLife(t *testing.T) {
 		t.Errorf("after the OAuth server came back: state %q (%s), want ok (the grant survives)", s.State, s.Reason)
 	}
 }
+
+// Case 5: the grant is revoked at the OAuth server in the middle of a batch. The mail after it is
+// held (4xx, needs re-authorisation), none is bounced; the owner signs in again through a new link
+// and the queue drains.
+func TestFaultGrantRevokedMidBatch(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	w := oauthStart(t, ctx, oauthWorldOptions{idleTimeout: 100 * time.Millisecond})
+	w.signInOK(t, ctx, w.link(t, ctx))
+
+	const n = 100
+	b := harness.NewBatch("revoked", w.e.Front)
+	submitBatch(t, ctx, b, n, func(int) *harness.Mail {
+		return &harness.Mail{From: oauthMailbox, To: []string{oauthRcpt}}
+	}, func(i int) {
+		if i != n/3 {
+			return
+		}
+		res, err := w.idp.Revoke(ctx, oauthMailbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("the grant (%d) revoked after %d messages", res.Grants, i)
+	})
+	s := w.waitState(t, ctx, "needs_reauth")
+	t.Logf("status: %s: %s", s.State, s.Reason)
+	held, err := b.Count(ctx, w.e.Upstream.Mailbox(oauthRcpt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("held until the owner signs in again: %d of %d queued, %d bounced", held.Queued, held.Sent, held.Bounced)
+	if held.Queued == 0 {
+		t.Errorf("no message was held after the revocation")
+	}
+	w.signInOK(t, ctx, w.link(t, ctx))
+	c := settle(t, ctx, w.e, "grant-revoked-then-signed-in", b, oauthRcpt)
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+}
