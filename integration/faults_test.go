@@ -4,9 +4,15 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -469,4 +475,133 @@ func TestFaultGrantRevokedMidBatch(t *testing.T) {
 	if c.Duplicates != 0 {
 		t.Errorf("%d duplicates, want none", c.Duplicates)
 	}
+}
+
+// Case 8: a project's credential provider (the example plugin, handing out the password with an
+// expiry close enough that Postern asks it for every message) is killed in the middle of a batch,
+// and later hangs (SIGSTOP). That project's mail waits (a hung provider is given call_timeout, then
+// ended and started afresh) and flows once the provider is back; the other project's mail is
+// unaffected.
+func TestFaultCredentialProviderKilledAndHung(t *testing.T) {
+	t.Parallel()
+	harness.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := harness.TempDir(t)
+	bin := filepath.Join(dir, "postern-credential-example")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./plugin/example/cmd/postern-credential-example")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the example provider: %v\n%s", err, out)
+	}
+	raw, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(raw)
+	e := faultEnv(t, "}\ncredential_providers: {file: {path: "+bin+", sha256: "+hex.EncodeToString(sum[:])+", call_timeout: 2s}")
+	a, bo := e.Upstream.Org("client-a"), e.Upstream.Org("client-b")
+	userA, passwordA := a.User()
+	userB, _ := bo.User()
+	creds := filepath.Join(dir, "credentials.json")
+	// An expiry within Postern's one-minute margin: every message asks the provider again.
+	body := fmt.Sprintf(`{"projects": {"client-a": {"mechanism": "PLAIN", "username": %q, "secret": %q, "expiry": %q}}}`,
+		userA, passwordA, time.Now().Add(30*time.Second).UTC().Format(time.RFC3339))
+	if err := os.WriteFile(creds, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Postern.CLI(ctx, "", "project", "add", "--sender", userA, "--host", "127.0.0.1",
+		"--port", strconv.Itoa(a.Port), "--tls", "starttls", "--ca-file", e.CA.CAFile, "--username", userA,
+		"--auth", "plugin", "--plugin-provider", "file", "--plugin-config", "file="+creds, "client-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Postern.WaitRouted(ctx, userA, true); err != nil {
+		t.Fatal(err)
+	}
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-b", Org: "client-b"})
+
+	b := harness.NewBatch("plugin", e.Front)
+	var hung int
+	submitBatch(t, ctx, b, faultBatch, func(i int) *harness.Mail {
+		if i%2 == 1 {
+			return &harness.Mail{From: userB, To: []string{"bob@dest.test"}}
+		}
+		return &harness.Mail{From: userA, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		switch i {
+		case faultBatch / 3:
+			pid := providerPID(t, bin)
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("credential provider (pid %d) killed after %d messages", pid, i)
+		case 2 * faultBatch / 3:
+			hung = providerPID(t, bin)
+			if err := syscall.Kill(hung, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("credential provider (pid %d) hangs after %d messages", hung, i)
+		}
+	})
+	// While the provider hangs, client-b's mail all arrives.
+	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	if err := pollUntil(wait, func() bool {
+		n, _ := e.Upstream.Mailbox("bob@dest.test").Count(nil)
+		return n >= faultBatch/2
+	}); err != nil {
+		n, _ := e.Upstream.Mailbox("bob@dest.test").Count(nil)
+		t.Errorf("client-b's mail was held back by client-a's hung credential provider: %d of %d arrived", n, faultBatch/2)
+	}
+	// The hung process is ended after call_timeout, and a fresh one serves the rest.
+	if err := pollUntil(wait, func() bool { return processGone(hung) }); err != nil {
+		_ = syscall.Kill(hung, syscall.SIGKILL)
+		t.Errorf("the hung credential provider (pid %d) was never ended", hung)
+	}
+	c := settle(t, ctx, e, "credential-provider-killed-hung", b, "alice@dest.test", "bob@dest.test")
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	if now := providerPID(t, bin); now == hung {
+		t.Errorf("the hung provider (pid %d) still serves", hung)
+	}
+}
+
+// processGone reports whether pid has ended (absent, or a zombie).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// providerPID finds the running process of the credential provider binary bin.
+func providerPID(t *testing.T, bin string) int {
+	t.Helper()
+	var pid int
+	err := pollUntil(t.Context(), func() bool {
+		entries, _ := os.ReadDir("/proc")
+		for _, d := range entries {
+			p, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			if exe, err := os.Readlink(filepath.Join("/proc", d.Name(), "exe")); err == nil && exe == bin {
+				pid = p
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("no process runs %s", bin)
+	}
+	return pid
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"sync"
 	"time"
@@ -16,6 +17,13 @@ import (
 
 // DefaultStartTimeout bounds starting a provider process when HostOptions.StartTimeout is zero.
 const DefaultStartTimeout = 30 * time.Second
+
+// DefaultCallTimeout bounds each call to a provider when HostOptions.CallTimeout is zero.
+const DefaultCallTimeout = 30 * time.Second
+
+// ErrCallTimeout says that the provider did not answer a call within HostOptions.CallTimeout. The
+// host ends that process; the next call starts a fresh one.
+var ErrCallTimeout = errors.New("the credential provider did not answer in time")
 
 // ErrClosed is returned by a Host's methods after Close.
 var ErrClosed = errors.New("credential provider host is closed")
@@ -40,6 +48,10 @@ type HostOptions struct {
 	// StartTimeout bounds starting the process and the handshake, each time it is started.
 	// Zero means DefaultStartTimeout. The caller's ctx deadline shortens it.
 	StartTimeout time.Duration
+	// CallTimeout bounds each call (Credential, Rejected). A provider that does not answer in
+	// time is taken for hung: the call fails with ErrCallTimeout and the process is ended, so
+	// that the next call starts a fresh one. Zero means DefaultCallTimeout.
+	CallTimeout time.Duration
 }
 
 // ErrChecksum says that the provider binary's SHA-256 is not the one configured.
@@ -67,6 +79,9 @@ func (o HostOptions) validate() error {
 	}
 	if o.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("start timeout %v is negative", o.StartTimeout))
+	}
+	if o.CallTimeout < 0 {
+		errs = append(errs, fmt.Errorf("call timeout %v is negative", o.CallTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -100,6 +115,9 @@ func Open(ctx context.Context, opts HostOptions) (*Host, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = DefaultStartTimeout
 	}
+	if opts.CallTimeout == 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
 	opts.Args = append([]string(nil), opts.Args...)
 	opts.Env = append([]string(nil), opts.Env...)
 	log := opts.Logger
@@ -123,7 +141,7 @@ func Open(ctx context.Context, opts HostOptions) (*Host, error) {
 // treats all but *NeedsReauthError as temporary.
 func (h *Host) Credential(ctx context.Context, req Request) (Credential, error) {
 	var cred Credential
-	err := h.do(ctx, func(p Provider) error {
+	err := h.do(ctx, func(ctx context.Context, p Provider) error {
 		var err error
 		cred, err = p.Credential(ctx, req)
 		return err
@@ -133,7 +151,7 @@ func (h *Host) Credential(ctx context.Context, req Request) (Credential, error) 
 
 // Rejected tells the provider that the upstream refused req.Project's credential.
 func (h *Host) Rejected(ctx context.Context, req RejectedRequest) error {
-	return h.do(ctx, func(p Provider) error { return p.Rejected(ctx, req) })
+	return h.do(ctx, func(ctx context.Context, p Provider) error { return p.Rejected(ctx, req) })
 }
 
 // Close ends the provider process (gracefully, then by force after two seconds). Calls after
@@ -149,14 +167,24 @@ func (h *Host) Close() error {
 	return nil
 }
 
-// do runs f against a live provider process, restarting the process once if f finds it gone.
-func (h *Host) do(ctx context.Context, f func(Provider) error) error {
+// do runs f against a live provider process, within CallTimeout, restarting the process once if
+// f finds it gone. A process that does not answer within CallTimeout is ended.
+func (h *Host) do(ctx context.Context, f func(context.Context, Provider) error) error {
 	for attempt := 1; ; attempt++ {
 		c, p, err := h.current(ctx)
 		if err != nil {
 			return err
 		}
-		err = f(p)
+		cctx, cancel := context.WithTimeoutCause(ctx, h.opts.CallTimeout, ErrCallTimeout)
+		err = f(cctx, p)
+		hung := ctx.Err() == nil && errors.Is(context.Cause(cctx), ErrCallTimeout)
+		cancel()
+		if hung {
+			h.log.Warn("credential provider did not answer in time; ending it (the next call starts it again)",
+				"call_timeout", h.opts.CallTimeout, "pid", pid(c))
+			h.discardHung(c)
+			return fmt.Errorf("asking credential provider %q: %w (call_timeout %s)", h.opts.Path, ErrCallTimeout, h.opts.CallTimeout)
+		}
 		if err == nil || !errors.Is(err, errUnavailable) || attempt == 2 || ctx.Err() != nil {
 			return err
 		}
@@ -201,6 +229,17 @@ func (h *Host) current(ctx context.Context) (*goplugin.Client, Provider, error) 
 	h.client, h.prov = c, p
 	h.mu.Unlock()
 	return c, p, nil
+}
+
+// discardHung forgets c and kills its process at once: go-plugin's Kill first asks the process
+// to shut down over gRPC, without a deadline, which a hung process never answers.
+func (h *Host) discardHung(c *goplugin.Client) {
+	if p := pid(c); p > 0 {
+		if proc, err := os.FindProcess(p); err == nil {
+			_ = proc.Kill()
+		}
+	}
+	h.discard(c)
 }
 
 // discard forgets c if it is still the current process and ends it.

@@ -208,6 +208,38 @@ func TestHostOutOfProcess(t *testing.T) {
 		}
 	})
 
+	// The process hangs (stopped): the call fails within CallTimeout, the hung process is ended,
+	// and the next call runs on a fresh one.
+	t.Run("hung provider ended and restarted", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		h, err := Open(ctx, HostOptions{Path: bin, SHA256: sum(t, bin), CallTimeout: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Close() })
+		old := h.pid()
+		if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(old, syscall.SIGKILL) })
+		hungCtx, cancelHung := context.WithTimeout(ctx, 10*time.Second)
+		defer cancelHung()
+		if _, err := h.Credential(hungCtx, Request{Project: "acme", Config: cfg}); !errors.Is(err, ErrCallTimeout) {
+			t.Fatalf("Credential from a hung provider: %v, want ErrCallTimeout", err)
+		}
+		if _, err := h.Credential(ctx, Request{Project: "acme", Config: cfg}); err != nil {
+			t.Fatalf("Credential after the hung provider was ended: %v", err)
+		}
+		if now := h.pid(); now == 0 || now == old {
+			t.Errorf("pid after the hang = %d, old %d: want a new process", now, old)
+		}
+		if !processGone(old) {
+			t.Errorf("the hung process %d still runs", old)
+		}
+	})
+
 	// The process dies and the next call runs into the broken connection: it restarts and retries.
 	t.Run("restart on a broken connection", func(t *testing.T) {
 		t.Parallel()

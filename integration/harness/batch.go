@@ -105,12 +105,12 @@ func (c BatchCounts) OK() bool {
 
 // Row is a one-line table row: sent, delivered, queued, bounced, duplicates, deferred.
 func (c BatchCounts) Row(name string) string {
-	return fmt.Sprintf("| %-28s | %5d | %9d | %6d | %7d | %10d | %8d |",
+	return fmt.Sprintf("| %-32s | %5d | %9d | %6d | %7d | %10d | %8d |",
 		name, c.Sent, c.Delivered, c.Queued, c.Bounced, c.Duplicates, c.Deferred)
 }
 
 // RowHeader is the header of Row's table.
-const RowHeader = "| case                         |  sent | delivered | queued | bounced | duplicates | deferred |"
+const RowHeader = "| case                             |  sent | delivered | queued | bounced | duplicates | deferred |"
 
 // Line is the machine-readable summary: "fault-matrix: case=... sent=N delivered=N ...".
 func (c BatchCounts) Line(name string) string {

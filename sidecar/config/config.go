@@ -742,6 +742,10 @@ type CredentialProvider struct {
 	Env []string `yaml:"env"`
 	// StartTimeout bounds its start. Default 30s.
 	StartTimeout time.Duration `yaml:"start_timeout"`
+	// CallTimeout bounds each request to it; a provider that does not answer in time is taken
+	// for hung, ended and started again on the next request (the mail waits meanwhile).
+	// Default 30s.
+	CallTimeout time.Duration `yaml:"call_timeout"`
 }
 
 // checkSHA256 checks that want is a hex SHA-256 and that the file at path has it.
@@ -784,6 +788,9 @@ func (c *Config) validateProviders() []error {
 		}
 		if p.StartTimeout < 0 {
 			errs = append(errs, fmt.Errorf("credential_providers.%s.start_timeout %v: must not be negative", name, p.StartTimeout))
+		}
+		if p.CallTimeout < 0 {
+			errs = append(errs, fmt.Errorf("credential_providers.%s.call_timeout %v: must not be negative", name, p.CallTimeout))
 		}
 	}
 	return errs
