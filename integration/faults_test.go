@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -604,4 +605,62 @@ func providerPID(t *testing.T, bin string) int {
 		t.Fatalf("no process runs %s", bin)
 	}
 	return pid
+}
+
+// Case 9: the file store's data file is corrupted, then cut to nothing (as a full disk leaves a
+// file), in the middle of a batch. Postern says so in its log, keeps the last good state, never
+// writes over the damaged file, and mail keeps flowing; once the file is restored, nothing
+// changed.
+func TestFaultFileStoreCorrupted(t *testing.T) {
+	t.Parallel()
+	e := faultEnv(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a := e.Upstream.Org("client-a")
+	user, _ := a.User()
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a"})
+	dataFile := filepath.Join(e.Postern.Dir, "store.db")
+	good, err := os.ReadFile(dataFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damage := map[int][]byte{
+		faultBatch / 4:     append([]byte("not a store: "), good[len(good)/2:]...),
+		faultBatch / 2:     {},
+		3 * faultBatch / 4: good,
+	}
+	var damaged []byte
+	b := harness.NewBatch("store", e.Front)
+	submitBatch(t, ctx, b, faultBatch, func(int) *harness.Mail {
+		return &harness.Mail{From: user, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		content, ok := damage[i]
+		if !ok {
+			return
+		}
+		if i != faultBatch/4 {
+			// What Postern left of the damage: exactly what was written.
+			if now, err := os.ReadFile(dataFile); err != nil || string(now) != string(damaged) {
+				t.Errorf("postern changed the damaged store file (%d bytes, want %d): %v", len(now), len(damaged), err)
+			}
+		}
+		if err := os.WriteFile(dataFile, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		damaged = content
+		t.Logf("store file now %d bytes after %d messages", len(content), i)
+		time.Sleep(2 * time.Second) // a few reloads (reload_interval 1s)
+	})
+	c := settle(t, ctx, e, "file-store-corrupted", b, "alice@dest.test")
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	if lines := regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*store.*$`).FindAllString(e.Postern.Log(), 3); len(lines) == 0 {
+		t.Errorf("postern did not say the store was damaged")
+	} else {
+		t.Logf("postern said: %s", strings.Join(lines, "\n"))
+	}
+	if r, err := e.Postern.Lookup(ctx, user); err != nil || !strings.HasPrefix(r, "OK ") {
+		t.Errorf("after the store was restored, the socketmap answers %q, %v", r, err)
+	}
 }
