@@ -252,10 +252,10 @@ func TestFaultUpstreamBlackHoled(t *testing.T) {
 	}
 	t.Logf("client-b: all %d messages arrived during client-a's black hole; the slowest (%s) %s after its submission",
 		wantB, slowestID, slowest.Round(time.Millisecond))
-	// No bound is asserted on the latency (no timed assertions): until client-a's first
-	// timeouts (5s) have passed, its deliveries wait in Postern and hold slots of the one
-	// postern destination that Postfix shares among all projects, which delays client-b's by
-	// seconds. The slowest is logged above.
+	// No bound is asserted on the latency (no timed assertions); the slowest is logged above.
+	// Callers of client-a are turned away at once while its upstream is silent (the pool's
+	// probing), so they do not hold the slots of the one postern destination that Postfix
+	// shares among all projects.
 	if n, _ := e.Upstream.Mailbox("alice@dest.test").Count(nil); n > faultBatch/5 {
 		t.Errorf("%d of client-a's messages arrived through a black hole", n)
 	}

@@ -53,6 +53,7 @@ type Conn struct {
 
 	txOpen    bool   // MAIL was sent and the transaction has not ended
 	broken    bool   // an error left the session in an unknown state
+	silent    bool   // a reply did not come within its timeout: the upstream stopped answering
 	done      bool   // released or discarded
 	reply     string // the upstream's reply to the last accepted message
 	closeOnce sync.Once
@@ -282,7 +283,7 @@ func (c *Conn) Release() {
 	c.done = true
 	if c.broken {
 		c.closeNow()
-		c.pl.drop()
+		c.pl.drop(c)
 		return
 	}
 	c.pl.giveBack(c)
@@ -296,7 +297,7 @@ func (c *Conn) Discard() {
 	c.done = true
 	c.broken = true
 	c.closeNow()
-	c.pl.drop()
+	c.pl.drop(c)
 }
 
 // check makes sure a pooled connection still answers.
@@ -379,6 +380,7 @@ func (c *Conn) ioError(ctx context.Context, stage string, err error, timeout tim
 		e.Err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 	} else if isTimeout(err) {
 		e.Message = fmt.Sprintf("no answer within %s", timeout)
+		c.silent = true
 	}
 	return e
 }

@@ -273,11 +273,19 @@ func (pl *pool) giveBack(c *Conn) {
 	c.idleTimer = time.AfterFunc(pl.p.opts.IdleTimeout, func() { pl.expire(c, gen) })
 }
 
-// drop frees the slot of a connection that was closed.
-func (pl *pool) drop() {
+// drop frees the slot of a connection that was closed. When the upstream stopped answering on
+// it, the callers waiting for a connection are turned away at once rather than queued behind a
+// silent upstream, and the pool probes it as after a failed greeting (see probing).
+func (pl *pool) drop(c *Conn) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.open--
+	if c.silent {
+		pl.probing = true
+		pl.lastErr = "upstream " + c.addr + " stopped answering"
+		pl.failWaitersLocked(&Error{Stage: StagePool, Addr: c.addr,
+			Message: "the upstream stopped answering on an open connection", Err: ErrDown})
+	}
 	pl.grantSlotsLocked()
 }
 

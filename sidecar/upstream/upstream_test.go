@@ -616,6 +616,42 @@ func TestSilentUpstreamHoldsNoMoreThanItsLimit(t *testing.T) {
 	}
 }
 
+// A connection on which the upstream stopped answering turns away the callers waiting for a
+// connection at once, instead of handing them the slot to queue behind a silent upstream.
+func TestSilentConnectionTurnsWaitersAway(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: project.TLSStartTLS, Users: users(),
+		RejectData: func(upstreamtest.Message) *smtp.SMTPError { <-release; return nil }})
+	pools, _ := newPools(t, upstream.Options{DataTimeout: 300 * time.Millisecond})
+	p := proj("client-a", srv)
+	p.Limits.MaxConnections = 1
+	ctx := ctxFor(t)
+
+	c, err := pools.Acquire(ctx, p, basic(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := make(chan error, 1)
+	go func() {
+		w, err := pools.Acquire(ctx, p, basic(""))
+		if w != nil {
+			w.Release()
+		}
+		waiter <- err
+	}()
+	eventually(t, "the second caller waits", func() bool { return poolStats(t, pools, "client-a").Waiting == 1 })
+	err = send(ctx, c, []string{to}, body)
+	if e := asError(t, err); !strings.Contains(e.Message, "no answer within") {
+		t.Fatalf("send: got %v, want no answer within the data timeout", err)
+	}
+	c.Discard()
+	if err := <-waiter; !errors.Is(err, upstream.ErrDown) || !asError(t, err).Temporary() {
+		t.Errorf("the waiting caller: got %v, want a temporary ErrDown at once", err)
+	}
+}
+
 func TestDownBackoff(t *testing.T) {
 	t.Parallel()
 	clk := newClock()
