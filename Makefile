@@ -8,7 +8,7 @@ VERSION   := $(shell sh contrib/package/version.sh)
 REVISION  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 LDFLAGS   := -X github.com/postern/postern/sidecar/buildinfo.version=$(VERSION) -X github.com/postern/postern/sidecar/buildinfo.revision=$(REVISION)
 
-.PHONY: all build dist test test-unit test-integration check vet staticcheck tidy-check fmt-check deps ci-deps bench-deps demo bench clean
+.PHONY: all build dist test test-unit test-integration fuzz fuzz-short check vet staticcheck tidy-check fmt-check deps ci-deps bench-deps demo bench clean
 
 all: build
 
@@ -19,9 +19,10 @@ build:
 dist:
 	GO="$(GO)" VERSION="$(VERSION)" REVISION="$(REVISION)" bash contrib/package/dist.sh
 
-## test: everything — formatting, vet, unit tests and the integration suite against real Postfix,
-## Dovecot, Vault and an OAuth2 server (installed by `make deps` on a fresh machine).
-test: check test-unit test-integration
+## test: everything — formatting, vet, unit tests, a short run of every fuzz target and the
+## integration suite against real Postfix, Dovecot, Vault and an OAuth2 server (installed by
+## `make deps` on a fresh machine).
+test: check test-unit fuzz-short test-integration
 
 ## check: the static checks CI runs before any test: gofmt, go vet (also with the integration tag),
 ## staticcheck (both ways) and `go mod tidy -diff` for every module of the repository.
@@ -32,6 +33,22 @@ test-unit:
 
 test-integration: deps
 	$(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./integration/...
+
+## fuzz-short: every fuzz target (each `func Fuzz...` in a test file), FUZZTIME_SHORT each; part of
+## `make test`. fuzz: the same for FUZZTIME each (default 5m), to run now and then. Whatever a run
+## finds is written under the package's testdata/fuzz and fails the run.
+FUZZTIME_SHORT ?= 5s
+FUZZTIME       ?= 5m
+FUZZ_DIRS      := sidecar plugin vault
+
+fuzz-short: FUZZTIME := $(FUZZTIME_SHORT)
+fuzz-short fuzz:
+	@set -e; grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' $(FUZZ_DIRS) | sort | \
+	while IFS=: read -r file fn; do \
+		name=$${fn#func }; pkg=./$$(dirname "$$file"); \
+		echo "fuzz: $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+	done
 
 vet:
 	$(GO) vet $(PKGS)

@@ -73,8 +73,12 @@ func oauthStart(t *testing.T, ctx context.Context, opts oauthWorldOptions) *oaut
 		extra += fmt.Sprintf("upstream: {idle_timeout: %s}\n", opts.idleTimeout)
 	}
 	w.e = startEnv(t, harness.Options{PosternConfig: extra, PosternStore: w.vault.StoreYAML(tokenFile)})
+	w.e.Secrets.Add("Vault root token", w.vault.RootToken)
+	w.e.Secrets.AddFile("sign-in key", filepath.Join(dir, "signin.key"))
+	w.e.Secrets.AddLazy("OAuth token", w.issuedTokens)
 
 	client := harness.IdPDefaultClient()
+	w.e.Secrets.Add("OAuth client secret", client.Secret.Reveal())
 	client.RedirectURIs = []string{"http://" + w.e.Postern.AdminAddr + "/signin/callback"}
 	w.idp = harness.StartIdP(t, harness.IdPOptions{Clients: []harness.IdPClient{client}, AccessTTL: opts.accessTTL})
 	w.sub = harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: w.idp, RelayPort: w.e.Upstream.DirectPort})
@@ -163,6 +167,15 @@ func (w *oauthWorld) record(t *testing.T, ctx context.Context, version int) proj
 // or deletes a record).
 func (w *oauthWorld) recordAt(t *testing.T, ctx context.Context, version int) (project.Token, bool) {
 	t.Helper()
+	tok, ok, err := w.readRecord(ctx, version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, ok
+}
+
+// readRecord is recordAt without a test: false for a version without data.
+func (w *oauthWorld) readRecord(ctx context.Context, version int) (project.Token, bool, error) {
 	var out struct {
 		Data struct {
 			Data json.RawMessage `json:"data"`
@@ -173,16 +186,36 @@ func (w *oauthWorld) recordAt(t *testing.T, ctx context.Context, version int) (p
 		path += "?version=" + strconv.Itoa(version)
 	}
 	if _, err := w.vault.Request(ctx, http.MethodGet, path, "", nil, &out); err != nil {
-		t.Fatalf("reading the token record (version %d): %v", version, err)
+		return project.Token{}, false, fmt.Errorf("reading the token record (version %d): %w", version, err)
 	}
 	if d := strings.TrimSpace(string(out.Data.Data)); d == "" || d == "null" || d == "{}" {
-		return project.Token{}, false
+		return project.Token{}, false, nil
 	}
 	tok, err := project.UnmarshalStoredToken(out.Data.Data)
 	if err != nil {
-		t.Fatalf("decoding the token record (version %d): %v", version, err)
+		return project.Token{}, false, fmt.Errorf("decoding the token record (version %d): %w", version, err)
 	}
-	return tok, true
+	return tok, true, nil
+}
+
+// issuedTokens returns every access and refresh token the record ever held, for the scan of the
+// logs for secrets.
+func (w *oauthWorld) issuedTokens() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := w.vault.KVVersion(ctx, oauthTokenPath)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for v := 1; v <= n; v++ {
+		tok, ok, err := w.readRecord(ctx, v)
+		if err != nil || !ok {
+			continue
+		}
+		out = append(out, tok.AccessToken.Reveal(), tok.RefreshToken.Reveal())
+	}
+	return out
 }
 
 // refreshTokens returns the refresh tokens the record held from version from to version to, in

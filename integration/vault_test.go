@@ -161,6 +161,8 @@ func TestVaultRelayProjectsAppRole(t *testing.T) {
 	}
 
 	e := startEnv(t, harness.Options{PosternStore: harness.AppRoleStoreYAML(proxy.Addr, roleID, secretIDFile, true)})
+	e.Secrets.Add("Vault root token", v.RootToken)
+	e.Secrets.Add("wrapped AppRole secret id", wrapped)
 	admin := vaultAdmin(t, v, v.Addr, filepath.Join(e.Dir, "admin"))
 	a, b := e.Upstream.Org("client-a"), e.Upstream.Org("client-b")
 	userA, passwordA := a.User()
@@ -393,6 +395,7 @@ func TestVaultOAuthTwoReplicasThenVaultPaused(t *testing.T) {
 	// margin, so every delivery starts a background refresh and none waits for one.
 	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 90 * time.Second})
 	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v))})
+	e.Secrets.Add("Vault root token", v.RootToken)
 	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
 	bin, err := buildPostern()
 	if err != nil {

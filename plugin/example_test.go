@@ -41,6 +41,7 @@ func ExampleOpen() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	h, err := plugin.Open(ctx, plugin.HostOptions{
 		Path:   "/usr/local/libexec/postern/postern-credential-example",
+		SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", // sha256sum of the binary
 		Env:    []string{"PATH=/usr/bin:/bin"},
 		Logger: log,
 	})

@@ -2,9 +2,12 @@ package plugin
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"sync"
 	"time"
@@ -15,6 +18,13 @@ import (
 // DefaultStartTimeout bounds starting a provider process when HostOptions.StartTimeout is zero.
 const DefaultStartTimeout = 30 * time.Second
 
+// DefaultCallTimeout bounds each call to a provider when HostOptions.CallTimeout is zero.
+const DefaultCallTimeout = 30 * time.Second
+
+// ErrCallTimeout says that the provider did not answer a call within HostOptions.CallTimeout. The
+// host ends that process; the next call starts a fresh one.
+var ErrCallTimeout = errors.New("the credential provider did not answer in time")
+
 // ErrClosed is returned by a Host's methods after Close.
 var ErrClosed = errors.New("credential provider host is closed")
 
@@ -22,6 +32,9 @@ var ErrClosed = errors.New("credential provider host is closed")
 type HostOptions struct {
 	// Path is the provider binary. Required.
 	Path string
+	// SHA256 is the binary's SHA-256, in hex (as sha256sum prints it). Required: the binary
+	// is checked against it before every start, and a binary that differs is not started.
+	SHA256 string
 	// Args are the binary's arguments (without the program name). They are logged at debug
 	// level: pass secrets through the provider's own configuration, never here.
 	Args []string
@@ -35,6 +48,25 @@ type HostOptions struct {
 	// StartTimeout bounds starting the process and the handshake, each time it is started.
 	// Zero means DefaultStartTimeout. The caller's ctx deadline shortens it.
 	StartTimeout time.Duration
+	// CallTimeout bounds each call (Credential, Rejected). A provider that does not answer in
+	// time is taken for hung: the call fails with ErrCallTimeout and the process is ended, so
+	// that the next call starts a fresh one. Zero means DefaultCallTimeout.
+	CallTimeout time.Duration
+}
+
+// ErrChecksum says that the provider binary's SHA-256 is not the one configured.
+var ErrChecksum = errors.New("the binary's SHA-256 is not the configured one: it was changed or replaced")
+
+// decodeSHA256 decodes a hex SHA-256.
+func decodeSHA256(s string) ([]byte, error) {
+	if s == "" {
+		return nil, errors.New("sha256 is empty: give the binary's SHA-256 (sha256sum prints it)")
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != sha256.Size {
+		return nil, fmt.Errorf("sha256 %q is not a SHA-256 in hex (64 hex digits)", s)
+	}
+	return b, nil
 }
 
 func (o HostOptions) validate() error {
@@ -42,8 +74,14 @@ func (o HostOptions) validate() error {
 	if o.Path == "" {
 		errs = append(errs, errors.New("path is empty"))
 	}
+	if _, err := decodeSHA256(o.SHA256); err != nil {
+		errs = append(errs, err)
+	}
 	if o.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("start timeout %v is negative", o.StartTimeout))
+	}
+	if o.CallTimeout < 0 {
+		errs = append(errs, fmt.Errorf("call timeout %v is negative", o.CallTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -77,6 +115,9 @@ func Open(ctx context.Context, opts HostOptions) (*Host, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = DefaultStartTimeout
 	}
+	if opts.CallTimeout == 0 {
+		opts.CallTimeout = DefaultCallTimeout
+	}
 	opts.Args = append([]string(nil), opts.Args...)
 	opts.Env = append([]string(nil), opts.Env...)
 	log := opts.Logger
@@ -100,7 +141,7 @@ func Open(ctx context.Context, opts HostOptions) (*Host, error) {
 // treats all but *NeedsReauthError as temporary.
 func (h *Host) Credential(ctx context.Context, req Request) (Credential, error) {
 	var cred Credential
-	err := h.do(ctx, func(p Provider) error {
+	err := h.do(ctx, func(ctx context.Context, p Provider) error {
 		var err error
 		cred, err = p.Credential(ctx, req)
 		return err
@@ -110,7 +151,7 @@ func (h *Host) Credential(ctx context.Context, req Request) (Credential, error) 
 
 // Rejected tells the provider that the upstream refused req.Project's credential.
 func (h *Host) Rejected(ctx context.Context, req RejectedRequest) error {
-	return h.do(ctx, func(p Provider) error { return p.Rejected(ctx, req) })
+	return h.do(ctx, func(ctx context.Context, p Provider) error { return p.Rejected(ctx, req) })
 }
 
 // Close ends the provider process (gracefully, then by force after two seconds). Calls after
@@ -126,14 +167,24 @@ func (h *Host) Close() error {
 	return nil
 }
 
-// do runs f against a live provider process, restarting the process once if f finds it gone.
-func (h *Host) do(ctx context.Context, f func(Provider) error) error {
+// do runs f against a live provider process, within CallTimeout, restarting the process once if
+// f finds it gone. A process that does not answer within CallTimeout is ended.
+func (h *Host) do(ctx context.Context, f func(context.Context, Provider) error) error {
 	for attempt := 1; ; attempt++ {
 		c, p, err := h.current(ctx)
 		if err != nil {
 			return err
 		}
-		err = f(p)
+		cctx, cancel := context.WithTimeoutCause(ctx, h.opts.CallTimeout, ErrCallTimeout)
+		err = f(cctx, p)
+		hung := ctx.Err() == nil && errors.Is(context.Cause(cctx), ErrCallTimeout)
+		cancel()
+		if hung {
+			h.log.Warn("credential provider did not answer in time; ending it (the next call starts it again)",
+				"call_timeout", h.opts.CallTimeout, "pid", pid(c))
+			h.discardHung(c)
+			return fmt.Errorf("asking credential provider %q: %w (call_timeout %s)", h.opts.Path, ErrCallTimeout, h.opts.CallTimeout)
+		}
 		if err == nil || !errors.Is(err, errUnavailable) || attempt == 2 || ctx.Err() != nil {
 			return err
 		}
@@ -180,6 +231,17 @@ func (h *Host) current(ctx context.Context) (*goplugin.Client, Provider, error) 
 	return c, p, nil
 }
 
+// discardHung forgets c and kills its process at once: go-plugin's Kill first asks the process
+// to shut down over gRPC, without a deadline, which a hung process never answers.
+func (h *Host) discardHung(c *goplugin.Client) {
+	if p := pid(c); p > 0 {
+		if proc, err := os.FindProcess(p); err == nil {
+			_ = proc.Kill()
+		}
+	}
+	h.discard(c)
+}
+
 // discard forgets c if it is still the current process and ends it.
 func (h *Host) discard(c *goplugin.Client) {
 	h.mu.Lock()
@@ -205,9 +267,15 @@ func (h *Host) start(ctx context.Context) (*goplugin.Client, Provider, error) {
 		return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, err)
 	}
 
+	sum, err := decodeSHA256(h.opts.SHA256)
+	if err != nil {
+		return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, err)
+	}
 	cmd := exec.Command(h.opts.Path, h.opts.Args...)
 	cmd.Env = append([]string(nil), h.opts.Env...)
 	c := goplugin.NewClient(&goplugin.ClientConfig{
+		// go-plugin hashes the file at cmd.Path and refuses to start it unless it matches.
+		SecureConfig:     &goplugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
 		HandshakeConfig:  Handshake,
 		Plugins:          pluginSet(nil),
 		Cmd:              cmd,
@@ -231,6 +299,9 @@ func (h *Host) start(ctx context.Context) (*goplugin.Client, Provider, error) {
 	case r := <-done:
 		if r.err != nil {
 			c.Kill()
+			if errors.Is(r.err, goplugin.ErrChecksumsDoNotMatch) {
+				r.err = ErrChecksum
+			}
 			return nil, nil, fmt.Errorf("starting credential provider %q: %w", h.opts.Path, r.err)
 		}
 		h.log.Info("credential provider started", "pid", pid(c))

@@ -3,6 +3,8 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"os"
@@ -28,6 +30,17 @@ func buildExample(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// sum returns the SHA-256 of the file at path, in hex.
+func sum(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of slog handlers.
@@ -68,7 +81,7 @@ func openExample(t *testing.T, bin string, log *slog.Logger) *Host {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	h, err := Open(ctx, HostOptions{Path: bin, Logger: log})
+	h, err := Open(ctx, HostOptions{Path: bin, SHA256: sum(t, bin), Logger: log})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -154,6 +167,76 @@ func TestHostOutOfProcess(t *testing.T) {
 		}
 		if now := h.pid(); now == 0 || now == old {
 			t.Errorf("pid after restart = %d, old %d: want a new process", now, old)
+		}
+	})
+
+	// The binary is replaced while the provider runs; when the process dies, the replacement is
+	// not started.
+	t.Run("replaced binary not restarted", func(t *testing.T) {
+		t.Parallel()
+		own := filepath.Join(t.TempDir(), "provider")
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(own, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		h := openExample(t, own, nil)
+		if err := os.WriteFile(own+".new", append(b, 0), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(own+".new", own); err != nil {
+			t.Fatal(err)
+		}
+		old := h.pid()
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		h.mu.Lock()
+		c := h.client
+		h.mu.Unlock()
+		for deadline := time.Now().Add(time.Minute); !c.Exited() && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		_, err = h.Credential(context.Background(), Request{Project: "acme", Config: cfg})
+		if !errors.Is(err, ErrChecksum) {
+			t.Fatalf("Credential after the binary was replaced: %v, want ErrChecksum", err)
+		}
+		if now := h.pid(); now != 0 {
+			t.Errorf("a process (pid %d) runs from the replaced binary", now)
+		}
+	})
+
+	// The process hangs (stopped): the call fails within CallTimeout, the hung process is ended,
+	// and the next call runs on a fresh one.
+	t.Run("hung provider ended and restarted", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		h, err := Open(ctx, HostOptions{Path: bin, SHA256: sum(t, bin), CallTimeout: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Close() })
+		old := h.pid()
+		if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(old, syscall.SIGKILL) })
+		hungCtx, cancelHung := context.WithTimeout(ctx, 10*time.Second)
+		defer cancelHung()
+		if _, err := h.Credential(hungCtx, Request{Project: "acme", Config: cfg}); !errors.Is(err, ErrCallTimeout) {
+			t.Fatalf("Credential from a hung provider: %v, want ErrCallTimeout", err)
+		}
+		if _, err := h.Credential(ctx, Request{Project: "acme", Config: cfg}); err != nil {
+			t.Fatalf("Credential after the hung provider was ended: %v", err)
+		}
+		if now := h.pid(); now == 0 || now == old {
+			t.Errorf("pid after the hang = %d, old %d: want a new process", now, old)
+		}
+		if !processGone(old) {
+			t.Errorf("the hung process %d still runs", old)
 		}
 	})
 
@@ -243,11 +326,14 @@ func TestOpenFails(t *testing.T) {
 		timeout time.Duration
 		want    string
 	}{
-		{name: "no path", opts: HostOptions{}, timeout: time.Minute, want: "path is empty"},
-		{name: "negative timeout", opts: HostOptions{Path: notPlugin, StartTimeout: -time.Second}, timeout: time.Minute, want: "negative"},
-		{name: "missing binary", opts: HostOptions{Path: filepath.Join(t.TempDir(), "nothing")}, timeout: time.Minute, want: "starting credential provider"},
-		{name: "not a provider", opts: HostOptions{Path: notPlugin}, timeout: time.Minute, want: "starting credential provider"},
-		{name: "never answers", opts: HostOptions{Path: sleep, Args: []string{"60"}}, timeout: 200 * time.Millisecond, want: "starting credential provider"},
+		{name: "no path", opts: HostOptions{SHA256: sum(t, notPlugin)}, timeout: time.Minute, want: "path is empty"},
+		{name: "no checksum", opts: HostOptions{Path: notPlugin}, timeout: time.Minute, want: "sha256 is empty"},
+		{name: "not a checksum", opts: HostOptions{Path: notPlugin, SHA256: "abc"}, timeout: time.Minute, want: "not a SHA-256"},
+		{name: "another binary's checksum", opts: HostOptions{Path: notPlugin, SHA256: sum(t, sleep)}, timeout: time.Minute, want: ErrChecksum.Error()},
+		{name: "negative timeout", opts: HostOptions{Path: notPlugin, SHA256: sum(t, notPlugin), StartTimeout: -time.Second}, timeout: time.Minute, want: "negative"},
+		{name: "missing binary", opts: HostOptions{Path: filepath.Join(t.TempDir(), "nothing"), SHA256: sum(t, notPlugin)}, timeout: time.Minute, want: "starting credential provider"},
+		{name: "not a provider", opts: HostOptions{Path: notPlugin, SHA256: sum(t, notPlugin)}, timeout: time.Minute, want: "starting credential provider"},
+		{name: "never answers", opts: HostOptions{Path: sleep, SHA256: sum(t, sleep), Args: []string{"60"}}, timeout: 200 * time.Millisecond, want: "starting credential provider"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -86,7 +86,7 @@ func openProviders(ctx context.Context, decl map[string]config.CredentialProvide
 	var open []*plugin.Host
 	for name, d := range decl {
 		h, err := plugin.Open(ctx, plugin.HostOptions{
-			Path: d.Path, Args: d.Args, Env: d.Env, StartTimeout: d.StartTimeout,
+			Path: d.Path, SHA256: d.SHA256, Args: d.Args, Env: d.Env, StartTimeout: d.StartTimeout, CallTimeout: d.CallTimeout,
 			Logger: log.With("provider", name),
 		})
 		if err != nil {

@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -48,9 +50,9 @@ listen: {lmtp: %[1]s/lmtp.sock, socketmap: %[1]s/socketmap.sock, admin: "", sock
 store:
   file: {path: %[1]s/store.db, key_file: %[1]s/store.key}
 credential_providers:
-  vault-of-acme: {path: %[2]s}
+  vault-of-acme: {path: %[2]s, sha256: %[3]s}
 reload_interval: 50ms
-`, dir, bin))
+`, dir, bin, fileSHA256(t, bin)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,4 +119,15 @@ reload_interval: 50ms
 	if m := up.Messages(); len(m) != 1 || m[0].User != "noreply@acme.example" {
 		t.Fatalf("upstream received %+v", m)
 	}
+}
+
+// fileSHA256 is the SHA-256 of the file at path, in hex.
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -48,6 +49,42 @@ type Env struct {
 	// Postern is configured even without a binary (its Dir is the front's postern_run_dir); it
 	// runs only when Options.PosternBin was set.
 	Postern *Postern
+	// Secrets holds every secret of the environment: the organisations' passwords, Postern's
+	// read token and store key, and whatever a test adds (Vault tokens, client secrets, issued
+	// tokens). At cleanup, once everything has stopped, every log is searched for them and the
+	// test fails naming each line that holds one.
+	Secrets *Secrets
+}
+
+// scanForSecrets fails t for every line of the environment's logs that holds one of its secrets.
+func (e *Env) scanForSecrets(t T) {
+	var files []string
+	if e.Postern != nil {
+		files = append(files, e.Postern.LogFile())
+	}
+	if e.Front != nil {
+		files = append(files, e.Front.LogFile)
+	}
+	if e.Upstream != nil {
+		files = append(files, e.Upstream.LogFile)
+	}
+	if e.Dovecot != nil {
+		files = append(files, e.Dovecot.LogFile)
+	}
+	leaks := e.Secrets.ScanFiles(files...)
+	if len(leaks) == 0 {
+		return
+	}
+	var b strings.Builder
+	for _, l := range leaks {
+		fmt.Fprintf(&b, "\n  %s", l)
+	}
+	msg := fmt.Sprintf("%d log lines hold a secret:%s", len(leaks), b.String())
+	if et, ok := t.(interface{ Errorf(string, ...any) }); ok {
+		et.Errorf("%s", msg)
+		return
+	}
+	t.Fatalf("%s", msg)
 }
 
 // Start brings up the CA, Dovecot, the upstream Postfix, Postern (with Options.PosternBin) and
@@ -55,7 +92,10 @@ type Env struct {
 func Start(t T, opts Options) *Env {
 	t.Helper()
 	Require(t)
-	e := &Env{Dir: TempDir(t)}
+	e := &Env{Dir: TempDir(t), Secrets: &Secrets{}}
+	// Registered before the parts start, so it runs after they have stopped and written
+	// their last lines (and before the directory is removed).
+	t.Cleanup(func() { e.scanForSecrets(t) })
 	var err error
 	orgs := opts.Upstream.Orgs
 	if len(orgs) == 0 {
@@ -79,6 +119,13 @@ func Start(t T, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	for _, o := range e.Upstream.Orgs {
+		for user, pw := range o.Users {
+			e.Secrets.Add("password of "+user, pw)
+		}
+	}
+	e.Secrets.Add("admin read token", e.Postern.ReadToken)
+	e.Secrets.AddFile("file store key", filepath.Join(e.Postern.Dir, "store.key"))
 	if opts.PosternBin != "" {
 		StartPostern(t, e.Postern)
 	}

@@ -278,6 +278,24 @@ func (p *Postern) Wait(ctx context.Context) error {
 	}
 }
 
+// Kill ends the process with SIGKILL, as a crash or the kernel's OOM killer would, and waits
+// for it. Start runs it again.
+func (p *Postern) Kill() error {
+	if p.cmd == nil {
+		return errors.New("killing postern: not started")
+	}
+	select {
+	case <-p.done:
+		return errors.New("killing postern: it had already exited")
+	default:
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("killing postern: %w", err)
+	}
+	<-p.done
+	return nil
+}
+
 // Exited reports whether the process has ended, and how.
 func (p *Postern) Exited() (bool, error) {
 	if p.done == nil {

@@ -13,6 +13,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -818,12 +820,42 @@ const DefaultRefreshMargin = 10 * time.Minute
 type CredentialProvider struct {
 	// Path is the provider's executable, an absolute path.
 	Path string `yaml:"path"`
+	// SHA256 is the executable's SHA-256 in hex (as sha256sum prints it). Required: Postern
+	// checks the file against it before every start and refuses to run a binary that differs.
+	SHA256 string `yaml:"sha256"`
 	// Args are its arguments. Never put secrets here: they show in process lists and debug logs.
 	Args []string `yaml:"args"`
 	// Env is its whole environment (KEY=value); Postern's own environment is not passed on.
 	Env []string `yaml:"env"`
 	// StartTimeout bounds its start. Default 30s.
 	StartTimeout time.Duration `yaml:"start_timeout"`
+	// CallTimeout bounds each request to it; a provider that does not answer in time is taken
+	// for hung, ended and started again on the next request (the mail waits meanwhile).
+	// Default 30s.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+}
+
+// checkSHA256 checks that want is a hex SHA-256 and that the file at path has it.
+func checkSHA256(path, want string) error {
+	if want == "" {
+		return fmt.Errorf("missing: give the SHA-256 of %s (sha256sum prints it)", path)
+	}
+	if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
+		return fmt.Errorf("%q is not a SHA-256 in hex (64 hex digits)", want)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); !strings.EqualFold(got, want) {
+		return fmt.Errorf("%s has SHA-256 %s, not the configured one: it was changed or replaced", path, got)
+	}
+	return nil
 }
 
 func (c *Config) validateProviders() []error {
@@ -836,9 +868,16 @@ func (c *Config) validateProviders() []error {
 			errs = append(errs, fmt.Errorf("credential_providers.%s.path: %w", name, err))
 		case fi.IsDir() || fi.Mode()&0o111 == 0:
 			errs = append(errs, fmt.Errorf("credential_providers.%s.path %s is not an executable file", name, p.Path))
+		default:
+			if err := checkSHA256(p.Path, p.SHA256); err != nil {
+				errs = append(errs, fmt.Errorf("credential_providers.%s.sha256: %w", name, err))
+			}
 		}
 		if p.StartTimeout < 0 {
 			errs = append(errs, fmt.Errorf("credential_providers.%s.start_timeout %v: must not be negative", name, p.StartTimeout))
+		}
+		if p.CallTimeout < 0 {
+			errs = append(errs, fmt.Errorf("credential_providers.%s.call_timeout %v: must not be negative", name, p.CallTimeout))
 		}
 	}
 	return errs

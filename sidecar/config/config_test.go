@@ -2,8 +2,11 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -473,4 +476,60 @@ func TestLoggerDurationsInSeconds(t *testing.T) {
 	if !strings.Contains(text.String(), "duration=1.5s") {
 		t.Errorf("text log: %s; want duration=1.5s", text.String())
 	}
+}
+
+// A credential provider's binary is pinned by its SHA-256: a missing, malformed or different
+// checksum is a configuration error.
+func TestValidateCredentialProviderChecksum(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "provider")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	good := sha256.Sum256([]byte("#!/bin/sh\n"))
+	other := sha256.Sum256([]byte("something else"))
+	tests := []struct {
+		name, sum, want string
+	}{
+		{"pinned", hex.EncodeToString(good[:]), ""},
+		{"pinned, upper case", strings.ToUpper(hex.EncodeToString(good[:])), ""},
+		{"missing", "", "credential_providers.p.sha256: missing"},
+		{"not hex", "xyz", "is not a SHA-256 in hex"},
+		{"another binary's", hex.EncodeToString(other[:]), "not the configured one"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := mustParse(t, "credential_providers: {p: {path: "+bin+", sha256: '"+tc.sum+"'}}\n")
+			errs := c.validate(groupExists)
+			if tc.want == "" {
+				if len(errs) != 0 {
+					t.Fatalf("valid config refused: %v", errs)
+				}
+				return
+			}
+			if !strings.Contains(errors.Join(errs...).Error(), tc.want) {
+				t.Fatalf("errors %v do not say %q", errs, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzParse feeds configuration files: parsing and validating never panic, and every problem is
+// an error, not a crash.
+func FuzzParse(f *testing.F) {
+	if b, err := os.ReadFile("testdata/postern.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("listen: {smtp: '127.0.0.1:10025', socket_mode: '0777'}\n"))
+	f.Add([]byte("upstream: {dial_timeout: -1s}\nlimits: {max_recipients: 0}\n"))
+	f.Add([]byte("credential_providers: {p: {path: /bin/true, sha256: zz}}\n"))
+	f.Add([]byte("a: &a [*a, *a]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		_ = c.validate(groupExists)
+	})
 }

@@ -55,3 +55,27 @@ func TestFlowCookie(t *testing.T) {
 		})
 	}
 }
+
+// FuzzFlowCookie feeds the callback's state parameter and flow cookie: opening never panics, and
+// only a cookie the key sealed for that state opens under it. (Each fuzzing process seals its own
+// cookie, with its own random nonce, so the check is on what opens, not on the bytes.)
+func FuzzFlowCookie(f *testing.F) {
+	key := make([]byte, KeySize)
+	s := newSealer(key)
+	now := time.Unix(1_800_000_000, 0)
+	sealed := flow{State: "state-1", Verifier: "verifier-1", Project: "client-a", Mailbox: "a@client.example", Nonce: "n", Expiry: now.Add(15 * time.Minute).Unix()}
+	_, value := s.seal(sealed)
+	f.Add("state-1", value)
+	f.Add("state-1", "")
+	f.Add("", "%%%")
+	f.Add("state-2", value[:len(value)/2])
+	f.Fuzz(func(t *testing.T, state, v string) {
+		got, err := s.open(state, v, now)
+		if err != nil {
+			return
+		}
+		if state != sealed.State || got != sealed {
+			t.Fatalf("opened %+v from state %q and cookie %q, which were not sealed together", got, state, v)
+		}
+	})
+}

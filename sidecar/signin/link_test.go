@@ -196,3 +196,37 @@ func TestLoadKey(t *testing.T) {
 		t.Errorf("a short key file: %v", err)
 	}
 }
+
+// FuzzLinkVerify feeds the sign-in link's parameter: verifying never panics, and whatever verifies
+// is exactly what the key signed.
+func FuzzLinkVerify(f *testing.F) {
+	key := make([]byte, signin.KeySize)
+	links, err := signin.NewLinks(key, "https://postern.example.com/")
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	u, _, err := links.New(oauthProject("client-a", "noreply@client.example"), time.Hour, now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	parsed, err := url.Parse(u)
+	if err != nil {
+		f.Fatal(err)
+	}
+	signed := parsed.Query().Get("l")
+	f.Add(signed)
+	f.Add("")
+	f.Add(".")
+	f.Add(signed + "x")
+	f.Add(strings.Repeat("A", 4096))
+	f.Fuzz(func(t *testing.T, s string) {
+		link, err := links.Verify(s, now)
+		if err != nil {
+			return
+		}
+		if again := links.Sign(link); again != s && s != signed {
+			t.Fatalf("verified %q (%+v), which the key signs as %q", s, link, again)
+		}
+	})
+}

@@ -48,6 +48,7 @@ type Conn struct {
 	mailOpts   smtp.MailOptions
 
 	state     state  // ready, in a transaction, broken; changed by enter only
+	silent    bool   // a reply did not come within its timeout: the upstream stopped answering
 	done      bool   // released or discarded
 	reply     string // the upstream's reply to the last accepted message
 	closeOnce sync.Once
@@ -97,6 +98,13 @@ func (c *Conn) open(ctx context.Context, u project.Upstream, auth Auth) *Error {
 		var err error
 		if cfg, err = tlsConfig(u, o.RootCAs); err != nil {
 			return &Error{Stage: StageTLS, Addr: c.addr, Message: err.Error()}
+		}
+		if cfg.InsecureSkipVerify {
+			// The project's explicit opt-out; said on every connection so that it is never
+			// silently off.
+			c.log.Warn("the upstream's certificate is NOT verified (upstream.insecure_skip_verify is set): "+
+				"anyone on the path can read the credentials and the mail; set upstream.ca_pem instead",
+				"server_name", cfg.ServerName)
 		}
 	}
 	switch u.TLS {
@@ -195,7 +203,7 @@ func (c *Conn) Release() {
 	}
 	c.done = true
 	if c.state == stateBroken {
-		c.pl.drop()
+		c.pl.drop(c)
 		return
 	}
 	c.pl.giveBack(c)
@@ -208,7 +216,7 @@ func (c *Conn) Discard() {
 	}
 	c.done = true
 	c.enter(stateBroken)
-	c.pl.drop()
+	c.pl.drop(c)
 }
 
 // check makes sure a pooled connection still answers.
@@ -297,6 +305,7 @@ func (c *Conn) ioError(ctx context.Context, stage string, err error, timeout tim
 		e.Err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 	} else if isTimeout(err) {
 		e.Message = fmt.Sprintf("no answer within %s", timeout)
+		c.silent = true
 	}
 	return e
 }

@@ -33,7 +33,12 @@ type pool struct {
 	backoff      time.Duration
 	downUntil    time.Time
 	lastErr      string
-	closed       bool
+	// probing is set once the upstream failed to answer (connect, TLS, greeting, EHLO) and
+	// cleared by the next connection that opens: while it is set, only the callers that open a
+	// connection wait for the upstream; every other caller is turned away at once, so that a
+	// silent upstream holds no more of Postfix's delivery slots than the project's limit.
+	probing bool
+	closed  bool
 }
 
 // grant is what a caller of take or wait gets: a connection, the right to open one, or a reason
@@ -82,6 +87,7 @@ func (pl *pool) take(fp string, limit int, addr string) (grant, *waiter) {
 		}
 		pl.fp = fp
 		pl.backoff, pl.downUntil, pl.lastErr = 0, time.Time{}, ""
+		pl.probing = false
 		stale = append(stale, pl.idle...)
 		pl.open -= len(pl.idle)
 		pl.idle = nil
@@ -106,6 +112,13 @@ func (pl *pool) take(fp string, limit int, addr string) (grant, *waiter) {
 		pl.open++
 		pl.dials++
 		return grant{dial: true}, nil
+	}
+	if pl.probing {
+		return grant{err: &Error{
+			Stage: StagePool, Addr: addr,
+			Message: fmt.Sprintf("the upstream did not answer last time and all %d connections the project may open are trying it again", pl.limit),
+			Err:     fmt.Errorf("%w (last failure: %s)", ErrDown, strings.TrimPrefix(pl.lastErr, "upstream "+addr+" ")),
+		}}, nil
 	}
 	w := &waiter{ch: make(chan grant, 1)}
 	pl.waiters = append(pl.waiters, w)
@@ -193,6 +206,7 @@ func (pl *pool) opened(c *Conn, err *Error) error {
 		return &Error{Stage: StagePool, Addr: c.addr, Err: ErrClosed}
 	}
 	pl.backoff, pl.downUntil, pl.lastErr = 0, time.Time{}, ""
+	pl.probing = false
 	c.pl = pl
 	pl.mu.Unlock()
 	return nil
@@ -211,6 +225,7 @@ func (pl *pool) failed(err *Error) {
 			// The caller stopped waiting; that says nothing about the upstream.
 			break
 		}
+		pl.probing = true
 		if !now.Before(pl.downUntil) {
 			pl.backoff = min(max(2*pl.backoff, pl.p.opts.DownBackoff), max(MaxDownBackoff, pl.p.opts.DownBackoff))
 			pl.downUntil = now.Add(pl.backoff)
@@ -258,11 +273,19 @@ func (pl *pool) giveBack(c *Conn) {
 	c.idleTimer = time.AfterFunc(pl.p.opts.IdleTimeout, func() { pl.expire(c, gen) })
 }
 
-// drop frees the slot of a connection that was closed.
-func (pl *pool) drop() {
+// drop frees the slot of a connection that was closed. When the upstream stopped answering on
+// it, the callers waiting for a connection are turned away at once rather than queued behind a
+// silent upstream, and the pool probes it as after a failed greeting (see probing).
+func (pl *pool) drop(c *Conn) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.open--
+	if c.silent {
+		pl.probing = true
+		pl.lastErr = "upstream " + c.addr + " stopped answering"
+		pl.failWaitersLocked(&Error{Stage: StagePool, Addr: c.addr,
+			Message: "the upstream stopped answering on an open connection", Err: ErrDown})
+	}
 	pl.grantSlotsLocked()
 }
 

@@ -312,15 +312,21 @@ func TestCertificateVerification(t *testing.T) {
 		{"server name override", project.TLSStartTLS, func(u *project.Upstream) { u.ServerName = "localhost" }, ""},
 		{"not a PEM", project.TLSStartTLS, func(u *project.Upstream) { u.CAPEM = "nonsense" }, "upstream.ca_pem"},
 		{"verification off", project.TLSImplicit, func(u *project.Upstream) { u.CAPEM = ""; u.InsecureSkipVerify = true }, ""},
+		{"verification off, starttls", project.TLSStartTLS, func(u *project.Upstream) { u.CAPEM = ""; u.InsecureSkipVerify = true }, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: tc.mode, Users: users()})
-			pools, _ := newPools(t, upstream.Options{})
+			pools, logs := newPools(t, upstream.Options{})
 			p := proj("client-a", srv)
 			tc.mutate(&p.Upstream)
 			c, err := pools.Acquire(ctxFor(t), p, basic(""))
+			// Verification is never silently off: every connection without it says so, loudly.
+			warned := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "certificate is NOT verified")
+			if warned != p.Upstream.InsecureSkipVerify {
+				t.Errorf("warned about unverified certificates: %v, want %v; logs:\n%s", warned, p.Upstream.InsecureSkipVerify, logs.String())
+			}
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Acquire: %v", err)
@@ -560,6 +566,90 @@ func TestHangingUpstreamDoesNotDelayOthers(t *testing.T) {
 		t.Errorf("the hanging upstream saw %d connections, want 1", st.Conns)
 	}
 	deliver(t, pools, proj("project-b", good), basic(""))
+}
+
+// Once an upstream failed to answer, the next try is made by at most the project's limit of
+// callers; every other caller is turned away at once instead of waiting behind them, so that a
+// silent upstream holds no more of Postfix's delivery slots than its limit.
+func TestSilentUpstreamHoldsNoMoreThanItsLimit(t *testing.T) {
+	t.Parallel()
+	clk := newClock()
+	hang := upstreamtest.NewServer(t, upstreamtest.Options{Hang: true})
+	pools, _ := newPools(t, upstream.Options{Now: clk.Now, GreetingTimeout: time.Second})
+	p := proj("client-a", hang)
+	p.Limits.MaxConnections = 1
+	ctx := ctxFor(t)
+
+	if _, err := pools.Acquire(ctx, p, upstream.Auth{}); asError(t, err).Stage != upstream.StageGreeting {
+		t.Fatalf("first attempt: got %v, want a greeting timeout", err)
+	}
+	clk.Add(time.Minute) // past the backoff: the upstream is tried again
+	dialer := make(chan error, 1)
+	go func() {
+		_, err := pools.Acquire(ctx, p, upstream.Auth{})
+		dialer <- err
+	}()
+	waitServer(t, hang, func(s upstreamtest.Stats) bool { return s.Conns == 2 })
+
+	other := make(chan error, 1)
+	go func() {
+		_, err := pools.Acquire(ctx, p, upstream.Auth{})
+		other <- err
+	}()
+	var err error
+	eventually(t, "the second caller returns or waits", func() bool {
+		select {
+		case err = <-other:
+			return true
+		default:
+		}
+		if s := poolStats(t, pools, "client-a"); s.Waiting > 0 {
+			t.Fatalf("a second caller waits behind the connection trying a silent upstream (pool %+v)", s)
+		}
+		return false
+	})
+	if !errors.Is(err, upstream.ErrDown) || !asError(t, err).Temporary() {
+		t.Errorf("second caller: got %v, want a temporary ErrDown", err)
+	}
+	if err := <-dialer; asError(t, err).Stage != upstream.StageGreeting {
+		t.Errorf("the caller trying again: got %v, want a greeting timeout", err)
+	}
+}
+
+// A connection on which the upstream stopped answering turns away the callers waiting for a
+// connection at once, instead of handing them the slot to queue behind a silent upstream.
+func TestSilentConnectionTurnsWaitersAway(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: project.TLSStartTLS, Users: users(),
+		RejectData: func(upstreamtest.Message) *smtp.SMTPError { <-release; return nil }})
+	pools, _ := newPools(t, upstream.Options{DataTimeout: 300 * time.Millisecond})
+	p := proj("client-a", srv)
+	p.Limits.MaxConnections = 1
+	ctx := ctxFor(t)
+
+	c, err := pools.Acquire(ctx, p, basic(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := make(chan error, 1)
+	go func() {
+		w, err := pools.Acquire(ctx, p, basic(""))
+		if w != nil {
+			w.Release()
+		}
+		waiter <- err
+	}()
+	eventually(t, "the second caller waits", func() bool { return poolStats(t, pools, "client-a").Waiting == 1 })
+	err = send(ctx, c, []string{to}, body)
+	if e := asError(t, err); !strings.Contains(e.Message, "no answer within") {
+		t.Fatalf("send: got %v, want no answer within the data timeout", err)
+	}
+	c.Discard()
+	if err := <-waiter; !errors.Is(err, upstream.ErrDown) || !asError(t, err).Temporary() {
+		t.Errorf("the waiting caller: got %v, want a temporary ErrDown at once", err)
+	}
 }
 
 func TestDownBackoff(t *testing.T) {
