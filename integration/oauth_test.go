@@ -258,6 +258,22 @@ func (w *oauthWorld) waitRotated(t *testing.T, ctx context.Context, prev secret.
 	}
 }
 
+// waitTokenDue waits until tok is past half its lifetime: due for a refresh, since the broker
+// refreshes tokens.refresh_margin before expiry but never before half a token's life, and still
+// usable for the other half less the broker's minimum validity.
+func waitTokenDue(t *testing.T, ctx context.Context, tok project.Token) {
+	t.Helper()
+	if tok.UpdatedAt.IsZero() || !tok.UpdatedAt.Before(tok.Expiry) {
+		t.Fatalf("the token record has no lifetime (obtained %v, expires %v)", tok.UpdatedAt, tok.Expiry)
+	}
+	due := tok.UpdatedAt.Add(tok.Expiry.Sub(tok.UpdatedAt)/2 + 250*time.Millisecond)
+	select {
+	case <-ctx.Done():
+		t.Fatalf("waiting for the token to be due for a refresh: %v", ctx.Err())
+	case <-time.After(time.Until(due)):
+	}
+}
+
 // oauthStatus is the project's row of /api/v1/projects.
 type oauthStatus struct {
 	Name   string `json:"name"`
@@ -515,23 +531,25 @@ func frontQueueID(t *testing.T, w *oauthWorld, m *harness.Mail) string {
 	return re.FindStringSubmatch(lines[0])[1]
 }
 
-// Scenario 2: access tokens that live 90 s are always within the broker's refresh margin, so every
-// use refreshes in the background; each rotated refresh token is written to Vault (a new KV
-// version each time), mail keeps flowing, and a delivery never waits on a refresh: with the IdP
-// hung, a message still leaves at its first attempt.
+// Scenario 2: access tokens live 20 s, so each is due for a refresh after 10 s and usable for 5 s
+// more; a use in that window refreshes in the background. Each rotated refresh token is written
+// to Vault (a new KV version each time), mail keeps flowing, and a delivery never waits on a
+// refresh: with the IdP hung, a message still leaves at its first attempt.
 func TestOAuthTokensRotateWithoutDelayingMail(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	w := oauthStart(t, ctx, oauthWorldOptions{accessTTL: 90 * time.Second})
+	w := oauthStart(t, ctx, oauthWorldOptions{accessTTL: 20 * time.Second})
 	w.signInOK(t, ctx, w.link(t, ctx))
 	signedIn := w.record(t, ctx, 0).RefreshToken
 
+	waitTokenDue(t, ctx, w.record(t, ctx, 0))
 	m1 := w.send(t, ctx, 1, "rotation")
 	w.delivered(t, ctx, m1...)
 	w.waitRotated(t, ctx, signedIn)
 
 	// The IdP hangs: a refresh started now cannot finish, and the message must not wait for it.
+	waitTokenDue(t, ctx, w.record(t, ctx, 0))
 	if err := w.idp.Pause(); err != nil {
 		t.Fatal(err)
 	}
@@ -557,6 +575,7 @@ func TestOAuthTokensRotateWithoutDelayingMail(t *testing.T) {
 	resume()
 	after := w.waitRotated(t, ctx, hung)
 
+	waitTokenDue(t, ctx, w.record(t, ctx, 0))
 	m3 := w.send(t, ctx, 2, "rotation, after")
 	w.delivered(t, ctx, m3...)
 	w.waitRotated(t, ctx, after)

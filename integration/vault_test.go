@@ -388,12 +388,12 @@ const vaultOAuthMailbox = "alice@client-a.test"
 func TestVaultOAuthTwoReplicasThenVaultPaused(t *testing.T) {
 	t.Parallel()
 	harness.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	v := harness.StartVault(t)
-	// Tokens live 90 s: valid for 30 s more than the broker's minimum, always within its refresh
-	// margin, so every delivery starts a background refresh and none waits for one.
-	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 90 * time.Second})
+	// Tokens live 16 s: due for a refresh after 8 s (half their life) and usable for 4 s more, so a
+	// delivery in that window starts a background refresh and does not wait for it.
+	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 16 * time.Second})
 	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v))})
 	e.Secrets.Add("Vault root token", v.RootToken)
 	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
@@ -512,6 +512,7 @@ func TestVaultOAuthTwoReplicasThenVaultPaused(t *testing.T) {
 	// by that replica. Refreshes in turns never overlap.
 	turn := func(t *testing.T, replica string) {
 		t.Helper()
+		waitTokenDue(t, ctx, tokenRecord(t, 0))
 		before, err := v.KVVersion(ctx, "postern/tokens/oauth-a")
 		if err != nil {
 			t.Fatal(err)
@@ -564,6 +565,7 @@ func TestVaultOAuthTwoReplicasThenVaultPaused(t *testing.T) {
 
 	t.Run("Vault paused: cached credentials deliver, the refreshed token waits, then lands", func(t *testing.T) {
 		turn(t, "it") // postern 1 holds a recent token, written
+		waitTokenDue(t, ctx, tokenRecord(t, 0))
 		before, err := v.KVVersion(ctx, "postern/tokens/oauth-a")
 		if err != nil {
 			t.Fatal(err)
