@@ -54,8 +54,14 @@ const (
 	BadRecipient
 	// SMTPUTF8Undeclared: an address beyond ASCII without SMTPUTF8 on MAIL FROM.
 	SMTPUTF8Undeclared
-	// NoProject: the sender belongs to no project.
+	// NoProject: the sender belongs to no project, said at submission (the milter): the
+	// application hears a definite no and nothing is queued.
 	NoProject
+	// NotServedNow: queued mail Postfix routed to Postern whose sender no project serves now (the
+	// store was emptied or restored without it, or Postfix's routing disagrees with Postern's).
+	// Temporary: the mail already sits in Postfix's queue, and a sender unknown at this moment is
+	// an operational fault, not the upstream's no.
+	NotServedNow
 	// Unavailable: the project directory cannot answer now.
 	Unavailable
 	// Disabled: the sender's project is disabled.
@@ -117,6 +123,9 @@ var table = map[State]entry{
 	SMTPUTF8Undeclared: {553, [3]int{5, 6, 7}, fixed("Must declare SMTPUTF8 to send unicode address")},
 	NoProject: {550, [3]int{5, 7, 1}, func(f Facts) string {
 		return fmt.Sprintf("sender <%s> is not served by Postern", Clean(f.Sender, 320))
+	}},
+	NotServedNow: {451, [3]int{4, 7, 1}, func(f Facts) string {
+		return fmt.Sprintf("sender <%s> is not served by Postern now; the mail waits (add its project, or route the sender elsewhere)", Clean(f.Sender, 320))
 	}},
 	Unavailable: {451, [3]int{4, 3, 0}, fixed("project configuration is unavailable, try again later")},
 	Disabled:    {451, [3]int{4, 7, 0}, func(f Facts) string { return fmt.Sprintf("project %s is disabled", Clean(f.Project, 100)) }},

@@ -56,7 +56,9 @@ func (e *txError) Unwrap() error { return e.err }
 //
 // It finds the state and takes the reply from package reply, the policy the milter shares; what
 // only an upstream can say (its own replies) is mapped here. The rules (DESIGN.md, "What Postfix
-// hears"): a sender no project serves is refused (550 5.7.1);
+// hears"): a sender no project serves now is deferred (451 4.7.1: Postfix routed the
+// queued message here, so the mismatch is operational; the milter refuses such a sender with 550
+// 5.7.1 at submission, before anything is queued);
 // an address that cannot be written into an upstream command is refused (553 5.1.7 for the sender,
 // 553 5.1.3 for a recipient), and so is an address beyond ASCII without SMTPUTF8 (553 5.6.7);
 // an upstream's definite no (5xx to RCPT or DATA, or a size the upstream declared it cannot take)
@@ -89,7 +91,7 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	case errors.Is(err, errSMTPUTF8Undeclared):
 		state = reply.SMTPUTF8Undeclared
 	case errors.Is(err, directory.ErrNoProject):
-		state = reply.NoProject
+		state = reply.NotServedNow
 	case errors.Is(err, directory.ErrUnavailable):
 		state = reply.Unavailable
 	case errors.Is(err, errDisabled):

@@ -34,9 +34,10 @@ func TestReplyFor(t *testing.T) {
 		text     []string // substrings of the reply text
 		notText  []string
 	}{
-		// DESIGN: sender belongs to no project → 550 5.7.1.
-		{"no project", stageMail, tx(directory.ErrNoProject), 550, smtp.EnhancedCode{5, 7, 1},
-			[]string{"sender <noreply@client-a.example> is not served by Postern"}, nil},
+		// Queued mail whose sender no project serves now waits: the milter says 550 5.7.1 at
+		// submission, before anything is queued.
+		{"no project", stageMail, tx(directory.ErrNoProject), 451, smtp.EnhancedCode{4, 7, 1},
+			[]string{"sender <noreply@client-a.example> is not served by Postern now"}, nil},
 		{"projects unavailable", stageMail, tx(directory.ErrUnavailable), 451, smtp.EnhancedCode{4, 3, 0}, nil, nil},
 		{"disabled", stageMail, tx(errDisabled), 451, smtp.EnhancedCode{4, 7, 0}, []string{"project client-a is disabled"}, nil},
 		// DESIGN: credential needs re-authorisation → 451 4.7.0.

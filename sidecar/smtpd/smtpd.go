@@ -9,7 +9,8 @@
 //
 //  1. MAIL FROM: a sender no quoting can carry upstream (address.Path: control characters, no
 //     domain) is refused with 553 5.1.7, and one beyond ASCII without the SMTPUTF8 parameter with
-//     553 5.6.7. The sender's project is resolved (Resolver). No project: 550 5.7.1. Project
+//     553 5.6.7. The sender's project is resolved (Resolver). No project now: 451 4.7.1 (the mail is
+//     queued already; see replyFor). Project
 //     configuration unavailable: 451 4.3.0. Project disabled: 451 4.7.0. A SIZE over the project's
 //     limit: 552 5.3.4. The project's messages-per-minute budget is waited for, at most
 //     Options.RateWait, else 451 4.7.0.

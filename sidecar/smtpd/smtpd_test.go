@@ -551,8 +551,8 @@ func TestMailRefusals(t *testing.T) {
 		enhanced smtp.EnhancedCode
 		text     string
 	}{
-		{"unknown sender", "someone@elsewhere.example", nil, 550, smtp.EnhancedCode{5, 7, 1}, "sender <someone@elsewhere.example> is not served by Postern"},
-		{"bounce", "", nil, 550, smtp.EnhancedCode{5, 7, 1}, "is not served by Postern"},
+		{"unknown sender", "someone@elsewhere.example", nil, 451, smtp.EnhancedCode{4, 7, 1}, "sender <someone@elsewhere.example> is not served by Postern now"},
+		{"bounce", "", nil, 451, smtp.EnhancedCode{4, 7, 1}, "is not served by Postern now"},
 		{"disabled project", "noreply@off.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project off is disabled"},
 		{"removed project", "noreply@gone.example", nil, 451, smtp.EnhancedCode{4, 7, 0}, "project gone was removed; its mail waits until it is added again or purged"},
 		{"needs re-authorisation", "noreply@a.example", fmt.Errorf("token: %w", &credential.ReauthError{Reason: "invalid_grant: AADSTS700082"}),
