@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
@@ -39,40 +41,47 @@ the mailbox's account was replaced on purpose, --forget drops the kept account f
 --check=false, it signs in to the upstream mail server with the new token, without sending mail, and
 says what to do if the server refuses.`
 
-func runAuthorize(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("authorize", "PROJECT", authorizeAbout)
-	load := a.configFlag(fs)
-	device := fs.Bool("device", false, "sign in from this terminal with the device code grant")
-	check := fs.Bool("check", true, "sign in to the upstream mail server with the new token (no mail is sent)")
-	ttl := fs.Duration("ttl", 0, "how long a printed sign-in link works, `DURATION` (default: signin.link_ttl)")
-	forget := fs.Bool("forget", false, "forget the account of the previous sign-in, so that a replaced account can sign in")
-	pos, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+func (a *App) authorizeCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "authorize PROJECT",
+		Short:             "sign an OAuth project's mailbox in, or check an app-only registration",
+		Long:              authorizeAbout,
+		Args:              exactArgs(1),
+		ValidArgsFunction: a.completeProjects,
 	}
-	cfg, st, ok := a.openConfigStore(ctx, load)
-	if !ok {
-		return ExitFail
-	}
-	defer st.Close()
-	p, ok := a.oauthProject(ctx, st, pos[0], "authorize")
-	if !ok {
-		return ExitFail
-	}
-	if *forget && !a.forgetAccount(ctx, st, p) {
-		return ExitFail
-	}
-	switch grant := p.Auth.OAuth.Grant; {
-	case grant == oauth.GrantClientCredentials:
-		if *device {
-			fmt.Fprintf(a.Stderr, "postern authorize: project %s uses the client_credentials grant: no person signs in, so there is no device sign-in\n", p.Name)
-			return ExitUsage
+	load := a.configFlag(cmd)
+	device := cmd.Flags().Bool("device", false, "sign in from this terminal with the device code grant")
+	check := cmd.Flags().Bool("check", true, "sign in to the upstream mail server with the new token (no mail is sent)")
+	ttl := cmd.Flags().Duration("ttl", 0, "how long a printed sign-in link works, `DURATION` (default: signin.link_ttl)")
+	forget := cmd.Flags().Bool("forget", false, "forget the account of the previous sign-in, so that a replaced account can sign in")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		cfg, st, err := a.openConfigStore(ctx, load)
+		if err != nil {
+			return err
 		}
-		return a.authorizeApp(ctx, cfg, st, p, *check)
-	case *device || grant == oauth.GrantDeviceCode:
-		return a.authorizeDevice(ctx, cfg, st, p, *check)
+		defer st.Close()
+		p, err := oauthProject(ctx, st, args[0])
+		if err != nil {
+			return err
+		}
+		if *forget {
+			if err := a.forgetAccount(ctx, st, p); err != nil {
+				return err
+			}
+		}
+		switch grant := p.Auth.OAuth.Grant; {
+		case grant == oauth.GrantClientCredentials:
+			if *device {
+				return usageErrorf("project %s uses the client_credentials grant: no person signs in, so there is no device sign-in", p.Name)
+			}
+			return a.authorizeApp(ctx, cfg, st, p, *check)
+		case *device || grant == oauth.GrantDeviceCode:
+			return a.authorizeDevice(ctx, cfg, st, p, *check)
+		}
+		return a.printLink(cfg, p, *ttl)
 	}
-	return a.printLink(cfg, p, *ttl, "authorize")
+	return cmd
 }
 
 const authorizeLinkAbout = `
@@ -85,91 +94,88 @@ after --ttl (default signin.link_ttl, 72h). Only the link goes to standard outpu
 
   postern authorize-link client-a | mail -s "Please sign in" it@client.co.uk`
 
-func runAuthorizeLink(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("authorize-link", "PROJECT", authorizeLinkAbout)
-	load := a.configFlag(fs)
-	ttl := fs.Duration("ttl", 0, "how long the link works, `DURATION` (default: signin.link_ttl)")
-	pos, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+func (a *App) authorizeLinkCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "authorize-link PROJECT",
+		Short:             "print a sign-in link for the owner of an OAuth project's mailbox",
+		Long:              authorizeLinkAbout,
+		Args:              exactArgs(1),
+		ValidArgsFunction: a.completeProjects,
 	}
-	cfg, st, ok := a.openConfigStore(ctx, load)
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	ttl := cmd.Flags().Duration("ttl", 0, "how long the link works, `DURATION` (default: signin.link_ttl)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		cfg, st, err := a.openConfigStore(cmd.Context(), load)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		p, err := oauthProject(cmd.Context(), st, args[0])
+		if err != nil {
+			return err
+		}
+		return a.printLink(cfg, p, *ttl)
 	}
-	defer st.Close()
-	p, ok := a.oauthProject(ctx, st, pos[0], "authorize-link")
-	if !ok {
-		return ExitFail
-	}
-	return a.printLink(cfg, p, *ttl, "authorize-link")
+	return cmd
 }
 
 // oauthProject reads the project called name and checks that it signs in with OAuth.
-func (a *App) oauthProject(ctx context.Context, st store.Admin, name, cmd string) (project.Project, bool) {
+func oauthProject(ctx context.Context, st store.Admin, name string) (project.Project, error) {
 	p, err := st.Project(ctx, name)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, ExplainNotFound(err, name))
-		return p, false
+		return p, ExplainNotFound(err, name)
 	}
 	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
-		fmt.Fprintf(a.Stderr, "postern %s: project %s signs in with %s, not OAuth: there is nothing to authorize (switch it with 'postern project update %s --auth oauth2 ...')\n",
-			cmd, p.Name, p.Auth.Type, p.Name)
-		return p, false
+		return p, fmt.Errorf("project %s signs in with %s, not OAuth: there is nothing to authorize (switch it with 'postern project update %s --auth oauth2 ...')",
+			p.Name, p.Auth.Type, p.Name)
 	}
-	return p, true
+	return p, nil
 }
 
 // printLink prints a sign-in link for p on standard output, and what to do with it on standard
 // error.
-func (a *App) printLink(cfg *config.Config, p project.Project, ttl time.Duration, cmd string) int {
+func (a *App) printLink(cfg *config.Config, p project.Project, ttl time.Duration) error {
 	if ttl == 0 {
 		ttl = cfg.SignIn.LinkTTL
 	}
 	base := cfg.SignInURL()
 	if base == "" {
-		fmt.Fprintf(a.Stderr, "postern %s: the sign-in pages are not served: the admin listener is off (listen.admin) and signin.public_url is not set\n", cmd)
-		return ExitFail
+		return errors.New("the sign-in pages are not served: the admin listener is off (listen.admin) and signin.public_url is not set")
 	}
 	if err := signin.Eligible(p); err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
-		return ExitFail
+		return err
 	}
 	key, err := signin.LoadKey(cfg.SignIn.KeyFile)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
-		return ExitFail
+		return err
 	}
 	links, err := signin.NewLinks(key, base)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
-		return ExitFail
+		return err
 	}
 	u, link, err := links.New(p, ttl, time.Now())
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern %s: --ttl: %v\n", cmd, err)
-		return ExitFail
+		return fmt.Errorf("--ttl: %w", err)
 	}
 	fmt.Fprintln(a.Stdout, u)
 	fmt.Fprintf(a.Stderr, "Send this link to the owner of the mailbox %s. It works once, until %s.\n", link.Mailbox, link.Expiry.Format(time.RFC1123))
 	fmt.Fprintf(a.Stderr, "The app registration's redirect URI must be %s/signin/callback.\n", links.Base())
-	return ExitOK
+	return nil
 }
 
 // forgetAccount drops the account and tenant id of p's previous sign-in from its token record.
-func (a *App) forgetAccount(ctx context.Context, st store.Tokens, p project.Project) bool {
+func (a *App) forgetAccount(ctx context.Context, st store.Tokens, p project.Project) error {
 	for range 5 {
 		rec, err := st.Token(ctx, p.Name)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			fmt.Fprintf(a.Stderr, "project %s has no sign-in to forget\n", p.Name)
-			return true
+			return nil
 		case err != nil:
-			fmt.Fprintf(a.Stderr, "postern authorize: reading the token record of project %s: %v\n", p.Name, err)
-			return false
+			return fmt.Errorf("reading the token record of project %s: %w", p.Name, err)
 		case rec.AccountID == "" && rec.TenantID == "":
 			fmt.Fprintf(a.Stderr, "project %s keeps no account of a previous sign-in\n", p.Name)
-			return true
+			return nil
 		}
 		was := fmt.Sprintf("account %s, tenant %s", rec.AccountID, rec.TenantID)
 		rec.AccountID, rec.TenantID = "", ""
@@ -178,29 +184,23 @@ func (a *App) forgetAccount(ctx context.Context, st store.Tokens, p project.Proj
 			continue
 		}
 		if err != nil {
-			fmt.Fprintf(a.Stderr, "postern authorize: writing the token record of project %s: %v\n", p.Name, err)
-			return false
+			return fmt.Errorf("writing the token record of project %s: %w", p.Name, err)
 		}
 		fmt.Fprintf(a.Stderr, "forgot the account of the previous sign-in of project %s (%s): the next sign-in of %s may be another account\n", p.Name, was, p.Auth.Username)
-		return true
+		return nil
 	}
-	fmt.Fprintf(a.Stderr, "postern authorize: the token record of project %s keeps changing: try again\n", p.Name)
-	return false
+	return fmt.Errorf("the token record of project %s keeps changing: try again", p.Name)
 }
 
 // authorizeDevice signs p's mailbox in with the device code grant, from this terminal.
-func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
-	fail := func(format string, args ...any) int {
-		fmt.Fprintf(a.Stderr, "postern authorize: "+format+"\n", args...)
-		return ExitFail
-	}
+func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) error {
 	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: sidecar.OAuthHTTPClient(cfg)})
 	if err != nil {
-		return fail("project %s: %v", p.Name, err)
+		return fmt.Errorf("project %s: %v", p.Name, err)
 	}
 	da, err := prov.DeviceAuth(ctx)
 	if err != nil {
-		return fail("%s", explainOAuth(err))
+		return fmt.Errorf("%s", explainOAuth(err))
 	}
 	mailbox := p.Auth.Username
 	fmt.Fprintf(a.Stdout, "To sign in the mailbox %s for project %s:\n", mailbox, p.Name)
@@ -221,30 +221,30 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 		fmt.Fprintf(a.Stdout, "waiting for sign-in... (attempt %d)\n", ev.Attempt)
 	})
 	if err != nil {
-		return fail("no sign-in: %s; nothing was saved", explainOAuth(err))
+		return fmt.Errorf("no sign-in: %s; nothing was saved", explainOAuth(err))
 	}
 	id, err := prov.Identity(ctx, tok)
 	if err != nil {
-		return fail("could not verify which account signed in (the scopes must include openid and email): %v; nothing was saved", err)
+		return fmt.Errorf("could not verify which account signed in (the scopes must include openid and email): %v; nothing was saved", err)
 	}
 	account := id.Mailbox
 	prev, err := st.Token(ctx, p.Name)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fail("reading the token record of project %s: %v; nothing was saved", p.Name, err)
+		return fmt.Errorf("reading the token record of project %s: %v; nothing was saved", p.Name, err)
 	}
 	var ae *oauth.AccountError
 	switch err := oauth.CheckAccount(id, mailbox, prev); {
 	case errors.As(err, &ae) && ae.Kind != oauth.OtherMailbox:
-		return fail("%v: nothing was saved. Sign in with the account used before; if the mailbox's account was replaced on purpose, "+
+		return fmt.Errorf("%v: nothing was saved. Sign in with the account used before; if the mailbox's account was replaced on purpose, "+
 			"run 'postern authorize --forget %s' and sign in again", err, p.Name)
 	case err != nil:
-		return fail("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
+		return fmt.Errorf("%s signed in, but project %s sends as %s: nothing was saved. Run the command again and sign in as %s; "+
 			"a token of another account is the classic cause of \"535 5.7.3 Authentication unsuccessful\"", account, p.Name, mailbox, mailbox)
 	}
 	parts := sidecar.NewParts(ctx, cfg, st, slog.New(slog.DiscardHandler))
 	defer parts.Close()
 	if err := parts.Broker.Store(ctx, p, tok, token.SignIn{Account: account, AccountID: id.ID, TenantID: id.TenantID}); err != nil {
-		return fail("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
+		return fmt.Errorf("signed in as %s, but saving the grant failed: %v; nothing was saved, run the command again", account, err)
 	}
 	fmt.Fprintf(a.Stdout, "signed in as %s: the grant of project %s is saved\n", account, p.Name)
 	return a.checkUpstream(ctx, parts, p, check)
@@ -252,22 +252,19 @@ func (a *App) authorizeDevice(ctx context.Context, cfg *config.Config, st store.
 
 // authorizeApp proves an app-only (client credentials) registration by fetching a token, and saves
 // it, which also clears a needs_reauth state left by an earlier failure.
-func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) int {
+func (a *App) authorizeApp(ctx context.Context, cfg *config.Config, st store.Store, p project.Project, check bool) error {
 	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{HTTPClient: sidecar.OAuthHTTPClient(cfg)})
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern authorize: project %s: %v\n", p.Name, err)
-		return ExitFail
+		return fmt.Errorf("project %s: %w", p.Name, err)
 	}
 	tok, err := prov.ClientCredentials(ctx)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern authorize: the identity provider refused the app of project %s: %s\n", p.Name, explainOAuth(err))
-		return ExitFail
+		return fmt.Errorf("the identity provider refused the app of project %s: %s", p.Name, explainOAuth(err))
 	}
 	parts := sidecar.NewParts(ctx, cfg, st, slog.New(slog.DiscardHandler))
 	defer parts.Close()
 	if err := parts.Broker.Store(ctx, p, tok, token.SignIn{}); err != nil {
-		fmt.Fprintf(a.Stderr, "postern authorize: the app registration works, but saving its token failed: %v\n", err)
-		return ExitFail
+		return fmt.Errorf("the app registration works, but saving its token failed: %w", err)
 	}
 	fmt.Fprintf(a.Stdout, "the app registration of project %s works: the identity provider issued an app-only token (no person signs in)\n", p.Name)
 	return a.checkUpstream(ctx, parts, p, check)
@@ -295,21 +292,20 @@ func explainOAuth(err error) string {
 
 // checkUpstream signs in to p's upstream with the credential creds now gives, without sending
 // mail, and says what the server said.
-func (a *App) checkUpstream(ctx context.Context, parts *sidecar.Parts, p project.Project, check bool) int {
+func (a *App) checkUpstream(ctx context.Context, parts *sidecar.Parts, p project.Project, check bool) error {
 	if !check {
-		return ExitOK
+		return nil
 	}
 	fmt.Fprintf(a.Stdout, "signing in to %s with the new token (no mail is sent)...\n", p.Upstream.Address())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := parts.SignInCheck(ctx, p); err != nil {
-		fmt.Fprintf(a.Stderr, "postern authorize: the mail server refused the sign-in: %v\n", err)
+		outro := fmt.Sprintf("The grant is saved; mail of project %s waits in Postfix's queue until this is fixed.", p.Name)
 		if next := advice.Next(p, err); next != "" {
-			fmt.Fprintln(a.Stderr, next)
+			outro = next + "\n" + outro
 		}
-		fmt.Fprintf(a.Stderr, "The grant is saved; mail of project %s waits in Postfix's queue until this is fixed.\n", p.Name)
-		return ExitFail
+		return &problems{errs: []error{fmt.Errorf("the mail server refused the sign-in: %w", err)}, outro: outro}
 	}
 	fmt.Fprintf(a.Stdout, "the mail server accepted the token: mail of project %s flows\n", p.Name)
-	return ExitOK
+	return nil
 }

@@ -1,10 +1,12 @@
 package cli
 
 import (
-	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/config"
@@ -14,25 +16,52 @@ const checkAbout = `
 Check that Postern can deliver for each enabled project (or the projects named): read the projects
 from the store, get each project's credential as a delivery would (an OAuth token that is due is
 refreshed and written back), and sign in upstream on a new connection. Each failure says what to
-do next. The exit code is 1 if any project failed. No mail is sent; postern send-test sends one.`
+do next. The exit code is 1 if any project failed. No mail is sent; postern send-test sends one.
 
-func runCheck(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("check", "[project ...]", checkAbout)
-	load := a.configFlag(fs)
-	names, code, ok := a.parse(fs, args, 0, -1)
-	if !ok {
-		return code
+With --json, standard output holds one JSON object, {"ok": true|false, "error": "..."}, and the
+report of each project goes to standard error.`
+
+func (a *App) checkCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "check [project ...]",
+		Short:             "check that each project can get its credential and sign in upstream",
+		Long:              checkAbout,
+		Args:              rangeArgs(0, -1),
+		ValidArgsFunction: a.completeProjectList,
 	}
-	cfg, log, ok := a.loadForTool(load)
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	asJSON := jsonFlag(cmd, "the verdict")
+	cmd.RunE = func(cmd *cobra.Command, names []string) error {
+		cfg, log, err := a.loadForTool(load)
+		if err != nil {
+			return err
+		}
+		var report io.Writer = a.Stdout
+		if *asJSON {
+			report = a.Stderr
+		}
+		err = sidecar.Check(cmd.Context(), cfg, log, report, names)
+		if *asJSON {
+			verdict := struct {
+				OK    bool   `json:"ok"`
+				Error string `json:"error,omitempty"`
+			}{OK: err == nil}
+			if err != nil {
+				verdict.Error = err.Error()
+			}
+			if werr := writeJSON(a.Stdout, verdict); werr != nil && err == nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if !*asJSON {
+			fmt.Fprintln(a.Stdout, "all checked projects can deliver")
+		}
+		return nil
 	}
-	if err := sidecar.Check(ctx, cfg, log, a.Stdout, names); err != nil {
-		fmt.Fprintf(a.Stderr, "postern check: %v\n", err)
-		return ExitFail
-	}
-	fmt.Fprintln(a.Stdout, "all checked projects can deliver")
-	return ExitOK
+	return cmd
 }
 
 const sendTestAbout = `
@@ -40,45 +69,53 @@ Send one short test message through a project's upstream, directly (not through 
 project's first sender address or --from, to --to, and print the upstream's reply. Use it to see
 that a newly added project can sign in and send as its address before pointing mail at it.`
 
-func runSendTest(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("send-test", "--to <address> <project>", sendTestAbout)
-	load := a.configFlag(fs)
-	to := fs.String("to", "", "the recipient (required)")
-	from := fs.String("from", "", "the sender; default: the project's first sender address")
-	rest, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+func (a *App) sendTestCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "send-test --to ADDRESS PROJECT",
+		Short:             "send a test message through a project's upstream",
+		Long:              sendTestAbout,
+		Args:              exactArgs(1),
+		ValidArgsFunction: a.completeProjects,
 	}
-	if *to == "" || !strings.Contains(*to, "@") {
-		fmt.Fprintln(a.Stderr, "postern send-test: --to must be the recipient's address")
-		return ExitUsage
+	load := a.configFlag(cmd)
+	to := cmd.Flags().String("to", "", "the recipient (required)")
+	from := cmd.Flags().String("from", "", "the sender; default: the project's first sender address")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if *to == "" || !strings.Contains(*to, "@") {
+			return usageErrorf("--to must be the recipient's address")
+		}
+		cfg, log, err := a.loadForTool(load)
+		if err != nil {
+			return err
+		}
+		return sidecar.SendTest(cmd.Context(), cfg, log, a.Stdout, sidecar.TestMessage{Project: args[0], From: *from, To: *to})
 	}
-	cfg, log, ok := a.loadForTool(load)
-	if !ok {
-		return ExitFail
-	}
-	if err := sidecar.SendTest(ctx, cfg, log, a.Stdout, sidecar.TestMessage{Project: rest[0], From: *from, To: *to}); err != nil {
-		fmt.Fprintf(a.Stderr, "postern send-test: %v\n", err)
-		return ExitFail
-	}
-	return ExitOK
+	return cmd
 }
 
 // loadForTool loads and validates the configuration for a command that works with the store and
 // the upstreams, with warnings and errors logged to stderr.
-func (a *App) loadForTool(load func() (*config.Config, string, bool)) (*config.Config, *slog.Logger, bool) {
-	cfg, path, ok := load()
-	if !ok {
-		return nil, nil, false
+func (a *App) loadForTool(load configLoader) (*config.Config, *slog.Logger, error) {
+	cfg, path, err := load()
+	if err != nil {
+		return nil, nil, err
 	}
-	if errs := cfg.Validate(); len(errs) > 0 {
-		where := path
-		if where == "" {
-			where = "built-in defaults"
-		}
-		a.printProblems(where, errs)
-		return nil, nil, false
+	if err := validate(cfg, path); err != nil {
+		return nil, nil, err
 	}
 	log := slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return cfg, log, true
+	return cfg, log, nil
+}
+
+// validate returns cfg's problems as one error, each prefixed with where the configuration came
+// from (path; empty: the built-in defaults).
+func validate(cfg *config.Config, path string) error {
+	errs := cfg.Validate()
+	if len(errs) == 0 {
+		return nil
+	}
+	if path == "" {
+		path = "built-in defaults"
+	}
+	return &problems{where: path, errs: errs}
 }

@@ -1,17 +1,21 @@
 // Package cli holds the logic of the postern command's subcommands, so that it can be tested with
 // in-memory input and output; cmd/postern only wires it to the process.
 //
-//  1. App.Run takes the arguments after the program name and picks the command: init, serve, project
-//     (add, update, list, show, remove, enable, disable), import, authorize, authorize-link,
-//     postfix-config, healthcheck, version (also --version) or help.
-//  2. Each command parses its own flag.FlagSet; `postern help CMD` and `postern CMD -h` print its
-//     usage. Flags may come before or after the positional arguments.
+//  1. App.Run builds the command tree (spf13/cobra) and runs the command that the arguments after
+//     the program name pick: init, serve, project (add, update, list, show, remove, purge, enable,
+//     disable), import, store, authorize, authorize-link, check, send-test, postfix-config,
+//     healthcheck, vault-policy, version (also --version), completion, or help. `postern help CMD`
+//     and `postern CMD -h` print its usage. Flags may come before or after the positional
+//     arguments, and may be written -name as well as --name, as before the move to cobra.
+//  2. Every command returns an error; Run alone turns it into a message on standard error and the
+//     exit code (exitCode): 0 success, 1 failure, 2 bad usage (UsageError, followed by the
+//     command's usage).
 //  3. Commands that need the configuration read --config (default /etc/postern/postern.yaml; when
 //     that default file does not exist, the built-in defaults apply).
 //  4. Project commands open the store the configuration names with OpenStore and go through
 //     store.Admin. Passwords and client secrets are read from the terminal without echo, or from
 //     standard input with --password-stdin / --client-secret-stdin; never from a flag, and never
-//     printed.
+//     printed. Listings and checks print JSON for scripts with --json.
 //  5. authorize and authorize-link sign an OAuth project's mailbox in (package signin): a link for
 //     the mailbox owner, or the device code grant at this terminal, or an app-only token; the grant
 //     is saved through a token broker over the same store.
@@ -20,31 +24,30 @@
 //  7. serve validates the configuration and hands it to sidecar.Run, which runs until its context
 //     is cancelled; check and send-test call sidecar.Check and sidecar.SendTest. The package calls
 //     into sidecar, never the other way round.
-//
-// Exit codes: 0 success, 1 failure, 2 bad usage.
+//  8. `postern completion bash|zsh|fish` prints a shell completion script; project names are
+//     completed from the embedded store (complete.go).
 package cli
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
 )
 
-// Exit codes.
+// Exit codes, the same for every command (exitCode decides them).
 const (
-	ExitOK    = 0
-	ExitFail  = 1
-	ExitUsage = 2
+	ExitOK    = 0 // the command did what was asked
+	ExitFail  = 1 // it failed, or found a problem (check: a project cannot deliver; healthcheck: not ready)
+	ExitUsage = 2 // the command line is wrong: unknown command or flag, missing or extra argument, bad flag value
 )
 
 // Runner runs the sidecar until ctx is cancelled, applying each configuration received from
@@ -78,119 +81,250 @@ type App struct {
 	archiveWorkFactor int
 }
 
-type commandFunc func(ctx context.Context, a *App, args []string) int
-
-type command struct {
-	name, summary string
-	run           commandFunc
-}
-
-// runGroup runs the command of a group (postern GROUP NAME ...) that args names: with no
-// arguments, -h or help, the group's usage (help NAME: that command's); an unknown name is a usage
-// error, noun being what the group's commands are called.
-func (a *App) runGroup(ctx context.Context, group, noun string, cmds []command, usage func(io.Writer), args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help" {
-		w, code := a.Stdout, ExitOK
-		if len(args) == 0 {
-			w, code = a.Stderr, ExitUsage
-		}
-		if len(args) > 1 && args[0] == "help" {
-			return a.runGroup(ctx, group, noun, cmds, usage, []string{args[1], "-h"})
-		}
-		usage(w)
-		return code
-	}
-	for _, c := range cmds {
-		if c.name == args[0] {
-			return c.run(ctx, a, args[1:])
-		}
-	}
-	fmt.Fprintf(a.Stderr, "postern %s: unknown %s %q\n\n", group, noun, args[0])
-	usage(a.Stderr)
-	return ExitUsage
-}
-
-// commands returns the top-level commands in the order help lists them.
-func commands() []command {
-	return []command{
-		{"serve", "run the sidecar, or check its configuration with --check-config", runServe},
-		{"init", "create the store (file store) and the generated secret files, once", runInit},
-		{"project", "add, update, list, show, remove, enable or disable projects", runProject},
-		{"import", "create projects from sasl-xoauth2 or email-oauth2-proxy settings and tokens", runImport},
-		{"store", "export, import, rekey or migrate the store of projects and tokens", runStore},
-		{"authorize", "sign an OAuth project's mailbox in, or check an app-only registration", runAuthorize},
-		{"authorize-link", "print a sign-in link for the owner of an OAuth project's mailbox", runAuthorizeLink},
-		{"check", "check that each project can get its credential and sign in upstream", runCheck},
-		{"send-test", "send a test message through a project's upstream", runSendTest},
-		{"postfix-config", "print the main.cf and master.cf lines for this configuration", runPostfixConfig},
-		{"healthcheck", "exit 0 if the running Postern is ready, 1 if not (for container health probes)", runHealthcheck},
-		{"vault-policy", "print the Vault policies for the sidecar and for administrators", runVaultPolicy},
-		{"version", "print the version", runVersion},
-		{"help", "show help for a command", runHelp},
-	}
-}
-
 // Run runs the command named by args (the arguments after the program name) and returns the exit
-// code.
+// code. It is the one place where a command's error becomes a message and an exit code.
 func (a *App) Run(ctx context.Context, args []string) int {
-	if len(args) == 0 {
-		a.usage(a.Stderr)
-		return ExitUsage
+	root := a.rootCommand()
+	root.SetArgs(longFlags(root, args))
+	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil {
+		a.report(cmd, err)
 	}
-	switch args[0] {
-	case "-h", "-help", "--help":
-		a.usage(a.Stdout)
-		return ExitOK
-	case "-version", "--version":
-		return runVersion(ctx, a, args[1:])
-	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, a, args[1:])
-		}
-	}
-	fmt.Fprintf(a.Stderr, "postern: unknown command %q\n\n", args[0])
-	a.usage(a.Stderr)
-	return ExitUsage
+	return exitCode(err)
 }
 
-func (a *App) usage(w io.Writer) {
-	fmt.Fprint(w, `Postern relays the mail of chosen Postfix senders through each client organisation's own mail
+// Command groups of `postern help`.
+const (
+	groupRun      = "run"
+	groupProjects = "projects"
+	groupStore    = "store"
+	groupPostfix  = "setup"
+)
+
+const rootAbout = `Postern relays the mail of chosen Postfix senders through each client organisation's own mail
 server, signed in with that organisation's credentials.
 
-Usage:
-  postern <command> [arguments]
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-15s %s\n", c.name, c.summary)
-	}
-	fmt.Fprintf(w, `
 Commands that read the configuration take --config FILE (default %s).
-Run 'postern help <command>' or 'postern <command> -h' for its flags.
-`, a.configPath())
+
+Exit codes, for every command:
+  0  success
+  1  failure (check: a project cannot deliver; healthcheck: Postern is not ready)
+  2  bad usage: unknown command or flag, missing or extra argument, bad flag value
+
+Listings and checks print JSON for scripts with --json. Shell completion: 'postern completion -h'.`
+
+// rootCommand builds the command tree; every command writes to the App's streams.
+func (a *App) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "postern",
+		Short:         "relay chosen Postfix senders through their organisation's own mail server",
+		Long:          fmt.Sprintf(rootAbout, a.configPath()),
+		Version:       a.version().String(),
+		Args:          unknownCommand,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return usageErrorf("no command given") },
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetIn(a.Stdin)
+	root.SetOut(a.Stdout)
+	root.SetErr(a.Stderr)
+	root.SetVersionTemplate("postern {{.Version}}\n")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &UsageError{Err: err} })
+	root.SetUsageFunc(func(c *cobra.Command) error { printUsage(c.OutOrStderr(), c); return nil })
+	root.SetHelpFunc(func(c *cobra.Command, _ []string) { printUsage(c.OutOrStdout(), c) })
+	root.SetHelpCommand(helpCommand())
+	root.SetCompletionCommandGroupID(groupRun)
+	root.SetHelpCommandGroupID(groupRun)
+	root.AddGroup(
+		&cobra.Group{ID: groupRun, Title: "Running Postern"},
+		&cobra.Group{ID: groupProjects, Title: "Projects and their sign-in"},
+		&cobra.Group{ID: groupStore, Title: "The store"},
+		&cobra.Group{ID: groupPostfix, Title: "Wiring Postfix and Vault"},
+	)
+	add := func(group string, cmds ...*cobra.Command) {
+		for _, c := range cmds {
+			c.GroupID = group
+			root.AddCommand(c)
+		}
+	}
+	add(groupRun, a.serveCommand(), a.initCommand(), a.healthcheckCommand(), a.versionCommand())
+	add(groupProjects, a.projectCommand(), a.importCommand(), a.authorizeCommand(), a.authorizeLinkCommand(),
+		a.checkCommand(), a.sendTestCommand())
+	add(groupStore, a.storeCommand())
+	add(groupPostfix, a.postfixConfigCommand(), a.vaultPolicyCommand())
+	// cobra adds help and completion when it runs; added now, they are listed in help in their group.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Short = "print a shell completion script: bash, zsh, fish or powershell"
+		}
+	}
+	return root
 }
 
-func runHelp(ctx context.Context, a *App, args []string) int {
-	if len(args) == 0 {
-		a.usage(a.Stdout)
-		return ExitOK
+// helpCommand is `postern help [command...]`: the usage of the command named, on standard output.
+func helpCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command...]",
+		Short: "show help for a command",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target, rest, err := cmd.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usageErrorf("unknown command %q", strings.Join(args, " "))
+			}
+			printUsage(cmd.OutOrStdout(), target)
+			return nil
+		},
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			target, _, err := cmd.Root().Find(args)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var names []cobra.Completion
+			for _, c := range target.Commands() {
+				if c.IsAvailableCommand() {
+					names = append(names, cobra.CompletionWithDesc(c.Name(), c.Short))
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
 	}
-	return a.Run(ctx, append(append([]string(nil), args...), "-h"))
 }
 
-func runVersion(_ context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("version", "", "Print Postern's version.")
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+// group makes a command that only holds others (project, import, store): without a command, or
+// with an unknown one, it is a usage error; `postern GROUP help NAME` is NAME's help.
+func group(use, short, long string, cmds ...*cobra.Command) *cobra.Command {
+	g := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageErrorf("no command given")
+			}
+			if args[0] == "help" {
+				if len(args) == 1 {
+					printUsage(cmd.OutOrStdout(), cmd)
+					return nil
+				}
+				for _, c := range cmd.Commands() {
+					if c.Name() == args[1] {
+						printUsage(cmd.OutOrStdout(), c)
+						return nil
+					}
+				}
+				args = args[1:]
+			}
+			return usageErrorf("unknown command %q%s", args[0], suggestions(cmd, args[0]))
+		},
 	}
+	g.AddCommand(cmds...)
+	return g
+}
+
+// unknownCommand is the root's argument check: any argument is a command it does not have.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("unknown command %q%s", args[0], suggestions(cmd, args[0]))
+	}
+	return nil
+}
+
+func suggestions(cmd *cobra.Command, arg string) string {
+	s := cmd.SuggestionsFor(arg)
+	if len(s) == 0 {
+		return ""
+	}
+	return " (did you mean " + strings.Join(s, " or ") + "?)"
+}
+
+// printUsage prints a command's usage line, description, commands and flags.
+func printUsage(w io.Writer, c *cobra.Command) {
+	line := c.UseLine()
+	if c.HasAvailableSubCommands() {
+		line = c.CommandPath() + " <command> [arguments]"
+	}
+	about := c.Long
+	if about == "" {
+		about = c.Short
+	}
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n", line, strings.TrimSpace(about))
+	if c.HasAvailableSubCommands() {
+		cmds := c.Commands()
+		width := 0
+		for _, sub := range cmds {
+			width = max(width, len(sub.Name()))
+		}
+		fmt.Fprint(w, "\nCommands:\n")
+		indent, groups := "  ", c.Groups()
+		if len(groups) == 0 {
+			groups = []*cobra.Group{{}}
+		} else {
+			indent = "    "
+		}
+		for i, g := range groups {
+			if i > 0 {
+				fmt.Fprintln(w)
+			}
+			if g.Title != "" {
+				fmt.Fprintf(w, "  %s:\n", g.Title)
+			}
+			for _, sub := range cmds {
+				if sub.GroupID == g.ID && (sub.IsAvailableCommand() || sub.Name() == "help") {
+					fmt.Fprintf(w, "%s%-*s  %s\n", indent, width, sub.Name(), sub.Short)
+				}
+			}
+		}
+		fmt.Fprintf(w, "\nRun '%s <command> -h' for its flags.\n", c.CommandPath())
+		return
+	}
+	if c.HasAvailableFlags() {
+		fmt.Fprintf(w, "\nFlags:\n%s", c.Flags().FlagUsages())
+	}
+}
+
+// report prints a command's error on standard error: a usage error followed by the command's
+// usage, several problems one per line, anything else as "postern CMD: error".
+func (a *App) report(cmd *cobra.Command, err error) {
+	path := "postern"
+	if cmd != nil {
+		path = cmd.CommandPath()
+	}
+	if p, ok := asProblems(err); ok {
+		p.print(a.Stderr, path)
+		return
+	}
+	if isReported(err) {
+		return
+	}
+	fmt.Fprintf(a.Stderr, "%s: %v\n", path, err)
+	if isUsage(err) && cmd != nil {
+		fmt.Fprintln(a.Stderr)
+		printUsage(a.Stderr, cmd)
+	}
+}
+
+func (a *App) version() buildinfo.Info {
 	info := buildinfo.Get()
 	if a.Version != "" {
 		info.Version = a.Version
 	}
-	fmt.Fprintf(a.Stdout, "postern %s\n", info)
-	return ExitOK
+	return info
+}
+
+func (a *App) versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "print the version",
+		Long:  "Print Postern's version (also: postern --version).",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(a.Stdout, "postern %s\n", a.version())
+			return nil
+		},
+	}
 }
 
 func (a *App) configPath() string {
@@ -198,127 +332,4 @@ func (a *App) configPath() string {
 		return a.ConfigPath
 	}
 	return config.DefaultPath
-}
-
-// flagSet is a command's flags with its usage text.
-type flagSet struct {
-	*flag.FlagSet
-	synopsis, about string
-}
-
-// newFlagSet makes the flags of the command name ("project add"); synopsis shows its positional
-// arguments and about describes it.
-func (a *App) newFlagSet(name, synopsis, about string) *flagSet {
-	fs := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), synopsis: synopsis, about: about}
-	fs.SetOutput(io.Discard)
-	return fs
-}
-
-func (fs *flagSet) printUsage(w io.Writer) {
-	line := "postern " + fs.Name()
-	if fs.synopsis != "" {
-		line += " " + fs.synopsis
-	}
-	hasFlags := false
-	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
-	if hasFlags {
-		line += " [flags]"
-	}
-	fmt.Fprintf(w, "Usage: %s\n\n%s\n", line, strings.TrimSpace(fs.about))
-	if hasFlags {
-		var defaults strings.Builder
-		fs.SetOutput(&defaults)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-		// Go's flag package accepts -name and --name; show the usual --name.
-		text := strings.ReplaceAll("\n"+defaults.String(), "\n  -", "\n  --")
-		fmt.Fprint(w, "\nFlags:", strings.TrimRight(text, "\n"), "\n")
-	}
-}
-
-// parse parses args, flags and positional arguments in any order, and checks that there are between
-// minArgs and maxArgs positional arguments (maxArgs < 0: any number). When ok is false the command
-// must return code: usage was printed, on request or because of an error.
-func (a *App) parse(fs *flagSet, args []string, minArgs, maxArgs int) (positional []string, code int, ok bool) {
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.printUsage(a.Stdout)
-				return nil, ExitOK, false
-			}
-			fmt.Fprintf(a.Stderr, "postern %s: %v\n\n", fs.Name(), err)
-			fs.printUsage(a.Stderr)
-			return nil, ExitUsage, false
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-	if len(positional) < minArgs || (maxArgs >= 0 && len(positional) > maxArgs) {
-		switch {
-		case len(positional) < minArgs:
-			fmt.Fprintf(a.Stderr, "postern %s: missing argument\n\n", fs.Name())
-		default:
-			fmt.Fprintf(a.Stderr, "postern %s: %d unexpected arguments\n\n", fs.Name(), len(positional)-maxArgs)
-		}
-		fs.printUsage(a.Stderr)
-		return nil, ExitUsage, false
-	}
-	return positional, ExitOK, true
-}
-
-func isSet(fs *flagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == name {
-			set = true
-		}
-	})
-	return set
-}
-
-// configFlag registers --config and returns a function loading the configuration it names.
-func (a *App) configFlag(fs *flagSet) func() (*config.Config, string, bool) {
-	path := fs.String("config", a.configPath(), "configuration `FILE`")
-	return func() (*config.Config, string, bool) {
-		return a.loadConfig(*path, isSet(fs, "config"))
-	}
-}
-
-// loadConfig reads the configuration at path and prints each problem it has, prefixed with the file
-// name. When the file is the default one (not given explicitly) and does not exist, the built-in
-// defaults apply.
-func (a *App) loadConfig(path string, explicit bool) (*config.Config, string, bool) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if !explicit && errors.Is(err, fs.ErrNotExist) {
-			return config.Default(), "", true
-		}
-		fmt.Fprintf(a.Stderr, "postern: reading config: %v\n", err)
-		return nil, path, false
-	}
-	cfg, err := config.Parse(b)
-	if err != nil {
-		a.printProblems(path, unjoin(err))
-		return nil, path, false
-	}
-	return cfg, path, true
-}
-
-// printProblems prints one problem per line, prefixed with where it is.
-func (a *App) printProblems(where string, errs []error) {
-	for _, err := range errs {
-		fmt.Fprintf(a.Stderr, "%s: %v\n", where, err)
-	}
-}
-
-// unjoin splits an errors.Join error into its parts.
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
 }

@@ -545,7 +545,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"project", "bogus"}, ExitUsage, `unknown command "bogus"`},
 		{[]string{"serve", "-h"}, ExitOK, "-check-config"},
 		{[]string{"help", "postfix-config"}, ExitOK, "master.cf"},
-		{[]string{"project", "list", "--bogus"}, ExitUsage, "flag provided but not defined: -bogus"},
+		{[]string{"project", "list", "--bogus"}, ExitUsage, "unknown flag: --bogus"},
 		{[]string{"version"}, ExitOK, "postern v1.2.3 (go"},
 		{[]string{"--version"}, ExitOK, "postern v1.2.3 (go"},
 		{[]string{"-version"}, ExitOK, "postern v1.2.3 (go"},

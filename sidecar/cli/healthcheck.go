@@ -3,12 +3,17 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/postern/postern/sidecar/config"
 )
 
 const healthcheckAbout = `
@@ -20,28 +25,82 @@ work, is printed but keeps it ready), 1 when it is not or cannot be reached, wit
 // healthcheckResponseLimit bounds how much of /readyz's answer is read.
 const healthcheckResponseLimit = 1 << 20
 
-func runHealthcheck(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("healthcheck", "", healthcheckAbout)
-	load := a.configFlag(fs)
-	timeout := fs.Duration("timeout", 10*time.Second, "give up after this `duration`")
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+// readiness is the admin listener's /readyz answer, and what `healthcheck --json` prints.
+type readiness struct {
+	URL    string `json:"url"`
+	Ready  bool   `json:"ready"`
+	Error  string `json:"error,omitempty"` // why it could not be asked
+	Checks []struct {
+		Name     string `json:"name"`
+		OK       bool   `json:"ok"`
+		Degraded bool   `json:"degraded"`
+		Error    string `json:"error"`
+	} `json:"checks"`
+}
+
+func (a *App) healthcheckCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "healthcheck",
+		Short: "exit 0 if the running Postern is ready, 1 if not (for container health probes)",
+		Long:  healthcheckAbout,
+		Args:  exactArgs(0),
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	timeout := cmd.Flags().Duration("timeout", 10*time.Second, "give up after this `duration`")
+	asJSON := jsonFlag(cmd, "the verdict and each check")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, _, err := load()
+		if err != nil {
+			return err
+		}
+		r, err := a.ready(cmd.Context(), cfg, *timeout)
+		if *asJSON {
+			if err != nil {
+				r.Error = err.Error()
+			}
+			if werr := writeJSON(a.Stdout, r); werr != nil && err == nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		var lines []error
+		for _, c := range r.Checks {
+			switch {
+			case c.OK:
+			case c.Degraded:
+				lines = append(lines, fmt.Errorf("%s: degraded: %s", c.Name, c.Error))
+			default:
+				lines = append(lines, fmt.Errorf("%s: %s", c.Name, c.Error))
+			}
+		}
+		verdict := &problems{intro: fmt.Sprintf("ready (%s)", r.URL), errs: lines}
+		if !r.Ready {
+			verdict.intro = "not " + verdict.intro
+			return verdict
+		}
+		if !*asJSON {
+			verdict.print(a.Stdout, cmd.CommandPath())
+		}
+		return nil
 	}
+	return cmd
+}
+
+// ready asks the admin listener of cfg whether Postern is ready; r.Ready is false also when the
+// listener said so in other words than its JSON.
+func (a *App) ready(ctx context.Context, cfg *config.Config, timeout time.Duration) (readiness, error) {
+	var r readiness
 	if cfg.Listen.Admin == "" {
-		fmt.Fprintln(a.Stderr, "postern healthcheck: not ready: the admin listener is off (listen.admin is empty)")
-		return ExitFail
+		return r, errors.New("not ready: the admin listener is off (listen.admin is empty)")
 	}
-	url := "http://" + cfg.Listen.Admin + "/readyz"
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	r.URL = "http://" + cfg.Listen.Admin + "/readyz"
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL, nil)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern healthcheck: %v\n", err)
-		return ExitFail
+		return r, err
 	}
 	// The reasons of a failing check are shown to a holder of the read token; readiness itself is
 	// not, so a probe that cannot read the token still gets the verdict.
@@ -52,36 +111,15 @@ func runHealthcheck(ctx context.Context, a *App, args []string) int {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern healthcheck: not ready: cannot reach %s: %v\n", url, err)
-		return ExitFail
+		return r, fmt.Errorf("not ready: cannot reach %s: %w", r.URL, err)
 	}
 	defer resp.Body.Close()
-	var ready struct {
-		Ready  bool `json:"ready"`
-		Checks []struct {
-			Name     string `json:"name"`
-			OK       bool   `json:"ok"`
-			Degraded bool   `json:"degraded"`
-			Error    string `json:"error"`
-		} `json:"checks"`
+	if err := json.NewDecoder(io.LimitReader(resp.Body, healthcheckResponseLimit)).Decode(&r); err != nil {
+		r.Ready = false
+		return r, fmt.Errorf("not ready: %s answered %s, not Postern's readiness: %w", r.URL, resp.Status, err)
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, healthcheckResponseLimit)).Decode(&ready); err != nil {
-		fmt.Fprintf(a.Stderr, "postern healthcheck: not ready: %s answered %s, not Postern's readiness: %v\n", url, resp.Status, err)
-		return ExitFail
+	if resp.StatusCode != http.StatusOK {
+		r.Ready = false
 	}
-	out, code, verdict := a.Stdout, ExitOK, "ready"
-	if resp.StatusCode != http.StatusOK || !ready.Ready {
-		out, code, verdict = a.Stderr, ExitFail, "not ready"
-	}
-	fmt.Fprintf(out, "%s (%s)\n", verdict, url)
-	for _, c := range ready.Checks {
-		switch {
-		case c.OK:
-		case c.Degraded:
-			fmt.Fprintf(out, "  %s: degraded: %s\n", c.Name, c.Error)
-		default:
-			fmt.Fprintf(out, "  %s: %s\n", c.Name, c.Error)
-		}
-	}
-	return code
+	return r, nil
 }

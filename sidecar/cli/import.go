@@ -2,44 +2,28 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/postern/postern/sidecar/config"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/postern/postern/sidecar/importer"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
 )
 
-func importCommands() []subcommand {
-	return []subcommand{
-		{"sasl-xoauth2", "projects from sasl-xoauth2's token files and Postfix's sasl_passwd", runImportSASL},
-		{"email-oauth2-proxy", "projects from email-oauth2-proxy's configuration", runImportEmailProxy},
-	}
-}
-
-func runImport(ctx context.Context, a *App, args []string) int {
-	return a.runGroup(ctx, "import", "tool", importCommands(), printImportUsage, args)
-}
-
-func printImportUsage(w io.Writer) {
-	fmt.Fprint(w, `Usage: postern import <tool> [arguments]
-
+const importGroupAbout = `
 Create projects, with their tokens where the tool holds usable ones, from the settings of the tool
 that relays this mail today. Nothing is written unless every account can be imported; --dry-run
-shows what would be.
+shows what would be.`
 
-Tools:
-`)
-	for _, c := range importCommands() {
-		fmt.Fprintf(w, "  %-19s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, "\nRun 'postern import <tool> -h' for its flags.\n")
+func (a *App) importCommand() *cobra.Command {
+	return group("import", "create projects from sasl-xoauth2 or email-oauth2-proxy settings and tokens", importGroupAbout,
+		a.importSASLCommand(), a.importEmailProxyCommand())
 }
 
 // importFlags are the flags every import takes.
@@ -47,7 +31,7 @@ type importFlags struct {
 	dryRun, asJSON, replace bool
 }
 
-func (f *importFlags) register(fs *flagSet) {
+func (f *importFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.dryRun, "dry-run", false, "show what would be created; write nothing")
 	fs.BoolVar(&f.asJSON, "json", false, "print the result as JSON for machines (secrets never shown)")
 	fs.BoolVar(&f.replace, "replace", false, "replace projects that exist already (default: refuse)")
@@ -72,32 +56,45 @@ under --postfix-root too, as a chrooted Postfix does. Token files may also be na
 Once Postfix routes these senders through Postern, stop sasl-xoauth2 using the files: two programs
 refreshing one grant can make the provider revoke it.`
 
-func runImportSASL(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("import sasl-xoauth2", "[TOKEN-FILE...]", importSASLAbout)
-	load := a.configFlag(fs)
+func (a *App) importSASLCommand() *cobra.Command {
 	var f importFlags
-	f.register(fs)
-	saslConfig := fs.String("sasl-config", "/etc/sasl-xoauth2.conf", "sasl-xoauth2's configuration `FILE` (ignored when the default does not exist)")
-	passwd := fs.String("sasl-passwd", "", "Postfix's smtp_sasl_password_maps source `FILE` (e.g. /etc/postfix/sasl_passwd)")
-	relay := fs.String("sender-relay", "", "Postfix's sender_dependent_relayhost_maps source `FILE`")
-	root := fs.String("postfix-root", "/var/spool/postfix", "the chroot `DIR` of Postfix's smtp client, where sasl_passwd's paths may point")
-	files, code, ok := a.parse(fs, args, 0, -1)
-	if !ok {
-		return code
+	var o saslOptions
+	cmd := &cobra.Command{
+		Use:   "sasl-xoauth2 [TOKEN-FILE...]",
+		Short: "projects from sasl-xoauth2's token files and Postfix's sasl_passwd",
+		Long:  importSASLAbout,
+		Args:  rangeArgs(0, -1),
 	}
-	fail := func(errs ...error) int {
-		for _, err := range errs {
-			fmt.Fprintf(a.Stderr, "postern import sasl-xoauth2: %v\n", err)
-		}
-		fmt.Fprintln(a.Stderr, "nothing was imported")
-		return ExitFail
+	load := a.configFlag(cmd)
+	f.register(cmd.Flags())
+	cmd.Flags().StringVar(&o.config, "sasl-config", "/etc/sasl-xoauth2.conf", "sasl-xoauth2's configuration `FILE` (ignored when the default does not exist)")
+	cmd.Flags().StringVar(&o.passwd, "sasl-passwd", "", "Postfix's smtp_sasl_password_maps source `FILE` (e.g. /etc/postfix/sasl_passwd)")
+	cmd.Flags().StringVar(&o.relay, "sender-relay", "", "Postfix's sender_dependent_relayhost_maps source `FILE`")
+	cmd.Flags().StringVar(&o.root, "postfix-root", "/var/spool/postfix", "the chroot `DIR` of Postfix's smtp client, where sasl_passwd's paths may point")
+	cmd.RunE = func(cmd *cobra.Command, files []string) error {
+		o.configGiven = cmd.Flags().Changed("sasl-config")
+		return a.importSASL(cmd.Context(), load, f, o, files)
+	}
+	return cmd
+}
+
+// saslOptions are the flags of import sasl-xoauth2 that say where its files are.
+type saslOptions struct {
+	config, passwd, relay, root string
+	configGiven                 bool // --sasl-config was given: it must exist
+}
+
+func (a *App) importSASL(ctx context.Context, load configLoader, f importFlags, o saslOptions, files []string) error {
+	saslConfig, passwd, relay, root := &o.config, &o.passwd, &o.relay, &o.root
+	fail := func(errs ...error) error {
+		return &problems{errs: errs, outro: "nothing was imported"}
 	}
 	var in importer.SASLInput
 	if b, err := os.ReadFile(*saslConfig); err == nil {
 		if in.Config, err = importer.ParseSASLConfig(*saslConfig, b); err != nil {
 			return fail(err)
 		}
-	} else if isSet(fs, "sasl-config") || !errors.Is(err, os.ErrNotExist) {
+	} else if o.configGiven || !errors.Is(err, os.ErrNotExist) {
 		return fail(err)
 	}
 	for _, m := range []struct {
@@ -129,8 +126,7 @@ func runImportSASL(ctx context.Context, a *App, args []string) int {
 	in.SamePath = func(p, file string) bool { return absPath(resolve(p)) == absPath(file) }
 	if len(files) == 0 {
 		if *passwd == "" {
-			fmt.Fprintln(a.Stderr, "postern import sasl-xoauth2: name token files, or --sasl-passwd to import those it points at")
-			return ExitUsage
+			return usageErrorf("name token files, or --sasl-passwd to import those it points at")
 		}
 		seen := map[string]bool{}
 		for _, e := range in.Passwd {
@@ -161,7 +157,7 @@ func runImportSASL(ctx context.Context, a *App, args []string) int {
 	if err != nil {
 		return fail(unjoin(err)...)
 	}
-	return a.importAccounts(ctx, "import sasl-xoauth2", load, f, accounts,
+	return a.importAccounts(ctx, load, f, accounts,
 		"stop sasl-xoauth2 using the imported token files once Postfix routes these senders through Postern: two programs refreshing one grant can make the provider revoke it")
 }
 
@@ -181,28 +177,28 @@ email-oauth2-proxy encrypts the tokens it caches with the password each mail cli
 proxy. Postern does not have those passwords, so these mailboxes are signed in again, once, through
 the link 'postern authorize-link' prints.`
 
-func runImportEmailProxy(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("import email-oauth2-proxy", "CONFIG", importEmailProxyAbout)
-	load := a.configFlag(fs)
+func (a *App) importEmailProxyCommand() *cobra.Command {
 	var f importFlags
-	f.register(fs)
-	pos, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+	cmd := &cobra.Command{
+		Use:   "email-oauth2-proxy CONFIG",
+		Short: "projects from email-oauth2-proxy's configuration",
+		Long:  importEmailProxyAbout,
+		Args:  exactArgs(1),
 	}
-	b, err := os.ReadFile(pos[0])
-	if err == nil {
-		var accounts []importer.Account
-		if accounts, err = importer.EmailOAuth2Proxy(pos[0], b); err == nil {
-			return a.importAccounts(ctx, "import email-oauth2-proxy", load, f, accounts,
-				"stop email-oauth2-proxy relaying for these mailboxes once Postfix routes their senders through Postern")
+	load := a.configFlag(cmd)
+	f.register(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		b, err := os.ReadFile(args[0])
+		if err == nil {
+			var accounts []importer.Account
+			if accounts, err = importer.EmailOAuth2Proxy(args[0], b); err == nil {
+				return a.importAccounts(cmd.Context(), load, f, accounts,
+					"stop email-oauth2-proxy relaying for these mailboxes once Postfix routes their senders through Postern")
+			}
 		}
+		return &problems{errs: unjoin(err), outro: "nothing was imported"}
 	}
-	for _, e := range unjoin(err) {
-		fmt.Fprintf(a.Stderr, "postern import email-oauth2-proxy: %v\n", e)
-	}
-	fmt.Fprintln(a.Stderr, "nothing was imported")
-	return ExitFail
+	return cmd
 }
 
 // importResult is what the import says of one account; it holds no secret.
@@ -219,24 +215,22 @@ type importResult struct {
 }
 
 // importAccounts checks every account against the store, then writes them all, or none.
-func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*config.Config, string, bool), f importFlags, accounts []importer.Account, after string) int {
+func (a *App) importAccounts(ctx context.Context, load configLoader, f importFlags, accounts []importer.Account, after string) error {
 	// Like the first `project add`, an import makes the file store where there is none yet (and
 	// says so); a dry run makes nothing and compares with an empty store.
 	mode := fileCreate
 	if f.dryRun {
 		mode = fileMaybe
 	}
-	cfg, st, ok := a.openConfigStoreMode(ctx, load, mode)
-	if !ok {
-		return ExitFail
+	cfg, st, err := a.openConfigStoreMode(ctx, load, mode)
+	if err != nil {
+		return err
 	}
 	var all []project.Project
 	if st != nil {
 		defer st.Close()
-		var err error
 		if all, err = st.Projects(ctx); err != nil {
-			fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
-			return ExitFail
+			return err
 		}
 	}
 	existing := map[string]project.Project{}
@@ -247,7 +241,7 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 	}
 
 	// 1. Check everything.
-	var problems []string
+	var found []error
 	var todo []importer.Account
 	names := map[string]string{}
 	for _, acc := range accounts {
@@ -256,12 +250,12 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 		}
 		p := acc.Project
 		if src, dup := names[p.Name]; dup {
-			problems = append(problems, fmt.Sprintf("%s: project %s comes from %s too", acc.Source, p.Name, src))
+			found = append(found, fmt.Errorf("%s: project %s comes from %s too", acc.Source, p.Name, src))
 			continue
 		}
 		names[p.Name] = acc.Source
 		if _, exists := existing[p.Name]; exists && !f.replace {
-			problems = append(problems, fmt.Sprintf("%s: project %s exists: give --replace to replace it", acc.Source, p.Name))
+			found = append(found, fmt.Errorf("%s: project %s exists: give --replace to replace it", acc.Source, p.Name))
 			continue
 		}
 		todo = append(todo, acc)
@@ -282,15 +276,11 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 		errs := append(p.Validate(), project.SenderConflicts(p, others)...)
 		errs = append(errs, oauthProblems(p, false)...)
 		for _, err := range errs {
-			problems = append(problems, fmt.Sprintf("%s: project %s: %v", acc.Source, p.Name, err))
+			found = append(found, fmt.Errorf("%s: project %s: %v", acc.Source, p.Name, err))
 		}
 	}
-	if len(problems) > 0 {
-		for _, s := range problems {
-			fmt.Fprintf(a.Stderr, "postern %s: %s\n", cmd, s)
-		}
-		fmt.Fprintln(a.Stderr, "nothing was imported")
-		return ExitFail
+	if len(found) > 0 {
+		return &problems{errs: found, outro: "nothing was imported"}
 	}
 
 	// 2. Write.
@@ -315,9 +305,8 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 		}
 		if !f.dryRun {
 			if err := writeImported(ctx, st, p, old.Version, acc.Token); err != nil {
-				fmt.Fprintf(a.Stderr, "postern %s: %s: %v\n", cmd, acc.Source, err)
-				fmt.Fprintf(a.Stderr, "%d of %d projects were written before this failure; run the command again with --replace to finish\n", written, len(todo))
-				return ExitFail
+				return &problems{errs: []error{fmt.Errorf("%s: %w", acc.Source, err)},
+					outro: fmt.Sprintf("%d of %d projects were written before this failure; run the command again with --replace to finish", written, len(todo))}
 			}
 			written++
 		}
@@ -332,13 +321,7 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 		results = append(results, r)
 	}
 	if f.asJSON {
-		b, err := json.MarshalIndent(map[string]any{"dry_run": f.dryRun, "accounts": results}, "", "  ")
-		if err != nil {
-			fmt.Fprintf(a.Stderr, "postern %s: %v\n", cmd, err)
-			return ExitFail
-		}
-		a.Stdout.Write(append(b, '\n'))
-		return ExitOK
+		return writeJSON(a.Stdout, map[string]any{"dry_run": f.dryRun, "accounts": results})
 	}
 	for _, r := range results {
 		if r.Action == "skipped" {
@@ -358,7 +341,7 @@ func (a *App) importAccounts(ctx context.Context, cmd string, load func() (*conf
 	} else if written > 0 {
 		fmt.Fprintf(a.Stdout, "then: %s\n", after)
 	}
-	return ExitOK
+	return nil
 }
 
 // writeImported writes a project (replacing version oldVersion when not 0) and its token.

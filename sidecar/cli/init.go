@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/postern/postern/sidecar/admin"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/signin"
@@ -27,15 +29,22 @@ stops them with the path and the fix, so that a state volume that did not mount 
 new, empty store. The first 'postern project add' (or 'postern store import') may create the
 embedded store too, and says so.`
 
-func runInit(ctx context.Context, a *App, args []string) int {
-	flags := a.newFlagSet("init", "", initAbout)
-	load := a.configFlag(flags)
-	if _, code, ok := a.parse(flags, args, 0, 0); !ok {
-		return code
+func (a *App) initCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "create the store (file store) and the generated secret files, once",
+		Long:  initAbout,
+		Args:  exactArgs(0),
 	}
-	cfg, path, ok := load()
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return a.initHost(cmd.Context(), load) }
+	return cmd
+}
+
+func (a *App) initHost(ctx context.Context, load configLoader) error {
+	cfg, path, err := load()
+	if err != nil {
+		return err
 	}
 	if path == "" {
 		fmt.Fprintf(a.Stdout, "no configuration file (%s): using the built-in defaults\n", a.configPath())
@@ -44,12 +53,10 @@ func runInit(ctx context.Context, a *App, args []string) int {
 	case cfg.Store.File != nil && cfg.Store.Vault == nil:
 		st, _, err := openStore(ctx, cfg, nil, fileInit)
 		if err != nil {
-			fmt.Fprintf(a.Stderr, "postern init: %v\n", err)
-			return ExitFail
+			return err
 		}
 		if err := st.Close(); err != nil {
-			fmt.Fprintf(a.Stderr, "postern init: %v\n", err)
-			return ExitFail
+			return err
 		}
 		fmt.Fprintf(a.Stdout, "created the store key %s\n", cfg.Store.File.KeyFile)
 		fmt.Fprintf(a.Stdout, "created the empty store %s\n", cfg.Store.File.Path)
@@ -72,8 +79,7 @@ func runInit(ctx context.Context, a *App, args []string) int {
 	for _, s := range secrets {
 		_, statErr := os.Stat(s.path)
 		if err := s.load(s.path); err != nil {
-			fmt.Fprintf(a.Stderr, "postern init: %v\n", err)
-			return ExitFail
+			return err
 		}
 		if errors.Is(statErr, fs.ErrNotExist) {
 			fmt.Fprintf(a.Stdout, "created %s %s\n", s.what, s.path)
@@ -82,7 +88,7 @@ func runInit(ctx context.Context, a *App, args []string) int {
 		}
 	}
 	fmt.Fprint(a.Stdout, nextAfterInit(cfg))
-	return ExitOK
+	return nil
 }
 
 // nextAfterInit is what to do once init has run.

@@ -1,11 +1,12 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/sidecar/config"
 )
@@ -35,37 +36,38 @@ const postfixRunDirParam = "postern_run_dir"
 // upstream, so that Postern's clearer reply arrives before Postfix gives up.
 const postfixMarginOverPostern = time.Minute
 
-func runPostfixConfig(_ context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("postfix-config", "", postfixAbout)
-	load := a.configFlag(fs)
-	mainOnly := fs.Bool("main", false, "print only the main.cf lines")
-	masterOnly := fs.Bool("master", false, "print only the master.cf lines")
-	postconf := fs.Bool("postconf", false, "print postconf commands instead of the lines to paste")
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+func (a *App) postfixConfigCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "postfix-config",
+		Short: "print the main.cf and master.cf lines for this configuration",
+		Long:  postfixAbout,
+		Args:  exactArgs(0),
 	}
-	cfg, path, ok := load()
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	mainOnly := cmd.Flags().Bool("main", false, "print only the main.cf lines")
+	masterOnly := cmd.Flags().Bool("master", false, "print only the master.cf lines")
+	postconf := cmd.Flags().Bool("postconf", false, "print postconf commands instead of the lines to paste")
+	cmd.RunE = func(*cobra.Command, []string) error {
+		cfg, path, err := load()
+		if err != nil {
+			return err
+		}
+		if err := validate(cfg, path); err != nil {
+			return err
+		}
+		switch {
+		case *postconf:
+			fmt.Fprint(a.Stdout, PostconfCommands(cfg))
+		case *mainOnly && !*masterOnly:
+			fmt.Fprint(a.Stdout, MainCF(cfg))
+		case *masterOnly && !*mainOnly:
+			fmt.Fprint(a.Stdout, MasterCF(cfg))
+		default:
+			fmt.Fprintf(a.Stdout, "# ---- add to main.cf ----\n%s\n# ---- add to master.cf ----\n%s", MainCF(cfg), MasterCF(cfg))
+		}
+		return nil
 	}
-	if path == "" {
-		path = "built-in defaults"
-	}
-	if errs := cfg.Validate(); len(errs) > 0 {
-		a.printProblems(path, errs)
-		return ExitFail
-	}
-	switch {
-	case *postconf:
-		fmt.Fprint(a.Stdout, PostconfCommands(cfg))
-	case *mainOnly && !*masterOnly:
-		fmt.Fprint(a.Stdout, MainCF(cfg))
-	case *masterOnly && !*mainOnly:
-		fmt.Fprint(a.Stdout, MasterCF(cfg))
-	default:
-		fmt.Fprintf(a.Stdout, "# ---- add to main.cf ----\n%s\n# ---- add to master.cf ----\n%s", MainCF(cfg), MasterCF(cfg))
-	}
-	return ExitOK
+	return cmd
 }
 
 // Per-destination limits of the Postern transport. Postern is one destination for every project,

@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // OpenStore opens the store cfg.Store names: the embedded store (package boltstore) or Vault. It
@@ -42,4 +45,47 @@ func openStore(ctx context.Context, cfg *config.Config, l *slog.Logger, mode int
 		m = sidecar.StoreInit
 	}
 	return sidecar.OpenStore(ctx, cfg, l, m)
+}
+
+// openProjectStore loads the configuration and opens its store.
+func (a *App) openProjectStore(ctx context.Context, load configLoader) (store.Store, error) {
+	_, st, err := a.openConfigStore(ctx, load)
+	return st, err
+}
+
+// openConfigStore is openProjectStore returning the configuration too.
+func (a *App) openConfigStore(ctx context.Context, load configLoader) (*config.Config, store.Store, error) {
+	return a.openConfigStoreMode(ctx, load, fileOpen)
+}
+
+// openConfigStoreMode is openConfigStore with the embedded store's missing-store rule given: mode
+// fileCreate creates an embedded store where neither of its files exists, and says so on standard
+// error. For fileMaybe, a missing embedded store (boltstore.ErrNotExist) is not an error: st is
+// then nil, and fileCreate makes it once the caller is about to write. The store's own events (a
+// migration of the old file format) go to standard error.
+func (a *App) openConfigStoreMode(ctx context.Context, load configLoader, mode int) (*config.Config, store.Store, error) {
+	cfg, _, err := load()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := a.openStoreMode(ctx, cfg, mode)
+	return cfg, st, err
+}
+
+func (a *App) openStoreMode(ctx context.Context, cfg *config.Config, mode int) (store.Store, error) {
+	if a.OpenStore != nil {
+		return a.OpenStore(ctx, cfg)
+	}
+	st, created, err := openStore(ctx, cfg, a.storeLogger(), mode)
+	if mode == fileMaybe && errors.Is(err, boltstore.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		fmt.Fprintf(a.Stderr, "postern: created a new, empty store %s with its key file %s (as `postern init` would); back the key file up: the store cannot be read without it\n",
+			cfg.Store.File.Path, cfg.Store.File.KeyFile)
+	}
+	return st, nil
 }

@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/postern/postern/sidecar"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/secret"
@@ -21,30 +24,32 @@ import (
 // The store commands: `postern store export|import|rekey|migrate`. They work on the store the
 // configuration names, report progress on standard error, and never print a secret.
 
-func storeCommands() []command {
-	return []command{
-		{"export", "write every project and token to an encrypted archive", runStoreExport},
-		{"import", "add the projects and tokens of an archive to the store", runStoreImport},
-		{"rekey", "re-encrypt the embedded store under a new key", runStoreRekey},
-		{"migrate", "copy every project and token to Vault, or from Vault to the embedded store", runStoreMigrate},
-	}
+func (a *App) storeCommand() *cobra.Command {
+	return group("store", "export, import, rekey or migrate the store of projects and tokens",
+		"Back up, move and re-encrypt the store of projects and tokens the configuration names.\n\n"+
+			"With --json, each command prints its result as one JSON object on standard output\n"+
+			"(store export: only when the archive is not written to standard output).",
+		a.storeExportCommand(), a.storeImportCommand(), a.storeRekeyCommand(), a.storeMigrateCommand())
 }
 
-func runStore(ctx context.Context, a *App, args []string) int {
-	return a.runGroup(ctx, "store", "command", storeCommands(), printStoreUsage, args)
+// storeResult is what a store command did, for --json.
+type storeResult struct {
+	Action   string `json:"action"` // exported, imported, rekeyed, copied
+	Projects int    `json:"projects"`
+	Tokens   int    `json:"tokens"`
+	File     string `json:"file,omitempty"` // the archive
+	From     string `json:"from,omitempty"` // migrate: the stores, described without secrets
+	To       string `json:"to,omitempty"`
 }
 
-func printStoreUsage(w io.Writer) {
-	fmt.Fprint(w, `Usage: postern store <command> [arguments]
-
-Back up, move and re-encrypt the store of projects and tokens the configuration names.
-
-Commands:
-`)
-	for _, c := range storeCommands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+// done says what a store command did: message on standard error, or with asJSON r (a storeResult,
+// or rekeyResult) on standard output.
+func (a *App) done(asJSON bool, r any, message string) error {
+	if asJSON {
+		return writeJSON(a.Stdout, r)
 	}
-	fmt.Fprint(w, "\nRun 'postern store <command> -h' for its flags.\n")
+	fmt.Fprintln(a.Stderr, message)
+	return nil
 }
 
 // storeLogger reports the store's own events (a migration of the old file format, a new key) on
@@ -92,7 +97,7 @@ type passphraseFlags struct {
 	stdin bool
 }
 
-func (f *passphraseFlags) register(fs *flagSet) {
+func (f *passphraseFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.file, "passphrase-file", "", "read the passphrase from the first line of `FILE`")
 	fs.BoolVar(&f.stdin, "passphrase-stdin", false, "read the passphrase from standard input")
 }
@@ -138,44 +143,51 @@ complete.
   postern store export --passphrase-file /root/backup.pass /root/postern-$(date +%F).age
 `
 
-func runStoreExport(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("store export", "FILE", exportAbout)
-	load := a.configFlag(fs)
+func (a *App) storeExportCommand() *cobra.Command {
 	var pf passphraseFlags
-	pf.register(fs)
-	pos, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+	cmd := &cobra.Command{
+		Use:   "export FILE",
+		Short: "write every project and token to an encrypted archive",
+		Long:  exportAbout,
+		Args:  exactArgs(1),
 	}
-	out := pos[0]
-	if out == "-" && pf.stdin {
-		fmt.Fprintln(a.Stderr, "postern store export: standard output holds the archive; give the passphrase with --passphrase-file")
-		return ExitUsage
+	load := a.configFlag(cmd)
+	pf.register(cmd.Flags())
+	asJSON := jsonFlag(cmd, "the result")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		out := args[0]
+		switch {
+		case out == "-" && pf.stdin:
+			return usageErrorf("standard output holds the archive; give the passphrase with --passphrase-file")
+		case out == "-" && *asJSON:
+			return usageErrorf("standard output holds the archive: --json needs a FILE")
+		}
+		return a.storeExport(cmd.Context(), load, pf, out, *asJSON)
 	}
+	return cmd
+}
+
+func (a *App) storeExport(ctx context.Context, load configLoader, pf passphraseFlags, out string, asJSON bool) error {
 	pass, err := a.passphrase(pf, true)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
-		return ExitFail
+		return err
 	}
 	if len(pass.Reveal()) < transfer.MinPassphrase {
-		fmt.Fprintf(a.Stderr, "postern store export: the passphrase must be at least %d characters\n", transfer.MinPassphrase)
-		return ExitFail
+		return fmt.Errorf("the passphrase must be at least %d characters", transfer.MinPassphrase)
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	cfg, _, err := load()
+	if err != nil {
+		return err
 	}
 	st, err := a.openStoreLogged(ctx, cfg)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
-		return ExitFail
+		return err
 	}
 	defer st.Close()
 	progress := progressPrinter(a.Stderr)
 	snap, err := transfer.Read(ctx, st, transfer.Options{Progress: progress})
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
-		return ExitFail
+		return err
 	}
 	write := func(w io.Writer) error {
 		return transfer.Export(w, snap, pass.Reveal(), transfer.ArchiveOptions{Progress: progress, WorkFactor: a.archiveWorkFactor})
@@ -186,12 +198,11 @@ func runStoreExport(ctx context.Context, a *App, args []string) int {
 		err = writeFileAtomic(out, write)
 	}
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store export: %v\n", err)
-		return ExitFail
+		return err
 	}
 	projects, tokens := snap.Counts()
-	fmt.Fprintf(a.Stderr, "exported %d projects and %d tokens to %s\n", projects, tokens, out)
-	return ExitOK
+	return a.done(asJSON, storeResult{Action: "exported", Projects: projects, Tokens: tokens, File: out},
+		fmt.Sprintf("exported %d projects and %d tokens to %s", projects, tokens, out))
 }
 
 // writeFileAtomic writes path through write: a temporary file beside it (mode 0600), fsync,
@@ -229,32 +240,37 @@ import before anything is written, unless --replace is given. Where neither the 
 its key file exists yet, the import makes them (as 'postern init' would), and says so.
 `
 
-func runStoreImport(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("store import", "FILE", importAbout)
-	load := a.configFlag(fs)
+func (a *App) storeImportCommand() *cobra.Command {
 	var pf passphraseFlags
-	pf.register(fs)
-	replace := fs.Bool("replace", false, "overwrite the projects and tokens the store holds already")
-	pos, code, ok := a.parse(fs, args, 1, 1)
-	if !ok {
-		return code
+	cmd := &cobra.Command{
+		Use:   "import FILE",
+		Short: "add the projects and tokens of an archive to the store",
+		Long:  importAbout,
+		Args:  exactArgs(1),
 	}
-	in := pos[0]
-	if in == "-" && pf.stdin {
-		fmt.Fprintln(a.Stderr, "postern store import: standard input holds the archive; give the passphrase with --passphrase-file")
-		return ExitUsage
+	load := a.configFlag(cmd)
+	pf.register(cmd.Flags())
+	replace := cmd.Flags().Bool("replace", false, "overwrite the projects and tokens the store holds already")
+	asJSON := jsonFlag(cmd, "the result")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if args[0] == "-" && pf.stdin {
+			return usageErrorf("standard input holds the archive; give the passphrase with --passphrase-file")
+		}
+		return a.storeImport(cmd.Context(), load, pf, args[0], *replace, *asJSON)
 	}
+	return cmd
+}
+
+func (a *App) storeImport(ctx context.Context, load configLoader, pf passphraseFlags, in string, replace, asJSON bool) error {
 	pass, err := a.passphrase(pf, false)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
-		return ExitFail
+		return err
 	}
 	r := a.Stdin
 	if in != "-" {
 		f, err := os.Open(in)
 		if err != nil {
-			fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
-			return ExitFail
+			return err
 		}
 		defer f.Close()
 		r = f
@@ -262,27 +278,25 @@ func runStoreImport(ctx context.Context, a *App, args []string) int {
 	progress := progressPrinter(a.Stderr)
 	snap, err := transfer.ReadArchive(r, pass.Reveal(), transfer.ArchiveOptions{Progress: progress})
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store import: %s: %v\n", in, err)
-		return ExitFail
+		return fmt.Errorf("%s: %w", in, err)
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	cfg, _, err := load()
+	if err != nil {
+		return err
 	}
 	// Like the first `postern project add`, an import may make the embedded store where neither of
 	// its files exists (moving to a new host), and says so.
-	st, ok := a.openStoreMode(ctx, cfg, fileCreate)
-	if !ok {
-		return ExitFail
+	st, err := a.openStoreMode(ctx, cfg, fileCreate)
+	if err != nil {
+		return err
 	}
 	defer st.Close()
-	if err := transfer.Write(ctx, st, snap, transfer.Options{Replace: *replace, Progress: progress}); err != nil {
-		fmt.Fprintf(a.Stderr, "postern store import: %v\n", err)
-		return ExitFail
+	if err := transfer.Write(ctx, st, snap, transfer.Options{Replace: replace, Progress: progress}); err != nil {
+		return err
 	}
 	projects, tokens := snap.Counts()
-	fmt.Fprintf(a.Stderr, "imported %d projects and %d tokens from %s\n", projects, tokens, in)
-	return ExitOK
+	return a.done(asJSON, storeResult{Action: "imported", Projects: projects, Tokens: tokens, File: in},
+		fmt.Sprintf("imported %d projects and %d tokens from %s", projects, tokens, in))
 }
 
 const rekeyAbout = `
@@ -293,40 +307,56 @@ backups of the store made before need the old one (archives from 'postern store 
 own passphrase and are not affected).
 `
 
-func runStoreRekey(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("store rekey", "", rekeyAbout)
-	load := a.configFlag(fs)
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+func (a *App) storeRekeyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rekey",
+		Short: "re-encrypt the embedded store under a new key",
+		Long:  rekeyAbout,
+		Args:  exactArgs(0),
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	asJSON := jsonFlag(cmd, "the result")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		return a.storeRekey(cmd.Context(), load, *asJSON)
+	}
+	return cmd
+}
+
+// rekeyResult is what `store rekey --json` prints.
+type rekeyResult struct {
+	Action  string `json:"action"`  // rekeyed
+	Records int    `json:"records"` // re-encrypted
+	File    string `json:"file"`    // the store
+	KeyFile string `json:"key_file"`
+}
+
+func (a *App) storeRekey(ctx context.Context, load configLoader, asJSON bool) error {
+	cfg, _, err := load()
+	if err != nil {
+		return err
 	}
 	if cfg.Store.File == nil {
-		fmt.Fprintln(a.Stderr, "postern store rekey: the store is Vault, which encrypts with its own keys: rotate them with 'vault operator rotate'")
-		return ExitFail
+		return errors.New("the store is Vault, which encrypts with its own keys: rotate them with 'vault operator rotate'")
 	}
 	st, err := a.openStoreLogged(ctx, cfg)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
-		return ExitFail
+		return err
 	}
 	defer st.Close()
 	rk, ok := st.(interface {
 		Rekey(ctx context.Context, progress func(done, total int)) error
 	})
 	if !ok {
-		fmt.Fprintln(a.Stderr, "postern store rekey: this store cannot be rekeyed")
-		return ExitFail
+		return errors.New("this store cannot be rekeyed")
 	}
 	progress := progressPrinter(a.Stderr)
-	if err := rk.Rekey(ctx, func(done, total int) { progress("re-encrypting", done, total) }); err != nil {
-		fmt.Fprintf(a.Stderr, "postern store rekey: %v\n", err)
-		return ExitFail
+	records := 0
+	if err := rk.Rekey(ctx, func(done, total int) { records = total; progress("re-encrypting", done, total) }); err != nil {
+		return err
 	}
-	fmt.Fprintf(a.Stderr, "rekeyed the store %s; the new key is in %s: back it up\n", cfg.Store.File.Path, cfg.Store.File.KeyFile)
-	return ExitOK
+	f := cfg.Store.File
+	return a.done(asJSON, rekeyResult{Action: "rekeyed", Records: records, File: f.Path, KeyFile: f.KeyFile},
+		fmt.Sprintf("rekeyed the store %s; the new key is in %s: back it up", f.Path, f.KeyFile))
 }
 
 const migrateAbout = `
@@ -347,28 +377,45 @@ A store in the format of earlier versions (one encrypted file) is moved to the e
 the first time any command opens it; the old file is kept beside it with the suffix .migrated.
 `
 
-func runStoreMigrate(ctx context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("store migrate", "", migrateAbout)
-	load := a.configFlag(fs)
-	to := fs.String("to", "", "the `KIND` of store to copy to: vault or file")
-	toConfig := fs.String("to-config", "", "configuration `FILE` whose store section is the target")
-	replace := fs.Bool("replace", false, "overwrite the projects and tokens the target holds already")
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+func (a *App) storeMigrateCommand() *cobra.Command {
+	var o migrateOptions
+	cmd := &cobra.Command{
+		Use:   "migrate --to KIND",
+		Short: "copy every project and token to Vault, or from Vault to the embedded store",
+		Long:  migrateAbout,
+		Args:  exactArgs(0),
 	}
-	if *to != "vault" && *to != "file" {
-		fmt.Fprintf(a.Stderr, "postern store migrate: --to must be vault or file, not %q\n\n", *to)
-		fs.printUsage(a.Stderr)
-		return ExitUsage
+	load := a.configFlag(cmd)
+	cmd.Flags().StringVar(&o.to, "to", "", "the `KIND` of store to copy to: vault or file")
+	cmd.Flags().StringVar(&o.toConfig, "to-config", "", "configuration `FILE` whose store section is the target")
+	cmd.Flags().BoolVar(&o.replace, "replace", false, "overwrite the projects and tokens the target holds already")
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print the result as JSON, for scripts")
+	_ = cmd.RegisterFlagCompletionFunc("to", cobra.FixedCompletions([]string{"vault", "file"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.to != "vault" && o.to != "file" {
+			return usageErrorf("--to must be vault or file, not %q", o.to)
+		}
+		return a.storeMigrate(cmd.Context(), load, o)
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	return cmd
+}
+
+// migrateOptions are the flags of store migrate.
+type migrateOptions struct {
+	to, toConfig    string
+	replace, asJSON bool
+}
+
+func (a *App) storeMigrate(ctx context.Context, load configLoader, o migrateOptions) error {
+	to, toConfig := &o.to, &o.toConfig
+	cfg, _, err := load()
+	if err != nil {
+		return err
 	}
 	target := &config.Config{}
 	if *toConfig != "" {
-		if target, _, ok = a.loadConfig(*toConfig, true); !ok {
-			return ExitFail
+		if target, _, err = a.loadConfig(*toConfig, true); err != nil {
+			return err
 		}
 	} else if *to == "vault" {
 		target.Store.Vault = &config.VaultConfig{Mount: config.DefaultVaultMount, Prefix: config.DefaultVaultPrefix}
@@ -377,21 +424,17 @@ func runStoreMigrate(ctx context.Context, a *App, args []string) int {
 	}
 	switch {
 	case *to == "vault" && target.Store.Vault == nil:
-		fmt.Fprintf(a.Stderr, "postern store migrate: %s names no Vault store (store.vault)\n", *toConfig)
-		return ExitFail
+		return fmt.Errorf("%s names no Vault store (store.vault)", *toConfig)
 	case *to == "file" && target.Store.File == nil:
-		fmt.Fprintf(a.Stderr, "postern store migrate: %s names no embedded store (store.file)\n", *toConfig)
-		return ExitFail
+		return fmt.Errorf("%s names no embedded store (store.file)", *toConfig)
 	case *to == "vault" && cfg.Store.Vault != nil, *to == "file" && cfg.Store.File != nil:
-		fmt.Fprintf(a.Stderr, "postern store migrate: the configured store is already a %s store; to move it to another host use 'postern store export' and 'import'\n", *to)
-		return ExitFail
+		return fmt.Errorf("the configured store is already a %s store; to move it to another host use 'postern store export' and 'import'", *to)
 	}
 	target.Store.Vault, target.Store.File = pick(*to == "vault", target.Store.Vault), pick(*to == "file", target.Store.File)
 
 	src, err := a.openStoreLogged(ctx, cfg)
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern: %v\n", err)
-		return ExitFail
+		return err
 	}
 	defer src.Close()
 	var dst store.Store
@@ -408,19 +451,18 @@ func runStoreMigrate(ctx context.Context, a *App, args []string) int {
 		dst, err = a.openStoreLogged(ctx, target)
 	}
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store migrate: the target: %v\n", err)
-		return ExitFail
+		return fmt.Errorf("the target: %w", err)
 	}
 	defer dst.Close()
-	snap, err := transfer.Copy(ctx, dst, src, transfer.Options{Replace: *replace, Progress: progressPrinter(a.Stderr)})
+	snap, err := transfer.Copy(ctx, dst, src, transfer.Options{Replace: o.replace, Progress: progressPrinter(a.Stderr)})
 	if err != nil {
-		fmt.Fprintf(a.Stderr, "postern store migrate: %v\n", err)
-		return ExitFail
+		return err
 	}
 	projects, tokens := snap.Counts()
-	fmt.Fprintf(a.Stderr, "copied %d projects and %d tokens from %s to %s\n", projects, tokens, describeStore(cfg), describeStore(target))
-	fmt.Fprintln(a.Stderr, "Postern keeps using the configured store until the configuration names the new one; then restart postern serve.")
-	return ExitOK
+	from, into := describeStore(cfg), describeStore(target)
+	return a.done(o.asJSON, storeResult{Action: "copied", Projects: projects, Tokens: tokens, From: from, To: into},
+		fmt.Sprintf("copied %d projects and %d tokens from %s to %s\n", projects, tokens, from, into)+
+			"Postern keeps using the configured store until the configuration names the new one; then restart postern serve.")
 }
 
 func pick[T any](keep bool, v *T) *T {

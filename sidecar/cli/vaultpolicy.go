@@ -1,8 +1,9 @@
 package cli
 
 import (
-	"context"
 	"fmt"
+
+	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/store/vaultstore"
@@ -13,19 +14,24 @@ Print the Vault ACL policy for the configured KV v2 mount and prefix: by default
 (read projects, read and write tokens, nothing else), with --admin the administrators' (who add and
 change projects). Apply with: postern vault-policy | vault policy write postern-sidecar -`
 
-func runVaultPolicy(_ context.Context, a *App, args []string) int {
-	fs := a.newFlagSet("vault-policy", "", vaultPolicyAbout)
-	load := a.configFlag(fs)
-	adminPolicy := fs.Bool("admin", false, "print the administrators' policy instead of the sidecar's")
-	if _, code, ok := a.parse(fs, args, 0, 0); !ok {
-		return code
+func (a *App) vaultPolicyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vault-policy",
+		Short: "print the Vault policies for the sidecar and for administrators",
+		Long:  vaultPolicyAbout,
+		Args:  exactArgs(0),
 	}
-	cfg, _, ok := load()
-	if !ok {
-		return ExitFail
+	load := a.configFlag(cmd)
+	adminPolicy := cmd.Flags().Bool("admin", false, "print the administrators' policy instead of the sidecar's")
+	cmd.RunE = func(*cobra.Command, []string) error {
+		cfg, _, err := load()
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprint(a.Stdout, VaultPolicy(cfg, *adminPolicy))
+		return err
 	}
-	fmt.Fprint(a.Stdout, VaultPolicy(cfg, *adminPolicy))
-	return ExitOK
+	return cmd
 }
 
 // VaultPolicy renders the sidecar's (or, with admin, the administrators') policy for cfg's Vault
