@@ -2,16 +2,8 @@ package sidecar
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -19,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/admin/admintest"
 	"github.com/postern/postern/sidecar/config"
 )
 
@@ -31,7 +24,7 @@ func TestRunAdminTLSAndSignInListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	writeTestCert(t, dir+"/admin.crt", dir+"/admin.key")
+	admintest.WriteCert(t, dir+"/admin.crt", dir+"/admin.key", "postern admin")
 	adminAddr, signInAddr := freeAddr(t), freeAddr(t)
 	cfg, err := config.Parse(fmt.Appendf(nil, `instance: tls
 listen:
@@ -108,33 +101,5 @@ admin:
 	}
 	if code := fetch(adminAddr, "/signin", ""); code != 404 {
 		t.Errorf("GET /signin on the admin listener with listen.signin set: %d, want 404", code)
-	}
-}
-
-// writeTestCert writes a self-signed certificate for 127.0.0.1 and its key.
-func writeTestCert(t *testing.T, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "postern admin"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -2,65 +2,19 @@ package admin
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/sidecar/admin/admintest"
 	"github.com/postern/postern/sidecar/secret"
 )
-
-// writeCert writes a new self-signed certificate for 127.0.0.1 named cn and its key to the files
-// certFile and keyFile, each replaced at once (written aside, then renamed), as certbot does.
-func writeCert(t *testing.T, certFile, keyFile, cn string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []struct {
-		path string
-		pem  *pem.Block
-	}{{keyFile, &pem.Block{Type: "PRIVATE KEY", Bytes: kder}}, {certFile, &pem.Block{Type: "CERTIFICATE", Bytes: der}}} {
-		tmp := f.path + ".new"
-		if err := os.WriteFile(tmp, pem.EncodeToMemory(f.pem), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, f.path); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 // served returns the common name of the certificate the server at addr serves on a new connection,
 // and the answer to GET /metrics with auth through the probe client of certFile.
@@ -90,7 +44,7 @@ func TestTLSServedAndReloaded(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key")
-	writeCert(t, certFile, keyFile, "first")
+	admintest.WriteCert(t, certFile, keyFile, "first")
 	cert, err := NewCertificate(certFile, keyFile, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +66,7 @@ func TestTLSServedAndReloaded(t *testing.T) {
 		t.Fatalf("/metrics over TLS without the token: %d, want 401", code)
 	}
 
-	writeCert(t, certFile, keyFile, "renewed")
+	admintest.WriteCert(t, certFile, keyFile, "renewed")
 	if cn, _ := served(t, addr, certFile, "Bearer "+readToken); cn != "renewed" {
 		t.Fatalf("after the files were replaced: served %q, want the renewed certificate", cn)
 	}
@@ -140,9 +94,9 @@ func TestProbeClientPinsTheCertificate(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key")
-	writeCert(t, certFile, keyFile, "served")
+	admintest.WriteCert(t, certFile, keyFile, "served")
 	otherCert := filepath.Join(dir, "other.crt")
-	writeCert(t, otherCert, filepath.Join(dir, "other.key"), "other")
+	admintest.WriteCert(t, otherCert, filepath.Join(dir, "other.key"), "other")
 	cert, err := NewCertificate(certFile, keyFile, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -9,13 +9,18 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/sidecar/admin"
 )
 
 const healthcheckAbout = `
 Ask the running Postern whether it is ready, for a container's exec health probe or a monitoring
 script: GET /readyz on the admin listener of this configuration (listen.admin). Exit 0 when
 Postern is ready (a degraded check, such as an unreachable store while cached credentials still
-work, is printed but keeps it ready), 1 when it is not or cannot be reached, with the reason.`
+work, is printed but keeps it ready), 1 when it is not or cannot be reached, with the reason.
+With admin.tls it speaks HTTPS and trusts exactly the certificate in admin.tls.cert_file (the probe
+dials the listen address, which the certificate need not name); a wildcard listen address
+(0.0.0.0, [::]) is reached on loopback.`
 
 // healthcheckResponseLimit bounds how much of /readyz's answer is read.
 const healthcheckResponseLimit = 1 << 20
@@ -35,7 +40,12 @@ func runHealthcheck(ctx context.Context, a *App, args []string) int {
 		fmt.Fprintln(a.Stderr, "postern healthcheck: not ready: the admin listener is off (listen.admin is empty)")
 		return ExitFail
 	}
-	url := "http://" + cfg.Listen.Admin + "/readyz"
+	url := admin.ProbeURL(cfg.Listen.Admin, cfg.Admin.TLS.On(), "/readyz")
+	client, err := admin.ProbeClient(cfg.Admin.TLS.CertFile)
+	if err != nil {
+		fmt.Fprintf(a.Stderr, "postern healthcheck: %v\n", err)
+		return ExitFail
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -50,7 +60,7 @@ func runHealthcheck(ctx context.Context, a *App, args []string) int {
 			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
 		}
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(a.Stderr, "postern healthcheck: not ready: cannot reach %s: %v\n", url, err)
 		return ExitFail
