@@ -2,6 +2,7 @@ package oauth
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -179,10 +180,23 @@ func Account(tok *oauth2.Token) (string, error) {
 }
 
 // Account returns the mailbox of Identity.
-func (p *Provider) Account(ctx context.Context, tok *oauth2.Token) (string, error) {
-	id, err := p.Identity(ctx, tok)
+func (p *Provider) Account(ctx context.Context, tok *oauth2.Token, opts ...VerifyOption) (string, error) {
+	id, err := p.Identity(ctx, tok, opts...)
 	return id.Mailbox, err
 }
+
+// VerifyOption adds a check to Identity.
+type VerifyOption func(*verifyOptions)
+
+type verifyOptions struct{ nonce string }
+
+// WithNonce requires the id_token's nonce claim to be nonce: the one the sign-in's authorization
+// request carried (NonceParam), so that an id_token of another sign-in is refused (OpenID Connect
+// Core 3.1.3.7). An empty nonce checks nothing.
+func WithNonce(nonce string) VerifyOption { return func(o *verifyOptions) { o.nonce = nonce } }
+
+// NonceParam is the authorization request's nonce parameter, for AuthCodeURL.
+func NonceParam(nonce string) oauth2.AuthCodeOption { return oidc.Nonce(nonce) }
 
 // Identity returns the account named by tok's id_token after verifying it with
 // github.com/coreos/go-oidc: the RS256 signature must verify with a key of the provider's JWKS
@@ -190,14 +204,14 @@ func (p *Provider) Account(ctx context.Context, tok *oauth2.Token) (string, erro
 // token must not be expired nor before its nbf (5 minutes of clock skew allowed); and the issuer
 // must be the provider's (Microsoft: https://login.microsoftonline.com/{tid}/v2.0, with tid the
 // configured tenant when that is a tenant id). A generic provider without an issuer gets the
-// audience and expiry checks only. The claims are read as Claims.Identity says; compare the result
+// audience and expiry checks only. With WithNonce, the nonce claim must be the sign-in's. The claims are read as Claims.Identity says; compare the result
 // with the project's mailbox and the previous sign-in with CheckAccount.
-func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token) (Identity, error) {
+func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token, opts ...VerifyOption) (Identity, error) {
 	raw, err := idTokenOf(tok)
 	if err != nil {
 		return Identity{}, err
 	}
-	claims, err := p.VerifyIDToken(ctx, raw)
+	claims, err := p.VerifyIDToken(ctx, raw, opts...)
 	if err != nil {
 		return Identity{}, err
 	}
@@ -295,7 +309,11 @@ func CheckAccount(id Identity, mailbox string, prev project.Token) error {
 }
 
 // VerifyIDToken checks raw as Identity describes and returns its claims.
-func (p *Provider) VerifyIDToken(ctx context.Context, raw string) (*Claims, error) {
+func (p *Provider) VerifyIDToken(ctx context.Context, raw string, opts ...VerifyOption) (*Claims, error) {
+	var o verifyOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if len(raw) > maxIDToken {
 		return nil, errors.New("id_token is too large")
 	}
@@ -315,6 +333,9 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw string) (*Claims, erro
 		return nil, fmt.Errorf("id_token: expired at %s", expired.Expiry.UTC().Format("2006-01-02T15:04:05Z"))
 	case err != nil:
 		return nil, fmt.Errorf("id_token: %w", err)
+	}
+	if o.nonce != "" && subtle.ConstantTimeCompare([]byte(t.Nonce), []byte(o.nonce)) != 1 {
+		return nil, errors.New("id_token: its nonce is not the sign-in's (an id_token of another sign-in)")
 	}
 	var c Claims
 	if err := t.Claims(&c); err != nil {

@@ -15,7 +15,7 @@
 //     DeviceToken, which polls with RFC 8628's authorization_pending / slow_down rules and reports
 //     progress). Unattended projects use client credentials (ClientCredentials) and have no person.
 //  3. Identity names the account that signed in after verifying the id_token with
-//     github.com/coreos/go-oidc (signature against the issuer's keys, aud, exp, nbf; iss here): for Microsoft its preferred_username (or upn), oid and
+//     github.com/coreos/go-oidc (signature against the issuer's keys, aud, exp, nbf; iss and the sign-in's nonce here): for Microsoft its preferred_username (or upn), oid and
 //     tid; for others its email, only when email_verified, and sub. A standard OpenID provider
 //     may leave email out of the id_token and serve it at its userinfo endpoint (discovered from
 //     the issuer): it is read there, for the same sub, by the same rule. CheckAccount compares it with

@@ -526,6 +526,23 @@ func TestVerifyIDToken(t *testing.T) {
 			}
 		})
 	}
+	// WithNonce: the id_token must carry the sign-in's nonce.
+	for _, tc := range []struct {
+		name, nonce string
+		claim       any
+		wantErr     bool
+	}{
+		{"same nonce", "n-1", "n-1", false},
+		{"another nonce", "n-1", "n-2", true},
+		{"no nonce claim", "n-1", nil, true},
+		{"no nonce asked", "", "n-2", false},
+	} {
+		tok := (&oauth2.Token{AccessToken: "x"}).WithExtra(map[string]any{"id_token": idp.Sign(rs256, claims(map[string]any{"nonce": tc.claim}))})
+		_, err := p.Account(ctx, tok, oauth.WithNonce(tc.nonce))
+		if tc.wantErr != (err != nil) || err != nil && !strings.Contains(err.Error(), "nonce") {
+			t.Errorf("%s: Account = %v, want error %v", tc.name, err, tc.wantErr)
+		}
+	}
 	if _, err := oauth.Account(&oauth2.Token{AccessToken: "x"}); err == nil || !strings.Contains(err.Error(), "no id_token") {
 		t.Fatalf("Account without id_token: %v", err)
 	}
