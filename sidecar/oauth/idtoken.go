@@ -200,12 +200,13 @@ func NonceParam(nonce string) oauth2.AuthCodeOption { return oidc.Nonce(nonce) }
 
 // Identity returns the account named by tok's id_token after verifying it with
 // github.com/coreos/go-oidc: the RS256 signature must verify with a key of the provider's JWKS
-// (fetched once and again when a key id is unknown), the audience must be the client id, the
-// token must not be expired nor before its nbf (5 minutes of clock skew allowed); and the issuer
+// (fetched once, and again when a key id is unknown), the audience must be the client id, the
+// token must not be expired, nor before its nbf (with 5 minutes of clock skew); and the issuer
 // must be the provider's (Microsoft: https://login.microsoftonline.com/{tid}/v2.0, with tid the
 // configured tenant when that is a tenant id). A generic provider without an issuer gets the
-// audience and expiry checks only. With WithNonce, the nonce claim must be the sign-in's. The claims are read as Claims.Identity says; compare the result
-// with the project's mailbox and the previous sign-in with CheckAccount.
+// audience and expiry checks only. With WithNonce, the nonce claim must be the sign-in's. The
+// claims are read as Claims.Identity says; compare the result with the project's mailbox and the
+// previous sign-in with CheckAccount.
 func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token, opts ...VerifyOption) (Identity, error) {
 	raw, err := idTokenOf(tok)
 	if err != nil {
