@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/postern/postern/sidecar/admin"
 	"github.com/postern/postern/sidecar/config"
 )
 
@@ -49,6 +51,33 @@ func listen(addr, group string, mode fs.FileMode) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// listenAdmin opens the listener of the server called name at addr: for the admin and sign-in
+// listeners with admin.tls any TCP address (config.Validate has required TLS and a token for one
+// not on loopback), for every other server what listen allows.
+func listenAdmin(name, addr string, cfg *config.Config, mode fs.FileMode) (net.Listener, error) {
+	if (name == "admin" || name == "signin") && cfg.Admin.TLS.On() {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		return l, nil
+	}
+	return listen(addr, cfg.Listen.SocketGroup, mode)
+}
+
+// adminTLSConfig loads admin.tls: nil when it is off.
+func adminTLSConfig(cfg *config.Config, log *slog.Logger) (*tls.Config, error) {
+	t := cfg.Admin.TLS
+	if !t.On() || (cfg.Listen.Admin == "" && cfg.Listen.SignIn == "") {
+		return nil, nil
+	}
+	cert, err := admin.NewCertificate(t.CertFile, t.KeyFile, log.With("component", "admin"))
+	if err != nil {
+		return nil, err
+	}
+	return cert.TLSConfig(), nil
 }
 
 // removeStaleSocket removes a socket left by a previous run, but refuses to remove anything that
@@ -213,7 +242,7 @@ func fileLimitNeeded(l config.Listen) uint64 {
 		conns int
 		per   int
 	}{
-		{l.LMTP, m.LMTP, 2}, {l.SMTP, m.SMTP, 2}, {l.Socketmap, m.Socketmap, 1}, {l.Milter, m.Milter, 1}, {l.Admin, m.Admin, 1},
+		{l.LMTP, m.LMTP, 2}, {l.SMTP, m.SMTP, 2}, {l.Socketmap, m.Socketmap, 1}, {l.Milter, m.Milter, 1}, {l.Admin, m.Admin, 1}, {l.SignIn, m.Admin, 1},
 	} {
 		if s.addr != "" {
 			n += s.conns * s.per

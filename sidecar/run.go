@@ -75,9 +75,9 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	defer parts.Close()
 	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
 
-	// The sign-in pages for OAuth mailboxes, on the admin listener.
+	// The sign-in pages for OAuth mailboxes, on the admin listener or their own (listen.signin).
 	var extraRoutes map[string]http.Handler
-	if base := cfg.SignInURL(); base != "" && cfg.Listen.Admin != "" {
+	if base := cfg.SignInURL(); base != "" && cfg.SignInAddr() != "" {
 		var key []byte
 		err := generated(log, cfg.SignIn.KeyFile, "a new sign-in key; sign-in links made before no longer work", func(path string) (err error) {
 			key, err = signin.LoadKey(path)
@@ -127,7 +127,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		if addr == "" {
 			return nil
 		}
-		nl, err := listen(addr, cfg.Listen.SocketGroup, mode)
+		nl, err := listenAdmin(name, addr, cfg, mode)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -177,15 +177,24 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		api = &admin.APIOptions{Store: st, Token: tok}
 		log.Info("serving the project API", "url", "http://"+cfg.Listen.Admin+"/api/v1/projects/{name}", "token_file", cfg.API.TokenFile)
 	}
+	adminTLS, err := adminTLSConfig(cfg, log)
+	if err != nil {
+		return err
+	}
 	var readToken secret.Secret
 	if cfg.Listen.Admin != "" && cfg.Admin.ReadTokenFile != "" {
 		if readToken, err = admin.LoadToken(cfg.Admin.ReadTokenFile, "the read token file (admin.read_token_file)"); err != nil {
 			return err
 		}
 	}
+	var protected map[string]http.Handler
 	if cfg.Debug.Pprof {
-		extraRoutes = withProfiler(extraRoutes)
+		protected = withProfiler(nil)
 		log.Info("serving Go's profiler", "url", "http://"+cfg.Listen.Admin+"/debug/pprof/")
+	}
+	signInRoutes := map[string]http.Handler(nil)
+	if cfg.Listen.SignIn != "" {
+		signInRoutes, extraRoutes = extraRoutes, nil
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(coll, buildinfo.Collector(build))
@@ -196,15 +205,19 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		Checks:    readiness(dir, st, broker),
 		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
 		Extra:     extraRoutes,
+		Protected: protected,
 		API:       api,
 		ReadToken: readToken,
+		TLS:       adminTLS,
 	})
+	signInServer := admin.NewSignIn(admin.Options{Logger: log.With("component", "signin"), TLS: adminTLS}, signInRoutes)
 
 	errs := []error{
 		open("lmtp", cfg.Listen.LMTP, maxConns.LMTP, mail.ServeLMTP),
 		open("smtp", cfg.Listen.SMTP, maxConns.SMTP, mail.ServeSMTP),
 		open("socketmap", cfg.Listen.Socketmap, maxConns.Socketmap, lookups.Serve),
 		open("admin", cfg.Listen.Admin, maxConns.Admin, adm.Serve),
+		open("signin", cfg.Listen.SignIn, maxConns.Admin, signInServer.Serve),
 	}
 	if mil != nil {
 		errs = append(errs, open("milter", cfg.Listen.Milter, maxConns.Milter, mil.Serve))

@@ -1,7 +1,8 @@
 // Package admin is Postern's HTTP side for operators and monitoring: liveness (/healthz),
 // readiness (/readyz), Prometheus metrics (/metrics) and the status of every project
 // (/status as HTML, /api/v1/projects as JSON), and, when configured, the project API that reads and
-// writes projects (/api/v1/projects/{name}, see api.go). It listens on loopback only.
+// writes projects (/api/v1/projects/{name}, see api.go). It listens on loopback, or, with TLS
+// (tls.go: certificate files read again when they change), on any address.
 //
 //  1. New takes the checks that decide readiness, the function that lists project status, the
 //     read token, and the store and bearer token of the project API.
@@ -11,7 +12,10 @@
 //     senders and upstreams, so they need the read token (admin.read_token_file) or the project
 //     API's token: "Authorization: Bearer <token>" (a Prometheus scrape's bearer_token_file), or
 //     HTTP Basic with the token as the password and any user name, which a browser asks for.
-//  4. The status page shows state, with what to do next for each problem, in the words of the
+//     The API's GETs admit the read token too; its writes only the API's token. Protected routes
+//     (Go's profiler) need a token as /metrics does.
+//  4. NewSignIn serves the sign-in pages alone, for a listener of their own behind a reverse proxy.
+//  5. The status page shows state, with what to do next for each problem, in the words of the
 //     provider or the upstream after secret.Scrub. Only the project API writes, and only with
 //     its bearer token.
 package admin
@@ -20,6 +24,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -71,6 +76,10 @@ type Options struct {
 	Projects func(context.Context) []ProjectStatus // nil: no project status
 	// Extra lets other packages add routes (the OAuth sign-in pages).
 	Extra map[string]http.Handler
+	// Protected adds routes that, like /metrics, need the read token (Go's profiler).
+	Protected map[string]http.Handler
+	// TLS, when set, serves HTTPS (see Certificate.TLSConfig); nil serves plain HTTP.
+	TLS *tls.Config
 	// API turns the project API on. nil: its routes answer 404 saying how to turn it on.
 	API *APIOptions
 	// ReadTimeout bounds reading one request, its body included; Go's HTTP server also cancels the
@@ -153,10 +162,27 @@ func New(opts Options) *Server {
 	case a.Store == nil || a.Token.IsZero():
 		opts.Logger.Error("the project API is off: it needs both a store and a bearer token")
 	default:
-		api = &projectAPI{st: a.Store, token: sha256.Sum256([]byte(a.Token.Reveal())), log: opts.Logger}
+		api = &projectAPI{st: a.Store, token: sha256.Sum256([]byte(a.Token.Reveal())), log: opts.Logger, reader: s.readAllowed}
 	}
 	api.routes(s.mux)
 	for pattern, h := range opts.Extra {
+		s.mux.Handle(pattern, h)
+	}
+	for pattern, h := range opts.Protected {
+		s.mux.Handle(pattern, s.reader(h))
+	}
+	return s
+}
+
+// NewSignIn builds a server of routes only (the sign-in pages) and /healthz, for a listener of its
+// own (listen.signin) that faces a reverse proxy: nothing of the admin pages is served there. Of
+// opts it reads Logger, the timeouts and TLS.
+func NewSignIn(opts Options, routes map[string]http.Handler) *Server {
+	s := New(Options{Logger: opts.Logger, ReadTimeout: opts.ReadTimeout, WriteTimeout: opts.WriteTimeout, IdleTimeout: opts.IdleTimeout, TLS: opts.TLS})
+	s.mux = http.NewServeMux()
+	s.handler = limitBodies(s.mux)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	for pattern, h := range routes {
 		s.mux.Handle(pattern, h)
 	}
 	return s
@@ -193,7 +219,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	err := srv.Serve(l)
+	err := srv.Serve(tlsListener(l, s.opts.TLS))
 	<-done
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -573,3 +573,33 @@ func TestAPIAddsARemovedProjectAgain(t *testing.T) {
 		t.Errorf("after PUT over the tombstone: %+v", p)
 	}
 }
+
+// The read token reads a project through the API, and writes nothing.
+func TestAPIReadToken(t *testing.T) {
+	t.Parallel()
+	env := newAPIEnv(t)
+	h := New(Options{ReadToken: secret.New(readToken), API: &APIOptions{Store: env.st, Token: secret.New(apiToken)}}).Handler()
+	do := func(method, path, auth string) int {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(method, path, strings.NewReader(`{"enabled": false}`))
+		req.Header.Set("Authorization", auth)
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	if code := do(http.MethodGet, "/api/v1/projects/a", "Bearer "+readToken); code != 200 {
+		t.Errorf("GET with the read token: %d, want 200", code)
+	}
+	if code := do(http.MethodGet, "/api/v1/projects/a", "Bearer wrong-token-0123456789"); code != 401 {
+		t.Errorf("GET with a wrong token: %d, want 401", code)
+	}
+	for _, m := range []struct{ method, path string }{
+		{http.MethodPut, "/api/v1/projects/a"}, {http.MethodDelete, "/api/v1/projects/a"}, {http.MethodPost, "/api/v1/projects/a/disable"},
+	} {
+		if code := do(m.method, m.path, "Bearer "+readToken); code != 401 {
+			t.Errorf("%s %s with the read token: %d, want 401", m.method, m.path, code)
+		}
+	}
+	if p, err := env.st.Project(t.Context(), "a"); err != nil || !p.Enabled {
+		t.Errorf("project a after writes with the read token: %+v, %v", p, err)
+	}
+}

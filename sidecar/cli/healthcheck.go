@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/postern/postern/sidecar/admin"
 	"github.com/postern/postern/sidecar/config"
 )
 
@@ -20,7 +21,10 @@ const healthcheckAbout = `
 Ask the running Postern whether it is ready, for a container's exec health probe or a monitoring
 script: GET /readyz on the admin listener of this configuration (listen.admin). Exit 0 when
 Postern is ready (a degraded check, such as an unreachable store while cached credentials still
-work, is printed but keeps it ready), 1 when it is not or cannot be reached, with the reason.`
+work, is printed but keeps it ready), 1 when it is not or cannot be reached, with the reason.
+With admin.tls it speaks HTTPS and trusts exactly the certificate in admin.tls.cert_file (the probe
+dials the listen address, which the certificate need not name); a wildcard listen address
+(0.0.0.0, [::]) is reached on loopback.`
 
 // healthcheckResponseLimit bounds how much of /readyz's answer is read.
 const healthcheckResponseLimit = 1 << 20
@@ -95,7 +99,11 @@ func (a *App) ready(ctx context.Context, cfg *config.Config, timeout time.Durati
 	if cfg.Listen.Admin == "" {
 		return r, errors.New("not ready: the admin listener is off (listen.admin is empty)")
 	}
-	r.URL = "http://" + cfg.Listen.Admin + "/readyz"
+	r.URL = admin.ProbeURL(cfg.Listen.Admin, cfg.Admin.TLS.On(), "/readyz")
+	client, err := admin.ProbeClient(cfg.Admin.TLS.CertFile)
+	if err != nil {
+		return r, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL, nil)
@@ -109,7 +117,7 @@ func (a *App) ready(ctx context.Context, cfg *config.Config, timeout time.Durati
 			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
 		}
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return r, fmt.Errorf("not ready: cannot reach %s: %w", r.URL, err)
 	}

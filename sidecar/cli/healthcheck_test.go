@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/admin/admintest"
 	"github.com/postern/postern/sidecar/secret"
 )
 
@@ -103,3 +104,42 @@ func adminHarness(t *testing.T, addr string) *harness {
 // healthcheckToken is the read token of the admin servers healthcheck asks: with it, /readyz
 // names the reasons of failing checks.
 const healthcheckToken = "healthcheck-read-token-0123456789"
+
+// With admin.tls, healthcheck speaks HTTPS to a wildcard listen address on loopback, trusting the
+// certificate of admin.tls.cert_file and no other.
+func TestHealthcheckTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key")
+	admintest.WriteCert(t, certFile, keyFile, "admin")
+	cert, err := admin.NewCertificate(certFile, keyFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() { _ = admin.New(admin.Options{TLS: cert.TLSConfig()}).Serve(t.Context(), l) }()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+
+	h := adminHarness(t, "0.0.0.0:"+port)
+	conf, _ := os.ReadFile(h.cfgPath)
+	withTLS := func(cert string) {
+		c := strings.Replace(string(conf), "admin: {read_token_file", "admin: {tls: {cert_file: '"+cert+"', key_file: '"+keyFile+"'}, read_token_file", 1)
+		if err := os.WriteFile(h.cfgPath, []byte(c), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withTLS(certFile)
+	if r := h.run("", "healthcheck", "--config", h.cfgPath); r.code != ExitOK || !strings.Contains(r.stdout, "ready (https://127.0.0.1:"+port+"/readyz)") {
+		t.Fatalf("healthcheck over TLS: %v", r)
+	}
+	other := filepath.Join(dir, "other.crt")
+	admintest.WriteCert(t, other, filepath.Join(dir, "other.key"), "other")
+	withTLS(other)
+	if r := h.run("", "healthcheck", "--config", h.cfgPath); r.code != ExitFail || !strings.Contains(r.stderr, "another certificate") {
+		t.Fatalf("healthcheck trusting another certificate: %v", r)
+	}
+}

@@ -161,9 +161,15 @@ type Listen struct {
 	// Milter is where Postfix's smtpd asks the submission-time policy: a unix socket path or a
 	// loopback host:port. Default off.
 	Milter string `yaml:"milter"`
-	// Admin is the loopback host:port of the HTTP admin pages, metrics and health checks.
-	// Default 127.0.0.1:8025.
+	// Admin is the host:port of the HTTP admin pages, metrics and health checks. Default
+	// 127.0.0.1:8025. Another than a loopback address needs admin.tls and a token (admin.read_token_file
+	// or api.token_file).
 	Admin string `yaml:"admin"`
+	// SignIn, when set, is the host:port of a listener serving the sign-in pages (/signin/...) only,
+	// so that those alone face a reverse proxy; they then leave the admin listener. Loopback, or any
+	// address with admin.tls, whose certificate it serves too. Default "": the sign-in pages are on
+	// the admin listener. Capped by max_connections.admin.
+	SignIn string `yaml:"signin"`
 	// SocketGroup is the group given to the unix sockets; Postfix's delivery agents and lookup
 	// clients must be able to reach them. Default postfix. Empty keeps the process's group.
 	SocketGroup string `yaml:"socket_group"`
@@ -355,9 +361,10 @@ type SignIn struct {
 	KeyFile string `yaml:"key_file"`
 	// LinkTTL is how long a sign-in link works (each link works once). Default 72h, at most 720h.
 	LinkTTL time.Duration `yaml:"link_ttl"`
-	// PublicURL is the admin listener as the mailbox owner's browser reaches it, usually through a
-	// reverse proxy: for example https://postern.example.com. The redirect URI to register at the
-	// identity provider is PublicURL + "/signin/callback". Default: http://<listen.admin>.
+	// PublicURL is the listener of the sign-in pages (listen.signin, else listen.admin) as the mailbox
+	// owner's browser reaches it, usually through a reverse proxy: for example
+	// https://postern.example.com. The redirect URI to register at the identity provider is
+	// PublicURL + "/signin/callback". Default: http(s)://<listen.signin or listen.admin>.
 	PublicURL string `yaml:"public_url"`
 }
 
@@ -381,21 +388,48 @@ type Admin struct {
 	// reads too. A missing file is created with a random token and mode 0600; a file readable by
 	// group or others is refused. Default: read.token next to signin.key_file.
 	ReadTokenFile string `yaml:"read_token_file"`
+	// TLS serves the admin listener (and listen.signin) over HTTPS.
+	TLS AdminTLS `yaml:"tls"`
 }
+
+// AdminTLS is the certificate of the admin listener. Both files or neither; the files are read
+// again when either changes (checked at each TLS handshake), so a renewed certificate needs no
+// restart.
+type AdminTLS struct {
+	// CertFile is the PEM certificate chain, leaf first. Default "": plain HTTP.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the PEM private key of the certificate.
+	KeyFile string `yaml:"key_file"`
+}
+
+// On reports whether the admin listener serves TLS.
+func (t AdminTLS) On() bool { return t.CertFile != "" && t.KeyFile != "" }
 
 // ReadTokenName is the file name of the default admin.read_token_file, next to signin.key_file.
 const ReadTokenName = "read.token"
 
 // SignInURL is the base URL of the sign-in pages: signin.public_url without a trailing slash, or
-// http://<listen.admin> when it is empty ("" when the admin listener is off too).
+// http(s)://<listen.signin or listen.admin> when it is empty ("" when both listeners are off too).
 func (c *Config) SignInURL() string {
 	if u := strings.TrimRight(c.SignIn.PublicURL, "/"); u != "" {
 		return u
 	}
-	if c.Listen.Admin == "" {
+	addr := c.SignInAddr()
+	if addr == "" {
 		return ""
 	}
-	return "http://" + c.Listen.Admin
+	if c.Admin.TLS.On() {
+		return "https://" + addr
+	}
+	return "http://" + addr
+}
+
+// SignInAddr is the listener of the sign-in pages: listen.signin, else listen.admin.
+func (c *Config) SignInAddr() string {
+	if c.Listen.SignIn != "" {
+		return c.Listen.SignIn
+	}
+	return c.Listen.Admin
 }
 
 // base is the configuration before decoding: every default that does not depend on other keys.
@@ -681,10 +715,27 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 			}
 		}
 	}
-	if l.Admin != "" {
-		if err := checkLoopback(l.Admin); err != nil {
-			add("listen.admin: %v", err)
+	tlsOn := c.Admin.TLS.On()
+	authOn := c.Admin.ReadTokenFile != "" || c.API.TokenFile != ""
+	for _, a := range []struct{ key, value, needs string }{
+		{"listen.admin", l.Admin, "admin.tls (cert_file and key_file) and a token (admin.read_token_file)"},
+		{"listen.signin", l.SignIn, "admin.tls (cert_file and key_file)"},
+	} {
+		if a.value == "" {
+			continue
 		}
+		err := checkLoopback(a.value)
+		var nl *notLoopbackError
+		switch {
+		case errors.As(err, &nl) && tlsOn && (authOn || a.key == "listen.signin"):
+		case errors.As(err, &nl):
+			add("%s: %v, or set %s: it would serve over plain HTTP, or without a token", a.key, err, a.needs)
+		case err != nil:
+			add("%s: %v", a.key, err)
+		}
+	}
+	if l.SignIn != "" && l.SignIn == l.Admin {
+		add("listen.signin %q is listen.admin: leave listen.signin empty to serve the sign-in pages on the admin listener", l.SignIn)
 	}
 	if _, err := l.SocketFileMode(); err != nil {
 		errs = append(errs, err)
@@ -907,12 +958,15 @@ func (c *Config) validateAPI() []error {
 }
 
 func (c *Config) validateAdmin() []error {
-	f := c.Admin.ReadTokenFile
-	if f == "" {
-		return nil
-	}
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if t := c.Admin.TLS; (t.CertFile == "") != (t.KeyFile == "") {
+		add("admin.tls: set both cert_file and key_file, or neither")
+	}
+	f := c.Admin.ReadTokenFile
+	if f == "" {
+		return errs
+	}
 	if strings.HasSuffix(f, "/") {
 		add("admin.read_token_file %q names a directory, not a file", f)
 	}
@@ -1045,7 +1099,14 @@ func checkLoopback(addr string) error {
 		return fmt.Errorf("%q: port %q is not a TCP port", addr, port)
 	}
 	if !isLoopbackHost(host) {
-		return fmt.Errorf("%q is not a loopback address: use 127.0.0.1 or [::1]", addr)
+		return &notLoopbackError{addr}
 	}
 	return nil
+}
+
+// notLoopbackError says that an address is well formed but not on loopback.
+type notLoopbackError struct{ addr string }
+
+func (e *notLoopbackError) Error() string {
+	return fmt.Sprintf("%q is not a loopback address: use 127.0.0.1 or [::1]", e.addr)
 }

@@ -2,36 +2,29 @@ package oauth
 
 import (
 	"context"
-	"crypto"
-	"crypto/rsa"
-	"crypto/sha256"
-	"encoding/base64"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math/big"
-	"net/http"
 	"strings"
-	"time"
+	"sync"
 
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/go-jose/go-jose/v4"
 	"golang.org/x/oauth2"
 
 	"github.com/postern/postern/sidecar/project"
 )
 
-// Claims are the id_token claims Postern reads.
+// Claims are the id_token claims Postern reads besides those github.com/coreos/go-oidc checks
+// (aud, exp, nbf).
 type Claims struct {
-	Issuer            string   `json:"iss"`
-	Subject           string   `json:"sub"`
-	Audience          audience `json:"aud"`
-	Expiry            numDate  `json:"exp"`
-	IssuedAt          numDate  `json:"iat"`
-	NotBefore         numDate  `json:"nbf"`
-	Email             string   `json:"email"`
-	EmailVerified     boolish  `json:"email_verified"`
-	PreferredUsername string   `json:"preferred_username"`
-	UPN               string   `json:"upn"`
+	Issuer            string  `json:"iss"`
+	Subject           string  `json:"sub"`
+	Email             string  `json:"email"`
+	EmailVerified     boolish `json:"email_verified"`
+	PreferredUsername string  `json:"preferred_username"`
+	UPN               string  `json:"upn"`
 	// TenantID is Microsoft's "tid", ObjectID its "oid": the account's immutable identifier
 	// across every application of the tenant.
 	TenantID string `json:"tid"`
@@ -111,77 +104,32 @@ func (c *Claims) Identity(name string) (Identity, error) {
 type IDToken struct {
 	Alg, Kid string
 	Claims   Claims
-	signed   string // header.payload
-	sig      []byte
-}
-
-type audience []string
-
-func (a *audience) UnmarshalJSON(b []byte) error {
-	var one string
-	if json.Unmarshal(b, &one) == nil {
-		*a = audience{one}
-		return nil
-	}
-	var many []string
-	if err := json.Unmarshal(b, &many); err != nil {
-		return errors.New("aud is neither a string nor a list of strings")
-	}
-	*a = many
-	return nil
-}
-
-type numDate struct{ time.Time }
-
-func (d *numDate) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		return nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(b, &n); err != nil {
-		return errors.New("a date claim is not a number")
-	}
-	f, err := n.Float64()
-	if err != nil || f < 0 || f > 1<<40 {
-		return errors.New("a date claim is out of range")
-	}
-	d.Time = time.Unix(int64(f), 0).UTC()
-	return nil
 }
 
 // maxIDToken bounds what ParseIDToken reads.
 const maxIDToken = 64 << 10
+
+// anyAlg is every signature algorithm ParseIDToken reads; verification admits RS256 only.
+var anyAlg = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
+	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA,
+}
 
 // ParseIDToken splits and decodes a compact JWS id_token without verifying anything.
 func ParseIDToken(raw string) (*IDToken, error) {
 	if len(raw) > maxIDToken {
 		return nil, errors.New("id_token is too large")
 	}
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 {
+	if strings.Count(raw, ".") != 2 {
 		return nil, errors.New("id_token is not a compact JWS (three dot-separated parts)")
 	}
-	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
+	jws, err := jose.ParseSignedCompact(raw, anyAlg)
 	if err != nil {
-		return nil, errors.New("id_token header is not base64url")
+		return nil, fmt.Errorf("id_token: %w", err)
 	}
-	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil, errors.New("id_token payload is not base64url")
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		return nil, errors.New("id_token signature is not base64url")
-	}
-	var h struct {
-		Alg string `json:"alg"`
-		Kid string `json:"kid"`
-	}
-	if err := json.Unmarshal(hb, &h); err != nil {
-		return nil, errors.New("id_token header is not JSON")
-	}
-	t := &IDToken{Alg: h.Alg, Kid: h.Kid, signed: parts[0] + "." + parts[1], sig: sig}
-	if err := json.Unmarshal(pb, &t.Claims); err != nil {
+	h := jws.Signatures[0].Header
+	t := &IDToken{Alg: h.Algorithm, Kid: h.KeyID}
+	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &t.Claims); err != nil {
 		return nil, fmt.Errorf("id_token claims: %v", jsonProblem(err))
 	}
 	return t, nil
@@ -232,28 +180,43 @@ func Account(tok *oauth2.Token) (string, error) {
 }
 
 // Account returns the mailbox of Identity.
-func (p *Provider) Account(ctx context.Context, tok *oauth2.Token) (string, error) {
-	id, err := p.Identity(ctx, tok)
+func (p *Provider) Account(ctx context.Context, tok *oauth2.Token, opts ...VerifyOption) (string, error) {
+	id, err := p.Identity(ctx, tok, opts...)
 	return id.Mailbox, err
 }
 
-// Identity returns the account named by tok's id_token after verifying it: the audience must be
-// the client id, the token must not be expired (5 minutes of clock skew allowed), the issuer must
-// be the provider's (Microsoft: https://login.microsoftonline.com/{tid}/v2.0, with tid the
-// configured tenant when that is a tenant id), and the RS256 signature must verify with a key from
-// the provider's JWKS. A generic provider without an issuer gets the audience and expiry checks
-// only. The claims are read as Claims.Identity says; compare the result with the project's
-// mailbox and the previous sign-in with CheckAccount.
-func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token) (Identity, error) {
+// VerifyOption adds a check to Identity.
+type VerifyOption func(*verifyOptions)
+
+type verifyOptions struct{ nonce string }
+
+// WithNonce requires the id_token's nonce claim to be nonce: the one the sign-in's authorization
+// request carried (NonceParam), so that an id_token of another sign-in is refused (OpenID Connect
+// Core 3.1.3.7). An empty nonce checks nothing.
+func WithNonce(nonce string) VerifyOption { return func(o *verifyOptions) { o.nonce = nonce } }
+
+// NonceParam is the authorization request's nonce parameter, for AuthCodeURL.
+func NonceParam(nonce string) oauth2.AuthCodeOption { return oidc.Nonce(nonce) }
+
+// Identity returns the account named by tok's id_token after verifying it with
+// github.com/coreos/go-oidc: the RS256 signature must verify with a key of the provider's JWKS
+// (fetched once, and again when a key id is unknown), the audience must be the client id, the
+// token must not be expired, nor before its nbf (with 5 minutes of clock skew); and the issuer
+// must be the provider's (Microsoft: https://login.microsoftonline.com/{tid}/v2.0, with tid the
+// configured tenant when that is a tenant id). A generic provider without an issuer gets the
+// audience and expiry checks only. With WithNonce, the nonce claim must be the sign-in's. The
+// claims are read as Claims.Identity says; compare the result with the project's mailbox and the
+// previous sign-in with CheckAccount.
+func (p *Provider) Identity(ctx context.Context, tok *oauth2.Token, opts ...VerifyOption) (Identity, error) {
 	raw, err := idTokenOf(tok)
 	if err != nil {
 		return Identity{}, err
 	}
-	claims, err := p.VerifyIDToken(ctx, raw)
+	claims, err := p.VerifyIDToken(ctx, raw, opts...)
 	if err != nil {
 		return Identity{}, err
 	}
-	if p.Name != Microsoft && strings.TrimSpace(claims.Email) == "" && p.Issuer != "" && !strings.Contains(p.Issuer, "{") {
+	if p.Name != Microsoft && strings.TrimSpace(claims.Email) == "" && p.discoverable() {
 		if err := p.userinfo(ctx, tok, claims); err != nil {
 			return Identity{}, err
 		}
@@ -269,38 +232,21 @@ func (p *Provider) userinfo(ctx context.Context, tok *oauth2.Token, claims *Clai
 	if err != nil {
 		return err
 	}
-	if d.Userinfo == "" {
+	u := d.UserInfoEndpoint()
+	if u == "" {
 		return nil // Identity says that no email came
 	}
-	if err := checkEndpoint(d.Userinfo); err != nil {
+	if err := checkEndpoint(u); err != nil {
 		return fmt.Errorf("the userinfo endpoint %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.Userinfo, nil)
+	ui, err := d.UserInfo(p.oidcContext(ctx), oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok.AccessToken, TokenType: "Bearer"}))
 	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	resp, err := p.httpClient().Do(req)
-	if err != nil {
-		return fmt.Errorf("asking the userinfo endpoint %s: %w", d.Userinfo, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("asking the userinfo endpoint %s for the account: %s", d.Userinfo, resp.Status)
-	}
-	var ui struct {
-		Subject       string  `json:"sub"`
-		Email         string  `json:"email"`
-		EmailVerified boolish `json:"email_verified"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ui); err != nil {
-		return fmt.Errorf("the userinfo endpoint %s: %s", d.Userinfo, jsonProblem(err))
+		return fmt.Errorf("asking the userinfo endpoint %s for the account: %w", u, err)
 	}
 	if ui.Subject != claims.Subject {
-		return fmt.Errorf("the userinfo endpoint %s answered for subject %q, not the id_token's %q", d.Userinfo, ui.Subject, claims.Subject)
+		return fmt.Errorf("the userinfo endpoint %s answered for subject %q, not the id_token's %q", u, ui.Subject, claims.Subject)
 	}
-	claims.Email, claims.EmailVerified = ui.Email, ui.EmailVerified
+	claims.Email, claims.EmailVerified = ui.Email, boolish(ui.EmailVerified)
 	return nil
 }
 
@@ -363,55 +309,48 @@ func CheckAccount(id Identity, mailbox string, prev project.Token) error {
 	return nil
 }
 
-// clockSkew is allowed between Postern's clock and the issuer's.
-const clockSkew = 5 * time.Minute
-
-// VerifyIDToken parses raw and checks it as Account describes, returning its claims.
-func (p *Provider) VerifyIDToken(ctx context.Context, raw string) (*Claims, error) {
-	t, err := ParseIDToken(raw)
+// VerifyIDToken checks raw as Identity describes and returns its claims.
+func (p *Provider) VerifyIDToken(ctx context.Context, raw string, opts ...VerifyOption) (*Claims, error) {
+	var o verifyOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(raw) > maxIDToken {
+		return nil, errors.New("id_token is too large")
+	}
+	if strings.Count(raw, ".") != 2 {
+		return nil, errors.New("id_token is not a compact JWS (three dot-separated parts)")
+	}
+	v, err := p.verifier(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.checkClaims(&t.Claims); err != nil {
+	t, err := v.Verify(p.oidcContext(ctx), raw)
+	var expired *oidc.TokenExpiredError
+	switch {
+	case errors.As(err, &expired) && expired.Expiry.IsZero():
+		return nil, errors.New("id_token: no exp claim")
+	case errors.As(err, &expired):
+		return nil, fmt.Errorf("id_token: expired at %s", expired.Expiry.UTC().Format("2006-01-02T15:04:05Z"))
+	case err != nil:
 		return nil, fmt.Errorf("id_token: %w", err)
 	}
-	jwks := p.JWKSURL
-	if jwks == "" && p.Issuer != "" && !strings.Contains(p.Issuer, "{") {
-		if jwks, err = p.discoverJWKS(ctx); err != nil {
-			return nil, err
-		}
+	if o.nonce != "" && subtle.ConstantTimeCompare([]byte(t.Nonce), []byte(o.nonce)) != 1 {
+		return nil, errors.New("id_token: its nonce is not the sign-in's (an id_token of another sign-in)")
 	}
-	if jwks == "" {
-		return &t.Claims, nil
+	var c Claims
+	if err := t.Claims(&c); err != nil {
+		return nil, fmt.Errorf("id_token claims: %v", jsonProblem(err))
 	}
-	keys, err := p.fetchKeys(ctx, jwks)
-	if err != nil {
-		return nil, err
-	}
-	if err := t.verify(keys); err != nil {
+	if err := p.checkIssuer(&c); err != nil {
 		return nil, fmt.Errorf("id_token: %w", err)
 	}
-	return &t.Claims, nil
+	return &c, nil
 }
 
-func (p *Provider) checkClaims(c *Claims) error {
-	now := p.now()
-	aud := false
-	for _, a := range c.Audience {
-		aud = aud || a == p.Config.ClientID
-	}
-	if !aud {
-		return fmt.Errorf("audience %q is not the client id %q", []string(c.Audience), p.Config.ClientID)
-	}
-	if c.Expiry.IsZero() {
-		return errors.New("no exp claim")
-	}
-	if now.After(c.Expiry.Add(clockSkew)) {
-		return fmt.Errorf("expired at %s", c.Expiry.Format(time.RFC3339))
-	}
-	if !c.NotBefore.IsZero() && now.Add(clockSkew).Before(c.NotBefore.Time) {
-		return fmt.Errorf("not valid before %s", c.NotBefore.Format(time.RFC3339))
-	}
+// checkIssuer checks the iss claim, which go-oidc cannot: Microsoft's multi-tenant issuer names
+// the token's own tenant (tid), pinned to the configured tenant when that is a tenant id.
+func (p *Provider) checkIssuer(c *Claims) error {
 	if p.Issuer == "" {
 		return nil
 	}
@@ -435,107 +374,85 @@ func (p *Provider) checkClaims(c *Claims) error {
 	return nil
 }
 
-func (p *Provider) getJSON(ctx context.Context, u string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := p.httpClient().Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s", resp.Status)
-	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
+// oidcState is what a Provider keeps of go-oidc between calls: the issuer's discovered
+// configuration and the verifier with its cache of signing keys. Only successes are kept, so that
+// a provider that was unreachable once is asked again.
+type oidcState struct {
+	mu       sync.Mutex
+	disc     *oidc.Provider
+	verifier *oidc.IDTokenVerifier
 }
 
-// discovery is what Postern reads of an issuer's /.well-known/openid-configuration.
-type discovery struct {
-	Issuer   string `json:"issuer"`
-	JWKSURI  string `json:"jwks_uri"`
-	Userinfo string `json:"userinfo_endpoint"`
+// discoverable reports whether the issuer publishes an OpenID configuration Postern can fetch:
+// Microsoft's multi-tenant issuer is a template, not a URL.
+func (p *Provider) discoverable() bool {
+	return p.Issuer != "" && !strings.Contains(p.Issuer, "{")
 }
 
-// discover reads the issuer's OpenID configuration; its issuer must be p.Issuer.
-func (p *Provider) discover(ctx context.Context) (discovery, error) {
+// oidcContext carries p's HTTP client to go-oidc.
+func (p *Provider) oidcContext(ctx context.Context) context.Context {
+	return oidc.ClientContext(ctx, p.httpClient())
+}
+
+// discover reads the issuer's /.well-known/openid-configuration; its issuer must be p.Issuer.
+func (p *Provider) discover(ctx context.Context) (*oidc.Provider, error) {
+	p.ids.mu.Lock()
+	defer p.ids.mu.Unlock()
+	if p.ids.disc != nil {
+		return p.ids.disc, nil
+	}
 	u := strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
-	var d discovery
-	if err := p.getJSON(ctx, u, &d); err != nil {
-		return d, fmt.Errorf("discovering the issuer's endpoints at %s: %w", u, err)
+	d, err := oidc.NewProvider(p.oidcContext(ctx), p.Issuer)
+	if err != nil {
+		return nil, fmt.Errorf("discovering the issuer's endpoints at %s: %w", u, err)
 	}
-	if d.Issuer != p.Issuer {
-		return d, fmt.Errorf("discovering the issuer's endpoints at %s: issuer %q is not %q", u, d.Issuer, p.Issuer)
-	}
+	p.ids.disc = d
 	return d, nil
 }
 
-func (p *Provider) discoverJWKS(ctx context.Context) (string, error) {
-	d, err := p.discover(ctx)
-	if err != nil {
-		return "", err
+// verifier returns the id_token verifier: RS256 signatures with the keys at p.JWKSURL, or at the
+// jwks_uri the issuer's configuration names; no signature check without either.
+func (p *Provider) verifier(ctx context.Context) (*oidc.IDTokenVerifier, error) {
+	p.ids.mu.Lock()
+	v := p.ids.verifier
+	p.ids.mu.Unlock()
+	if v != nil {
+		return v, nil
 	}
-	u := strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
-	if d.JWKSURI == "" {
-		return "", fmt.Errorf("discovering the signing keys at %s: no jwks_uri", u)
+	cfg := &oidc.Config{
+		ClientID:             p.Config.ClientID,
+		SupportedSigningAlgs: []string{oidc.RS256},
+		SkipIssuerCheck:      true, // checkIssuer
+		Now:                  p.now,
 	}
-	if err := checkEndpoint(d.JWKSURI); err != nil {
-		return "", fmt.Errorf("discovering the signing keys at %s: jwks_uri %w", u, err)
-	}
-	return d.JWKSURI, nil
-}
-
-type jwk struct {
-	Kty string `json:"kty"`
-	Kid string `json:"kid"`
-	Use string `json:"use"`
-	N   string `json:"n"`
-	E   string `json:"e"`
-}
-
-func (p *Provider) fetchKeys(ctx context.Context, u string) (map[string]*rsa.PublicKey, error) {
-	var set struct {
-		Keys []jwk `json:"keys"`
-	}
-	if err := p.getJSON(ctx, u, &set); err != nil {
-		return nil, fmt.Errorf("fetching the signing keys at %s: %w", u, err)
-	}
-	keys := make(map[string]*rsa.PublicKey)
-	for _, k := range set.Keys {
-		if k.Kty != "RSA" || (k.Use != "" && k.Use != "sig") {
-			continue
+	var keys oidc.KeySet
+	switch jwks := p.JWKSURL; {
+	case jwks != "":
+		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), p.httpClient()), jwks)
+	case p.discoverable():
+		d, err := p.discover(ctx)
+		if err != nil {
+			return nil, err
 		}
-		n, err1 := base64.RawURLEncoding.DecodeString(k.N)
-		e, err2 := base64.RawURLEncoding.DecodeString(k.E)
-		if err1 != nil || err2 != nil || len(e) == 0 || len(e) > 4 {
-			continue
+		var meta struct {
+			JWKSURI string `json:"jwks_uri"`
 		}
-		keys[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("fetching the signing keys at %s: no RSA signing keys", u)
-	}
-	return keys, nil
-}
-
-func (t *IDToken) verify(keys map[string]*rsa.PublicKey) error {
-	if t.Alg != "RS256" {
-		return fmt.Errorf("signature algorithm %q is not RS256", t.Alg)
-	}
-	k := keys[t.Kid]
-	if k == nil && t.Kid == "" && len(keys) == 1 {
-		for _, only := range keys {
-			k = only
+		u := strings.TrimSuffix(p.Issuer, "/") + "/.well-known/openid-configuration"
+		if err := d.Claims(&meta); err != nil || meta.JWKSURI == "" {
+			return nil, fmt.Errorf("discovering the signing keys at %s: no jwks_uri", u)
 		}
+		if err := checkEndpoint(meta.JWKSURI); err != nil {
+			return nil, fmt.Errorf("discovering the signing keys at %s: jwks_uri %w", u, err)
+		}
+		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), p.httpClient()), meta.JWKSURI)
+	default:
+		cfg.InsecureSkipSignatureCheck = true // no issuer: nothing to check the signature with
 	}
-	if k == nil {
-		return fmt.Errorf("no signing key with kid %q", t.Kid)
+	v = oidc.NewVerifier(p.Issuer, keys, cfg)
+	p.ids.mu.Lock()
+	defer p.ids.mu.Unlock()
+	if p.ids.verifier == nil {
+		p.ids.verifier = v
 	}
-	sum := sha256.Sum256([]byte(t.signed))
-	if err := rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], t.sig); err != nil {
-		return errors.New("signature does not verify")
-	}
-	return nil
+	return p.ids.verifier, nil
 }

@@ -14,8 +14,8 @@
 //     state (AuthCodeURL, then Exchange at the callback), or the device code (DeviceAuth, then
 //     DeviceToken, which polls with RFC 8628's authorization_pending / slow_down rules and reports
 //     progress). Unattended projects use client credentials (ClientCredentials) and have no person.
-//  3. Identity names the account that signed in after verifying the id_token (signature against
-//     the issuer's keys, iss, aud, exp): for Microsoft its preferred_username (or upn), oid and
+//  3. Identity names the account that signed in after verifying the id_token with
+//     github.com/coreos/go-oidc (signature against the issuer's keys, aud, exp, nbf; iss and the sign-in's nonce here): for Microsoft its preferred_username (or upn), oid and
 //     tid; for others its email, only when email_verified, and sub. A standard OpenID provider
 //     may leave email out of the id_token and serve it at its userinfo endpoint (discovered from
 //     the issuer): it is read there, for the same sub, by the same rule. CheckAccount compares it with
@@ -107,6 +107,8 @@ type Provider struct {
 	HTTPClient *http.Client
 	// Now is the clock for id_token checks; nil means time.Now.
 	Now func() time.Time
+
+	ids oidcState // the issuer's configuration and keys, fetched once (idtoken.go)
 }
 
 // Options are what NewProvider needs besides the project's settings.

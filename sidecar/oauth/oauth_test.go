@@ -503,11 +503,11 @@ func TestVerifyIDToken(t *testing.T) {
 		{"other audience", idp.Sign(rs256, claims(map[string]any{"aud": "someone-else"})), "", "audience"},
 		{"expired", idp.Sign(rs256, claims(map[string]any{"exp": now.Add(-time.Hour).Unix()})), "", "expired"},
 		{"no exp", idp.Sign(rs256, claims(map[string]any{"exp": nil})), "", "no exp"},
-		{"not yet valid", idp.Sign(rs256, claims(map[string]any{"nbf": now.Add(time.Hour).Unix()})), "", "not valid before"},
+		{"not yet valid", idp.Sign(rs256, claims(map[string]any{"nbf": now.Add(time.Hour).Unix()})), "", "before the nbf"},
 		{"other issuer", idp.Sign(rs256, claims(map[string]any{"iss": "https://evil.example"})), "", "issuer"},
-		{"signed by another key", other.Sign(rs256, claims(nil)), "", "signature does not verify"},
-		{"alg none", idp.Sign(map[string]any{"alg": "none", "kid": "test-key-1"}, claims(nil)), "", "not RS256"},
-		{"unknown kid", idp.Sign(map[string]any{"alg": "RS256", "kid": "nope"}, claims(nil)), "", "no signing key"},
+		{"signed by another key", other.Sign(rs256, claims(nil)), "", "failed to verify id token signature"},
+		{"alg none", idp.Sign(map[string]any{"alg": "none", "kid": "test-key-1"}, claims(nil)), "", `unexpected signature algorithm "none"`},
+		{"unknown kid", idp.Sign(map[string]any{"alg": "RS256", "kid": "nope"}, claims(nil)), "", "failed to verify id token signature"},
 		{"garbage", "a.b", "", "compact JWS"},
 	}
 	for _, tc := range tests {
@@ -525,6 +525,23 @@ func TestVerifyIDToken(t *testing.T) {
 				t.Fatalf("Account = %q, %v; want %q", got, err, tc.want)
 			}
 		})
+	}
+	// WithNonce: the id_token must carry the sign-in's nonce.
+	for _, tc := range []struct {
+		name, nonce string
+		claim       any
+		wantErr     bool
+	}{
+		{"same nonce", "n-1", "n-1", false},
+		{"another nonce", "n-1", "n-2", true},
+		{"no nonce claim", "n-1", nil, true},
+		{"no nonce asked", "", "n-2", false},
+	} {
+		tok := (&oauth2.Token{AccessToken: "x"}).WithExtra(map[string]any{"id_token": idp.Sign(rs256, claims(map[string]any{"nonce": tc.claim}))})
+		_, err := p.Account(ctx, tok, oauth.WithNonce(tc.nonce))
+		if tc.wantErr != (err != nil) || err != nil && !strings.Contains(err.Error(), "nonce") {
+			t.Errorf("%s: Account = %v, want error %v", tc.name, err, tc.wantErr)
+		}
 	}
 	if _, err := oauth.Account(&oauth2.Token{AccessToken: "x"}); err == nil || !strings.Contains(err.Error(), "no id_token") {
 		t.Fatalf("Account without id_token: %v", err)
@@ -601,3 +618,43 @@ func TestIdentityFromUserinfo(t *testing.T) {
 		})
 	}
 }
+
+// Every request of the id_token check (discovery, keys, userinfo) goes through Options.HTTPClient,
+// which is how an operator's outbound proxy is honoured.
+func TestIdentityThroughHTTPClient(t *testing.T) {
+	t.Parallel()
+	const account = "a@client.example"
+	idp := oauthtest.New(t, oauthtest.Options{
+		IDClaims: func(string) map[string]any { return map[string]any{"email": nil, "email_verified": nil} },
+	})
+	var mu sync.Mutex
+	var paths []string
+	client := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	p, err := oauth.NewProvider(idp.OAuth("", "openid", "email"), oauth.Options{HTTPClient: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := idp.Grant(account)
+	tok := (&oauth2.Token{AccessToken: g.AccessToken}).WithExtra(map[string]any{
+		"id_token": idp.IDToken(map[string]any{"sub": oauthtest.Subject(account)}),
+	})
+	if got, err := p.Account(context.Background(), tok); err != nil || got != account {
+		t.Fatalf("Account = %q, %v; want %q", got, err, account)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{"/.well-known/openid-configuration", "/jwks", "/userinfo"} {
+		if !slices.Contains(paths, want) {
+			t.Errorf("%s was not asked through the configured HTTP client (asked: %v)", want, paths)
+		}
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

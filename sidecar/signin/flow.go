@@ -23,6 +23,9 @@ type flow struct {
 	Project  string `json:"p"`
 	Mailbox  string `json:"m"`
 	Nonce    string `json:"n"`
+	// IDNonce is the OpenID Connect nonce of the authorization request, which the id_token must
+	// carry back (not the link's Nonce).
+	IDNonce string `json:"in,omitempty"`
 	// LinkExpiry is the link's expiry, so the nonce is remembered as long as the link could work.
 	LinkExpiry int64 `json:"le"`
 	Expiry     int64 `json:"e"`

@@ -13,13 +13,14 @@
 //     and shows which project and mailbox are to be signed in, with a button. Opening the page changes nothing, so link
 //     scanners in mail systems cannot use the link up.
 //  3. The button (POST /signin) checks the link again, and sends the browser to the provider's
-//     sign-in page: authorization code with PKCE S256, a random state and login_hint=<mailbox>.
-//     The state, the PKCE verifier, the project and the link's nonce travel in a cookie sealed with
+//     sign-in page: authorization code with PKCE S256, a random state, a random OpenID nonce and
+//     login_hint=<mailbox>. The state, the PKCE verifier, the OpenID nonce, the project and the
+//     link's nonce travel in a cookie sealed with
 //     XChaCha20-Poly1305 under a key derived from the same key file, valid for FlowTTL (15
 //     minutes): no server-side state, so any replica sharing the key file can serve the callback.
 //  4. GET /signin/callback finds the cookie of the returned state (a state without one is refused),
 //     deletes it, shows a provider's error as such, trades the code for tokens, verifies the
-//     id_token and compares its account with the project's mailbox and the previous sign-in
+//     id_token (with the OpenID nonce of this sign-in) and compares its account with the project's mailbox and the previous sign-in
 //     (oauth.CheckAccount: the mailbox case-insensitively, then the same tenant and account id).
 //     Another account is refused, naming both, and nothing is stored.
 //  5. The grant is saved through Grants (the token broker, which clears needs_reauth) together
@@ -349,7 +350,7 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.opts.Now()
 	f := flow{
-		State: oauth.NewState(), Verifier: oauth.NewVerifier(),
+		State: oauth.NewState(), Verifier: oauth.NewVerifier(), IDNonce: oauth.NewState(),
 		Project: c.p.Name, Mailbox: c.p.Auth.Username, Nonce: c.link.Nonce,
 		LinkExpiry: c.link.Expiry.Unix(), Expiry: now.Add(s.opts.FlowTTL).Unix(),
 	}
@@ -361,7 +362,7 @@ func (s *Server) start(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("sign-in started: sending the browser to the identity provider", "project", c.p.Name, "mailbox", c.p.Auth.Username)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Referrer-Policy", "no-referrer")
-	http.Redirect(w, r, prov.AuthCodeURL(f.State, f.Verifier, oauth.LoginHint(c.p.Auth.Username)), http.StatusSeeOther)
+	http.Redirect(w, r, prov.AuthCodeURL(f.State, f.Verifier, oauth.LoginHint(c.p.Auth.Username), oauth.NonceParam(f.IDNonce)), http.StatusSeeOther)
 }
 
 // callback is GET /signin/callback: steps 4 and 5.
@@ -429,7 +430,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		render(w, s.log, &pg)
 		return
 	}
-	id, err := prov.Identity(ctx, tok)
+	id, err := prov.Identity(ctx, tok, oauth.WithNonce(f.IDNonce))
 	if err != nil {
 		s.log.Warn("sign-in: the id_token did not verify", "project", p.Name, "error", err)
 		pg := facts

@@ -680,6 +680,30 @@ func TestNoIDToken(t *testing.T) {
 	e.noToken()
 }
 
+// The authorization request carries a nonce that the id_token must bring back: an id_token issued
+// for another authorization request (a code injected from another sign-in) is refused.
+func TestIDTokenOfAnotherSignIn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	link, _ := e.link(time.Hour)
+	b := newBrowser(t)
+	auth := b.press(link)
+	q := auth.Query()
+	if len(q.Get("nonce")) < 20 {
+		t.Fatalf("the authorization request has no random nonce: %q", q.Get("nonce"))
+	}
+	q.Set("nonce", "nonce-of-another-sign-in")
+	auth.RawQuery = q.Encode()
+	r := b.get(b.authorize(auth))
+	if r.outcome() != signin.OutcomeAccountUnverified || !strings.Contains(r.text("detail"), "nonce") {
+		t.Fatalf("%d %s %q", r.code, r.outcome(), r.text("detail"))
+	}
+	e.noToken()
+	if got := b.get(b.authorize(b.press(link))); got.outcome() != signin.OutcomeSignedIn {
+		t.Errorf("signing in with the sign-in's own nonce afterwards: %s", got.outcome())
+	}
+}
+
 // After sign-in Postern signs in upstream over XOAUTH2 with the new token, through a real pool.
 func TestUpstreamCheck(t *testing.T) {
 	t.Parallel()

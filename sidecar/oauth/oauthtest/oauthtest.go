@@ -100,6 +100,7 @@ type grant struct {
 	account string
 	scope   string
 	revoked string // the invalid_grant description once revoked
+	nonce   string // the authorization request's nonce, for the first id_token only
 }
 
 type refreshEntry struct {
@@ -113,7 +114,7 @@ type accessEntry struct {
 }
 
 type codeEntry struct {
-	account, redirect, challenge, method, scope string
+	account, redirect, challenge, method, scope, nonce string
 }
 
 type deviceEntry struct {
@@ -390,6 +391,9 @@ func (s *Server) issueLocked(g *grant, withRefresh bool) map[string]any {
 	}
 	if strings.Contains(" "+g.scope+" ", " openid ") {
 		claims := map[string]any{"email": g.account, "email_verified": true, "preferred_username": g.account, "sub": Subject(g.account)}
+		if g.nonce != "" {
+			claims["nonce"], g.nonce = g.nonce, "" // OpenID Connect Core 3.1.3.6: the request's nonce
+		}
 		if s.opts.IDClaims != nil {
 			for k, v := range s.opts.IDClaims(g.account) {
 				claims[k] = v
@@ -472,7 +476,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 	code := random("code-", 32)
 	s.mu.Lock()
 	s.codes[code] = &codeEntry{account: account, redirect: redirect, challenge: q.Get("code_challenge"),
-		method: q.Get("code_challenge_method"), scope: q.Get("scope")}
+		method: q.Get("code_challenge_method"), scope: q.Get("scope"), nonce: q.Get("nonce")}
 	s.mu.Unlock()
 	v.Set("code", code)
 	ru.RawQuery = v.Encode()
@@ -612,7 +616,7 @@ func (s *Server) codeGrant(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	g := &grant{account: c.account, scope: c.scope}
+	g := &grant{account: c.account, scope: c.scope, nonce: c.nonce}
 	s.grants = append(s.grants, g)
 	writeJSON(w, http.StatusOK, s.issueLocked(g, true))
 }
