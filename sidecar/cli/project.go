@@ -489,10 +489,11 @@ id_token is then verified with the issuer's keys, and when it does not name the 
 OpenID providers put email at the userinfo endpoint), the userinfo endpoint from the issuer's
 /.well-known/openid-configuration is asked.
 
-Upstream limits per mailbox, to configure with --messages-per-minute, --recipients-per-day and
---max-connections: Microsoft 365 allows 30 messages a minute, 10,000 recipients a day and 3
-concurrent connections (3 is the default of --max-connections); Gmail allows 100 recipients a
-message (--max-recipients).
+Upstream limits per mailbox (--messages-per-minute, --recipients-per-day, --max-connections,
+--max-recipients): a limit left at 0 is the provider's default, by --provider or host. Microsoft
+(smtp.office365.com): 30 messages a minute, 10,000 recipients a day, 3 connections, 500 recipients
+a message. Google (smtp.gmail.com): 100 recipients a message. Others: 3 connections, no other
+limit. Replicas sharing the store split every limit (limits.replicas); postern project show shows them.
 
 Access tokens are refreshed tokens.refresh_margin (default 10m) before they expire, but at most half
 their lifetime before: a token living 50 seconds is used for 25 seconds, not refreshed on every
@@ -969,15 +970,24 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			}
 		}
 	}
-	l := p.Limits
+	own, l := p.Limits, p.EffectiveLimits()
+	provider, _ := project.ProviderLimits(p)
+	from := func(mine int) string {
+		if mine == 0 && provider != "" {
+			return " (" + provider + " default)"
+		}
+		return ""
+	}
 	conns := strconv.Itoa(l.Connections())
 	if l.MaxConnections == 0 {
 		conns += " (default)"
+	} else {
+		conns += from(own.MaxConnections)
 	}
 	row("max connections", conns)
-	row("messages per minute", limit(int64(l.MessagesPerMinute), "no limit"))
-	row("recipients per day", limit(int64(l.RecipientsPerDay), "no limit"))
-	row("max recipients", limit(int64(l.MaxRecipients), "the global limit"))
+	row("messages per minute", limit(int64(l.MessagesPerMinute), "no limit")+from(own.MessagesPerMinute))
+	row("recipients per day", limit(int64(l.RecipientsPerDay), "no limit")+from(own.RecipientsPerDay))
+	row("max recipients", limit(int64(l.MaxRecipients), "the global limit")+from(own.MaxRecipients))
 	row("max message bytes", limit(l.MaxMessageBytes, "the global limit"))
 	tw.Flush()
 }
