@@ -219,6 +219,9 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = dir.Run(ctx) })
+	if keep := keepGrantsAlive(cfg, dir, st, broker, log.With("component", "keepalive")); keep != nil {
+		wg.Go(func() { keep(ctx) })
+	}
 	wg.Go(func() {
 		running := *cfg
 		for {
