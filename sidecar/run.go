@@ -74,7 +74,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	}
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
-	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
+	pools, creds, broker, lim := parts.Pools, parts.Credentials, parts.Broker, parts.Limits
 
 	// The sign-in pages for OAuth mailboxes, on the admin listener.
 	var extraRoutes map[string]http.Handler
@@ -109,7 +109,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients,
 		RateWait:        cfg.Limits.RateWait,
-		Limiter:         parts.Limits,
+		Limiter:         lim,
 		ReadTimeout:     cfg.SMTPD.CommandTimeout,
 		DataTimeout:     cfg.SMTPD.DataTimeout,
 	})
@@ -196,7 +196,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		Version:   build.Version,
 		Registry:  reg,
 		Checks:    readiness(dir, st, broker),
-		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools, parts.Limits) },
+		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools, lim) },
 		Extra:     extraRoutes,
 		API:       api,
 		ReadToken: readToken,
