@@ -1,11 +1,15 @@
 package upstream_test
 
 import (
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/upstream"
+	"github.com/postern/postern/sidecar/upstream/upstreamtest"
 )
 
 // TestQuota: provider quota replies, with the providers' own texts, are named and temporary at
@@ -48,5 +52,28 @@ func TestQuota(t *testing.T) {
 				t.Errorf("Temporary() = false for the quota reply %v", &tc.err)
 			}
 		})
+	}
+}
+
+// TestConnectionsOption: Options.Connections (a replica's share of the project's limit) caps the
+// connections a project may open, below the project's own limit.
+func TestConnectionsOption(t *testing.T) {
+	t.Parallel()
+	srv := upstreamtest.NewServer(t, upstreamtest.Options{TLS: project.TLSStartTLS, Users: users()})
+	pools, _ := newPools(t, upstream.Options{MaxConnWait: 50 * time.Millisecond,
+		Connections: func(p project.Project) int { return p.Limits.Connections() / 2 }})
+	p := proj("client-a", srv)
+	p.Limits.MaxConnections = 2
+	ctx := ctxFor(t)
+	c, err := pools.Acquire(ctx, p, basic(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if _, err := pools.Acquire(ctx, p, basic("")); !errors.Is(err, upstream.ErrBusy) {
+		t.Errorf("second connection with a share of 1: %v, want ErrBusy", err)
+	}
+	if n := srv.Stats().Conns; n != 1 {
+		t.Errorf("the upstream saw %d connections, want 1", n)
 	}
 }
