@@ -14,7 +14,9 @@
 //	credential                    the one sign-in to an upstream (sources: credential.Basic,
 //	                              token.Broker for OAuth, credential.Plugins over plugin)
 //	upstream, xoauth2             the client session and the pools
+//	limits                        per-mailbox limits, shared out across replicas; quota pauses
 //	token, oauth, signin          OAuth tokens, the identity providers, the sign-in pages
+//	keepalive                     refreshes idle OAuth grants before they expire of inactivity
 //	advice                        what the operator must do next, for check, CLI, status, sign-in
 //	admin                         status page, JSON API, metrics, health checks
 //	store (boltstore, vaultstore) projects and tokens
@@ -68,7 +70,9 @@
 //     terminal, with the same Parts.
 //  5. After that the broker refreshes by itself and writes every rotated refresh token back to the
 //     store before using the new access token; a revoked grant marks the project needs_reauth, its
-//     mail waits in Postfix's queue, and flows once the owner signs in again.
+//     mail waits in Postfix's queue, and flows once the owner signs in again. A grant that sends
+//     nothing is refreshed anyway every tokens.keepalive_interval (package keepalive), so that it
+//     never dies of inactivity.
 //
 // Projects and tokens live in a store (package store, opened by OpenStore): an embedded database
 // on a single host, each record encrypted (store/boltstore, which migrates the earlier single-file

@@ -7,6 +7,7 @@ import (
 	"github.com/postern/postern/plugin"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/store"
@@ -23,8 +24,10 @@ type Parts struct {
 	Broker *token.Broker
 	// Credentials is the one sign-in to an upstream, over the source for each auth type.
 	Credentials *credential.Manager
-	// Pools are the upstream connections deliveries use.
+	// Pools are the upstream connections deliveries use, each project's within Limits' share.
 	Pools *upstream.Pools
+	// Limits enforce this replica's share of every project's limits (limits.replicas).
+	Limits *limits.Limiter
 
 	// checks are pools of their own for sign-in checks, so that a check always opens a new
 	// connection and signs in with the credential it is given.
@@ -44,11 +47,15 @@ func NewParts(ctx context.Context, cfg *config.Config, st store.Store, log *slog
 		Plugin: credential.NewPlugins(providers, log.With("component", "plugin"), nil),
 		Logger: log.With("component", "credential"),
 	})
+	lim := limits.New(limits.Options{Replicas: cfg.Limits.Replicas, QuotaPause: cfg.Limits.QuotaPause})
+	deliveries := UpstreamOptions(cfg, log.With("component", "upstream"))
+	deliveries.Connections = lim.Connections
 	return &Parts{
 		Store:          st,
 		Broker:         broker,
 		Credentials:    creds,
-		Pools:          upstream.NewPools(UpstreamOptions(cfg, log.With("component", "upstream"))),
+		Limits:         lim,
+		Pools:          upstream.NewPools(deliveries),
 		checks:         upstream.NewPools(UpstreamOptions(cfg, log.With("component", "signin"))),
 		closeProviders: closeProviders,
 	}

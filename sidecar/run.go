@@ -20,6 +20,7 @@ import (
 	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
@@ -73,7 +74,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	}
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
-	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
+	pools, creds, broker, lim := parts.Pools, parts.Credentials, parts.Broker, parts.Limits
 
 	// The sign-in pages for OAuth mailboxes, on the admin listener or their own (listen.signin).
 	var extraRoutes map[string]http.Handler
@@ -108,6 +109,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes,
 		MaxRecipients:   cfg.Limits.MaxRecipients,
 		RateWait:        cfg.Limits.RateWait,
+		Limiter:         lim,
 		ReadTimeout:     cfg.SMTPD.CommandTimeout,
 		DataTimeout:     cfg.SMTPD.DataTimeout,
 	})
@@ -203,7 +205,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		Version:   build.Version,
 		Registry:  reg,
 		Checks:    readiness(dir, st, broker),
-		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
+		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools, lim) },
 		Extra:     extraRoutes,
 		Protected: protected,
 		API:       api,
@@ -230,6 +232,9 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = dir.Run(ctx) })
+	if keep := keepGrantsAlive(cfg, dir, st, broker, log.With("component", "keepalive")); keep != nil {
+		wg.Go(func() { keep(ctx) })
+	}
 	wg.Go(func() {
 		running := *cfg
 		for {
@@ -291,7 +296,7 @@ func generated(log *slog.Logger, path, what string, load func(path string) error
 	return nil
 }
 
-func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.Broker, pools *upstream.Pools) []admin.ProjectStatus {
+func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.Broker, pools *upstream.Pools, lim *limits.Limiter) []admin.ProjectStatus {
 	down := map[string]upstream.PoolStats{}
 	for _, s := range pools.Stats() {
 		down[s.Project] = s
@@ -320,6 +325,11 @@ func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.
 		}
 		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
 			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
+			row.Action = advice.Status(p, row.State, nil)
+		}
+		if pause, ok := lim.Paused(p.Name); ok {
+			row.State = advice.StateQuotaPaused
+			row.Reason = "the upstream reported its sending quota (" + pause.Reason + "); mail is deferred until " + pause.Until.UTC().Format(time.RFC3339)
 			row.Action = advice.Status(p, row.State, nil)
 		}
 		switch {

@@ -106,6 +106,9 @@ const (
 	StateUpstreamDown = "upstream_down"
 	StateDisabled     = "disabled"
 	StateRemoved      = "removed"
+	// StateQuotaPaused: the upstream reported a provider's sending quota; the project's mail is
+	// deferred until the pause ends (package limits).
+	StateQuotaPaused = "quota_paused"
 )
 
 // Status says what to do about project p in a status-page state; err is the failure behind it
@@ -126,6 +129,8 @@ func Status(p project.Project, state string, err error) string {
 		return "Postern cannot reach the upstream; mail waits in Postfix's queue and is retried"
 	case StateDisabled:
 		return "postern project enable " + p.Name
+	case StateQuotaPaused:
+		return "nothing to do: mail waits in Postfix's queue and flows when the pause ends; if it recurs, lower the project's --messages-per-minute or --recipients-per-day, or ask the provider for a higher quota"
 	case StateRemoved:
 		return "postern project add " + p.Name + " ... to let its mail flow, or postern project purge " + p.Name
 	}

@@ -43,10 +43,11 @@ id_token is then verified with the issuer's keys, and when it does not name the 
 OpenID providers put email at the userinfo endpoint), the userinfo endpoint from the issuer's
 /.well-known/openid-configuration is asked.
 
-Upstream limits per mailbox, to configure with --messages-per-minute, --recipients-per-day and
---max-connections: Microsoft 365 allows 30 messages a minute, 10,000 recipients a day and 3
-concurrent connections (3 is the default of --max-connections); Gmail allows 100 recipients a
-message (--max-recipients).
+Upstream limits per mailbox (--messages-per-minute, --recipients-per-day, --max-connections,
+--max-recipients): a limit left at 0 is the provider's default, by --provider or host. Microsoft
+(smtp.office365.com): 30 messages a minute, 10,000 recipients a day, 3 connections, 500 recipients
+a message. Google (smtp.gmail.com): 100 recipients a message. Others: 3 connections, no other
+limit. Replicas sharing the store split every limit (limits.replicas); postern project show shows them.
 
 Access tokens are refreshed tokens.refresh_margin (default 10m) before they expire, but at most half
 their lifetime before: a token living 50 seconds is used for 25 seconds, not refreshed on every

@@ -263,15 +263,24 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			}
 		}
 	}
-	l := p.Limits
+	own, l := p.Limits, p.EffectiveLimits()
+	provider, _ := project.ProviderLimits(p)
+	from := func(mine int) string {
+		if mine == 0 && provider != "" {
+			return " (" + provider + " default)"
+		}
+		return ""
+	}
 	conns := strconv.Itoa(l.Connections())
 	if l.MaxConnections == 0 {
 		conns += " (default)"
+	} else {
+		conns += from(own.MaxConnections)
 	}
 	row("max connections", conns)
-	row("messages per minute", limit(int64(l.MessagesPerMinute), "no limit"))
-	row("recipients per day", limit(int64(l.RecipientsPerDay), "no limit"))
-	row("max recipients", limit(int64(l.MaxRecipients), "the global limit"))
+	row("messages per minute", limit(int64(l.MessagesPerMinute), "no limit")+from(own.MessagesPerMinute))
+	row("recipients per day", limit(int64(l.RecipientsPerDay), "no limit")+from(own.RecipientsPerDay))
+	row("max recipients", limit(int64(l.MaxRecipients), "the global limit")+from(own.MaxRecipients))
 	row("max message bytes", limit(l.MaxMessageBytes, "the global limit"))
 	tw.Flush()
 }

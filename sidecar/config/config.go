@@ -325,6 +325,15 @@ type Limits struct {
 	// RateWait is how long a message waits for its project's rate limit before it is deferred.
 	// Default 30s.
 	RateWait time.Duration `yaml:"rate_wait"`
+	// Replicas is how many Postern processes share the store. Each enforces floor(limit /
+	// replicas), at least 1, of every project's limits (connections, messages per minute,
+	// recipients per day), so that together they stay within the mailbox's limits (package
+	// limits). Default 1.
+	Replicas int `yaml:"replicas"`
+	// QuotaPause: after an upstream's quota reply (Exchange SubmissionQuotaExceeded, Gmail 5.4.5,
+	// Exchange 5.7.233), the project's mail is deferred until the next multiple of this (the next
+	// full hour for 1h). Default 1h.
+	QuotaPause time.Duration `yaml:"quota_pause"`
 }
 
 // SMTPD holds the timeouts of the LMTP and SMTP server Postfix delivers to (listen.lmtp,
@@ -463,6 +472,8 @@ func base() *Config {
 			MaxMessageBytes: 50 << 20,
 			MaxRecipients:   1000,
 			RateWait:        30 * time.Second,
+			Replicas:        1,
+			QuotaPause:      time.Hour,
 		},
 		SMTPD: SMTPD{
 			CommandTimeout: 10 * time.Minute,
@@ -477,7 +488,7 @@ func base() *Config {
 			KeyFile: DefaultSignInKeyFile,
 			LinkTTL: DefaultSignInLinkTTL,
 		},
-		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin},
+		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin, KeepaliveInterval: DefaultKeepaliveInterval},
 		ReloadInterval: 10 * time.Second,
 		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
@@ -809,12 +820,21 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	if c.Limits.RateWait < 0 {
 		add("limits.rate_wait %v: must not be negative", c.Limits.RateWait)
 	}
+	if c.Limits.Replicas <= 0 {
+		add("limits.replicas %d: must be 1 or more (the Postern processes sharing the store)", c.Limits.Replicas)
+	}
+	if c.Limits.QuotaPause <= 0 {
+		add("limits.quota_pause %v: must be more than 0", c.Limits.QuotaPause)
+	}
 	errs = append(errs, c.validateSignIn()...)
 	errs = append(errs, c.validateAPI()...)
 	errs = append(errs, c.validateAdmin()...)
 	errs = append(errs, c.validateProviders()...)
 	if c.Tokens.RefreshMargin <= 0 {
 		add("tokens.refresh_margin %v: must be more than 0", c.Tokens.RefreshMargin)
+	}
+	if c.Tokens.KeepaliveInterval < 0 {
+		add("tokens.keepalive_interval %v: must not be negative (0 turns keep-alive off)", c.Tokens.KeepaliveInterval)
 	}
 	if _, err := c.OAuth.ProxyURL(); err != nil {
 		errs = append(errs, err)
@@ -862,7 +882,14 @@ type Tokens struct {
 	// long; no delivery waits for it. Microsoft's high-volume service refuses tokens close to
 	// expiry, so keep the default of 10m for real providers.
 	RefreshMargin time.Duration `yaml:"refresh_margin"`
+	// KeepaliveInterval: an OAuth project whose token record has not changed for this long (no
+	// mail, so no refresh) has its refresh token redeemed anyway, so that the grant never reaches
+	// the provider's inactivity expiry (Microsoft: 90 days). 0 turns it off. Default 168h (7 days).
+	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
 }
+
+// DefaultKeepaliveInterval is the default of tokens.keepalive_interval.
+const DefaultKeepaliveInterval = 7 * 24 * time.Hour
 
 // DefaultRefreshMargin is the default of tokens.refresh_margin.
 const DefaultRefreshMargin = 10 * time.Minute

@@ -19,6 +19,7 @@ package reply
 import (
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -71,6 +72,9 @@ const (
 	Removed
 	// RateLimited: the project's messages-per-minute budget was not there in time.
 	RateLimited
+	// QuotaPaused: the project is paused until Facts.Until after its upstream reported a sending
+	// quota (Facts.Reason names it).
+	QuotaPaused
 	// NeedsSignIn: the project's credential needs a person to sign in again.
 	NeedsSignIn
 	// CredentialRefused: the upstream refused the credential, after a renewal where it can be
@@ -78,6 +82,8 @@ const (
 	CredentialRefused
 	// TooManyRecipients: more recipients than the project allows (Facts.Limit, 0 if not known).
 	TooManyRecipients
+	// RecipientsPerDay: the project's recipients-per-day limit (Facts.Limit) is reached.
+	RecipientsPerDay
 	// TooLarge: a message over the project's size limit (Facts.Limit, 0 if not known).
 	TooLarge
 	// LineTooLong: a line of the message over Facts.Limit bytes.
@@ -102,6 +108,7 @@ type Facts struct {
 	Upstream string // "upstream host:port"
 	Said     string // the upstream's reply
 	Limit    int64
+	Until    time.Time // when a paused project sends again
 }
 
 type entry struct {
@@ -161,6 +168,16 @@ var table = map[State]entry{
 		return fmt.Sprintf("From <%s> is not allowed for %s: the mailbox may send as %s", f.Address, Clean(f.Project, 100), f.Reason)
 	}},
 	Temporary: {451, [3]int{4, 3, 0}, fixed("temporary local problem, try again later")},
+	RecipientsPerDay: {451, [3]int{4, 7, 0}, func(f Facts) string {
+		if f.Limit <= 0 {
+			return fmt.Sprintf("daily recipient limit reached for project %s, try again later", Clean(f.Project, 100))
+		}
+		return fmt.Sprintf("daily recipient limit reached for project %s (%d recipients a day), try again later", Clean(f.Project, 100), f.Limit)
+	}},
+	QuotaPaused: {451, [3]int{4, 7, 0}, func(f Facts) string {
+		return fmt.Sprintf("project %s is paused until %s: the upstream reported its sending quota (%s), try again later",
+			Clean(f.Project, 100), f.Until.UTC().Format("15:04 MST"), Clean(f.Reason, 200))
+	}},
 }
 
 // For returns the reply for s, with the values in f. An unknown state is Temporary.

@@ -23,7 +23,7 @@ func TestTable(t *testing.T) {
 			t.Errorf("state %d: operator text in a reply: %q", s, r.Text)
 		}
 	}
-	for _, s := range []State{ShuttingDown, Unavailable, Disabled, RateLimited, NeedsSignIn, CredentialRefused, Temporary} {
+	for _, s := range []State{ShuttingDown, Unavailable, Disabled, RateLimited, QuotaPaused, RecipientsPerDay, NeedsSignIn, CredentialRefused, Temporary} {
 		if r := For(s, f); r.Code/100 != 4 {
 			t.Errorf("state %d is an operational fault, but %v is not temporary", s, r)
 		}

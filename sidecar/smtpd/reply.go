@@ -10,6 +10,7 @@ import (
 	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/reply"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -26,7 +27,6 @@ var (
 	errDisabled          = errors.New("project is disabled")
 	errRemoved           = errors.New("project was removed")
 	errTooManyRecipients = errors.New("too many recipients for the project")
-	errRateLimited       = errors.New("rate limit reached")
 	errMessageTooLarge   = errors.New("message too large")
 	errLineTooLong       = errors.New("message line too long")
 	errShuttingDown      = errors.New("shutting down")
@@ -74,6 +74,7 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 		tx = &txError{}
 	}
 	var bad *address.SyntaxError
+	var lim *limits.Error
 	var limit int64
 	var le *limitError
 	if errors.As(err, &le) {
@@ -107,8 +108,12 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 		state = reply.NestedMail
 	case errors.Is(err, errTooManyRecipients):
 		state = reply.TooManyRecipients
-	case errors.Is(err, errRateLimited):
+	case errors.Is(err, limits.ErrRateLimited):
 		state = reply.RateLimited
+	case errors.As(err, &lim) && errors.Is(err, limits.ErrRecipientsPerDay):
+		state, facts.Limit = reply.RecipientsPerDay, int64(lim.Limit)
+	case errors.As(err, &lim) && errors.Is(err, limits.ErrPaused):
+		state, facts.Reason, facts.Until = reply.QuotaPaused, lim.Reason, lim.Until
 	case errors.Is(err, errLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
 		// Over DATA go-smtp finds the line on the wire, over BDAT countingReader finds it in the
 		// message: one reply.

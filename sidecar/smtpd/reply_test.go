@@ -7,11 +7,13 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/upstream"
 )
 
@@ -50,7 +52,16 @@ func TestReplyFor(t *testing.T) {
 		{"smtp auth disabled for the tenant", stageMail, up(upstream.StageAuth, 535, smtp.EnhancedCode{5, 7, 139}, "SmtpClientAuthentication is disabled"),
 			451, smtp.EnhancedCode{4, 7, 0}, []string{"SmtpClientAuthentication is disabled"}, nil},
 		// DESIGN: local rate limit reached → 451 4.7.0.
-		{"rate limit", stageMail, tx(fmt.Errorf("waited: %w", errRateLimited)), 451, smtp.EnhancedCode{4, 7, 0}, []string{"rate limit reached"}, nil},
+		{"rate limit", stageMail, tx(&limits.Error{Project: "client-a", Limit: 30, Share: 30, Err: limits.ErrRateLimited}), 451, smtp.EnhancedCode{4, 7, 0}, []string{"rate limit reached"}, nil},
+		{"recipients per day", stageRcpt, tx(&limits.Error{Project: "client-a", Limit: 10000, Share: 5000, Err: limits.ErrRecipientsPerDay}),
+			451, smtp.EnhancedCode{4, 7, 0}, []string{"daily recipient limit reached for project client-a (10000 recipients a day)"}, nil},
+		// DESIGN: provider quota errors that are 5xx but temporary → 4xx, and the project pauses.
+		{"paused after a quota reply", stageMail, tx(&limits.Error{Project: "client-a", Until: time.Date(2026, 12, 3, 15, 0, 0, 0, time.UTC),
+			Reason: "Exchange Online submission quota", Err: limits.ErrPaused}),
+			451, smtp.EnhancedCode{4, 7, 0}, []string{"project client-a is paused until 15:00 UTC", "Exchange Online submission quota"}, nil},
+		{"exchange tenant external recipient cap", stageRcpt, up(upstream.StageRcpt, 550, smtp.EnhancedCode{5, 7, 233},
+			"Your message can't be sent because your tenant exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)"),
+			451, smtp.EnhancedCode{4, 7, 233}, []string{"550 5.7.233 Your message can't be sent"}, nil},
 		{"too many recipients", stageRcpt, tx(errTooManyRecipients), 452, smtp.EnhancedCode{4, 5, 3}, []string{"too many recipients"}, nil},
 		{"size over the project limit", stageMail, tx(errMessageTooLarge), 552, smtp.EnhancedCode{5, 3, 4}, nil, nil},
 		{"go-smtp's size limit", stageData, tx(&upstream.Error{Stage: upstream.StageData, Err: smtp.ErrDataTooLarge}), 552, smtp.EnhancedCode{5, 3, 4}, nil, nil},
@@ -145,7 +156,7 @@ func TestReplyForNeverBouncesOperationalFaults(t *testing.T) {
 	t.Parallel()
 	faults := []error{
 		context.Canceled, context.DeadlineExceeded, io.EOF, errors.New("boom"),
-		directory.ErrUnavailable, credential.ErrNeedsReauth, errDisabled, errRateLimited, errShuttingDown,
+		directory.ErrUnavailable, credential.ErrNeedsReauth, errDisabled, limits.ErrRateLimited, errShuttingDown,
 		&upstream.Error{Stage: upstream.StageConnect, Err: errors.New("refused")},
 		&upstream.Error{Stage: upstream.StageGreeting, Code: 554, Message: "no service"},
 		&upstream.Error{Stage: upstream.StageEHLO, Code: 500, Message: "bad"},

@@ -42,6 +42,9 @@ type transaction struct {
 	project project.Project
 	conn    *upstream.Conn
 	rcpts   []string
+	// taken counts the recipients taken from the project's recipients-per-day budget and not
+	// given back.
+	taken int
 	// utf8 is set when MAIL FROM carried SMTPUTF8: only then may an address hold more than ASCII.
 	utf8 bool
 	// broken holds the failure that left the upstream connection's state unknown; the rest of the
@@ -139,10 +142,15 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 	if !p.Enabled {
 		return errDisabled
 	}
+	p.Limits = p.EffectiveLimits() // with the provider's defaults
+	tx.project = p
+	if err := s.srv.limiter.CheckPaused(p.Name); err != nil {
+		return err
+	}
 	if max := p.Limits.MaxMessageBytes; max > 0 && opts.Size > max {
 		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the project's limit of %d bytes", opts.Size, max)}
 	}
-	if err := s.srv.limiters.wait(ctx, p, time.Duration(s.srv.rateWait.Load())); err != nil {
+	if err := s.srv.limiter.WaitMessage(ctx, p, time.Duration(s.srv.rateWait.Load())); err != nil {
 		return err
 	}
 
@@ -160,6 +168,7 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the upstream's limit of %d bytes", opts.Size, max)}
 	}
 	if err := conn.Mail(ctx, tx.sender, &smtp.MailOptions{Size: opts.Size, Body: opts.Body, UTF8: opts.UTF8}); err != nil {
+		s.quota(tx, err)
 		giveBack(conn, err)
 		return err
 	}
@@ -182,15 +191,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		err = checkAddress(to, tx.utf8)
 	}
 	if err == nil {
-		if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
-			err = &limitError{err: errTooManyRecipients, limit: int64(max), detail: fmt.Sprintf("%d recipients accepted, the project's limit is %d", len(tx.rcpts), max)}
-		} else if s.lmtp {
-			// LMTP answers for each recipient after the message: the recipients go upstream
-			// with DATA (in one round trip where the upstream pipelines), and a recipient the
-			// upstream refuses gets its refusal then.
-		} else if err = tx.conn.Rcpt(s.ctx, to, nil); err != nil && stateUnknown(err) {
-			tx.broken = err
-		}
+		err = s.rcpt(tx, to)
 	}
 	if err != nil {
 		reply := replyFor(stageRcpt, tx.wrap(err))
@@ -200,6 +201,32 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	tx.rcpts = append(tx.rcpts, to)
 	return nil
+}
+
+// rcpt takes a recipient: the project's limits, then (SMTP) the upstream.
+func (s *session) rcpt(tx *transaction, to string) error {
+	if max := tx.project.Limits.MaxRecipients; max > 0 && len(tx.rcpts) >= max {
+		return &limitError{err: errTooManyRecipients, limit: int64(max), detail: fmt.Sprintf("%d recipients accepted, the project's limit is %d", len(tx.rcpts), max)}
+	}
+	if err := s.srv.limiter.TakeRecipient(tx.project); err != nil {
+		return err // the day's budget is used up: this recipient waits in Postfix's queue
+	}
+	tx.taken++
+	if s.lmtp {
+		// LMTP answers for each recipient after the message: the recipients go upstream with
+		// DATA (in one round trip where the upstream pipelines), and a recipient the upstream
+		// refuses gets its refusal then.
+		return nil
+	}
+	err := tx.conn.Rcpt(s.ctx, to, nil)
+	if err != nil {
+		s.giveRecipients(tx, 1)
+		s.quota(tx, err)
+		if stateUnknown(err) {
+			tx.broken = err
+		}
+	}
+	return err
 }
 
 // Data streams the message to the upstream and returns its final reply (SMTP).
@@ -237,11 +264,15 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 		if err == nil {
 			accepted = tx.conn.LastReply()
 		}
+		s.quota(tx, err)
 		giveBack(tx.conn, err)
 	} else {
 		tx.conn.Discard()
 	}
 	reply := replyFor(stageData, tx.wrap(err))
+	if reply != nil {
+		s.giveRecipients(tx, tx.taken) // the upstream took none of them
+	}
 	n := len(tx.rcpts)
 	code := 0
 	if reply != nil {
@@ -254,6 +285,10 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 		for i, rcpt := range tx.rcpts {
 			if i < len(refused) && refused[i] != nil {
 				n--
+				s.quota(tx, refused[i])
+				if reply == nil {
+					s.giveRecipients(tx, 1)
+				}
 				rr := replyFor(stageRcpt, tx.wrap(refused[i]))
 				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i], time.Since(tx.started))
 				s.srv.counts.recipient(tx.project.Name, rr.Code)
@@ -312,7 +347,11 @@ func (s *session) Logout() error {
 // finish returns an unfinished transaction's upstream connection: to the pool (which RSETs it)
 // unless its state is unknown.
 func (s *session) finish(tx *transaction, err error) {
-	if tx == nil || tx.conn == nil {
+	if tx == nil {
+		return
+	}
+	s.giveRecipients(tx, tx.taken) // a transaction that ended before DATA sent none of them
+	if tx.conn == nil {
 		return
 	}
 	if tx.broken != nil {
@@ -324,6 +363,31 @@ func (s *session) finish(tx *transaction, err error) {
 func (s *session) endTransaction() {
 	if s.dc != nil {
 		s.dc.end()
+	}
+}
+
+// giveRecipients gives n of the recipients tx took from the project's recipients-per-day budget
+// back: the upstream did not take them.
+func (s *session) giveRecipients(tx *transaction, n int) {
+	n = min(n, tx.taken)
+	if n <= 0 {
+		return
+	}
+	tx.taken -= n
+	s.srv.limiter.ReturnRecipients(tx.project.Name, n)
+}
+
+// quota pauses tx's project when err is an upstream's reply reporting a provider's sending quota:
+// the quota passes with time, and every message sent before then would be refused the same way.
+func (s *session) quota(tx *transaction, err error) {
+	var ue *upstream.Error
+	if !errors.As(err, &ue) {
+		return
+	}
+	if name := ue.Quota(); name != "" {
+		until := s.srv.limiter.Pause(tx.project.Name, name)
+		tx.log.Warn("the upstream reported a sending quota: pausing the project", "quota", name, "until", until,
+			"upstream_reply", replyText(ue))
 	}
 }
 

@@ -12,8 +12,9 @@
 //     553 5.6.7. The sender's project is resolved (Resolver). No project now: 451 4.7.1 (the mail is
 //     queued already; see replyFor). Project
 //     configuration unavailable: 451 4.3.0. Project disabled: 451 4.7.0. A SIZE over the project's
-//     limit: 552 5.3.4. The project's messages-per-minute budget is waited for, at most
-//     Options.RateWait, else 451 4.7.0.
+//     limit: 552 5.3.4. A project paused after its upstream's quota reply: 451 4.7.0. The
+//     project's messages-per-minute share is waited for, at most Options.RateWait, else 451
+//     4.7.0 (package limits owns every limit and its share across replicas).
 //  2. The project signs in through Credentials (package credential), which acquires an upstream
 //     connection (Upstreams) with the project's credential, renews a refused credential once where
 //     it can and reports the outcome to its source. A credential that needs a person to sign in
@@ -22,7 +23,8 @@
 //  3. RCPT TO: a recipient no quoting can carry upstream is refused with 553 5.1.3, one beyond
 //     ASCII without SMTPUTF8 on MAIL FROM with 553 5.6.7; both before it goes anywhere, over LMTP
 //     too. Past the project's recipient limit 452 4.5.3 (Postfix sends the rest in another
-//     transaction). Over SMTP the upstream's reply for that recipient is passed back. Over LMTP
+//     transaction); past its recipients-per-day share 451 4.7.0 (a recipient is counted when it is
+//     accepted, and given back when the upstream does not take the message). Over SMTP the upstream's reply for that recipient is passed back. Over LMTP
 //     the recipient is taken, and goes upstream with DATA.
 //  4. DATA: over LMTP, the recipients and DATA go upstream together (one round trip where the
 //     upstream pipelines), then the body streams to the upstream if it took a recipient. Each
@@ -32,6 +34,9 @@
 //     offers); either way a line over maxLineLength (2000 bytes) ends it with 451 4.6.0.
 //  5. The upstream connection goes back to its pool at the end of the transaction (RSET, Reset,
 //     logout), or is discarded when a failure left its state unknown.
+//
+// An upstream's reply that reports a provider's sending quota (upstream.Error.Quota) is answered
+// with a 4xx, never a bounce, and pauses the project (limits.Limiter.Pause).
 //
 // Every failure goes through replyFor: an upstream's definite no (5xx to RCPT or DATA) is passed
 // on; everything else is temporary, so mail is never bounced for an operational fault.
@@ -59,6 +64,7 @@ import (
 
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -125,6 +131,9 @@ type Options struct {
 	DataTimeout time.Duration
 	// WriteTimeout bounds writing one reply. Default DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// Limiter enforces the projects' limits (this replica's share of them) and pauses after
+	// quota replies. Nil: a Limiter of its own, for one replica.
+	Limiter *limits.Limiter
 	// RateWait bounds the wait for a project's messages-per-minute budget before 451 4.7.0.
 	// Default DefaultRateWait.
 	RateWait time.Duration
@@ -137,7 +146,7 @@ type Options struct {
 type Server struct {
 	opts     Options
 	log      *slog.Logger
-	limiters *limiters
+	limiter  *limits.Limiter
 	counts   counters
 	rateWait atomic.Int64 // Options.RateWait, changed by SetRateWait
 }
@@ -217,7 +226,10 @@ func New(opts Options) (*Server, error) {
 	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	s := &Server{opts: opts, log: opts.Logger, limiters: newLimiters()}
+	if opts.Limiter == nil {
+		opts.Limiter = limits.New(limits.Options{})
+	}
+	s := &Server{opts: opts, log: opts.Logger, limiter: opts.Limiter}
 	s.rateWait.Store(int64(opts.RateWait))
 	return s, nil
 }

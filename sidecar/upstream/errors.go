@@ -131,6 +131,23 @@ var temporaryRejections = []struct {
 	{name: "mail system congestion (Gmail sending limit)", enhanced: smtp.EnhancedCode{5, 4, 5}},
 	// Exchange Online: 554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException.
 	{name: "Exchange Online submission quota", text: "submissionquotaexceeded"},
+	// Exchange Online: 550 5.7.233 (5.7.232 for a trial tenant) Your message can't be sent because
+	// your tenant exceeded its daily limit for sending email to external recipients (tenant
+	// external recipient rate limit). Counted over a rolling 24 hours for the whole tenant.
+	{name: "Exchange Online tenant external recipient rate limit", enhanced: smtp.EnhancedCode{5, 7, 233}},
+	{name: "Exchange Online tenant external recipient rate limit", enhanced: smtp.EnhancedCode{5, 7, 232}},
+}
+
+// Quota names the provider's sending quota that a 5xx reply reports (Gmail's daily limit,
+// Exchange Online's submission quota or tenant external recipient limit), or returns "" for any
+// other reply. Such a reply is temporary (Temporary) at every stage, and the caller pauses the
+// project: the quota passes with time, and every message sent before it does is refused the same
+// way.
+func (e *Error) Quota() string {
+	if e.Local || e.Code < 500 {
+		return ""
+	}
+	return temporaryRejection(e.Enhanced, e.Message)
 }
 
 // temporaryRejection names the entry of temporaryRejections that a reply matches, or returns "".

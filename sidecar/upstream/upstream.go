@@ -11,7 +11,8 @@
 //     held across I/O.
 //  2. Acquire reuses an idle connection opened with the same settings (checked with NOOP when it
 //     has idled longer than Options.CheckIdleAfter), or opens one while the project has fewer
-//     than project.Limits.Connections() open, or waits its turn for one, at most
+//     than Options.Connections allows (this replica's share of the project's limit) open, or
+//     waits its turn for one, at most
 //     Options.MaxConnWait.
 //  3. Opening a connection: TCP; with implicit TLS the handshake, the greeting and EHLO; with
 //     STARTTLS the greeting, EHLO, STARTTLS, the handshake and EHLO again (RFC 3207: everything
@@ -116,6 +117,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for idle ages and backoffs. Default time.Now.
 	Now func() time.Time
+	// Connections is how many connections a project may have open at once in these pools
+	// (*limits.Limiter's share of the project's limit, when replicas share it). Default: the
+	// project's Limits.Connections().
+	Connections func(project.Project) int
 }
 
 func (o Options) withDefaults() Options {
@@ -143,6 +148,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Connections == nil {
+		o.Connections = func(p project.Project) int { return p.Limits.Connections() }
 	}
 	return o
 }
@@ -270,7 +278,7 @@ func (p *Pools) Acquire(ctx context.Context, proj project.Project, auth Auth) (*
 	}
 	fp := fingerprint(proj.Upstream, auth)
 
-	g, w := pl.take(fp, proj.Limits.Connections(), addr)
+	g, w := pl.take(fp, max(1, p.opts.Connections(proj)), addr)
 	if w != nil {
 		var err error
 		if g, err = pl.wait(ctx, w, addr); err != nil {
