@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +20,9 @@ import (
 	"time"
 
 	"github.com/postern/postern/integration/harness"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // The fault matrix: each case submits a numbered batch through the front Postfix, injects its fault
@@ -658,5 +663,336 @@ func TestFaultFileStoreCorrupted(t *testing.T) {
 	}
 	if r, err := e.Postern.Lookup(ctx, user); err != nil || !strings.HasPrefix(r, "OK ") {
 		t.Errorf("after the store was restored, the socketmap answers %q, %v", r, err)
+	}
+}
+
+// requireRoot fails t unless the test runs as root, naming why it needs to; with
+// POSTERN_IT_SKIP_ROOT=1 it skips instead.
+func requireRoot(t *testing.T, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("POSTERN_IT_SKIP_ROOT") == "1" {
+		t.Skipf("not root: %s (POSTERN_IT_SKIP_ROOT=1)", why)
+	}
+	t.Fatalf("this test must run as root: %s; set POSTERN_IT_SKIP_ROOT=1 to skip it", why)
+}
+
+// mountTmpfs mounts a tmpfs of the given size (mount(8)'s size=, e.g. "1m") on dir, made if
+// missing, and unmounts it when the test ends (so mount it before starting what uses it: cleanups
+// run last first).
+func mountTmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	requireRoot(t, "it mounts a small tmpfs to fill")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("POSTERN_IT_SKIP_ROOT") == "1" {
+			t.Skipf("mounting a tmpfs on %s: %v: %s (POSTERN_IT_SKIP_ROOT=1)", dir, err, out)
+		}
+		t.Fatalf("mounting a tmpfs on %s: %v: %s (set POSTERN_IT_SKIP_ROOT=1 to skip)", dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("unmounting %s: %v: %s", dir, err, out)
+		}
+	})
+}
+
+// remount remounts the tmpfs on dir read-only ("ro") or read-write ("rw").
+func remount(t *testing.T, dir, mode string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-o", "remount,"+mode, dir).CombinedOutput(); err != nil {
+		t.Fatalf("remounting %s %s: %v: %s", dir, mode, err, out)
+	}
+}
+
+// fillDisk writes the file path until its file system is full, and returns how much it wrote.
+func fillDisk(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	var n int64
+	for {
+		w, err := f.Write(chunk)
+		n += int64(w)
+		if errors.Is(err, syscall.ENOSPC) {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("filling %s: %v", path, err)
+		}
+	}
+}
+
+// readyz reads Postern's /readyz: whether it is ready, and the degraded checks with their text.
+func readyz(ctx context.Context, p *harness.Postern) (ready bool, degraded map[string]string, err error) {
+	body, err := p.Get(ctx, "/readyz")
+	var rz struct {
+		Ready  bool `json:"ready"`
+		Checks []struct {
+			Name     string `json:"name"`
+			Degraded bool   `json:"degraded"`
+			Error    string `json:"error"`
+		} `json:"checks"`
+	}
+	if jerr := json.Unmarshal([]byte(body), &rz); jerr != nil {
+		return false, nil, fmt.Errorf("decoding /readyz (%v): %w: %s", err, jerr, body)
+	}
+	degraded = map[string]string{}
+	for _, c := range rz.Checks {
+		if c.Degraded {
+			degraded[c.Name] = c.Error
+		}
+	}
+	return rz.Ready, degraded, nil
+}
+
+// Case 9, the disk: the embedded store lives on a small file system that fills up in the middle of
+// a batch, while an OAuth project's tokens (living 8 s) come due for refreshes every few seconds;
+// halfway through it also turns read-only, so that every write fails. Postern says so (log, /readyz), serves the projects it has, keeps each refreshed token it cannot
+// write and retries it, and writes it once space is back: the refresh token in the store at the end
+// is the one the OAuth server issued last (it redeems there, with reuse detection on). The
+// database is never cut short. Then the database is made unreadable (a directory takes its place:
+// no file mode keeps root out): Postern says so and serves the projects it has.
+func TestFaultFileStoreDiskFull(t *testing.T) {
+	t.Parallel()
+	requireRoot(t, "it mounts a small tmpfs for the store and fills it")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	fs := filepath.Join(t.TempDir(), "storefs")
+	mountTmpfs(t, fs, "1m")
+	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 8 * time.Second})
+	e := faultEnv(t, "")
+	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
+
+	// Move the store onto a tmpfs of its own.
+	if err := e.Postern.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(e.Postern.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"store.db", "store.key", "store.db.index"} {
+		raw, err := os.ReadFile(filepath.Join(e.Postern.Dir, name))
+		if errors.Is(err, os.ErrNotExist) && name == "store.db.index" {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(fs, name), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		conf = []byte(strings.ReplaceAll(string(conf), filepath.Join(e.Postern.Dir, name)+",", filepath.Join(fs, name)+","))
+		conf = []byte(strings.ReplaceAll(string(conf), filepath.Join(e.Postern.Dir, name)+"}", filepath.Join(fs, name)+"}"))
+	}
+	if !strings.Contains(string(conf), filepath.Join(fs, "store.db")) {
+		t.Fatalf("the store's path is not in postern's config:\n%s", conf)
+	}
+	if err := os.WriteFile(e.Postern.Config, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dbPath, keyPath := filepath.Join(fs, "store.db"), filepath.Join(fs, "store.key")
+
+	// A basic project and an OAuth project, signed in as the callback would store it.
+	a := e.Upstream.Org("client-a")
+	userA, _ := a.User()
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a"})
+	caFile := filepath.Join(e.Dir, "submission-ca.pem")
+	if err := os.WriteFile(caFile, sub.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(sub.Addr, ":")
+	client, _ := idp.Client(harness.IdPDefaultClientID)
+	e.Secrets.Add("OAuth client secret", client.Secret.Reveal())
+	if _, err := e.Postern.CLI(ctx, client.Secret.Reveal()+"\n", "project", "add",
+		"--sender", vaultOAuthMailbox, "--host", "127.0.0.1", "--port", port, "--tls", "starttls", "--ca-file", caFile,
+		"--auth", "oauth2", "--provider", "generic", "--client-id", client.ID, "--client-secret-stdin",
+		"--auth-url", idp.AuthorizeURL, "--token-url", idp.TokenURL, "--scopes", harness.IdPScopes,
+		"--username", vaultOAuthMailbox, "oauth-a"); err != nil {
+		t.Fatal(err)
+	}
+	grant, err := idp.SignIn(ctx, harness.IdPSignInOptions{Login: vaultOAuthMailbox, Password: secret.New("password")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var issued []string
+	issued = append(issued, grant.AccessToken.Reveal(), grant.RefreshToken.Reveal())
+	e.Secrets.AddLazy("OAuth token", func() []string { return issued })
+	st, err := boltstore.Open(ctx, boltstore.Options{Path: dbPath, KeyFile: keyPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutToken(ctx, "oauth-a", project.Token{
+		AccessToken: grant.AccessToken, TokenType: grant.TokenType, Expiry: grant.Expiry, RefreshToken: grant.RefreshToken,
+		Account: vaultOAuthMailbox, State: project.TokenOK, RefreshedBy: "signin", UpdatedAt: time.Now(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{userA, vaultOAuthMailbox} {
+		if err := e.Postern.WaitRouted(ctx, u, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbInfo, err := os.Stat(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The batch: one message every 200 ms, every other one the OAuth project's, over several
+	// token lives; the disk is full from a quarter to three quarters of it (at least 20 s).
+	const n = 160
+	var (
+		full       time.Time
+		readOnly   time.Time
+		maxPending float64
+		sawDegrade = map[string]string{}
+		fill       = filepath.Join(fs, "fill")
+	)
+	watch := func() {
+		if v, err := vaultMetric(ctx, e.Postern, "postern_token_pending_writes"); err == nil && v > maxPending {
+			maxPending = v
+		}
+		if ready, deg, err := readyz(ctx, e.Postern); err == nil {
+			if !ready {
+				t.Errorf("/readyz says not ready while the disk is full: %v", deg)
+			}
+			for k, v := range deg {
+				sawDegrade[k] = v
+			}
+		}
+	}
+	b := harness.NewBatch("diskfull", e.Front)
+	submitBatch(t, ctx, b, n, func(i int) *harness.Mail {
+		if i%2 == 1 {
+			return &harness.Mail{From: vaultOAuthMailbox, To: []string{"carol@dest.test"}}
+		}
+		return &harness.Mail{From: userA, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		time.Sleep(200 * time.Millisecond)
+		switch {
+		case i == n/4:
+			t.Logf("the store's file system is full after %d messages (%d bytes of filler)", i, fillDisk(t, fill))
+			full = time.Now()
+		case i == n/2:
+			// A full disk still lets bbolt rewrite the pages it has; a file system that takes no
+			// write at all (remounted read-only, still full) fails every write.
+			remount(t, fs, "ro")
+			readOnly = time.Now()
+			t.Logf("the store's file system is read-only after %d messages", i)
+		case i == 3*n/4:
+			for time.Since(full) < 20*time.Second || time.Since(readOnly) < 12*time.Second {
+				watch()
+				time.Sleep(500 * time.Millisecond)
+			}
+			watch()
+			remount(t, fs, "rw")
+			if err := os.Remove(fill); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("space is back after %d messages", i)
+		case i > n/4 && i < 3*n/4:
+			watch()
+		}
+	})
+	t.Logf("while the disk was full: at most %v refreshed token(s) waiting to be written; /readyz degraded: %v", maxPending, sawDegrade)
+	if maxPending < 1 {
+		t.Errorf("no refreshed token waited to be written while the disk was full (postern_token_pending_writes stayed 0)")
+	}
+	if _, ok := sawDegrade["token_writes"]; !ok {
+		t.Errorf("/readyz did not report the token waiting to be written (degraded checks: %v)", sawDegrade)
+	}
+	for _, why := range []string{"no space left on device", "read-only file system"} {
+		if l := regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*` + why + `.*$`).FindString(e.Postern.Log()); l == "" {
+			t.Errorf("postern's log does not say %q", why)
+		} else {
+			t.Logf("postern said: %s", l)
+		}
+	}
+	wait, cancelWait := context.WithTimeout(ctx, time.Minute)
+	defer cancelWait()
+	if err := vaultWaitFor(wait, "the pending token write to land", func() (bool, error) {
+		v, err := vaultMetric(wait, e.Postern, "postern_token_pending_writes")
+		return err == nil && v == 0, err
+	}); err != nil {
+		t.Error(err)
+	}
+	c := settle(t, ctx, e, "file-store-disk-full", b, "alice@dest.test", "carol@dest.test")
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	if now, err := os.Stat(dbPath); err != nil || now.Size() < dbInfo.Size() {
+		t.Errorf("the store's database shrank from %d bytes: %v, %v", dbInfo.Size(), now, err)
+	}
+
+	// The database made unreadable: a directory in its place (no file mode keeps root out).
+	aside := dbPath + ".aside"
+	if err := os.Rename(dbPath, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dbPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // reloads every second
+	if r, err := e.Postern.Lookup(ctx, userA); err != nil || !strings.HasPrefix(r, "OK ") {
+		t.Errorf("with the store unreadable, the socketmap answers %q, %v; want the projects it has", r, err)
+	}
+	if ready, deg, err := readyz(ctx, e.Postern); err != nil || !ready || deg["projects"] == "" {
+		t.Errorf("/readyz with the store unreadable: ready %v, degraded %v, %v; want ready, projects degraded", ready, deg, err)
+	} else {
+		t.Logf("/readyz with the store unreadable: projects: %s", deg["projects"])
+	}
+	if err := os.Remove(dbPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(aside, dbPath); err != nil {
+		t.Fatal(err)
+	}
+
+	// The token in the store is the grant's live one: redeemed now (Postern stopped, so it does not
+	// race), it works, and the OAuth server never saw a refresh token replayed.
+	if err := e.Postern.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = boltstore.Open(ctx, boltstore.Options{Path: dbPath, KeyFile: keyPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := st.Token(ctx, "oauth-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued = append(issued, tok.AccessToken.Reveal(), tok.RefreshToken.Reveal())
+	if tok.State != project.TokenOK {
+		t.Errorf("the stored token's state is %q (%s), want ok", tok.State, tok.Reason)
+	}
+	next, err := idp.Refresh(ctx, client.ID, tok.RefreshToken)
+	if err != nil {
+		t.Errorf("the stored refresh token is not the grant's last one: %v", err)
+	} else {
+		issued = append(issued, next.AccessToken.Reveal(), next.RefreshToken.Reveal())
+		tok.AccessToken, tok.RefreshToken, tok.Expiry, tok.UpdatedAt = next.AccessToken, next.RefreshToken, next.Expiry, time.Now()
+		if _, err := st.PutToken(ctx, "oauth-a", tok); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rotated := strings.Count(idp.Log(), "refresh token rotated"); strings.Contains(idp.Log(), "grant revoked") {
+		t.Errorf("the OAuth server revoked the grant (a refresh token was replayed); %d rotations", rotated)
+	} else {
+		t.Logf("the OAuth server rotated the refresh token %d times, and revoked nothing", rotated)
 	}
 }
