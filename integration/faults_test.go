@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -994,5 +996,259 @@ func TestFaultFileStoreDiskFull(t *testing.T) {
 		t.Errorf("the OAuth server revoked the grant (a refresh token was replayed); %d rotations", rotated)
 	} else {
 		t.Logf("the OAuth server rotated the refresh token %d times, and revoked nothing", rotated)
+	}
+}
+
+// Case 6: three Posterns share one Vault and one OAuth grant. The OAuth server rotates refresh
+// tokens with reuse detection (a replayed refresh token revokes the grant) and its access tokens
+// live 6 s, so the replicas refresh every few seconds (at half a token's life at the earliest).
+// Replica 1 serves the front Postfix; replicas 2 and 3 take mail over SMTP straight from the test,
+// as applications would. Two minutes of load (not five, to keep `make test` short); in the middle
+// replica 1 is SIGKILLed and started again a few seconds later. At the end: the OAuth server
+// revoked nothing, the refresh token in Vault is the one the server issued last (it redeems there),
+// and every message arrived or is still queued.
+func TestFaultThreeReplicasRotatingGrant(t *testing.T) {
+	t.Parallel()
+	harness.Require(t)
+	const load = 2 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), load+3*time.Minute)
+	defer cancel()
+	v := harness.StartVault(t)
+	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 6 * time.Second})
+	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v)), LogLevel: "info",
+		PosternConfig: "upstream: {down_backoff: 1s}"})
+	e.Secrets.Add("Vault root token", v.RootToken)
+	client, _ := idp.Client(harness.IdPDefaultClientID)
+	e.Secrets.Add("OAuth client secret", client.Secret.Reveal())
+	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
+	bin, err := buildPostern()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := []*harness.Postern{e.Postern}
+	for i := 2; i <= 3; i++ {
+		p, err := harness.NewPostern(harness.PosternOptions{Bin: bin, Dir: filepath.Join(e.Dir, fmt.Sprintf("postern%d", i)),
+			Instance: fmt.Sprintf("it%d", i), SMTP: true, LogLevel: "info", Store: v.StoreYAML(mustTokenFile(t, v))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		harness.StartPostern(t, p)
+		replicas = append(replicas, p)
+	}
+
+	caFile := filepath.Join(e.Dir, "submission-ca.pem")
+	if err := os.WriteFile(caFile, sub.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(sub.Addr, ":")
+	if _, err := e.Postern.CLI(ctx, client.Secret.Reveal()+"\n", "project", "add",
+		"--sender", vaultOAuthMailbox, "--host", "127.0.0.1", "--port", port, "--tls", "starttls", "--ca-file", caFile,
+		"--auth", "oauth2", "--provider", "generic", "--client-id", client.ID, "--client-secret-stdin",
+		"--auth-url", idp.AuthorizeURL, "--token-url", idp.TokenURL, "--scopes", harness.IdPScopes,
+		"--username", vaultOAuthMailbox, "oauth-a"); err != nil {
+		t.Fatal(err)
+	}
+	grant, err := idp.SignIn(ctx, harness.IdPSignInOptions{Login: vaultOAuthMailbox, Password: secret.New("password")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := []string{grant.AccessToken.Reveal(), grant.RefreshToken.Reveal()}
+	var issuedMu sync.Mutex
+	e.Secrets.AddLazy("OAuth token", func() []string {
+		issuedMu.Lock()
+		defer issuedMu.Unlock()
+		return issued
+	})
+	rec, err := project.MarshalStoredToken(project.Token{
+		AccessToken: grant.AccessToken, TokenType: grant.TokenType, Expiry: grant.Expiry, RefreshToken: grant.RefreshToken,
+		Account: vaultOAuthMailbox, State: project.TokenOK, RefreshedBy: "signin", UpdatedAt: time.Now(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data map[string]any
+	if err := json.Unmarshal(rec, &data); err != nil {
+		t.Fatal(err)
+	}
+	const tokenPath = "postern/tokens/oauth-a"
+	if _, err := v.KVPut(ctx, tokenPath, "", data); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range replicas {
+		if err := p.WaitRouted(ctx, vaultOAuthMailbox, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v0, err := v.KVVersion(ctx, tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The load: the front (replica 1) and replicas 2 and 3 each take a message every 250 ms.
+	const rcpt = "carol@dest.test"
+	b := harness.NewBatch("replicas", e.Front)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		direct   []string // IDs of the messages replicas 2 and 3 accepted
+		refusals int      // direct submissions refused (4xx or a lost connection) and tried again
+		killed   bool
+	)
+	end := time.Now().Add(load)
+	wg.Go(func() {
+		killAt := time.Now().Add(load / 2)
+		for time.Now().Before(end) && ctx.Err() == nil {
+			if !killed && time.Now().After(killAt) {
+				killed = true
+				if err := e.Postern.Kill(); err != nil {
+					t.Error(err)
+					return
+				}
+				t.Logf("replica 1 killed after %d messages through the front", b.Len())
+				go func() {
+					time.Sleep(3 * time.Second)
+					if err := e.Postern.Start(ctx); err != nil {
+						t.Errorf("restarting replica 1: %v", err)
+					}
+				}()
+			}
+			if err := b.Submit(ctx, &harness.Mail{From: vaultOAuthMailbox, To: []string{rcpt}}); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	})
+	for i, p := range replicas[1:] {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(end) && ctx.Err() == nil; n++ {
+				m := &harness.Mail{From: vaultOAuthMailbox, To: []string{rcpt}, ID: fmt.Sprintf("replicas-p%d-%04d", i+2, n)}
+				for {
+					if _, err := (harness.Client{Addr: p.SMTPAddr}).Send(ctx, m); err == nil {
+						break
+					} else if code, _ := harness.SMTPCode(err); code >= 500 {
+						t.Errorf("replica %d refused %s for good: %v", i+2, m.ID, err)
+						return
+					}
+					mu.Lock()
+					refusals++
+					mu.Unlock()
+					if ctx.Err() != nil {
+						return
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+				mu.Lock()
+				direct = append(direct, m.ID)
+				mu.Unlock()
+				time.Sleep(250 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if !killed {
+		t.Errorf("replica 1 was never killed")
+	}
+
+	c := settle(t, ctx, e, "three-replicas-front", b, rcpt)
+	// The messages replicas 2 and 3 accepted were accepted by the upstream: each must be there.
+	dc := harness.BatchCounts{Sent: len(direct), SubmitRetries: refusals}
+	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	var copies map[string]int
+	_ = pollUntil(wait, func() bool {
+		msgs, err := e.Upstream.Mailbox(rcpt).Messages()
+		if err != nil {
+			return false
+		}
+		copies = map[string]int{}
+		for _, m := range msgs {
+			copies[m.ID()]++
+		}
+		for _, id := range direct {
+			if copies[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range direct {
+		switch n := copies[id]; {
+		case n == 0:
+			if len(dc.Lost) < 10 {
+				dc.Lost = append(dc.Lost, id)
+			}
+		default:
+			dc.Delivered++
+			dc.Duplicates += n - 1
+		}
+	}
+	t.Logf("\n%s\n%s", harness.RowHeader, dc.Row("three-replicas-direct"))
+	t.Log(dc.Line("three-replicas-direct"))
+	total := harness.BatchCounts{Sent: c.Sent + dc.Sent, Delivered: c.Delivered + dc.Delivered, Queued: c.Queued,
+		Bounced: c.Bounced, Duplicates: c.Duplicates + dc.Duplicates, Deferred: c.Deferred, SubmitRetries: c.SubmitRetries + dc.SubmitRetries}
+	t.Logf("\n%s\n%s", harness.RowHeader, total.Row("three-replicas-rotating-grant"))
+	t.Log(total.Line("three-replicas-rotating-grant"))
+	if dc.Delivered != dc.Sent {
+		t.Errorf("replicas 2 and 3 accepted %d messages and %d arrived (missing: %v)", dc.Sent, dc.Delivered, dc.Lost)
+	}
+	if dc.Duplicates != 0 {
+		t.Errorf("%d duplicates of messages replicas 2 and 3 accepted, want none", dc.Duplicates)
+	}
+
+	// The grant: never revoked, rotated all along, and the refresh token in Vault is the live one.
+	v1, err := v.KVVersion(ctx, tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotations := strings.Count(idp.Log(), "refresh token rotated")
+	t.Logf("the OAuth server rotated the refresh token %d times; the token record went from version %d to %d", rotations, v0, v1)
+	if revoked := strings.Count(idp.Log(), "grant revoked"); revoked != 0 {
+		t.Errorf("the OAuth server revoked the grant %d times (a refresh token was replayed)", revoked)
+	}
+	if rotations < int(load/(6*time.Second)) {
+		t.Errorf("only %d rotations in %s of load with 6 s tokens", rotations, load)
+	}
+	for i, p := range replicas {
+		if r, err := vaultProjectRow(ctx, p, "oauth-a"); err != nil || r.State != "ok" {
+			t.Errorf("replica %d: oauth-a is %q (%s), %v; want ok", i+1, r.State, r.Reason, err)
+		}
+	}
+	// Stop the replicas (so none refreshes meanwhile), then redeem the stored refresh token: with
+	// reuse detection only the last one issued works.
+	for _, p := range replicas {
+		if err := p.Stop(); err != nil {
+			t.Error(err)
+		}
+	}
+	var out struct {
+		Data struct {
+			Data json.RawMessage `json:"data"`
+		} `json:"data"`
+	}
+	if _, err := v.Request(ctx, http.MethodGet, "secret/data/"+tokenPath, "", nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := project.UnmarshalStoredToken(out.Data.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuedMu.Lock()
+	issued = append(issued, tok.AccessToken.Reveal(), tok.RefreshToken.Reveal())
+	issuedMu.Unlock()
+	if tok.State != project.TokenOK || tok.RefreshingBy != "" {
+		t.Errorf("the token record is in state %q (%s), claimed by %q; want ok and unclaimed", tok.State, tok.Reason, tok.RefreshingBy)
+	}
+	next, err := idp.Refresh(ctx, client.ID, tok.RefreshToken)
+	if err != nil {
+		t.Errorf("the refresh token in Vault is not the last one the OAuth server issued: %v", err)
+	} else {
+		issuedMu.Lock()
+		issued = append(issued, next.AccessToken.Reveal(), next.RefreshToken.Reveal())
+		issuedMu.Unlock()
+	}
+	// startEnv checks that replica 1 did not exit on its own: start it again for its cleanup.
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Error(err)
 	}
 }
