@@ -6,18 +6,25 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/integration/harness"
+	"github.com/postern/postern/sidecar/project"
+	"github.com/postern/postern/sidecar/secret"
+	"github.com/postern/postern/sidecar/store/boltstore"
 )
 
 // The fault matrix: each case submits a numbered batch through the front Postfix, injects its fault
@@ -658,5 +665,590 @@ func TestFaultFileStoreCorrupted(t *testing.T) {
 	}
 	if r, err := e.Postern.Lookup(ctx, user); err != nil || !strings.HasPrefix(r, "OK ") {
 		t.Errorf("after the store was restored, the socketmap answers %q, %v", r, err)
+	}
+}
+
+// requireRoot fails t unless the test runs as root, naming why it needs to; with
+// POSTERN_IT_SKIP_ROOT=1 it skips instead.
+func requireRoot(t *testing.T, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("POSTERN_IT_SKIP_ROOT") == "1" {
+		t.Skipf("not root: %s (POSTERN_IT_SKIP_ROOT=1)", why)
+	}
+	t.Fatalf("this test must run as root: %s; set POSTERN_IT_SKIP_ROOT=1 to skip it", why)
+}
+
+// mountTmpfs mounts a tmpfs of the given size (mount(8)'s size=, e.g. "1m") on dir, made if
+// missing, and unmounts it when the test ends (so mount it before starting what uses it: cleanups
+// run last first).
+func mountTmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	requireRoot(t, "it mounts a small tmpfs to fill")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("POSTERN_IT_SKIP_ROOT") == "1" {
+			t.Skipf("mounting a tmpfs on %s: %v: %s (POSTERN_IT_SKIP_ROOT=1)", dir, err, out)
+		}
+		t.Fatalf("mounting a tmpfs on %s: %v: %s (set POSTERN_IT_SKIP_ROOT=1 to skip)", dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("unmounting %s: %v: %s", dir, err, out)
+		}
+	})
+}
+
+// remount remounts the tmpfs on dir read-only ("ro") or read-write ("rw").
+func remount(t *testing.T, dir, mode string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-o", "remount,"+mode, dir).CombinedOutput(); err != nil {
+		t.Fatalf("remounting %s %s: %v: %s", dir, mode, err, out)
+	}
+}
+
+// fillDisk writes the file path until its file system is full, and returns how much it wrote.
+func fillDisk(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	var n int64
+	for {
+		w, err := f.Write(chunk)
+		n += int64(w)
+		if errors.Is(err, syscall.ENOSPC) {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("filling %s: %v", path, err)
+		}
+	}
+}
+
+// readyz reads Postern's /readyz: whether it is ready, and the degraded checks with their text.
+func readyz(ctx context.Context, p *harness.Postern) (ready bool, degraded map[string]string, err error) {
+	body, err := p.Get(ctx, "/readyz")
+	var rz struct {
+		Ready  bool `json:"ready"`
+		Checks []struct {
+			Name     string `json:"name"`
+			Degraded bool   `json:"degraded"`
+			Error    string `json:"error"`
+		} `json:"checks"`
+	}
+	if jerr := json.Unmarshal([]byte(body), &rz); jerr != nil {
+		return false, nil, fmt.Errorf("decoding /readyz (%v): %w: %s", err, jerr, body)
+	}
+	degraded = map[string]string{}
+	for _, c := range rz.Checks {
+		if c.Degraded {
+			degraded[c.Name] = c.Error
+		}
+	}
+	return rz.Ready, degraded, nil
+}
+
+// Case 9, the disk: the embedded store lives on a small file system that fills up in the middle of
+// a batch, while an OAuth project's tokens (living 8 s) come due for refreshes every few seconds;
+// halfway through it also turns read-only, so that every write fails. Postern says so (log, /readyz), serves the projects it has, keeps each refreshed token it cannot
+// write and retries it, and writes it once space is back: the refresh token in the store at the end
+// is the one the OAuth server issued last (it redeems there, with reuse detection on). The
+// database is never cut short. Then the database is made unreadable (a directory takes its place:
+// no file mode keeps root out): Postern says so and serves the projects it has.
+func TestFaultFileStoreDiskFull(t *testing.T) {
+	t.Parallel()
+	requireRoot(t, "it mounts a small tmpfs for the store and fills it")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	fs := filepath.Join(t.TempDir(), "storefs")
+	mountTmpfs(t, fs, "1m")
+	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 8 * time.Second})
+	e := faultEnv(t, "")
+	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
+
+	// Move the store onto a tmpfs of its own.
+	if err := e.Postern.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(e.Postern.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"store.db", "store.key", "store.db.index"} {
+		raw, err := os.ReadFile(filepath.Join(e.Postern.Dir, name))
+		if errors.Is(err, os.ErrNotExist) && name == "store.db.index" {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(fs, name), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		conf = []byte(strings.ReplaceAll(string(conf), filepath.Join(e.Postern.Dir, name)+",", filepath.Join(fs, name)+","))
+		conf = []byte(strings.ReplaceAll(string(conf), filepath.Join(e.Postern.Dir, name)+"}", filepath.Join(fs, name)+"}"))
+	}
+	if !strings.Contains(string(conf), filepath.Join(fs, "store.db")) {
+		t.Fatalf("the store's path is not in postern's config:\n%s", conf)
+	}
+	if err := os.WriteFile(e.Postern.Config, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dbPath, keyPath := filepath.Join(fs, "store.db"), filepath.Join(fs, "store.key")
+
+	// A basic project and an OAuth project, signed in as the callback would store it.
+	a := e.Upstream.Org("client-a")
+	userA, _ := a.User()
+	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a"})
+	caFile := filepath.Join(e.Dir, "submission-ca.pem")
+	if err := os.WriteFile(caFile, sub.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(sub.Addr, ":")
+	client, _ := idp.Client(harness.IdPDefaultClientID)
+	e.Secrets.Add("OAuth client secret", client.Secret.Reveal())
+	if _, err := e.Postern.CLI(ctx, client.Secret.Reveal()+"\n", "project", "add",
+		"--sender", vaultOAuthMailbox, "--host", "127.0.0.1", "--port", port, "--tls", "starttls", "--ca-file", caFile,
+		"--auth", "oauth2", "--provider", "generic", "--client-id", client.ID, "--client-secret-stdin",
+		"--auth-url", idp.AuthorizeURL, "--token-url", idp.TokenURL, "--scopes", harness.IdPScopes,
+		"--username", vaultOAuthMailbox, "oauth-a"); err != nil {
+		t.Fatal(err)
+	}
+	grant, err := idp.SignIn(ctx, harness.IdPSignInOptions{Login: vaultOAuthMailbox, Password: secret.New("password")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var issued []string
+	issued = append(issued, grant.AccessToken.Reveal(), grant.RefreshToken.Reveal())
+	e.Secrets.AddLazy("OAuth token", func() []string { return issued })
+	st, err := boltstore.Open(ctx, boltstore.Options{Path: dbPath, KeyFile: keyPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutToken(ctx, "oauth-a", project.Token{
+		AccessToken: grant.AccessToken, TokenType: grant.TokenType, Expiry: grant.Expiry, RefreshToken: grant.RefreshToken,
+		Account: vaultOAuthMailbox, State: project.TokenOK, RefreshedBy: "signin", UpdatedAt: time.Now(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{userA, vaultOAuthMailbox} {
+		if err := e.Postern.WaitRouted(ctx, u, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbInfo, err := os.Stat(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The batch: one message every 200 ms, every other one the OAuth project's, over several
+	// token lives; the disk is full from a quarter to three quarters of it (at least 20 s).
+	const n = 160
+	var (
+		full       time.Time
+		readOnly   time.Time
+		maxPending float64
+		sawDegrade = map[string]string{}
+		fill       = filepath.Join(fs, "fill")
+	)
+	watch := func() {
+		if v, err := vaultMetric(ctx, e.Postern, "postern_token_pending_writes"); err == nil && v > maxPending {
+			maxPending = v
+		}
+		if ready, deg, err := readyz(ctx, e.Postern); err == nil {
+			if !ready {
+				t.Errorf("/readyz says not ready while the disk is full: %v", deg)
+			}
+			for k, v := range deg {
+				sawDegrade[k] = v
+			}
+		}
+	}
+	b := harness.NewBatch("diskfull", e.Front)
+	submitBatch(t, ctx, b, n, func(i int) *harness.Mail {
+		if i%2 == 1 {
+			return &harness.Mail{From: vaultOAuthMailbox, To: []string{"carol@dest.test"}}
+		}
+		return &harness.Mail{From: userA, To: []string{"alice@dest.test"}}
+	}, func(i int) {
+		time.Sleep(200 * time.Millisecond)
+		switch {
+		case i == n/4:
+			t.Logf("the store's file system is full after %d messages (%d bytes of filler)", i, fillDisk(t, fill))
+			full = time.Now()
+		case i == n/2:
+			// A full disk still lets bbolt rewrite the pages it has; a file system that takes no
+			// write at all (remounted read-only, still full) fails every write.
+			remount(t, fs, "ro")
+			readOnly = time.Now()
+			t.Logf("the store's file system is read-only after %d messages", i)
+		case i == 3*n/4:
+			for time.Since(full) < 20*time.Second || time.Since(readOnly) < 12*time.Second {
+				watch()
+				time.Sleep(500 * time.Millisecond)
+			}
+			watch()
+			remount(t, fs, "rw")
+			if err := os.Remove(fill); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("space is back after %d messages", i)
+		case i > n/4 && i < 3*n/4:
+			watch()
+		}
+	})
+	t.Logf("while the disk was full: at most %v refreshed token(s) waiting to be written; /readyz degraded: %v", maxPending, sawDegrade)
+	if maxPending < 1 {
+		t.Errorf("no refreshed token waited to be written while the disk was full (postern_token_pending_writes stayed 0)")
+	}
+	if _, ok := sawDegrade["token_writes"]; !ok {
+		t.Errorf("/readyz did not report the token waiting to be written (degraded checks: %v)", sawDegrade)
+	}
+	for _, why := range []string{"no space left on device", "read-only file system"} {
+		if l := regexp.MustCompile(`(?m)^.*level=(WARN|ERROR).*` + why + `.*$`).FindString(e.Postern.Log()); l == "" {
+			t.Errorf("postern's log does not say %q", why)
+		} else {
+			t.Logf("postern said: %s", l)
+		}
+	}
+	wait, cancelWait := context.WithTimeout(ctx, time.Minute)
+	defer cancelWait()
+	if err := vaultWaitFor(wait, "the pending token write to land", func() (bool, error) {
+		v, err := vaultMetric(wait, e.Postern, "postern_token_pending_writes")
+		return err == nil && v == 0, err
+	}); err != nil {
+		t.Error(err)
+	}
+	c := settle(t, ctx, e, "file-store-disk-full", b, "alice@dest.test", "carol@dest.test")
+	if c.Duplicates != 0 {
+		t.Errorf("%d duplicates, want none", c.Duplicates)
+	}
+	if now, err := os.Stat(dbPath); err != nil || now.Size() < dbInfo.Size() {
+		t.Errorf("the store's database shrank from %d bytes: %v, %v", dbInfo.Size(), now, err)
+	}
+
+	// The database made unreadable: a directory in its place (no file mode keeps root out).
+	aside := dbPath + ".aside"
+	if err := os.Rename(dbPath, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dbPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // reloads every second
+	if r, err := e.Postern.Lookup(ctx, userA); err != nil || !strings.HasPrefix(r, "OK ") {
+		t.Errorf("with the store unreadable, the socketmap answers %q, %v; want the projects it has", r, err)
+	}
+	if ready, deg, err := readyz(ctx, e.Postern); err != nil || !ready || deg["projects"] == "" {
+		t.Errorf("/readyz with the store unreadable: ready %v, degraded %v, %v; want ready, projects degraded", ready, deg, err)
+	} else {
+		t.Logf("/readyz with the store unreadable: projects: %s", deg["projects"])
+	}
+	if err := os.Remove(dbPath); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(aside, dbPath); err != nil {
+		t.Fatal(err)
+	}
+
+	// The token in the store is the grant's live one: redeemed now (Postern stopped, so it does not
+	// race), it works, and the OAuth server never saw a refresh token replayed.
+	if err := e.Postern.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = boltstore.Open(ctx, boltstore.Options{Path: dbPath, KeyFile: keyPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := st.Token(ctx, "oauth-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued = append(issued, tok.AccessToken.Reveal(), tok.RefreshToken.Reveal())
+	if tok.State != project.TokenOK {
+		t.Errorf("the stored token's state is %q (%s), want ok", tok.State, tok.Reason)
+	}
+	next, err := idp.Refresh(ctx, client.ID, tok.RefreshToken)
+	if err != nil {
+		t.Errorf("the stored refresh token is not the grant's last one: %v", err)
+	} else {
+		issued = append(issued, next.AccessToken.Reveal(), next.RefreshToken.Reveal())
+		tok.AccessToken, tok.RefreshToken, tok.Expiry, tok.UpdatedAt = next.AccessToken, next.RefreshToken, next.Expiry, time.Now()
+		if _, err := st.PutToken(ctx, "oauth-a", tok); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rotated := strings.Count(idp.Log(), "refresh token rotated"); strings.Contains(idp.Log(), "grant revoked") {
+		t.Errorf("the OAuth server revoked the grant (a refresh token was replayed); %d rotations", rotated)
+	} else {
+		t.Logf("the OAuth server rotated the refresh token %d times, and revoked nothing", rotated)
+	}
+}
+
+// Case 6: three Posterns share one Vault and one OAuth grant. The OAuth server rotates refresh
+// tokens with reuse detection (a replayed refresh token revokes the grant) and its access tokens
+// live 6 s, so the replicas refresh every few seconds (at half a token's life at the earliest).
+// Replica 1 serves the front Postfix; replicas 2 and 3 take mail over SMTP straight from the test,
+// as applications would. Two minutes of load (not five, to keep `make test` short); in the middle
+// replica 1 is SIGKILLed and started again a few seconds later. At the end: the OAuth server
+// revoked nothing, the refresh token in Vault is the one the server issued last (it redeems there),
+// and every message arrived or is still queued.
+func TestFaultThreeReplicasRotatingGrant(t *testing.T) {
+	t.Parallel()
+	harness.Require(t)
+	const load = 2 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), load+3*time.Minute)
+	defer cancel()
+	v := harness.StartVault(t)
+	idp := harness.StartIdP(t, harness.IdPOptions{AccessTTL: 6 * time.Second})
+	e := startEnv(t, harness.Options{PosternStore: v.StoreYAML(mustTokenFile(t, v)), LogLevel: "info",
+		PosternConfig: "upstream: {down_backoff: 1s}"})
+	e.Secrets.Add("Vault root token", v.RootToken)
+	client, _ := idp.Client(harness.IdPDefaultClientID)
+	e.Secrets.Add("OAuth client secret", client.Secret.Reveal())
+	sub := harness.StartXOAUTH2Submission(t, harness.XOAUTH2SubmissionOptions{IdP: idp, RelayPort: e.Upstream.DirectPort})
+	bin, err := buildPostern()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := []*harness.Postern{e.Postern}
+	for i := 2; i <= 3; i++ {
+		p, err := harness.NewPostern(harness.PosternOptions{Bin: bin, Dir: filepath.Join(e.Dir, fmt.Sprintf("postern%d", i)),
+			Instance: fmt.Sprintf("it%d", i), SMTP: true, LogLevel: "info", Store: v.StoreYAML(mustTokenFile(t, v))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		harness.StartPostern(t, p)
+		replicas = append(replicas, p)
+	}
+
+	caFile := filepath.Join(e.Dir, "submission-ca.pem")
+	if err := os.WriteFile(caFile, sub.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(sub.Addr, ":")
+	if _, err := e.Postern.CLI(ctx, client.Secret.Reveal()+"\n", "project", "add",
+		"--sender", vaultOAuthMailbox, "--host", "127.0.0.1", "--port", port, "--tls", "starttls", "--ca-file", caFile,
+		"--auth", "oauth2", "--provider", "generic", "--client-id", client.ID, "--client-secret-stdin",
+		"--auth-url", idp.AuthorizeURL, "--token-url", idp.TokenURL, "--scopes", harness.IdPScopes,
+		"--username", vaultOAuthMailbox, "oauth-a"); err != nil {
+		t.Fatal(err)
+	}
+	grant, err := idp.SignIn(ctx, harness.IdPSignInOptions{Login: vaultOAuthMailbox, Password: secret.New("password")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := []string{grant.AccessToken.Reveal(), grant.RefreshToken.Reveal()}
+	var issuedMu sync.Mutex
+	e.Secrets.AddLazy("OAuth token", func() []string {
+		issuedMu.Lock()
+		defer issuedMu.Unlock()
+		return issued
+	})
+	rec, err := project.MarshalStoredToken(project.Token{
+		AccessToken: grant.AccessToken, TokenType: grant.TokenType, Expiry: grant.Expiry, RefreshToken: grant.RefreshToken,
+		Account: vaultOAuthMailbox, State: project.TokenOK, RefreshedBy: "signin", UpdatedAt: time.Now(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data map[string]any
+	if err := json.Unmarshal(rec, &data); err != nil {
+		t.Fatal(err)
+	}
+	const tokenPath = "postern/tokens/oauth-a"
+	if _, err := v.KVPut(ctx, tokenPath, "", data); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range replicas {
+		if err := p.WaitRouted(ctx, vaultOAuthMailbox, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v0, err := v.KVVersion(ctx, tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The load: the front (replica 1) and replicas 2 and 3 each take a message every 250 ms.
+	const rcpt = "carol@dest.test"
+	b := harness.NewBatch("replicas", e.Front)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		direct   []string // IDs of the messages replicas 2 and 3 accepted
+		refusals int      // direct submissions refused (4xx or a lost connection) and tried again
+		killed   bool
+	)
+	end := time.Now().Add(load)
+	wg.Go(func() {
+		killAt := time.Now().Add(load / 2)
+		for time.Now().Before(end) && ctx.Err() == nil {
+			if !killed && time.Now().After(killAt) {
+				killed = true
+				if err := e.Postern.Kill(); err != nil {
+					t.Error(err)
+					return
+				}
+				t.Logf("replica 1 killed after %d messages through the front", b.Len())
+				go func() {
+					time.Sleep(3 * time.Second)
+					if err := e.Postern.Start(ctx); err != nil {
+						t.Errorf("restarting replica 1: %v", err)
+					}
+				}()
+			}
+			if err := b.Submit(ctx, &harness.Mail{From: vaultOAuthMailbox, To: []string{rcpt}}); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	})
+	for i, p := range replicas[1:] {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(end) && ctx.Err() == nil; n++ {
+				m := &harness.Mail{From: vaultOAuthMailbox, To: []string{rcpt}, ID: fmt.Sprintf("replicas-p%d-%04d", i+2, n)}
+				for {
+					if _, err := (harness.Client{Addr: p.SMTPAddr}).Send(ctx, m); err == nil {
+						break
+					} else if code, _ := harness.SMTPCode(err); code >= 500 {
+						t.Errorf("replica %d refused %s for good: %v", i+2, m.ID, err)
+						return
+					}
+					mu.Lock()
+					refusals++
+					mu.Unlock()
+					if ctx.Err() != nil {
+						return
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+				mu.Lock()
+				direct = append(direct, m.ID)
+				mu.Unlock()
+				time.Sleep(250 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if !killed {
+		t.Errorf("replica 1 was never killed")
+	}
+
+	c := settle(t, ctx, e, "three-replicas-front", b, rcpt)
+	// The messages replicas 2 and 3 accepted were accepted by the upstream: each must be there.
+	dc := harness.BatchCounts{Sent: len(direct), SubmitRetries: refusals}
+	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	var copies map[string]int
+	_ = pollUntil(wait, func() bool {
+		msgs, err := e.Upstream.Mailbox(rcpt).Messages()
+		if err != nil {
+			return false
+		}
+		copies = map[string]int{}
+		for _, m := range msgs {
+			copies[m.ID()]++
+		}
+		for _, id := range direct {
+			if copies[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range direct {
+		switch n := copies[id]; {
+		case n == 0:
+			if len(dc.Lost) < 10 {
+				dc.Lost = append(dc.Lost, id)
+			}
+		default:
+			dc.Delivered++
+			dc.Duplicates += n - 1
+		}
+	}
+	t.Logf("\n%s\n%s", harness.RowHeader, dc.Row("three-replicas-direct"))
+	t.Log(dc.Line("three-replicas-direct"))
+	total := harness.BatchCounts{Sent: c.Sent + dc.Sent, Delivered: c.Delivered + dc.Delivered, Queued: c.Queued,
+		Bounced: c.Bounced, Duplicates: c.Duplicates + dc.Duplicates, Deferred: c.Deferred, SubmitRetries: c.SubmitRetries + dc.SubmitRetries}
+	t.Logf("\n%s\n%s", harness.RowHeader, total.Row("three-replicas-rotating-grant"))
+	t.Log(total.Line("three-replicas-rotating-grant"))
+	if dc.Delivered != dc.Sent {
+		t.Errorf("replicas 2 and 3 accepted %d messages and %d arrived (missing: %v)", dc.Sent, dc.Delivered, dc.Lost)
+	}
+	if dc.Duplicates != 0 {
+		t.Errorf("%d duplicates of messages replicas 2 and 3 accepted, want none", dc.Duplicates)
+	}
+
+	// The grant: never revoked, rotated all along, and the refresh token in Vault is the live one.
+	v1, err := v.KVVersion(ctx, tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotations := strings.Count(idp.Log(), "refresh token rotated")
+	t.Logf("the OAuth server rotated the refresh token %d times; the token record went from version %d to %d", rotations, v0, v1)
+	if revoked := strings.Count(idp.Log(), "grant revoked"); revoked != 0 {
+		t.Errorf("the OAuth server revoked the grant %d times (a refresh token was replayed)", revoked)
+	}
+	if rotations < int(load/(6*time.Second)) {
+		t.Errorf("only %d rotations in %s of load with 6 s tokens", rotations, load)
+	}
+	for i, p := range replicas {
+		if r, err := vaultProjectRow(ctx, p, "oauth-a"); err != nil || r.State != "ok" {
+			t.Errorf("replica %d: oauth-a is %q (%s), %v; want ok", i+1, r.State, r.Reason, err)
+		}
+	}
+	// Stop the replicas (so none refreshes meanwhile), then redeem the stored refresh token: with
+	// reuse detection only the last one issued works.
+	for _, p := range replicas {
+		if err := p.Stop(); err != nil {
+			t.Error(err)
+		}
+	}
+	var out struct {
+		Data struct {
+			Data json.RawMessage `json:"data"`
+		} `json:"data"`
+	}
+	if _, err := v.Request(ctx, http.MethodGet, "secret/data/"+tokenPath, "", nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := project.UnmarshalStoredToken(out.Data.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuedMu.Lock()
+	issued = append(issued, tok.AccessToken.Reveal(), tok.RefreshToken.Reveal())
+	issuedMu.Unlock()
+	if tok.State != project.TokenOK || tok.RefreshingBy != "" {
+		t.Errorf("the token record is in state %q (%s), claimed by %q; want ok and unclaimed", tok.State, tok.Reason, tok.RefreshingBy)
+	}
+	next, err := idp.Refresh(ctx, client.ID, tok.RefreshToken)
+	if err != nil {
+		t.Errorf("the refresh token in Vault is not the last one the OAuth server issued: %v", err)
+	} else {
+		issuedMu.Lock()
+		issued = append(issued, next.AccessToken.Reveal(), next.RefreshToken.Reveal())
+		issuedMu.Unlock()
+	}
+	// startEnv checks that replica 1 did not exit on its own: start it again for its cleanup.
+	if err := e.Postern.Start(ctx); err != nil {
+		t.Error(err)
 	}
 }
