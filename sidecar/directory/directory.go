@@ -400,9 +400,9 @@ func (d *Directory) recordError(err error) {
 	}
 	d.lastErr = msg
 	if d.snap.Load() == nil {
-		d.log.Error("reading projects failed and none are cached: mail is deferred", "error", msg)
+		d.log.Error("reading projects failed and none are cached: mail is deferred", "err", msg)
 	} else {
-		d.log.Warn("reading projects failed: keeping the last good ones", "error", msg)
+		d.log.Warn("reading projects failed: keeping the last good ones", "err", msg)
 	}
 }
 

@@ -230,7 +230,7 @@ func (c *serverConn) serve(ctx context.Context) {
 		case errors.Is(err, io.EOF):
 			return
 		case errors.Is(err, ErrMalformed), errors.Is(err, ErrTooLong):
-			log.Warn("socketmap: closing a connection after a malformed request", "error", err)
+			log.Warn("socketmap: closing a connection after a malformed request", "err", err)
 			c.reply(w, "PERM "+err.Error())
 			return
 		default:
@@ -238,21 +238,21 @@ func (c *serverConn) serve(ctx context.Context) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				log.Debug("socketmap: closing an idle connection")
 			} else if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
-				log.Warn("socketmap: reading a request failed", "error", err)
+				log.Warn("socketmap: reading a request failed", "err", err)
 			}
 			return
 		}
 
 		reply := c.answer(lookupCtx, log, string(req))
 		if err := c.reply(w, reply); err != nil {
-			log.Debug("socketmap: writing a reply failed", "error", err)
+			log.Debug("socketmap: writing a reply failed", "err", err)
 			return
 		}
 		if r.Buffered() == 0 {
 			// Flush when no pipelined request is waiting, so a burst costs one write.
 			c.nc.SetWriteDeadline(time.Now().Add(c.srv.WriteTimeout))
 			if err := w.Flush(); err != nil {
-				log.Debug("socketmap: writing a reply failed", "error", err)
+				log.Debug("socketmap: writing a reply failed", "err", err)
 				return
 			}
 		}
@@ -274,10 +274,10 @@ func (c *serverConn) answer(ctx context.Context, log *slog.Logger, req string) s
 		log.Warn("socketmap: request for a map not served here", "map", truncate(name, 100))
 		return "PERM unknown map name " + clean(name, 100)
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("socketmap: lookup timed out", "map", name, "key", key, "error", err)
+		log.Warn("socketmap: lookup timed out", "map", name, "key", key, "err", err)
 		return "TIMEOUT " + clean(err.Error(), 500)
 	case err != nil:
-		log.Warn("socketmap: lookup failed", "map", name, "key", key, "error", err)
+		log.Warn("socketmap: lookup failed", "map", name, "key", key, "err", err)
 		return "TEMP " + clean(err.Error(), 500)
 	case !found:
 		log.Debug("socketmap: not found", "map", name, "key", key)

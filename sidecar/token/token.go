@@ -525,7 +525,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 			case errors.Is(err, store.ErrNotFound):
 				return b.reauth(name, "the mailbox has not been signed in yet", oauth.NeedsReauth)
 			case err != nil && loaded && (cc || !mem.RefreshToken.IsZero()):
-				log.Warn("token store unreachable: refreshing from memory", "error", err)
+				log.Warn("token store unreachable: refreshing from memory", "err", err)
 				rec, fromMemory = mem, true
 			case err != nil:
 				return unavailable(name, fmt.Errorf("reading the token record: %w", err))
@@ -570,7 +570,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 			case errors.Is(werr, store.ErrConflict) && attempt < maxAttempts:
 				continue // someone else wrote meanwhile: look again
 			case werr != nil:
-				log.Warn("could not claim the refresh in the store; refreshing unclaimed", "error", werr)
+				log.Warn("could not claim the refresh in the store; refreshing unclaimed", "err", werr)
 			default:
 				rec.Version = v
 				rec.RefreshingBy, rec.RefreshingUntil = claim.RefreshingBy, claim.RefreshingUntil
@@ -601,7 +601,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 					continue // someone else wrote meanwhile: look again
 				}
 				if werr != nil {
-					log.Warn("could not record needs_reauth in the store", "error", werr)
+					log.Warn("could not record needs_reauth in the store", "err", werr)
 				}
 				return b.reauth(name, reason, kind)
 			default:
@@ -644,7 +644,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, p project.Project, force
 		cur, werr := b.write(wctx, name, next)
 		cancel()
 		if werr != nil {
-			log.Error("could not write the refreshed token to the store: keeping it in memory and retrying", "error", werr, "rotated", rotated)
+			log.Error("could not write the refreshed token to the store: keeping it in memory and retrying", "err", werr, "rotated", rotated)
 			return result{tok: next, refreshed: true, pending: true}
 		}
 		log.Info("refreshed the access token", "expiry", cur.Expiry, "rotated", rotated, "adopted_other", !cur.AccessToken.Equal(next.AccessToken))
@@ -732,7 +732,7 @@ func (b *Broker) retryWrite(e *entry) {
 				b.mu.Unlock()
 				b.log.Info("wrote the pending token record", "project", e.name, "attempts", failures)
 			} else {
-				b.log.Warn("the pending token record still cannot be written", "project", e.name, "error", err)
+				b.log.Warn("the pending token record still cannot be written", "project", e.name, "err", err)
 			}
 		}
 		b.mu.Lock()
@@ -856,7 +856,7 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 	}
 	b.mu.Unlock()
 	if err != nil {
-		b.log.Error("could not write the new sign-in to the store: keeping it in memory and retrying", "project", p.Name, "error", err)
+		b.log.Error("could not write the new sign-in to the store: keeping it in memory and retrying", "project", p.Name, "err", err)
 		return fmt.Errorf("project %q: storing the sign-in of %s: %w (kept in memory; the write is retried)", p.Name, account, err)
 	}
 	b.log.Info("stored a new sign-in", "project", p.Name, "account", account, "expiry", rec.Expiry)
@@ -874,7 +874,7 @@ func (b *Broker) Rejected(_ context.Context, p project.Project, err error) {
 	e := b.entryLocked(p.Name)
 	e.rejected, e.rejectedAt, e.rejectedErr = text, b.opts.Now(), err
 	b.mu.Unlock()
-	b.log.Warn("the upstream refused the project's access token: mail is deferred", "project", p.Name, "error", text)
+	b.log.Warn("the upstream refused the project's access token: mail is deferred", "project", p.Name, "err", text)
 }
 
 // Accepted clears a recorded refusal once the upstream accepts the project's token again.

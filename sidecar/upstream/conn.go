@@ -195,7 +195,7 @@ func (c *Conn) Release() {
 	c.queue, c.mailErr, c.mailFrom, c.mailOpts = nil, nil, "", smtp.MailOptions{}
 	if c.state == stateTx {
 		if err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, c.simple("RSET", 250)); err != nil {
-			c.log.Debug("upstream connection not reusable", "error", err.Error())
+			c.log.Debug("upstream connection not reusable", "err", err.Error())
 			c.enter(stateBroken)
 		} else {
 			c.enter(stateReady)
@@ -223,7 +223,7 @@ func (c *Conn) Discard() {
 func (c *Conn) check(ctx context.Context) error {
 	err := c.run(ctx, "noop", c.opts.GreetingTimeout, c.simple("NOOP", 250))
 	if err != nil {
-		c.log.Debug("pooled upstream connection failed its check", "error", err.Error())
+		c.log.Debug("pooled upstream connection failed its check", "err", err.Error())
 		c.enter(stateBroken)
 	}
 	return err

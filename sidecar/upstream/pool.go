@@ -230,7 +230,7 @@ func (pl *pool) failed(err *Error) {
 			pl.backoff = min(max(2*pl.backoff, pl.p.opts.DownBackoff), max(MaxDownBackoff, pl.p.opts.DownBackoff))
 			pl.downUntil = now.Add(pl.backoff)
 			pl.log.Warn("upstream down: failing fast", "upstream", err.Addr, "stage", err.Stage,
-				"error", err.Error(), "backoff", pl.backoff, "until", pl.downUntil)
+				"err", err.Error(), "backoff", pl.backoff, "until", pl.downUntil)
 		}
 		pl.failWaitersLocked(pl.downErrorLocked(err.Addr))
 	case StageAuth:
@@ -238,12 +238,12 @@ func (pl *pool) failed(err *Error) {
 		pl.backoff, pl.downUntil = 0, time.Time{}
 		if err.AuthFailed() {
 			pl.authFailures++
-			pl.log.Warn("upstream rejected the credentials", "upstream", err.Addr, "error", err.Error())
+			pl.log.Warn("upstream rejected the credentials", "upstream", err.Addr, "err", err.Error())
 		} else {
-			pl.log.Warn("upstream sign-in failed", "upstream", err.Addr, "error", err.Error())
+			pl.log.Warn("upstream sign-in failed", "upstream", err.Addr, "err", err.Error())
 		}
 	default:
-		pl.log.Warn("upstream connection failed", "upstream", err.Addr, "stage", err.Stage, "error", err.Error())
+		pl.log.Warn("upstream connection failed", "upstream", err.Addr, "stage", err.Stage, "err", err.Error())
 	}
 	pl.grantSlotsLocked()
 }
