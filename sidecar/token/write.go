@@ -216,4 +216,3 @@ func (b *Broker) Store(ctx context.Context, p project.Project, tok *oauth2.Token
 }
 
 func secretOf(s string) secret.Secret { return secret.New(s) }
-
