@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/config"
 )
 
@@ -126,7 +127,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, l.closedError()
 		}
 	}
-	var delay time.Duration
+	failures := 0
 	for {
 		nc, err := l.Listener.Accept()
 		if err == nil {
@@ -138,7 +139,8 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.failures.Add(1)
-		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		failures++
+		delay := backoff.Accept().Delay(failures)
 		l.log.Warn("accepting a connection failed; retrying", "server", l.name, "err", err, "retry_in", delay)
 		select {
 		case <-time.After(delay):

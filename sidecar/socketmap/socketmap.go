@@ -29,6 +29,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/postern/postern/sidecar/backoff"
 )
 
 // Defaults for zero Server fields.
@@ -95,7 +97,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	var (
 		acceptErr error
-		delay     time.Duration
+		failures  int
 	)
 	for {
 		nc, err := l.Accept()
@@ -109,7 +111,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			// Out of file descriptors and the like: wait and try again, as net/http does. The
 			// connections already open go on being served.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			failures++
+			delay := backoff.Accept().Delay(failures)
 			cfg.Logger.Warn("socketmap: accepting a connection failed; retrying", "addr", l.Addr().String(), "err", err, "retry_in", delay)
 			select {
 			case <-time.After(delay):
@@ -117,7 +120,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			continue
 		}
-		delay = 0
+		failures = 0
 		c := &serverConn{srv: &cfg, nc: nc}
 		mu.Lock()
 		if closed {

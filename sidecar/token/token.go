@@ -51,6 +51,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
 )
@@ -59,25 +60,9 @@ import (
 // be had for a reason that should pass (identity provider or store unreachable, backing off).
 var ErrUnavailable = errors.New("no valid access token")
 
-// Backoff is the one source of retry delays: Min after the first failure, doubling up to Max.
-type Backoff struct {
-	Min, Max time.Duration
-}
-
-// Delay is the wait after the given number of consecutive failures (1 or more).
-func (b Backoff) Delay(failures int) time.Duration {
-	if b.Min <= 0 {
-		b.Min = time.Second
-	}
-	if b.Max < b.Min {
-		b.Max = max(b.Min, 5*time.Minute)
-	}
-	d := b.Min
-	for i := 1; i < failures && d < b.Max; i++ {
-		d *= 2
-	}
-	return min(d, b.Max)
-}
+// Backoff spaces retries: Min after the first failure, doubling up to Max. It is the sidecar's
+// one backoff (package backoff).
+type Backoff = backoff.Doubling
 
 // Options configures a Broker. Store is required; every other zero value is a safe default.
 type Options struct {
@@ -178,10 +163,10 @@ func New(opts Options) *Broker {
 		opts.Margin = 10 * time.Minute
 	}
 	if opts.Backoff.Min <= 0 {
-		opts.Backoff.Min = time.Second
+		opts.Backoff.Min = backoff.DefaultMin
 	}
 	if opts.Backoff.Max <= 0 {
-		opts.Backoff.Max = 5 * time.Minute
+		opts.Backoff.Max = backoff.DefaultMax
 	}
 	if opts.ConfigFor == nil {
 		opts.ConfigFor = func(o *project.OAuth) (*oauth2.Config, error) { return oauth.ConfigFor(o, "") }
