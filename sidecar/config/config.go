@@ -2,7 +2,10 @@
 //
 //  1. Load reads a YAML file; Parse decodes one. Unknown keys are errors naming their line, so a
 //     misspelt key never silently falls back to a default.
-//  2. Every key left out takes its default (see Default); a few defaults are derived after decoding:
+//  2. Every key left out takes its default (see Default). A key that sets a part's option takes
+//     that part's own default (upstream.DefaultDialTimeout, smtpd.DefaultRateWait,
+//     token.DefaultMargin, ...), so that each default is defined once, where the zero option
+//     documents it; a few defaults are derived after decoding:
 //     instance and upstream.helo_name from the host name, transport from the listeners, and the file
 //     store when no store is configured.
 //  3. Validate returns every problem at once, so `postern serve --check-config` can list them all.
@@ -30,6 +33,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/milter"
+	"github.com/postern/postern/sidecar/signin"
+	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/token"
+	"github.com/postern/postern/sidecar/upstream"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -56,7 +65,7 @@ const (
 	DefaultSignInKeyFile = "/var/lib/postern/signin.key"
 	DefaultSignInLinkTTL = 72 * time.Hour
 	// MaxSignInLinkTTL bounds signin.link_ttl: a link that lives longer is a standing credential.
-	MaxSignInLinkTTL = 30 * 24 * time.Hour
+	MaxSignInLinkTTL = signin.MaxLinkTTL
 )
 
 // DefaultTransportService is the master.cf service name in derived transports.
@@ -417,34 +426,34 @@ func base() *Config {
 			},
 		},
 		Upstream: Upstream{
-			DialTimeout:     30 * time.Second,
-			GreetingTimeout: 30 * time.Second,
-			CommandTimeout:  5 * time.Minute,
-			DataTimeout:     10 * time.Minute,
-			IdleTimeout:     60 * time.Second,
-			MaxConnWait:     30 * time.Second,
-			DownBackoff:     15 * time.Second,
+			DialTimeout:     upstream.DefaultDialTimeout,
+			GreetingTimeout: upstream.DefaultGreetingTimeout,
+			CommandTimeout:  upstream.DefaultCommandTimeout,
+			DataTimeout:     upstream.DefaultDataTimeout,
+			IdleTimeout:     upstream.DefaultIdleTimeout,
+			MaxConnWait:     upstream.DefaultMaxConnWait,
+			DownBackoff:     upstream.DefaultDownBackoff,
 		},
 		Limits: Limits{
-			MaxMessageBytes: 50 << 20,
-			MaxRecipients:   1000,
-			RateWait:        30 * time.Second,
+			MaxMessageBytes: smtpd.DefaultMaxMessageBytes,
+			MaxRecipients:   smtpd.DefaultMaxRecipients,
+			RateWait:        smtpd.DefaultRateWait,
 		},
 		SMTPD: SMTPD{
-			CommandTimeout: 10 * time.Minute,
-			DataTimeout:    10 * time.Minute,
+			CommandTimeout: smtpd.DefaultReadTimeout,
+			DataTimeout:    smtpd.DefaultDataTimeout,
 		},
 		Milter: Milter{
-			IdleTimeout:    time.Hour,
-			PacketTimeout:  10 * time.Second,
-			MaxHeaderBytes: 1 << 20,
+			IdleTimeout:    milter.DefaultIdleTimeout,
+			PacketTimeout:  milter.DefaultPacketTimeout,
+			MaxHeaderBytes: milter.DefaultMaxHeaderBytes,
 		},
 		SignIn: SignIn{
 			KeyFile: DefaultSignInKeyFile,
 			LinkTTL: DefaultSignInLinkTTL,
 		},
 		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin},
-		ReloadInterval: 10 * time.Second,
+		ReloadInterval: directory.DefaultInterval,
 		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
 }
@@ -813,8 +822,8 @@ type Tokens struct {
 	RefreshMargin time.Duration `yaml:"refresh_margin"`
 }
 
-// DefaultRefreshMargin is the default of tokens.refresh_margin.
-const DefaultRefreshMargin = 10 * time.Minute
+// DefaultRefreshMargin is the default of tokens.refresh_margin: the token broker's.
+const DefaultRefreshMargin = token.DefaultMargin
 
 // CredentialProvider is a credential provider program (see plugin/README.md).
 type CredentialProvider struct {

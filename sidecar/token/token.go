@@ -56,6 +56,10 @@ import (
 	"github.com/postern/postern/sidecar/project"
 )
 
+// DefaultMargin is the refresh margin of the zero Options, and the configuration's default
+// (tokens.refresh_margin). Microsoft's high-volume service refuses tokens close to expiry.
+const DefaultMargin = 10 * time.Minute
+
 // ErrUnavailable is matched by Credential's errors when no valid access token exists and none could
 // be had for a reason that should pass (identity provider or store unreachable, backing off).
 var ErrUnavailable = errors.New("no valid access token")
@@ -72,7 +76,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Margin is how long before expiry a token is refreshed; zero means 10 minutes. For a token
+	// Margin is how long before expiry a token is refreshed; zero means DefaultMargin. For a token
 	// that lives less than twice the margin, half its lifetime is used instead (lifetime: from the
 	// record's UpdatedAt, when it was obtained, to its Expiry), so that a short-lived token is not
 	// refreshed on every delivery.
@@ -160,7 +164,7 @@ func New(opts Options) *Broker {
 		opts.Now = time.Now
 	}
 	if opts.Margin <= 0 {
-		opts.Margin = 10 * time.Minute
+		opts.Margin = DefaultMargin
 	}
 	if opts.Backoff.Min <= 0 {
 		opts.Backoff.Min = backoff.DefaultMin
