@@ -317,6 +317,12 @@ type Upstream struct {
 	// DownBackoff is how long a project's upstream is considered down after it could not be
 	// reached, before it is tried again; its mail is deferred meanwhile. Default 15s.
 	DownBackoff time.Duration `yaml:"down_backoff"`
+	// Trace logs every SMTP line to and from every project's upstream, at debug level (so with
+	// log.level: debug). AUTH exchanges are logged redacted ("AUTH PLAIN [redacted]"), message
+	// data not at all. Default false.
+	Trace bool `yaml:"trace"`
+	// TraceProjects traces only the upstreams of these projects (by name), as Trace does.
+	TraceProjects []string `yaml:"trace_projects"`
 }
 
 // Limits apply to every message.
@@ -511,6 +517,9 @@ func Parse(b []byte) (*Config, error) {
 
 // applyDerived fills the defaults that depend on the host or on other keys.
 func (c *Config) applyDerived() {
+	if len(c.Upstream.TraceProjects) == 0 {
+		c.Upstream.TraceProjects = nil // "trace_projects: []" is the default
+	}
 	if c.Instance == "" || c.Upstream.HeloName == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
@@ -731,6 +740,11 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	u := c.Upstream
 	if strings.ContainsAny(u.HeloName, " \t\r\n") {
 		add("upstream.helo_name %q contains white space", u.HeloName)
+	}
+	for _, name := range u.TraceProjects {
+		if strings.TrimSpace(name) == "" {
+			add("upstream.trace_projects: an empty project name")
+		}
 	}
 	for _, d := range []struct {
 		key string

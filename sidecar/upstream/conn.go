@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -59,7 +60,7 @@ func (p *Pools) dial(ctx context.Context, pl *pool, proj project.Project, auth A
 	u := proj.Upstream
 	addr := address(u)
 	c := &Conn{opts: &p.opts, log: pl.log.With("upstream", addr), addr: addr, fp: fp, bodies: &p.bodies}
-	if p.opts.Trace {
+	if p.opts.Trace || slices.Contains(p.opts.TraceProjects, proj.Name) {
 		c.trace = &tracer{log: c.log}
 	}
 	d := net.Dialer{Timeout: p.opts.DialTimeout}

@@ -126,6 +126,8 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// Trace logs every SMTP line at debug level (AUTH redacted, message bodies left out).
 	Trace bool
+	// TraceProjects traces the connections of these projects only, as Trace does.
+	TraceProjects []string
 	// Logger receives the pools' logs. Default: discard.
 	Logger *slog.Logger
 	// Now is the clock for idle ages and backoffs. Default time.Now.
