@@ -11,7 +11,10 @@
 // its own jittered backoff, as many replicas retry one Vault.
 package backoff
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Defaults of a zero Doubling.
 const (
@@ -43,3 +46,15 @@ func (b Doubling) Delay(failures int) time.Duration {
 // Accept is the wait of an accept loop after a failed accept (out of file descriptors and the
 // like), as net/http waits: 5 ms doubling to 1 s.
 func Accept() Doubling { return Doubling{Min: 5 * time.Millisecond, Max: time.Second} }
+
+// Sleep waits d, or until ctx ends; it reports whether the wait ran to its end.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,6 +1,7 @@
 package backoff_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -49,4 +50,16 @@ func ExampleDoubling() {
 	// 4s
 	// 8s
 	// 10s
+}
+
+func TestSleep(t *testing.T) {
+	t.Parallel()
+	if !backoff.Sleep(t.Context(), time.Millisecond) {
+		t.Error("Sleep did not run to its end")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if backoff.Sleep(ctx, time.Hour) {
+		t.Error("Sleep ran to its end after ctx ended")
+	}
 }

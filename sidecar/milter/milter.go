@@ -293,10 +293,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			failures++
 			delay := backoff.Accept().Delay(failures)
 			s.log.Warn("accepting a milter connection failed; retrying", "addr", ln.Addr().String(), "err", err, "retry_in", delay)
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, delay)
 			continue
 		}
 		failures = 0

@@ -114,10 +114,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			failures++
 			delay := backoff.Accept().Delay(failures)
 			cfg.Logger.Warn("socketmap: accepting a connection failed; retrying", "addr", l.Addr().String(), "err", err, "retry_in", delay)
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, delay)
 			continue
 		}
 		failures = 0

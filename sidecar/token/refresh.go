@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/oauth"
 	"github.com/postern/postern/sidecar/project"
@@ -212,10 +213,8 @@ func (r *refreshing) claim(rec project.Token, now time.Time, attempt int) (proje
 		case r.loaded && b.valid(r.mem, now) && !r.force:
 			return rec, stepDone, result{tok: r.mem, retryAt: again}
 		}
-		select {
-		case <-r.ctx.Done():
+		if !backoff.Sleep(r.ctx, claimPoll) {
 			return rec, stepDone, unavailable(r.name, fmt.Errorf("waiting for %s to refresh the token: %w", rec.RefreshingBy, r.ctx.Err()))
-		case <-time.After(claimPoll):
 		}
 		return rec, stepWait, result{}
 	}
