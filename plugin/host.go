@@ -188,7 +188,7 @@ func (h *Host) do(ctx context.Context, f func(context.Context, Provider) error) 
 		if err == nil || !errors.Is(err, errUnavailable) || attempt == 2 || ctx.Err() != nil {
 			return err
 		}
-		h.log.Warn("credential provider unreachable; restarting it", "error", err)
+		h.log.Warn("credential provider unreachable; restarting it", "err", err)
 		h.discard(c)
 	}
 }

@@ -20,6 +20,8 @@
 //	advice                        what the operator must do next, for check, CLI, status, sign-in
 //	admin                         status page, JSON API, metrics, health checks
 //	store (boltstore, vaultstore) projects and tokens
+//	config                        the file's schema; each default is the part's own (defaults_test.go)
+//	backoff                       the one source of waits between retries
 //
 // The path of one message:
 //

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/sidecar/admin"
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/config"
 )
 
@@ -155,7 +156,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, l.closedError()
 		}
 	}
-	var delay time.Duration
+	failures := 0
 	for {
 		nc, err := l.Listener.Accept()
 		if err == nil {
@@ -167,7 +168,8 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.failures.Add(1)
-		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		failures++
+		delay := backoff.Accept().Delay(failures)
 		l.log.Warn("accepting a connection failed; retrying", "server", l.name, "err", err, "retry_in", delay)
 		select {
 		case <-time.After(delay):

@@ -121,6 +121,8 @@ func UpstreamOptions(cfg *config.Config, log *slog.Logger) upstream.Options {
 		IdleTimeout:     cfg.Upstream.IdleTimeout,
 		MaxConnWait:     cfg.Upstream.MaxConnWait,
 		DownBackoff:     cfg.Upstream.DownBackoff,
+		Trace:           cfg.Upstream.Trace,
+		TraceProjects:   cfg.Upstream.TraceProjects,
 		Logger:          log,
 	}
 }

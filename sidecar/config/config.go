@@ -2,7 +2,10 @@
 //
 //  1. Load reads a YAML file; Parse decodes one. Unknown keys are errors naming their line, so a
 //     misspelt key never silently falls back to a default.
-//  2. Every key left out takes its default (see Default); a few defaults are derived after decoding:
+//  2. Every key left out takes its default (see Default). A key that sets a part's option takes
+//     that part's own default (upstream.DefaultDialTimeout, smtpd.DefaultRateWait,
+//     token.DefaultMargin, ...), so that each default is defined once, where the zero option
+//     documents it; a few defaults are derived after decoding:
 //     instance and upstream.helo_name from the host name, transport from the listeners, and the file
 //     store when no store is configured.
 //  3. Validate returns every problem at once, so `postern serve --check-config` can list them all.
@@ -30,6 +33,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/milter"
+	"github.com/postern/postern/sidecar/signin"
+	"github.com/postern/postern/sidecar/smtpd"
+	"github.com/postern/postern/sidecar/token"
+	"github.com/postern/postern/sidecar/upstream"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -56,7 +65,7 @@ const (
 	DefaultSignInKeyFile = "/var/lib/postern/signin.key"
 	DefaultSignInLinkTTL = 72 * time.Hour
 	// MaxSignInLinkTTL bounds signin.link_ttl: a link that lives longer is a standing credential.
-	MaxSignInLinkTTL = 30 * 24 * time.Hour
+	MaxSignInLinkTTL = signin.MaxLinkTTL
 )
 
 // DefaultTransportService is the master.cf service name in derived transports.
@@ -314,6 +323,12 @@ type Upstream struct {
 	// DownBackoff is how long a project's upstream is considered down after it could not be
 	// reached, before it is tried again; its mail is deferred meanwhile. Default 15s.
 	DownBackoff time.Duration `yaml:"down_backoff"`
+	// Trace logs every SMTP line to and from every project's upstream, at debug level (so with
+	// log.level: debug). AUTH exchanges are logged redacted ("AUTH PLAIN [redacted]"), message
+	// data not at all. Default false.
+	Trace bool `yaml:"trace"`
+	// TraceProjects traces only the upstreams of these projects (by name), as Trace does.
+	TraceProjects []string `yaml:"trace_projects"`
 }
 
 // Limits apply to every message.
@@ -460,36 +475,36 @@ func base() *Config {
 			},
 		},
 		Upstream: Upstream{
-			DialTimeout:     30 * time.Second,
-			GreetingTimeout: 30 * time.Second,
-			CommandTimeout:  5 * time.Minute,
-			DataTimeout:     10 * time.Minute,
-			IdleTimeout:     60 * time.Second,
-			MaxConnWait:     30 * time.Second,
-			DownBackoff:     15 * time.Second,
+			DialTimeout:     upstream.DefaultDialTimeout,
+			GreetingTimeout: upstream.DefaultGreetingTimeout,
+			CommandTimeout:  upstream.DefaultCommandTimeout,
+			DataTimeout:     upstream.DefaultDataTimeout,
+			IdleTimeout:     upstream.DefaultIdleTimeout,
+			MaxConnWait:     upstream.DefaultMaxConnWait,
+			DownBackoff:     upstream.DefaultDownBackoff,
 		},
 		Limits: Limits{
-			MaxMessageBytes: 50 << 20,
-			MaxRecipients:   1000,
-			RateWait:        30 * time.Second,
+			MaxMessageBytes: smtpd.DefaultMaxMessageBytes,
+			MaxRecipients:   smtpd.DefaultMaxRecipients,
+			RateWait:        smtpd.DefaultRateWait,
 			Replicas:        1,
 			QuotaPause:      time.Hour,
 		},
 		SMTPD: SMTPD{
-			CommandTimeout: 10 * time.Minute,
-			DataTimeout:    10 * time.Minute,
+			CommandTimeout: smtpd.DefaultReadTimeout,
+			DataTimeout:    smtpd.DefaultDataTimeout,
 		},
 		Milter: Milter{
-			IdleTimeout:    time.Hour,
-			PacketTimeout:  10 * time.Second,
-			MaxHeaderBytes: 1 << 20,
+			IdleTimeout:    milter.DefaultIdleTimeout,
+			PacketTimeout:  milter.DefaultPacketTimeout,
+			MaxHeaderBytes: milter.DefaultMaxHeaderBytes,
 		},
 		SignIn: SignIn{
 			KeyFile: DefaultSignInKeyFile,
 			LinkTTL: DefaultSignInLinkTTL,
 		},
 		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin, KeepaliveInterval: DefaultKeepaliveInterval},
-		ReloadInterval: 10 * time.Second,
+		ReloadInterval: directory.DefaultInterval,
 		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
 }
@@ -547,6 +562,9 @@ func Parse(b []byte) (*Config, error) {
 
 // applyDerived fills the defaults that depend on the host or on other keys.
 func (c *Config) applyDerived() {
+	if len(c.Upstream.TraceProjects) == 0 {
+		c.Upstream.TraceProjects = nil // "trace_projects: []" is the default
+	}
 	if c.Instance == "" || c.Upstream.HeloName == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
@@ -785,6 +803,11 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	if strings.ContainsAny(u.HeloName, " \t\r\n") {
 		add("upstream.helo_name %q contains white space", u.HeloName)
 	}
+	for _, name := range u.TraceProjects {
+		if strings.TrimSpace(name) == "" {
+			add("upstream.trace_projects: an empty project name")
+		}
+	}
 	for _, d := range []struct {
 		key string
 		v   time.Duration
@@ -891,8 +914,8 @@ type Tokens struct {
 // DefaultKeepaliveInterval is the default of tokens.keepalive_interval.
 const DefaultKeepaliveInterval = 7 * 24 * time.Hour
 
-// DefaultRefreshMargin is the default of tokens.refresh_margin.
-const DefaultRefreshMargin = 10 * time.Minute
+// DefaultRefreshMargin is the default of tokens.refresh_margin: the token broker's.
+const DefaultRefreshMargin = token.DefaultMargin
 
 // CredentialProvider is a credential provider program (see plugin/README.md).
 type CredentialProvider struct {

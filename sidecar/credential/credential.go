@@ -221,7 +221,7 @@ func (b Basic) Rejected(_ context.Context, p project.Project, err error) {
 		return
 	}
 	log.Warn("the upstream refused the project's password: mail is deferred until it is corrected",
-		"project", p.Name, "username", p.Auth.Username, "error", err)
+		"project", p.Name, "username", p.Auth.Username, "err", err)
 }
 
 // Accepted does nothing: Basic keeps no state.

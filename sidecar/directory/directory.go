@@ -38,6 +38,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/route"
 	"github.com/postern/postern/sidecar/store"
@@ -181,8 +182,8 @@ func (d *Directory) Load(ctx context.Context) error {
 // once: call Load first. While no projects are cached and the last read failed (the store was
 // down at start), it tries again sooner: after Options.RetryMin, doubling up to Interval.
 func (d *Directory) Run(ctx context.Context) error {
-	retry := d.opts.RetryMin
-	timer := time.NewTimer(d.nextWait(&retry))
+	failures := 0
+	timer := time.NewTimer(d.nextWait(&failures))
 	defer timer.Stop()
 	for {
 		select {
@@ -194,25 +195,24 @@ func (d *Directory) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			timer.Reset(d.nextWait(&retry))
+			timer.Reset(d.nextWait(&failures))
 		}
 	}
 }
 
 // nextWait is the time until Run's next reload: Interval, or while nothing is cached after a
-// failed read, *retry, which then doubles up to Interval.
-func (d *Directory) nextWait(retry *time.Duration) time.Duration {
+// failed read, RetryMin doubling with each further failure (counted in *failures) up to Interval.
+func (d *Directory) nextWait(failures *int) time.Duration {
 	interval := time.Duration(d.interval.Load())
 	d.mu.Lock()
 	failed := d.lastErr != ""
 	d.mu.Unlock()
 	if !failed || d.snap.Load() != nil {
-		*retry = d.opts.RetryMin
+		*failures = 0
 		return interval
 	}
-	wait := min(*retry, interval)
-	*retry = min(2**retry, interval)
-	return wait
+	*failures++
+	return min(backoff.Doubling{Min: d.opts.RetryMin, Max: interval}.Delay(*failures), interval)
 }
 
 // Lookup returns the project serving sender. found is false when no project serves it; err is
@@ -400,9 +400,9 @@ func (d *Directory) recordError(err error) {
 	}
 	d.lastErr = msg
 	if d.snap.Load() == nil {
-		d.log.Error("reading projects failed and none are cached: mail is deferred", "error", msg)
+		d.log.Error("reading projects failed and none are cached: mail is deferred", "err", msg)
 	} else {
-		d.log.Warn("reading projects failed: keeping the last good ones", "error", msg)
+		d.log.Warn("reading projects failed: keeping the last good ones", "err", msg)
 	}
 }
 

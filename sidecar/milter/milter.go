@@ -77,6 +77,7 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/project"
 )
 
@@ -277,7 +278,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Wait()
 	}()
 
-	var delay time.Duration
+	failures := 0
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -289,15 +290,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				return fmt.Errorf("accepting milter connections on %s: %w", ln.Addr(), err)
 			}
 			// Out of file descriptors and the like: wait and try again, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			failures++
+			delay := backoff.Accept().Delay(failures)
 			s.log.Warn("accepting a milter connection failed; retrying", "addr", ln.Addr().String(), "err", err, "retry_in", delay)
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, delay)
 			continue
 		}
-		delay = 0
+		failures = 0
 		c := s.newConn(ctx, nc)
 		mu.Lock()
 		conns[c] = struct{}{}

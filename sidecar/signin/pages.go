@@ -89,7 +89,7 @@ func render(w http.ResponseWriter, log *slog.Logger, pg *page) {
 	pg.Detail = secret.Scrub(pg.Detail) // a provider's or upstream's words, without what looks like a credential
 	var buf bytes.Buffer
 	if err := pageTmpl.Execute(&buf, pg); err != nil {
-		log.Error("rendering a sign-in page", "outcome", pg.Outcome, "error", err)
+		log.Error("rendering a sign-in page", "outcome", pg.Outcome, "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}

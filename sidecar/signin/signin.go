@@ -239,7 +239,7 @@ func (s *Server) checkLink(ctx context.Context, link Link) (project.Project, *pa
 		return p, &page{Status: http.StatusNotFound, Outcome: OutcomeProjectUnknown, Title: "This project no longer exists",
 			Project: link.Project, Paragraphs: []string{"Postern has no project of this name any more. Ask your Postern administrator."}}
 	case err != nil:
-		s.log.Warn("sign-in: reading the project failed", "project", link.Project, "error", err)
+		s.log.Warn("sign-in: reading the project failed", "project", link.Project, "err", err)
 		return p, unavailable(link)
 	}
 	if err := Eligible(p); err != nil {
@@ -256,7 +256,7 @@ func (s *Server) checkLink(ctx context.Context, link Link) (project.Project, *pa
 	case err == nil && rec.SignInUsed(link.Nonce):
 		return p, used
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "error", err)
+		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "err", err)
 		return p, unavailable(link)
 	}
 	return p, nil
@@ -293,7 +293,7 @@ func providerName(o *project.OAuth) string {
 func (s *Server) provider(p project.Project) (*oauth.Provider, *page) {
 	prov, err := oauth.NewProvider(p.Auth.OAuth, oauth.Options{RedirectURL: s.redirect, HTTPClient: s.opts.HTTPClient, Now: s.opts.Now})
 	if err != nil {
-		s.log.Error("sign-in: the project's OAuth settings are unusable", "project", p.Name, "error", err)
+		s.log.Error("sign-in: the project's OAuth settings are unusable", "project", p.Name, "err", err)
 		return nil, &page{Status: http.StatusInternalServerError, Outcome: OutcomeSettings, Title: "This project's OAuth settings are unusable",
 			Project: p.Name, Paragraphs: []string{"Tell your Postern administrator:"}, Detail: err.Error()}
 	}
@@ -401,7 +401,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 			pg.Detail += ": " + desc
 		}
 		pg.Paragraphs = []string{"Nothing was saved. The identity provider said:"}
-		s.log.Warn("sign-in: the identity provider answered with an error", "project", f.Project, "error", q.Get("error"))
+		s.log.Warn("sign-in: the identity provider answered with an error", "project", f.Project, "err", q.Get("error"))
 		render(w, s.log, &pg)
 		return
 	}
@@ -422,7 +422,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := prov.Exchange(ctx, q.Get("code"), f.Verifier)
 	if err != nil {
-		s.log.Warn("sign-in: exchanging the authorization code failed", "project", p.Name, "error", oauth.Reason(err))
+		s.log.Warn("sign-in: exchanging the authorization code failed", "project", p.Name, "err", oauth.Reason(err))
 		pg := facts
 		pg.Status, pg.Outcome, pg.Title = http.StatusBadGateway, OutcomeExchangeFailed, "The sign-in could not be completed"
 		pg.Paragraphs = []string{"The identity provider did not give Postern a token for the sign-in. Nothing was saved. Open the sign-in link again and press the button; if this persists, tell your Postern administrator:"}
@@ -432,7 +432,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	id, err := prov.Identity(ctx, tok, oauth.WithNonce(f.IDNonce))
 	if err != nil {
-		s.log.Warn("sign-in: the id_token did not verify", "project", p.Name, "error", err)
+		s.log.Warn("sign-in: the id_token did not verify", "project", p.Name, "err", err)
 		pg := facts
 		pg.Status, pg.Outcome, pg.Title = http.StatusBadGateway, OutcomeAccountUnverified, "Postern could not tell which account signed in"
 		pg.Paragraphs = []string{"The identity provider's answer did not name the signed-in account in a form Postern could verify, so nothing was saved. Tell your Postern administrator (the project's scopes must include openid and email):"}
@@ -443,7 +443,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 	account := id.Mailbox
 	prev, err := s.opts.Tokens.Token(ctx, p.Name)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "error", err)
+		s.log.Warn("sign-in: reading the token record failed", "project", p.Name, "err", err)
 		render(w, s.log, unavailable(link))
 		return
 	}
@@ -458,7 +458,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 			render(w, s.log, usedPage(link))
 			return
 		}
-		s.log.Error("sign-in: saving the grant failed", "project", p.Name, "account", account, "error", err)
+		s.log.Error("sign-in: saving the grant failed", "project", p.Name, "account", account, "err", err)
 		s.remember(link) // the grant waits in memory with the nonce, and is written when it can be
 		pg := facts
 		pg.Account = account
@@ -479,7 +479,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.opts.Timeout)
 		defer cancel()
 		if err := s.opts.TestAuth(tctx, p); err != nil {
-			s.log.Warn("sign-in saved, but the upstream refused the token", "project", p.Name, "error", err)
+			s.log.Warn("sign-in saved, but the upstream refused the token", "project", p.Name, "err", err)
 			pg.Outcome, pg.Title = OutcomeUpstreamRefused, "Signed in, but the mail server refused the sign-in"
 			pg.Paragraphs = []string{
 				fmt.Sprintf("Postern saved the sign-in of %s, then tried to sign in to the mail server with it (without sending mail), and the server refused. Mail of project %s waits until this is fixed; nothing is lost.", account, p.Name),

@@ -400,7 +400,7 @@ func (s *session) logRefusal(log *slog.Logger, stage string, reply *smtp.SMTPErr
 	}
 	log.Log(context.Background(), level, "refused", "outcome", outcome, "duration", took,
 		"stage", stage, "reply", fmt.Sprintf("%d %d.%d.%d %s", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message),
-		"error", err)
+		"err", err)
 }
 
 // checkAddress refuses an address that cannot go upstream as it is (address.Path), and one that

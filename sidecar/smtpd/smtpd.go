@@ -286,7 +286,7 @@ func (s *Server) serve(ctx context.Context, l net.Listener, lmtp bool) error {
 	select {
 	case err := <-served:
 		serveErr = fmt.Errorf("smtpd: serving %s on %s: %w", proto, l.Addr(), err)
-		log.Error("accepting connections failed", "error", err)
+		log.Error("accepting connections failed", "err", err)
 	case <-ctx.Done():
 	}
 
@@ -336,9 +336,9 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type errorLog struct{ log *slog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {
-	e.log.Warn("smtp server", "error", strings.TrimSpace(fmt.Sprintf(format, v...)))
+	e.log.Warn("smtp server", "err", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 func (e errorLog) Println(v ...any) {
-	e.log.Warn("smtp server", "error", strings.TrimSpace(fmt.Sprintln(v...)))
+	e.log.Warn("smtp server", "err", strings.TrimSpace(fmt.Sprintln(v...)))
 }

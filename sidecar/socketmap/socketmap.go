@@ -29,6 +29,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/postern/postern/sidecar/backoff"
 )
 
 // Defaults for zero Server fields.
@@ -95,7 +97,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	var (
 		acceptErr error
-		delay     time.Duration
+		failures  int
 	)
 	for {
 		nc, err := l.Accept()
@@ -109,15 +111,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			}
 			// Out of file descriptors and the like: wait and try again, as net/http does. The
 			// connections already open go on being served.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			failures++
+			delay := backoff.Accept().Delay(failures)
 			cfg.Logger.Warn("socketmap: accepting a connection failed; retrying", "addr", l.Addr().String(), "err", err, "retry_in", delay)
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, delay)
 			continue
 		}
-		delay = 0
+		failures = 0
 		c := &serverConn{srv: &cfg, nc: nc}
 		mu.Lock()
 		if closed {
@@ -230,7 +230,7 @@ func (c *serverConn) serve(ctx context.Context) {
 		case errors.Is(err, io.EOF):
 			return
 		case errors.Is(err, ErrMalformed), errors.Is(err, ErrTooLong):
-			log.Warn("socketmap: closing a connection after a malformed request", "error", err)
+			log.Warn("socketmap: closing a connection after a malformed request", "err", err)
 			c.reply(w, "PERM "+err.Error())
 			return
 		default:
@@ -238,21 +238,21 @@ func (c *serverConn) serve(ctx context.Context) {
 			if errors.As(err, &ne) && ne.Timeout() {
 				log.Debug("socketmap: closing an idle connection")
 			} else if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
-				log.Warn("socketmap: reading a request failed", "error", err)
+				log.Warn("socketmap: reading a request failed", "err", err)
 			}
 			return
 		}
 
 		reply := c.answer(lookupCtx, log, string(req))
 		if err := c.reply(w, reply); err != nil {
-			log.Debug("socketmap: writing a reply failed", "error", err)
+			log.Debug("socketmap: writing a reply failed", "err", err)
 			return
 		}
 		if r.Buffered() == 0 {
 			// Flush when no pipelined request is waiting, so a burst costs one write.
 			c.nc.SetWriteDeadline(time.Now().Add(c.srv.WriteTimeout))
 			if err := w.Flush(); err != nil {
-				log.Debug("socketmap: writing a reply failed", "error", err)
+				log.Debug("socketmap: writing a reply failed", "err", err)
 				return
 			}
 		}
@@ -274,10 +274,10 @@ func (c *serverConn) answer(ctx context.Context, log *slog.Logger, req string) s
 		log.Warn("socketmap: request for a map not served here", "map", truncate(name, 100))
 		return "PERM unknown map name " + clean(name, 100)
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("socketmap: lookup timed out", "map", name, "key", key, "error", err)
+		log.Warn("socketmap: lookup timed out", "map", name, "key", key, "err", err)
 		return "TIMEOUT " + clean(err.Error(), 500)
 	case err != nil:
-		log.Warn("socketmap: lookup failed", "map", name, "key", key, "error", err)
+		log.Warn("socketmap: lookup failed", "map", name, "key", key, "err", err)
 		return "TEMP " + clean(err.Error(), 500)
 	case !found:
 		log.Debug("socketmap: not found", "map", name, "key", key)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -59,7 +60,7 @@ func (p *Pools) dial(ctx context.Context, pl *pool, proj project.Project, auth A
 	u := proj.Upstream
 	addr := address(u)
 	c := &Conn{opts: &p.opts, log: pl.log.With("upstream", addr), addr: addr, fp: fp, bodies: &p.bodies}
-	if p.opts.Trace {
+	if p.opts.Trace || slices.Contains(p.opts.TraceProjects, proj.Name) {
 		c.trace = &tracer{log: c.log}
 	}
 	d := net.Dialer{Timeout: p.opts.DialTimeout}
@@ -195,7 +196,7 @@ func (c *Conn) Release() {
 	c.queue, c.mailErr, c.mailFrom, c.mailOpts = nil, nil, "", smtp.MailOptions{}
 	if c.state == stateTx {
 		if err := c.run(context.Background(), "rset", c.opts.GreetingTimeout, c.simple("RSET", 250)); err != nil {
-			c.log.Debug("upstream connection not reusable", "error", err.Error())
+			c.log.Debug("upstream connection not reusable", "err", err.Error())
 			c.enter(stateBroken)
 		} else {
 			c.enter(stateReady)
@@ -223,7 +224,7 @@ func (c *Conn) Discard() {
 func (c *Conn) check(ctx context.Context) error {
 	err := c.run(ctx, "noop", c.opts.GreetingTimeout, c.simple("NOOP", 250))
 	if err != nil {
-		c.log.Debug("pooled upstream connection failed its check", "error", err.Error())
+		c.log.Debug("pooled upstream connection failed its check", "err", err.Error())
 		c.enter(stateBroken)
 	}
 	return err

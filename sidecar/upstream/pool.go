@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/project"
 )
 
@@ -30,7 +31,8 @@ type pool struct {
 	waiters      []*waiter // first come, first served
 	dials        uint64
 	authFailures uint64
-	backoff      time.Duration
+	backoff      time.Duration // the fail-fast period now, after downs consecutive failures
+	downs        int
 	downUntil    time.Time
 	lastErr      string
 	// probing is set once the upstream failed to answer (connect, TLS, greeting, EHLO) and
@@ -86,7 +88,7 @@ func (pl *pool) take(fp string, limit int, addr string) (grant, *waiter) {
 			pl.log.Info("upstream settings changed: closing idle connections", "upstream", addr, "idle", len(pl.idle))
 		}
 		pl.fp = fp
-		pl.backoff, pl.downUntil, pl.lastErr = 0, time.Time{}, ""
+		pl.backoff, pl.downs, pl.downUntil, pl.lastErr = 0, 0, time.Time{}, ""
 		pl.probing = false
 		stale = append(stale, pl.idle...)
 		pl.open -= len(pl.idle)
@@ -205,7 +207,7 @@ func (pl *pool) opened(c *Conn, err *Error) error {
 		pl.p.background(c.quit)
 		return &Error{Stage: StagePool, Addr: c.addr, Err: ErrClosed}
 	}
-	pl.backoff, pl.downUntil, pl.lastErr = 0, time.Time{}, ""
+	pl.backoff, pl.downs, pl.downUntil, pl.lastErr = 0, 0, time.Time{}, ""
 	pl.probing = false
 	c.pl = pl
 	pl.mu.Unlock()
@@ -227,23 +229,24 @@ func (pl *pool) failed(err *Error) {
 		}
 		pl.probing = true
 		if !now.Before(pl.downUntil) {
-			pl.backoff = min(max(2*pl.backoff, pl.p.opts.DownBackoff), max(MaxDownBackoff, pl.p.opts.DownBackoff))
+			pl.downs++
+			pl.backoff = backoff.Doubling{Min: pl.p.opts.DownBackoff, Max: MaxDownBackoff}.Delay(pl.downs)
 			pl.downUntil = now.Add(pl.backoff)
 			pl.log.Warn("upstream down: failing fast", "upstream", err.Addr, "stage", err.Stage,
-				"error", err.Error(), "backoff", pl.backoff, "until", pl.downUntil)
+				"err", err.Error(), "backoff", pl.backoff, "until", pl.downUntil)
 		}
 		pl.failWaitersLocked(pl.downErrorLocked(err.Addr))
 	case StageAuth:
 		// The upstream answered: it is not down.
-		pl.backoff, pl.downUntil = 0, time.Time{}
+		pl.backoff, pl.downs, pl.downUntil = 0, 0, time.Time{}
 		if err.AuthFailed() {
 			pl.authFailures++
-			pl.log.Warn("upstream rejected the credentials", "upstream", err.Addr, "error", err.Error())
+			pl.log.Warn("upstream rejected the credentials", "upstream", err.Addr, "err", err.Error())
 		} else {
-			pl.log.Warn("upstream sign-in failed", "upstream", err.Addr, "error", err.Error())
+			pl.log.Warn("upstream sign-in failed", "upstream", err.Addr, "err", err.Error())
 		}
 	default:
-		pl.log.Warn("upstream connection failed", "upstream", err.Addr, "stage", err.Stage, "error", err.Error())
+		pl.log.Warn("upstream connection failed", "upstream", err.Addr, "stage", err.Stage, "err", err.Error())
 	}
 	pl.grantSlotsLocked()
 }

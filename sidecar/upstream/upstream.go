@@ -80,6 +80,19 @@ type Auth struct {
 // MaxDownBackoff is the longest Acquire fails fast for a project whose upstream keeps failing.
 const MaxDownBackoff = 5 * time.Minute
 
+// Defaults of the zero Options. The configuration's defaults (package config, upstream.*) are
+// these.
+const (
+	DefaultDialTimeout     = 30 * time.Second
+	DefaultGreetingTimeout = 30 * time.Second
+	DefaultCommandTimeout  = 5 * time.Minute // RFC 5321
+	DefaultDataTimeout     = 10 * time.Minute
+	DefaultIdleTimeout     = 60 * time.Second
+	DefaultMaxConnWait     = 30 * time.Second
+	DefaultDownBackoff     = 15 * time.Second
+	DefaultCheckIdleAfter  = 5 * time.Second
+)
+
 // quitTimeout bounds the polite QUIT before a connection is closed.
 const quitTimeout = 5 * time.Second
 
@@ -87,32 +100,35 @@ const quitTimeout = 5 * time.Second
 type Options struct {
 	// LocalName is the name Postern gives in EHLO. Default: os.Hostname, else "localhost".
 	LocalName string
-	// DialTimeout bounds the TCP connect. Default 30s.
+	// DialTimeout bounds the TCP connect. Default DefaultDialTimeout.
 	DialTimeout time.Duration
 	// GreetingTimeout bounds everything between connect and a signed-in connection: TLS, banner,
 	// EHLO, STARTTLS, AUTH. It also bounds RSET and the NOOP check of a pooled connection.
-	// Default 30s.
+	// Default DefaultGreetingTimeout.
 	GreetingTimeout time.Duration
-	// CommandTimeout bounds MAIL and each RCPT. Default 5m (RFC 5321).
+	// CommandTimeout bounds MAIL and each RCPT. Default DefaultCommandTimeout.
 	CommandTimeout time.Duration
 	// DataTimeout bounds DATA as a whole: the command, the message and the final reply.
-	// Default 10m.
+	// Default DefaultDataTimeout.
 	DataTimeout time.Duration
-	// IdleTimeout closes a pooled connection unused for this long. Default 60s.
+	// IdleTimeout closes a pooled connection unused for this long. Default DefaultIdleTimeout.
 	IdleTimeout time.Duration
-	// MaxConnWait bounds how long Acquire waits for a project's busy connections. Default 30s.
+	// MaxConnWait bounds how long Acquire waits for a project's busy connections. Default
+	// DefaultMaxConnWait.
 	MaxConnWait time.Duration
 	// DownBackoff is how long Acquire fails fast after an upstream failed to connect, greet or
 	// speak TLS; it doubles with each further failure up to MaxDownBackoff and resets once a
-	// connection opens. Default 15s.
+	// connection opens. Default DefaultDownBackoff.
 	DownBackoff time.Duration
 	// CheckIdleAfter: a pooled connection idle longer than this is checked with NOOP before reuse.
-	// Default 5s.
+	// Default DefaultCheckIdleAfter.
 	CheckIdleAfter time.Duration
 	// RootCAs are the trusted roots; nil means the system's. A project's Upstream.CAPEM adds to them.
 	RootCAs *x509.CertPool
 	// Trace logs every SMTP line at debug level (AUTH redacted, message bodies left out).
 	Trace bool
+	// TraceProjects traces the connections of these projects only, as Trace does.
+	TraceProjects []string
 	// Logger receives the pools' logs. Default: discard.
 	Logger *slog.Logger
 	// Now is the clock for idle ages and backoffs. Default time.Now.
@@ -135,14 +151,14 @@ func (o Options) withDefaults() Options {
 			*d = def
 		}
 	}
-	set(&o.DialTimeout, 30*time.Second)
-	set(&o.GreetingTimeout, 30*time.Second)
-	set(&o.CommandTimeout, 5*time.Minute)
-	set(&o.DataTimeout, 10*time.Minute)
-	set(&o.IdleTimeout, 60*time.Second)
-	set(&o.MaxConnWait, 30*time.Second)
-	set(&o.DownBackoff, 15*time.Second)
-	set(&o.CheckIdleAfter, 5*time.Second)
+	set(&o.DialTimeout, DefaultDialTimeout)
+	set(&o.GreetingTimeout, DefaultGreetingTimeout)
+	set(&o.CommandTimeout, DefaultCommandTimeout)
+	set(&o.DataTimeout, DefaultDataTimeout)
+	set(&o.IdleTimeout, DefaultIdleTimeout)
+	set(&o.MaxConnWait, DefaultMaxConnWait)
+	set(&o.DownBackoff, DefaultDownBackoff)
+	set(&o.CheckIdleAfter, DefaultCheckIdleAfter)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -89,6 +89,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/crypto/chacha20poly1305"
 
+	"github.com/postern/postern/sidecar/backoff"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/store/internal/storefile"
@@ -929,8 +930,8 @@ func (s *Store) flock(ctx context.Context, exclusive bool) (unlock func(), err e
 		how = syscall.LOCK_EX
 	}
 	fd := int(f.Fd())
-	wait := 100 * time.Microsecond
-	for {
+	wait := backoff.Doubling{Min: 100 * time.Microsecond, Max: 20 * time.Millisecond}
+	for failures := 1; ; failures++ {
 		err := syscall.Flock(fd, how|syscall.LOCK_NB)
 		if err == nil {
 			return func() { f.Close() }, nil // closing the descriptor releases the lock
@@ -939,7 +940,7 @@ func (s *Store) flock(ctx context.Context, exclusive bool) (unlock func(), err e
 			f.Close()
 			return nil, fmt.Errorf("locking %s: %w", s.lockPath, err)
 		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(wait.Delay(failures))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -947,6 +948,5 @@ func (s *Store) flock(ctx context.Context, exclusive bool) (unlock func(), err e
 			return nil, fmt.Errorf("waiting for the lock on %s: %w", s.lockPath, ctx.Err())
 		case <-t.C:
 		}
-		wait = min(2*wait, 20*time.Millisecond)
 	}
 }
