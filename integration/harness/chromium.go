@@ -49,7 +49,7 @@ func FindChromium() (string, error) {
 
 // RequireChromium fails t when Chromium is missing; with POSTERN_IT_SKIP=1 it skips instead (t
 // must then have a Skipf method, as *testing.T does).
-func RequireChromium(t OAuthT) string {
+func RequireChromium(t T) string {
 	t.Helper()
 	p, err := FindChromium()
 	if err == nil {
@@ -75,14 +75,14 @@ type BrowserOptions struct {
 
 // Browser is a running headless Chromium.
 type Browser struct {
-	t       OAuthT
+	t       T
 	ctx     context.Context // the browser's first tab; new contexts derive from it
 	cancel  context.CancelFunc
 	stopped sync.Once
 }
 
 // StartBrowser starts headless Chromium with a temporary profile and stops it when the test ends.
-func StartBrowser(t OAuthT, opts BrowserOptions) *Browser {
+func StartBrowser(t T, opts BrowserOptions) *Browser {
 	t.Helper()
 	started := time.Now()
 	if opts.Path == "" {

@@ -15,8 +15,9 @@ import (
 	"time"
 )
 
-// T is the part of testing.TB the harness uses. *testing.T satisfies it; the demo program has its
-// own (see integration/cmd/demo).
+// T is the part of testing.TB the harness uses, the one test interface of every helper here.
+// *testing.T and *testing.B satisfy it; the demo and the benchmark program have their own
+// (integration/cmd/demo, integration/bench.Runner).
 type T interface {
 	Helper()
 	Logf(format string, args ...any)

@@ -23,20 +23,11 @@ import (
 	"sync"
 )
 
-// OAuthT is what the OAuth helpers need of a test; *testing.T and *testing.B satisfy it.
-type OAuthT interface {
-	Helper()
-	Logf(format string, args ...any)
-	Fatalf(format string, args ...any)
-	Cleanup(func())
-	Failed() bool
-}
-
 // oauthKeep reports whether temporary directories are kept (POSTERN_IT_KEEP=1).
 func oauthKeep() bool { return os.Getenv("POSTERN_IT_KEEP") == "1" }
 
 // oauthDir returns the absolute path of integration/oauth in this source tree.
-func oauthDir(t OAuthT) string {
+func oauthDir(t T) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
@@ -47,7 +38,7 @@ func oauthDir(t OAuthT) string {
 
 // oauthFreePort returns a TCP port on ip that was free a moment ago. Servers that cannot report the
 // port they bound (Dovecot) are given one this way.
-func oauthFreePort(t OAuthT, ip string) int {
+func oauthFreePort(t T, ip string) int {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {

@@ -149,7 +149,7 @@ timeout_msecs = 10000
 // StartXOAUTH2Submission starts `dovecot -F -c CONF` with a configuration of its own (nothing from
 // /etc) in a fresh directory, and stops it when the test ends. Its log is shown if the test failed.
 // It needs dovecot-core and dovecot-submissiond (integration/oauth/install.sh).
-func StartXOAUTH2Submission(t OAuthT, opts XOAUTH2SubmissionOptions) *XOAUTH2Submission {
+func StartXOAUTH2Submission(t T, opts XOAUTH2SubmissionOptions) *XOAUTH2Submission {
 	t.Helper()
 	started := time.Now()
 	if opts.IdP == nil {

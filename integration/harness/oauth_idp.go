@@ -166,7 +166,7 @@ type idpReady struct {
 // StartIdP starts integration/oauth/idp/server.mjs with node on 127.0.0.1 and a free port, and
 // stops it when the test ends. Its log is shown if the test failed. It needs
 // integration/oauth/install.sh to have run (node_modules present).
-func StartIdP(t OAuthT, opts IdPOptions) *IdP {
+func StartIdP(t T, opts IdPOptions) *IdP {
 	t.Helper()
 	started := time.Now()
 
