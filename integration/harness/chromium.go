@@ -47,22 +47,18 @@ func FindChromium() (string, error) {
 	return "", errors.New("chromium is not installed (run integration/oauth/install.sh --chromium as root)")
 }
 
-// RequireChromium fails t when Chromium is missing; with POSTERN_IT_SKIP=1 it skips instead (t
-// must then have a Skipf method, as *testing.T does).
+// RequireChromium fails t at once, naming `make deps`, when Chromium is missing; with
+// POSTERN_IT_SKIP=1 it skips instead (t must then have a Skipf method, as *testing.T does).
 func RequireChromium(t T) string {
 	t.Helper()
+	if !requirePrereqs(t, SkipEnv, checkChromium) {
+		return ""
+	}
 	p, err := FindChromium()
-	if err == nil {
-		return p
+	if err != nil {
+		t.Fatalf("%v", err)
 	}
-	if os.Getenv("POSTERN_IT_SKIP") == "1" {
-		if s, ok := t.(interface{ Skipf(string, ...any) }); ok {
-			s.Skipf("%v", err)
-			return ""
-		}
-	}
-	t.Fatalf("%v", err)
-	return ""
+	return p
 }
 
 // BrowserOptions configure StartBrowser. The zero value finds Chromium with FindChromium.

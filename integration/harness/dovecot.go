@@ -156,6 +156,7 @@ func (d *Dovecot) Log() string { return readFile(d.LogFile) }
 // StartDovecot starts a Dovecot in dir and registers its stop as a cleanup of t.
 func StartDovecot(t T, dir string) *Dovecot {
 	t.Helper()
+	requirePrereqs(t, SkipEnv, checkMailPrograms)
 	d, err := newDovecot(dir)
 	if err != nil {
 		t.Fatalf("%v", err)

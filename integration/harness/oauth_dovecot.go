@@ -151,6 +151,7 @@ timeout_msecs = 10000
 // It needs dovecot-core and dovecot-submissiond (integration/oauth/install.sh).
 func StartXOAUTH2Submission(t T, opts XOAUTH2SubmissionOptions) *XOAUTH2Submission {
 	t.Helper()
+	requirePrereqs(t, SkipEnv, checkMailPrograms)
 	started := time.Now()
 	if opts.IdP == nil {
 		t.Fatalf("StartXOAUTH2Submission: IdP is required")

@@ -171,12 +171,12 @@ func StartIdP(t T, opts IdPOptions) *IdP {
 	started := time.Now()
 
 	idpDir := filepath.Join(oauthDir(t), "idp")
-	if _, err := os.Stat(filepath.Join(idpDir, "node_modules", "oidc-provider")); err != nil {
-		t.Fatalf("oidc-provider is not installed in %s: run integration/oauth/install.sh", idpDir)
+	if !requirePrereqs(t, SkipEnv, func() error { return checkIdP(idpDir) }) {
+		return nil
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Fatalf("node not found: %v", err)
+		t.Fatalf("%v", err)
 	}
 
 	if len(opts.Clients) == 0 {
