@@ -14,13 +14,10 @@ package harness
 //  4. At cleanup both stop; a failed test gets their logs (which hold no tokens).
 
 import (
-	"bytes"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 )
 
 // oauthKeep reports whether temporary directories are kept (POSTERN_IT_KEEP=1).
@@ -46,44 +43,4 @@ func oauthFreePort(t T, ip string) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// oauthLogFile is a process's combined output, kept in memory and in a file.
-type oauthLogFile struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	file *os.File
-}
-
-func (l *oauthLogFile) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	if l.file != nil {
-		_, _ = l.file.Write(p)
-	}
-	return len(p), nil
-}
-
-func (l *oauthLogFile) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func oauthNewLogFile(path string) (*oauthLogFile, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("creating log %s: %w", path, err)
-	}
-	return &oauthLogFile{file: f}, nil
-}
-
-func (l *oauthLogFile) close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.file != nil {
-		_ = l.file.Close()
-		l.file = nil
-	}
 }
