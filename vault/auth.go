@@ -336,6 +336,11 @@ func readCredentialFile(path, what string) (string, error) {
 // a method that can, or report the static token. A renewal cut short by the max TTL marks the lease
 // final, as does the watcher stopping on its own.
 func (c *Client) renew(ctx context.Context) error {
+	// A change before now is in the lease read below.
+	select {
+	case <-c.tokenChanged:
+	default:
+	}
 	c.mu.Lock()
 	l := c.lease
 	c.mu.Unlock()
