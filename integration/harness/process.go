@@ -22,7 +22,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -117,8 +116,9 @@ func (p *Process) closeLog() {
 	}
 }
 
-// WaitReady calls probe every 20 ms until it reports true, returns an error or ctx ends, and
-// fails as soon as the process exits. Errors carry the last 100 lines of the output.
+// WaitReady calls probe every 20 ms until it reports true or ctx ends, and fails as soon as the
+// process exits. A probe's error means "not yet"; the last one is reported if ctx ends. Errors
+// carry the last 100 lines of the output.
 func (p *Process) WaitReady(ctx context.Context, probe func() (bool, error)) error {
 	var last error
 	err := poll(ctx, 20*time.Millisecond, func() (bool, error) {
@@ -255,9 +255,4 @@ func stopAtCleanup(t T, name string, stop func() error, log func() string) {
 			t.Logf("stopping %s: %v", name, err)
 		}
 	})
-}
-
-// logContains is a probe: the output holds s.
-func (p *Process) logContains(s string) func() (bool, error) {
-	return func() (bool, error) { return strings.Contains(p.Log(), s), nil }
 }
