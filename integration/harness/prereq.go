@@ -80,15 +80,6 @@ func checkRoot() error {
 	return nil
 }
 
-// idpDir is integration/oauth/idp in this source tree.
-func idpDir() (string, error) {
-	root, err := ModuleRoot()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(root, "integration", "oauth", "idp"), nil
-}
-
 // checkIdP checks that node and the OAuth server's npm packages (integration/oauth/install.sh)
 // are installed in dir.
 func checkIdP(dir string) error {
