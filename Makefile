@@ -3,6 +3,13 @@ GO        ?= go
 BIN       ?= bin/postern
 GOFLAGS_T ?= -race -count=1
 PKGS      := ./...
+# The repository's Go modules: the product (.), and the end-to-end suite with its harness, benchmark
+# and demo (integration, a module of its own so that its test-only dependencies stay out of the
+# product's go.mod; see integration/doc.go). integration/vaultdev, the Vault dev server, is a third,
+# built by its own script and only tidy-checked here. GOWORK=off: every module builds against its
+# own go.mod, as a user's build does, whatever go.work a developer keeps locally.
+MODULES   := . integration
+export GOWORK := off
 # The version stamped into the binary (package sidecar/buildinfo): git describe, or VERSION.
 VERSION   := $(shell sh contrib/package/version.sh)
 REVISION  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
@@ -28,11 +35,12 @@ test: check test-unit fuzz-short test-integration
 ## staticcheck (both ways) and `go mod tidy -diff` for every module of the repository.
 check: fmt-check vet staticcheck tidy-check
 
+## test-unit: the unit tests of every module (the integration module's harness has some too).
 test-unit:
-	$(GO) test $(GOFLAGS_T) $(PKGS)
+	@set -e; for m in $(MODULES); do echo "go test ($$m)"; (cd $$m && $(GO) test $(GOFLAGS_T) $(PKGS)); done
 
 test-integration: deps
-	$(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./integration/...
+	cd integration && $(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./...
 
 ## fuzz-short: every fuzz target (each `func Fuzz...` in a test file), FUZZTIME_SHORT each; part of
 ## `make test`. fuzz: the same for FUZZTIME each (default 5m), to run now and then. Whatever a run
@@ -50,9 +58,11 @@ fuzz-short fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 	done
 
+## vet, staticcheck: every module; the integration module's files are all checked with the
+## integration tag (no file there is excluded by it).
 vet:
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags integration ./integration/...
+	cd integration && $(GO) vet -tags integration $(PKGS)
 
 STATICCHECK_VERSION ?= 2026.2.2
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
@@ -62,11 +72,10 @@ $(STATICCHECK):
 
 staticcheck: $(STATICCHECK)
 	$(STATICCHECK) $(PKGS)
-	$(STATICCHECK) -tags integration ./integration/...
+	cd integration && $(STATICCHECK) -tags integration $(PKGS)
 
 tidy-check:
-	$(GO) mod tidy -diff
-	cd integration/vaultdev && GOWORK=off $(GO) mod tidy -diff
+	@set -e; for m in $(MODULES) integration/vaultdev; do echo "go mod tidy -diff ($$m)"; (cd $$m && $(GO) mod tidy -diff); done
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -43,9 +43,16 @@ func (c *Client) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		c.upkeep.Lock()
-		err := c.do(ctx, s)
-		c.upkeep.Unlock()
+		var err error
+		if s == stepRenew {
+			// Renewing lasts as long as the token does; it holds no lock that a request's
+			// recovery after a 403 would wait for.
+			err = c.renew(ctx)
+		} else {
+			c.upkeep.Lock()
+			err = c.do(ctx, s)
+			c.upkeep.Unlock()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -96,8 +103,6 @@ func (c *Client) do(ctx context.Context, s step) error {
 	switch s {
 	case stepLogin:
 		return c.login(ctx)
-	case stepRenew:
-		return c.renew(ctx)
 	case stepReload:
 		if _, err := c.reloadTokenFile(false); err != nil {
 			return err
@@ -210,6 +215,7 @@ func (c *Client) login(ctx context.Context) error {
 	c.remember(l.token)
 	c.mu.Unlock()
 	c.api.SetToken(string(l.token))
+	c.noteTokenChanged()
 	c.log.Info("signed in to vault", "addr", c.addr, "method", c.auth.Method, "ttl", l.ttl, "renewable", l.renewable, "policies", a.Policies)
 	return nil
 }
@@ -322,52 +328,118 @@ func readCredentialFile(path, what string) (string, error) {
 	return v, nil
 }
 
-// renew extends the token. When Vault grants less than asked, the max TTL is near: the lease is
-// marked final so that Run signs in again before it ends.
+// renew keeps the token renewed from the moment its first renewal is due, with vault/api's
+// LifetimeWatcher: it renews at once, then again when two thirds of each new lease have passed
+// (with jitter), and stops when renewals no longer extend the token (the max TTL is near), when
+// Vault refuses a renewal, or when the token changed under it (a new sign-in, a new token file, a
+// 403 that recoverToken acted on). Then it returns, and Run plans the next step: sign in again for
+// a method that can, or report the static token. A renewal cut short by the max TTL marks the lease
+// final, as does the watcher stopping on its own.
 func (c *Client) renew(ctx context.Context) error {
+	// A change before now is in the lease read below.
+	select {
+	case <-c.tokenChanged:
+	default:
+	}
 	c.mu.Lock()
-	inc := c.lease.increment
+	l := c.lease
 	c.mu.Unlock()
-	sec, err := c.api.Auth().Token().RenewSelfWithContext(ctx, inc)
+	left := int(l.expires().Sub(c.now()) / time.Second)
+	if left < 1 {
+		left = 1
+	}
+	w, err := c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{
+		Secret:        &api.Secret{Auth: &api.SecretAuth{ClientToken: string(l.token), LeaseDuration: left, Renewable: true}},
+		Increment:     l.increment,
+		RenewBehavior: api.RenewBehaviorErrorOnErrors,
+	})
 	if err != nil {
-		err = c.fail(ctx, "renewing the vault token", "auth/token/renew-self", err)
-		if c.auth.Method == MethodToken {
-			if errors.Is(err, ErrForbidden) {
-				c.invalidate()
+		return fmt.Errorf("renewing the vault token: %w", err)
+	}
+	go w.Start()
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.tokenChanged:
+			return nil
+		case r := <-w.RenewCh():
+			if r.Secret == nil || r.Secret.Auth == nil {
+				continue
 			}
-			return err
+			if !c.renewed(l.token, l.increment, r.Secret.Auth) {
+				return nil
+			}
+		case err := <-w.DoneCh():
+			if err == nil || errors.Is(err, api.ErrLifetimeWatcherNotRenewable) {
+				// Renewals stopped extending the token, or Vault says it cannot be renewed.
+				c.mu.Lock()
+				if c.lease.token == l.token {
+					c.lease.final = true
+				}
+				c.mu.Unlock()
+				return nil
+			}
+			return c.renewFailed(ctx, err)
 		}
-		// Vault refuses a renewal past the max TTL with a 500, and a revoked token with a 403:
-		// either way a new sign-in is the way forward, and Run retries it with the backoff if
-		// Vault is down.
-		c.mu.Lock()
-		c.lease.final = true
-		if errors.Is(err, ErrForbidden) {
-			c.lease.invalid = true
-		}
-		c.mu.Unlock()
-		c.log.Info("cannot renew the vault token; signing in again", "method", c.auth.Method, "err", err)
-		return nil
 	}
-	if sec == nil || sec.Auth == nil {
-		return errors.New("renewing the vault token: the answer holds no lease")
-	}
-	ttl := time.Duration(sec.Auth.LeaseDuration) * time.Second
+}
+
+// renewed records a renewal of token and reports whether renewing should go on: not once the
+// grant fell short of the increment (the max TTL is near) or the token was replaced.
+func (c *Client) renewed(token Secret, inc int, a *api.SecretAuth) bool {
+	ttl := time.Duration(a.LeaseDuration) * time.Second
 	c.mu.Lock()
+	if c.lease.token != token {
+		c.mu.Unlock()
+		return false
+	}
 	c.lease.obtained = c.now()
 	c.lease.ttl = ttl
-	c.lease.renewable = sec.Auth.Renewable
-	c.lease.final = sec.Auth.LeaseDuration < inc || !sec.Auth.Renewable
+	c.lease.renewable = a.Renewable
+	c.lease.final = a.LeaseDuration < inc || !a.Renewable
 	final := c.lease.final
 	c.mu.Unlock()
 	c.log.Debug("renewed the vault token", "ttl", ttl, "final", final)
+	return !final
+}
+
+// renewFailed handles a renewal Vault refused or did not answer.
+func (c *Client) renewFailed(ctx context.Context, err error) error {
+	err = c.fail(ctx, "renewing the vault token", "auth/token/renew-self", err)
+	if c.auth.Method == MethodToken {
+		if errors.Is(err, ErrForbidden) {
+			c.invalidate()
+		}
+		return err
+	}
+	// Vault refuses a renewal past the max TTL with a 500, and a revoked token with a 403:
+	// either way a new sign-in is the way forward, and Run retries it with the backoff if
+	// Vault is down.
+	c.mu.Lock()
+	c.lease.final = true
+	if errors.Is(err, ErrForbidden) {
+		c.lease.invalid = true
+	}
+	c.mu.Unlock()
+	c.log.Info("cannot renew the vault token; signing in again", "method", c.auth.Method, "err", err)
 	return nil
+}
+
+// noteTokenChanged wakes a renewal in progress: the token it renews was replaced or refused.
+func (c *Client) noteTokenChanged() {
+	select {
+	case c.tokenChanged <- struct{}{}:
+	default:
+	}
 }
 
 func (c *Client) invalidate() {
 	c.mu.Lock()
 	c.lease.invalid = true
 	c.mu.Unlock()
+	c.noteTokenChanged()
 }
 
 // verify looks the token up: it learns the TTL of a static token, and finds out whether a request's
@@ -450,6 +522,7 @@ func (c *Client) reloadTokenFile(force bool) (bool, error) {
 	c.mu.Unlock()
 	if changed {
 		c.api.SetToken(string(tok))
+		c.noteTokenChanged()
 		c.setAuthErr(nil)
 		c.log.Info("read a new vault token from the token file", "file", path)
 	}

@@ -7,11 +7,16 @@
 //     (the secret id optionally response-wrapped) or Kubernetes. While Vault cannot be reached New
 //     keeps trying until its context ends; a refusal (a wrong secret id, a missing role) is returned
 //     at once.
-//  2. Run keeps the token alive until its context ends: it renews the token when two thirds of its
-//     TTL have passed, signs in again when renewals stop extending it (the max TTL) or Vault refuses
-//     it (revoked), and re-reads a token file when the file changes. Every retry waits on one
-//     backoff: 1 s doubling to 1 min, jittered. Healthy reports the last failure until something
-//     succeeds again.
+//  2. Run keeps the token alive until its context ends: when two thirds of its TTL have passed it
+//     hands the token to vault/api's LifetimeWatcher, which renews it and keeps renewing it; it
+//     signs in again when renewals stop extending it (the max TTL) or Vault refuses it (revoked),
+//     and re-reads a token file when the file changes. Every retry waits on one backoff: 1 s
+//     doubling to 1 min, jittered. Healthy reports the last failure until something succeeds
+//     again. What the watcher does not do is done around it: it answers a refused renewal
+//     ("permission denied", a revoked token) by waiting out the lease in silence, so a 403 on any
+//     request wakes the renewal and the token is checked and replaced at once; it tells nothing
+//     of a token replaced under it, so a new sign-in or token file stops it; and its first
+//     renewal is immediate, so it is started only when a renewal is due.
 //  3. Read, Write, List, Metadata, Destroy and Delete speak KV v2 under Options.Mount. Write is a
 //     check-and-set when asked; a lost race is ErrConflict. Errors say what was done to which path
 //     and wrap ErrNotFound, ErrConflict, ErrForbidden or ErrUnavailable where they apply. After a
@@ -141,6 +146,8 @@ type Client struct {
 	retryMax time.Duration
 	stats    *counters
 	upkeep   sync.Mutex // one token upkeep at a time: Run's steps and recoverToken
+	// tokenChanged wakes a renewal in progress when its token was replaced or refused.
+	tokenChanged chan struct{}
 
 	mu        sync.Mutex
 	lease     lease
@@ -201,6 +208,8 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		retryMin: o.RetryMin,
 		retryMax: o.RetryMax,
 		stats:    &counters{},
+
+		tokenChanged: make(chan struct{}, 1),
 	}
 	c.setDefaults()
 	if tr, ok := cfg.HttpClient.Transport.(*http.Transport); ok {

@@ -462,13 +462,20 @@ func TestForbiddenPathDoesNotRelogin(t *testing.T) {
 		{Path: "secret/data/postern/projects/*", Capabilities: []string{"read"}},
 	}}
 	h.srv.AddAppRole("role", vaulttest.TokenOptions{TTL: time.Hour, Renewable: true, Policy: policy})
-	c := h.newClient(vault.Auth{Method: vault.MethodAppRole, RoleID: "role", SecretIDFile: h.file("sid", h.srv.NewSecretID("role"))})
+	// Token checks after a 403 are spaced by RetryMin: a minute, so that "right away" below does
+	// not depend on how fast this machine is.
+	o := h.options(vault.Auth{Method: vault.MethodAppRole, RoleID: "role", SecretIDFile: h.file("sid", h.srv.NewSecretID("role"))})
+	o.RetryMin, o.RetryMax = time.Minute, time.Minute
+	c, err := vault.New(t.Context(), o)
+	if h.note(err) != nil {
+		t.Fatalf("vault.New: %v", err)
+	}
 	h.run(c)
 	h.srv.Put("postern/projects/a", map[string]any{"x": "y"})
 	if _, _, err := c.Read(t.Context(), "postern/projects/a"); h.note(err) != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Write(t.Context(), "postern/projects/a", map[string]any{"x": "z"}, -1)
+	_, err = c.Write(t.Context(), "postern/projects/a", map[string]any{"x": "z"}, -1)
 	h.note(err)
 	if !errors.Is(err, vault.ErrForbidden) || !strings.Contains(err.Error(), "secret/data/postern/projects/a") {
 		t.Fatalf("Write to a read-only path: %v, want ErrForbidden naming the path", err)

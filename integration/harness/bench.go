@@ -62,10 +62,10 @@ func HaveSMTPSource() bool {
 
 // PID is the process ID of the running postern serve, or 0.
 func (p *Postern) PID() int {
-	if p.cmd == nil || p.cmd.Process == nil {
+	if p.proc == nil {
 		return 0
 	}
-	return p.cmd.Process.Pid
+	return p.proc.Pid()
 }
 
 // ProcStatusKB returns a field of /proc/PID/status given in kB, such as "VmRSS" or "VmHWM".

@@ -47,22 +47,18 @@ func FindChromium() (string, error) {
 	return "", errors.New("chromium is not installed (run integration/oauth/install.sh --chromium as root)")
 }
 
-// RequireChromium fails t when Chromium is missing; with POSTERN_IT_SKIP=1 it skips instead (t
-// must then have a Skipf method, as *testing.T does).
-func RequireChromium(t OAuthT) string {
+// RequireChromium fails t at once, naming `make deps`, when Chromium is missing; with
+// POSTERN_IT_SKIP=1 it skips instead (t must then have a Skipf method, as *testing.T does).
+func RequireChromium(t T) string {
 	t.Helper()
+	if !requirePrereqs(t, SkipEnv, checkChromium) {
+		return ""
+	}
 	p, err := FindChromium()
-	if err == nil {
-		return p
+	if err != nil {
+		t.Fatalf("%v", err)
 	}
-	if os.Getenv("POSTERN_IT_SKIP") == "1" {
-		if s, ok := t.(interface{ Skipf(string, ...any) }); ok {
-			s.Skipf("%v", err)
-			return ""
-		}
-	}
-	t.Fatalf("%v", err)
-	return ""
+	return p
 }
 
 // BrowserOptions configure StartBrowser. The zero value finds Chromium with FindChromium.
@@ -75,14 +71,14 @@ type BrowserOptions struct {
 
 // Browser is a running headless Chromium.
 type Browser struct {
-	t       OAuthT
+	t       T
 	ctx     context.Context // the browser's first tab; new contexts derive from it
 	cancel  context.CancelFunc
 	stopped sync.Once
 }
 
 // StartBrowser starts headless Chromium with a temporary profile and stops it when the test ends.
-func StartBrowser(t OAuthT, opts BrowserOptions) *Browser {
+func StartBrowser(t T, opts BrowserOptions) *Browser {
 	t.Helper()
 	started := time.Now()
 	if opts.Path == "" {

@@ -4,8 +4,10 @@
 //
 // A test (or the demo program) uses it like this:
 //
-//  1. Require checks that Postfix and Dovecot are installed (integration/scripts/install-deps.sh
-//     installs them) and fails the test when they are not, unless POSTERN_IT_SKIP=1.
+//  1. Require checks that Postfix and Dovecot are installed and fails the test at once, naming
+//     `make deps`, when they are not, unless POSTERN_IT_SKIP=1; every Start function checks its
+//     own prerequisites the same way before it starts anything (prereq.go): the OAuth server's
+//     npm packages, the Vault dev server, Chromium, a container engine.
 //  2. Start brings up, in one temporary directory:
 //     a. a test CA and a server certificate for 127.0.0.1, localhost and every mx.*.test name;
 //     b. Dovecot, answering SASL (PLAIN, LOGIN) from a passwd-file of the organisations' users;
@@ -22,7 +24,13 @@
 //     Upstream.WaitForMessage.
 //  4. At cleanup everything is stopped (Postfix masters, Dovecot, Postern) and the directory is
 //     removed; when the test failed, the Postfix, Dovecot and Postern logs are written to the
-//     test log first.
+//     test log as well.
+//
+// Every server the harness runs (Postern, Postfix with `postfix start-fg`, Dovecot with
+// `dovecot -F`, the Vault dev server, the OAuth server) runs as a child under one helper,
+// Process (process.go): start, wait until a probe says it serves, stop with SIGTERM (or the
+// server's own stop command) and then SIGKILL, and its log in the test log when the test failed.
+// Every helper takes the one test interface T.
 //
 // The harness needs root (Postfix's daemons run as the postfix user, Dovecot's as dovecot).
 package harness

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -29,6 +28,7 @@ type Dovecot struct {
 
 	mu    sync.Mutex
 	users map[string]string
+	proc  *Process
 }
 
 // newDovecot writes a configuration into dir.
@@ -119,35 +119,34 @@ func (d *Dovecot) writePasswd() error {
 	return nil
 }
 
-// Start starts Dovecot and waits for its auth socket.
+// Start runs Dovecot in the foreground (`dovecot -F`) and waits for its auth socket.
 func (d *Dovecot) Start(ctx context.Context) error {
-	if _, err := run(ctx, "", "dovecot", "-c", d.Config); err != nil {
-		return fmt.Errorf("starting dovecot: %w\n--- %s\n%s", err, d.LogFile, tail(d.Log(), 50))
+	path, err := lookPath("dovecot")
+	if err != nil {
+		return err
 	}
-	err := poll(ctx, 10*time.Millisecond, func() (bool, error) {
+	proc, err := StartProcess(ProcessOptions{Name: "dovecot", Path: path, Args: []string{"-F", "-c", d.Config},
+		LogFile: filepath.Join(d.Dir, "dovecot.stderr"), Group: true})
+	if err != nil {
+		return err
+	}
+	d.proc = proc
+	err = proc.WaitReady(ctx, func() (bool, error) {
 		_, err := os.Stat(d.AuthSocket)
 		return err == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for dovecot's auth socket %s: %w\n--- %s\n%s", d.AuthSocket, err, d.LogFile, tail(d.Log(), 50))
+		return fmt.Errorf("%w\n--- %s\n%s", err, d.LogFile, tail(d.Log(), 50))
 	}
 	return nil
 }
 
-// Stop stops Dovecot (SIGTERM to its master, SIGKILL after ten seconds).
-func (d *Dovecot) Stop(ctx context.Context) error {
-	pid, err := readPID(filepath.Join(d.Dir, "run", "master.pid"))
-	if err != nil || processGone(pid) {
+// Stop stops Dovecot (SIGTERM to its process group, SIGKILL after ten seconds).
+func (d *Dovecot) Stop() error {
+	if d.proc == nil {
 		return nil
 	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if poll(wait, 20*time.Millisecond, func() (bool, error) { return processGone(pid), nil }) == nil {
-		return nil
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	return fmt.Errorf("dovecot (pid %d) did not stop within 10s and was killed", pid)
+	return d.proc.Stop()
 }
 
 // Log returns Dovecot's log so far.
@@ -156,22 +155,12 @@ func (d *Dovecot) Log() string { return readFile(d.LogFile) }
 // StartDovecot starts a Dovecot in dir and registers its stop as a cleanup of t.
 func StartDovecot(t T, dir string) *Dovecot {
 	t.Helper()
+	requirePrereqs(t, SkipEnv, checkMailPrograms)
 	d, err := newDovecot(dir)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if t.Failed() {
-			t.Logf("--- dovecot log (%s):\n%s", d.LogFile, tail(d.Log(), 100))
-		}
-		began := time.Now()
-		if err := d.Stop(ctx); err != nil {
-			t.Logf("stopping dovecot: %v", err)
-		}
-		t.Logf("dovecot stopped in %s", time.Since(began).Round(time.Millisecond))
-	})
+	stopAtCleanup(t, "dovecot", d.Stop, d.Log)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	began := time.Now()

@@ -201,6 +201,9 @@ func RequireEngine(t T) *Engine {
 			return nil
 		}
 	}
+	if !requirePrereqs(t, SkipContainersEnv, checkEngine) {
+		return nil
+	}
 	e, err := prepareEngine()
 	if err != nil {
 		t.Fatalf("the container scenarios need a container engine (set %s=1 to skip them): %v", SkipContainersEnv, err)

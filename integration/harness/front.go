@@ -54,6 +54,7 @@ func (f *Front) Submit(ctx context.Context, m *Mail) (Sent, error) {
 // bug), unless opts.AllowWarnings.
 func StartFront(t T, dir string, opts FrontOptions) *Front {
 	t.Helper()
+	requirePrereqs(t, SkipEnv, checkMailPrograms)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	f, err := newFront(ctx, dir, opts)

@@ -15,8 +15,9 @@ import (
 	"time"
 )
 
-// T is the part of testing.TB the harness uses. *testing.T satisfies it; the demo program has its
-// own (see integration/cmd/demo).
+// T is the part of testing.TB the harness uses, the one test interface of every helper here.
+// *testing.T and *testing.B satisfy it; the demo and the benchmark program have their own
+// (integration/cmd/demo, integration/bench.Runner).
 type T interface {
 	Helper()
 	Logf(format string, args ...any)
@@ -41,29 +42,21 @@ func Missing() []string {
 	return missing
 }
 
-// Require fails t when Postfix or Dovecot is missing or the process is not root. With
-// POSTERN_IT_SKIP=1 it skips instead (t must then have a Skip method, as *testing.T does).
+// Require fails t at once when Postfix or Dovecot is missing (naming `make deps`) or the process
+// is not root. With POSTERN_IT_SKIP=1 it skips instead (t must then have a Skipf method, as
+// *testing.T does).
 func Require(t T) {
 	t.Helper()
-	var problems []string
-	if m := Missing(); len(m) > 0 {
-		problems = append(problems, fmt.Sprintf("missing programs: %s", strings.Join(m, ", ")))
-	}
-	if os.Geteuid() != 0 {
-		problems = append(problems, "the real-parts tests run Postfix and Dovecot instances and need root")
-	}
-	if len(problems) == 0 {
+	if !requirePrereqs(t, SkipEnv, checkMailPrograms) {
 		return
 	}
-	msg := strings.Join(problems, "; ") +
-		" (run integration/scripts/install-deps.sh as root, or set POSTERN_IT_SKIP=1 to skip these tests)"
-	if os.Getenv("POSTERN_IT_SKIP") == "1" {
-		if s, ok := t.(interface{ Skipf(string, ...any) }); ok {
-			s.Skipf("%s", msg)
+	if err := checkRoot(); err != nil {
+		if s, ok := t.(interface{ Skipf(string, ...any) }); ok && os.Getenv(SkipEnv) == "1" {
+			s.Skipf("%v (%s=1: skipped)", err, SkipEnv)
 			return
 		}
+		t.Fatalf("%v (or set %s=1 to skip these tests)", err, SkipEnv)
 	}
-	t.Fatalf("%s", msg)
 }
 
 // lookPath finds a program in PATH or in the sbin directories, which a non-login shell may lack.

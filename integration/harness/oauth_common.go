@@ -14,29 +14,17 @@ package harness
 //  4. At cleanup both stop; a failed test gets their logs (which hold no tokens).
 
 import (
-	"bytes"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 )
-
-// OAuthT is what the OAuth helpers need of a test; *testing.T and *testing.B satisfy it.
-type OAuthT interface {
-	Helper()
-	Logf(format string, args ...any)
-	Fatalf(format string, args ...any)
-	Cleanup(func())
-	Failed() bool
-}
 
 // oauthKeep reports whether temporary directories are kept (POSTERN_IT_KEEP=1).
 func oauthKeep() bool { return os.Getenv("POSTERN_IT_KEEP") == "1" }
 
 // oauthDir returns the absolute path of integration/oauth in this source tree.
-func oauthDir(t OAuthT) string {
+func oauthDir(t T) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
@@ -47,7 +35,7 @@ func oauthDir(t OAuthT) string {
 
 // oauthFreePort returns a TCP port on ip that was free a moment ago. Servers that cannot report the
 // port they bound (Dovecot) are given one this way.
-func oauthFreePort(t OAuthT, ip string) int {
+func oauthFreePort(t T, ip string) int {
 	t.Helper()
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
@@ -55,44 +43,4 @@ func oauthFreePort(t OAuthT, ip string) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// oauthLogFile is a process's combined output, kept in memory and in a file.
-type oauthLogFile struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	file *os.File
-}
-
-func (l *oauthLogFile) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	if l.file != nil {
-		_, _ = l.file.Write(p)
-	}
-	return len(p), nil
-}
-
-func (l *oauthLogFile) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func oauthNewLogFile(path string) (*oauthLogFile, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("creating log %s: %w", path, err)
-	}
-	return &oauthLogFile{file: f}, nil
-}
-
-func (l *oauthLogFile) close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.file != nil {
-		_ = l.file.Close()
-		l.file = nil
-	}
 }

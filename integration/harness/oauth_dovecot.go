@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,8 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"text/template"
 	"time"
 )
@@ -64,11 +63,8 @@ type XOAUTH2Submission struct {
 	// ConfigPath is the dovecot.conf in Dir.
 	ConfigPath string
 
-	cmd     *exec.Cmd
-	stderr  *oauthLogFile
+	proc    *Process
 	logPath string
-	done    chan struct{}
-	stopped sync.Once
 }
 
 // TLSConfig returns a client TLS configuration that trusts the server certificate.
@@ -149,8 +145,9 @@ timeout_msecs = 10000
 // StartXOAUTH2Submission starts `dovecot -F -c CONF` with a configuration of its own (nothing from
 // /etc) in a fresh directory, and stops it when the test ends. Its log is shown if the test failed.
 // It needs dovecot-core and dovecot-submissiond (integration/oauth/install.sh).
-func StartXOAUTH2Submission(t OAuthT, opts XOAUTH2SubmissionOptions) *XOAUTH2Submission {
+func StartXOAUTH2Submission(t T, opts XOAUTH2SubmissionOptions) *XOAUTH2Submission {
 	t.Helper()
+	requirePrereqs(t, SkipEnv, checkMailPrograms)
 	started := time.Now()
 	if opts.IdP == nil {
 		t.Fatalf("StartXOAUTH2Submission: IdP is required")
@@ -237,85 +234,47 @@ func StartXOAUTH2Submission(t OAuthT, opts XOAUTH2SubmissionOptions) *XOAUTH2Sub
 		}
 	}
 
-	stderr, err := oauthNewLogFile(filepath.Join(dir, "dovecot.stderr"))
+	proc, err := StartProcess(ProcessOptions{Name: "dovecot submission", Path: dovecot, Args: []string{"-F", "-c", confPath},
+		LogFile: filepath.Join(dir, "dovecot.stderr"), Group: true, StopTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	cmd := exec.Command(dovecot, "-F", "-c", confPath)
-	cmd.Stdout = stderr
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	s := &XOAUTH2Submission{
 		Addr:       net.JoinHostPort(opts.ListenIP, strconv.Itoa(port)),
 		CAPEM:      caPEM,
 		CertPool:   pool,
 		Dir:        dir,
 		ConfigPath: confPath,
-		cmd:        cmd,
-		stderr:     stderr,
+		proc:       proc,
 		logPath:    filepath.Join(dir, "dovecot.log"),
-		done:       make(chan struct{}),
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting dovecot: %v", err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.Stop()
-		switch {
-		case !t.Failed():
-		case opts.AuthDebug:
-			t.Logf("Dovecot log (%s) holds secrets with AuthDebug and is not shown: %s", s.Addr, s.logPath)
-		default:
-			t.Logf("Dovecot log (%s):\n%s", s.Addr, s.Log())
+	stopAtCleanup(t, "dovecot submission "+s.Addr, proc.Stop, func() string {
+		if opts.AuthDebug {
+			return "(the log holds secrets with AuthDebug and is not shown: " + s.logPath + ")"
 		}
+		return s.Log()
 	})
-
-	deadline := time.Now().Add(opts.StartTimeout)
-	for {
-		err := dovecotXOAUTH2Greets(s.Addr)
-		if err == nil {
-			break
+	ctx, cancel := context.WithTimeout(context.Background(), opts.StartTimeout)
+	defer cancel()
+	if err := proc.WaitReady(ctx, func() (bool, error) { return dovecotXOAUTH2Greets(s.Addr) == nil, nil }); err != nil {
+		if opts.AuthDebug {
+			t.Fatalf("dovecot did not greet on %s within %s (its log holds secrets with AuthDebug: %s)", s.Addr, opts.StartTimeout, s.logPath)
 		}
-		select {
-		case <-s.done:
-			t.Fatalf("dovecot exited during start: %v\n%s", cmd.ProcessState, s.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dovecot did not greet on %s within %s: %v\n%s", s.Addr, opts.StartTimeout, err, s.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Fatalf("%v\n%s", err, s.Log())
 	}
 	t.Logf("Dovecot submission %s started in %s", s.Addr, time.Since(started).Round(time.Millisecond))
 	return s
 }
 
-// Stop ends Dovecot (SIGTERM to the master, then SIGKILL to its process group after 5 s). Safe
-// to call more than once.
-func (s *XOAUTH2Submission) Stop() {
-	s.stopped.Do(func() {
-		if s.cmd.Process != nil {
-			_ = s.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-s.done:
-			case <-time.After(5 * time.Second):
-				_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-				<-s.done
-			}
-		}
-		s.stderr.close()
-	})
-}
+// Stop ends Dovecot (SIGTERM to its process group, then SIGKILL after 5 s). Safe to call more
+// than once.
+func (s *XOAUTH2Submission) Stop() { _ = s.proc.Stop() }
 
 // Log returns Dovecot's log and anything it printed.
 func (s *XOAUTH2Submission) Log() string {
 	b, _ := os.ReadFile(s.logPath)
 	out := string(b)
-	if e := s.stderr.String(); e != "" {
+	if e := s.proc.Log(); e != "" {
 		out += "\n[stderr]\n" + e
 	}
 	return out

@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,8 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/postern/postern/sidecar/secret"
@@ -120,10 +117,7 @@ type IdP struct {
 	// to authenticate to the introspection endpoint.
 	IntrospectionClient IdPClient
 
-	cmd     *exec.Cmd
-	log     *oauthLogFile
-	done    chan struct{}
-	stopped sync.Once
+	proc *Process
 }
 
 type idpConfigClient struct {
@@ -166,17 +160,17 @@ type idpReady struct {
 // StartIdP starts integration/oauth/idp/server.mjs with node on 127.0.0.1 and a free port, and
 // stops it when the test ends. Its log is shown if the test failed. It needs
 // integration/oauth/install.sh to have run (node_modules present).
-func StartIdP(t OAuthT, opts IdPOptions) *IdP {
+func StartIdP(t T, opts IdPOptions) *IdP {
 	t.Helper()
 	started := time.Now()
 
 	idpDir := filepath.Join(oauthDir(t), "idp")
-	if _, err := os.Stat(filepath.Join(idpDir, "node_modules", "oidc-provider")); err != nil {
-		t.Fatalf("oidc-provider is not installed in %s: run integration/oauth/install.sh", idpDir)
+	if !requirePrereqs(t, SkipEnv, func() error { return checkIdP(idpDir) }) {
+		return nil
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Fatalf("node not found: %v", err)
+		t.Fatalf("%v", err)
 	}
 
 	if len(opts.Clients) == 0 {
@@ -242,100 +236,52 @@ func StartIdP(t OAuthT, opts IdPOptions) *IdP {
 		t.Fatalf("writing IdP config: %v", err)
 	}
 
-	logFile, err := oauthNewLogFile(filepath.Join(dir, "idp.log"))
+	// server.mjs prints one JSON line when it serves: its issuer and endpoints.
+	proc, err := StartProcess(ProcessOptions{Name: "OAuth server", Path: node, Args: []string{"server.mjs", "--config", cfgPath},
+		Dir: idpDir, Env: append(os.Environ(), "NODE_ENV=test"), LogFile: filepath.Join(dir, "idp.log"), Group: true,
+		StopTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	cmd := exec.Command(node, "server.mjs", "--config", cfgPath)
-	cmd.Dir = idpDir
-	cmd.Env = append(os.Environ(), "NODE_ENV=test")
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatalf("IdP stdout pipe: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting IdP: %v", err)
-	}
-
 	p := &IdP{
 		Resource:            opts.Resource,
 		AccessTTL:           time.Duration(cfg.AccessTTL) * time.Second,
 		Clients:             opts.Clients,
 		Accounts:            opts.Accounts,
 		IntrospectionClient: introspection,
-		cmd:                 cmd,
-		log:                 logFile,
-		done:                make(chan struct{}),
+		proc:                proc,
 	}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			t.Logf("IdP log (%s):\n%s", p.Issuer, p.Log())
+	proc.StopAtCleanup(t, nil)
+	var ready idpReady
+	ctx, cancel := context.WithTimeout(context.Background(), opts.StartTimeout)
+	defer cancel()
+	if err := proc.WaitReady(ctx, func() (bool, error) {
+		for _, line := range strings.Split(proc.Log(), "\n") {
+			if strings.HasPrefix(line, "{") && json.Unmarshal([]byte(line), &ready) == nil && ready.Ready {
+				return true, nil
+			}
 		}
-	})
-
-	readyCh := make(chan idpReady, 1)
-	errCh := make(chan error, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		line, err := r.ReadString('\n')
-		if err != nil {
-			errCh <- fmt.Errorf("reading IdP ready line: %w", err)
-			return
-		}
-		var ready idpReady
-		if err := json.Unmarshal([]byte(line), &ready); err != nil || !ready.Ready {
-			errCh <- fmt.Errorf("unexpected IdP ready line %q: %v", line, err)
-			return
-		}
-		readyCh <- ready
-		_, _ = io.Copy(logFile, r)
-	}()
-
-	select {
-	case ready := <-readyCh:
-		p.Issuer = ready.Issuer
-		p.AuthorizeURL = ready.AuthorizationEndpoint
-		p.TokenURL = ready.TokenEndpoint
-		p.RevocationURL = ready.RevocationEndpoint
-		p.IntrospectionURL = ready.IntrospectionEndpoint
-		p.UserinfoURL = ready.UserinfoEndpoint
-		p.TestRevokeURL = ready.TestRevokeEndpoint
-	case err := <-errCh:
-		t.Fatalf("IdP did not start: %v\nlog:\n%s", err, logFile.String())
-	case <-p.done:
-		t.Fatalf("IdP exited during start: %v\nlog:\n%s", cmd.ProcessState, logFile.String())
-	case <-time.After(opts.StartTimeout):
-		t.Fatalf("IdP did not start within %s\nlog:\n%s", opts.StartTimeout, logFile.String())
+		return false, nil
+	}); err != nil {
+		t.Fatalf("%v", err)
 	}
+	p.Issuer = ready.Issuer
+	p.AuthorizeURL = ready.AuthorizationEndpoint
+	p.TokenURL = ready.TokenEndpoint
+	p.RevocationURL = ready.RevocationEndpoint
+	p.IntrospectionURL = ready.IntrospectionEndpoint
+	p.UserinfoURL = ready.UserinfoEndpoint
+	p.TestRevokeURL = ready.TestRevokeEndpoint
 	t.Logf("IdP %s started in %s", p.Issuer, time.Since(started).Round(time.Millisecond))
 	return p
 }
 
-// Stop ends the IdP process (SIGTERM, then SIGKILL after 5 s). Safe to call more than once.
-func (p *IdP) Stop() {
-	p.stopped.Do(func() {
-		if p.cmd.Process != nil {
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(5 * time.Second):
-				_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-				<-p.done
-			}
-		}
-		p.log.close()
-	})
-}
+// Stop ends the IdP process (SIGTERM to its process group, then SIGKILL after 5 s). Safe to call
+// more than once.
+func (p *IdP) Stop() { _ = p.proc.Stop() }
 
 // Log returns what the IdP wrote so far (no token values).
-func (p *IdP) Log() string { return p.log.String() }
+func (p *IdP) Log() string { return p.proc.Log() }
 
 // Account returns the registered account with that login.
 func (p *IdP) Account(login string) (IdPAccount, bool) {

@@ -44,15 +44,10 @@ func (p *IdP) Pause() error { return p.signal(syscall.SIGSTOP) }
 func (p *IdP) Resume() error { return p.signal(syscall.SIGCONT) }
 
 func (p *IdP) signal(s syscall.Signal) error {
-	select {
-	case <-p.done:
-		return fmt.Errorf("the IdP %s is not running", p.Issuer)
-	default:
-	}
-	if p.cmd.Process == nil {
+	if ended, _ := p.proc.Exited(); ended {
 		return fmt.Errorf("the IdP %s is not running", p.Issuer)
 	}
-	if err := syscall.Kill(-p.cmd.Process.Pid, s); err != nil {
+	if err := p.proc.Signal(s); err != nil {
 		return fmt.Errorf("signalling the IdP %s: %w", p.Issuer, err)
 	}
 	return nil

@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -88,10 +87,8 @@ type Postern struct {
 	// an installed unit's ExecStart, under setpriv to run as the unit's user.
 	Command []string
 
-	out  *syncBuffer
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // the process's exit, valid once done is closed
+	out  *syncBuffer // the output of every run
+	proc *Process    // the current run
 }
 
 // NewPostern writes a config into opts.Dir without starting anything, so that the front Postfix can
@@ -180,133 +177,81 @@ admin: {read_token_file: %s}
 	return p, nil
 }
 
-// Start runs `postern serve --config Config` and waits until its sockets accept connections.
+// Start runs `postern serve --config Config` (again after Stop or Kill) and waits until its
+// sockets accept connections.
 func (p *Postern) Start(ctx context.Context) error {
 	if p.Bin == "" {
 		return errors.New("starting postern: no binary")
 	}
-	logFile, err := os.OpenFile(p.LogFile(), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("opening postern's log file: %w", err)
-	}
-	cmd := exec.Command(p.Bin, "serve", "--config", p.Config)
+	path, args := p.Bin, []string{"serve", "--config", p.Config}
 	if len(p.Command) > 0 {
-		cmd = exec.Command(p.Command[0], p.Command[1:]...)
+		path, args = p.Command[0], p.Command[1:]
 	}
-	cmd.Dir = p.Dir
-	cmd.Stdout = io.MultiWriter(p.out, logFile)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting %s serve: %w", p.Bin, err)
+	proc, err := StartProcess(ProcessOptions{Name: "postern", Path: path, Args: args, Dir: p.Dir,
+		LogFile: p.LogFile(), Output: p.out})
+	if err != nil {
+		return err
 	}
-	p.cmd = cmd
-	p.done = make(chan struct{})
-	go func() {
-		p.err = cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
-	err = poll(ctx, 20*time.Millisecond, func() (bool, error) {
-		select {
-		case <-p.done:
-			return false, fmt.Errorf("postern serve exited: %v", p.err)
-		default:
-		}
+	p.proc = proc
+	return proc.WaitReady(ctx, func() (bool, error) {
 		for _, s := range []string{p.LMTPSocket, p.SocketmapSocket, p.MilterSocket} {
 			if s == "" {
 				continue
 			}
 			c, err := net.DialTimeout(socketNetwork(s), s, time.Second)
 			if err != nil {
-				return false, nil
+				return false, err
 			}
 			c.Close()
 		}
 		if p.SMTPAddr != "" {
 			if ok, err := listeningOn(p.SMTPAddr); err != nil || !ok {
-				return false, nil
+				return false, err
 			}
 		}
 		return true, nil
 	})
-	if err != nil {
-		return fmt.Errorf("waiting for postern's sockets: %w\n--- postern output\n%s", err, tail(p.Log(), 100))
-	}
-	return nil
 }
 
 // Stop sends SIGTERM, waits up to ten seconds, then kills the process.
 func (p *Postern) Stop() error {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return nil
 	}
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return errors.New("postern did not stop within 10s of SIGTERM and was killed")
+	return p.proc.Stop()
 }
 
 // Signal sends sig to the running process.
 func (p *Postern) Signal(sig os.Signal) error {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return errors.New("postern is not running")
 	}
-	return p.cmd.Process.Signal(sig)
+	return p.proc.Signal(sig)
 }
 
 // Wait waits until the process has ended, or ctx ends.
 func (p *Postern) Wait(ctx context.Context) error {
-	if p.done == nil {
+	if p.proc == nil {
 		return errors.New("postern was never started")
 	}
-	select {
-	case <-p.done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for postern to exit: %w", context.Cause(ctx))
-	}
+	return p.proc.Wait(ctx)
 }
 
 // Kill ends the process with SIGKILL, as a crash or the kernel's OOM killer would, and waits
 // for it. Start runs it again.
 func (p *Postern) Kill() error {
-	if p.cmd == nil {
+	if p.proc == nil {
 		return errors.New("killing postern: not started")
 	}
-	select {
-	case <-p.done:
-		return errors.New("killing postern: it had already exited")
-	default:
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		return fmt.Errorf("killing postern: %w", err)
-	}
-	<-p.done
-	return nil
+	return p.proc.Kill()
 }
 
 // Exited reports whether the process has ended, and how.
 func (p *Postern) Exited() (bool, error) {
-	if p.done == nil {
+	if p.proc == nil {
 		return false, nil
 	}
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
+	return p.proc.Exited()
 }
 
 // LogFile is where the process's output is written too.
@@ -394,17 +339,7 @@ func (p *Postern) Get(ctx context.Context, path string) (string, error) {
 // test log when t failed.
 func StartPostern(t T, p *Postern) {
 	t.Helper()
-	t.Cleanup(func() {
-		began := time.Now()
-		err := p.Stop()
-		t.Logf("postern stopped in %s", time.Since(began).Round(time.Millisecond))
-		if t.Failed() {
-			t.Logf("--- postern output (%s serve --config %s):\n%s", p.Bin, p.Config, tail(p.Log(), 300))
-		}
-		if err != nil {
-			t.Logf("stopping postern: %v", err)
-		}
-	})
+	stopAtCleanup(t, "postern", p.Stop, p.Log)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	began := time.Now()

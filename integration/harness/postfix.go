@@ -29,7 +29,8 @@ type Postfix struct {
 	// LogFile is maillog_file.
 	LogFile string
 
-	services string // master.cf text after the standard services
+	services string   // master.cf text after the standard services
+	proc     *Process // `postfix start-fg`, while it runs
 }
 
 // standardServices are Debian's master.cf services that a relay and a virtual-mailbox server need,
@@ -243,21 +244,47 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Start starts the instance and waits until its master runs. On failure the error carries the
-// output of `postfix check` and the log, since `postfix start` tells its reason only to a terminal.
+// Start runs the instance in the foreground (`postfix start-fg`: its master stays a child of the
+// harness) and waits until the master says it has started, which it logs once its listeners are
+// open. On failure the error carries what postfix printed, `postfix check` and the log.
 func (p *Postfix) Start(ctx context.Context) error {
-	if out, err := run(ctx, "", "postfix", "-c", p.ConfigDir, "start"); err != nil {
-		return fmt.Errorf("starting postfix %s: %w\n%s", p.Hostname, err, p.Diagnose(ctx, out))
+	path, err := lookPath("postfix")
+	if err != nil {
+		return err
 	}
-	err := poll(ctx, 20*time.Millisecond, func() (bool, error) {
-		pid, err := readPID(p.pidFile())
-		return err == nil && !processGone(pid), nil
+	started := strings.Count(p.Log(), postfixStarted)
+	proc, err := StartProcess(ProcessOptions{Name: "postfix " + p.Hostname, Path: path,
+		Args: []string{"-c", p.ConfigDir, "start-fg"}, StopTimeout: 10 * time.Second,
+		// The master makes a session of its own: it is stopped as an operator does, and found
+		// by its pid file should that fail.
+		Stop: func(ctx context.Context) error {
+			_, err := run(ctx, "", "postfix", "-c", p.ConfigDir, "stop")
+			return err
+		},
+		Kill: func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _ = run(ctx, "", "postfix", "-c", p.ConfigDir, "abort")
+			if pid, err := readPID(p.pidFile()); err == nil && !processGone(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		},
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for the postfix %s master: %w\n%s", p.Hostname, err, p.Diagnose(ctx, ""))
+		return err
+	}
+	p.proc = proc
+	err = proc.WaitReady(ctx, func() (bool, error) {
+		return strings.Count(p.Log(), postfixStarted) > started, nil
+	})
+	if err != nil {
+		return fmt.Errorf("starting postfix %s: %w\n%s", p.Hostname, err, p.Diagnose(ctx, ""))
 	}
 	return nil
 }
+
+// postfixStarted is what the master logs once it is initialised, its listeners open.
+const postfixStarted = ": daemon started -- version "
 
 // Diagnose returns what explains a failure: extra output, `postfix check` and the log's tail.
 func (p *Postfix) Diagnose(ctx context.Context, extra string) string {
@@ -294,28 +321,13 @@ func (p *Postfix) Reload(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops the instance and waits for its master to exit, killing it after ten seconds.
-func (p *Postfix) Stop(ctx context.Context) error {
-	pid, err := readPID(p.pidFile())
-	if err != nil || processGone(pid) {
+// Stop stops the instance (`postfix stop`) and waits for its master to exit, killing it after
+// ten seconds.
+func (p *Postfix) Stop() error {
+	if p.proc == nil {
 		return nil
 	}
-	if _, err := run(ctx, "", "postfix", "-c", p.ConfigDir, "stop"); err != nil && processGone(pid) {
-		return nil
-	}
-	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if poll(wait, 20*time.Millisecond, func() (bool, error) { return processGone(pid), nil }) == nil {
-		return nil
-	}
-	_, _ = run(ctx, "", "postfix", "-c", p.ConfigDir, "abort")
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	wait2, cancel2 := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel2()
-	if err := poll(wait2, 20*time.Millisecond, func() (bool, error) { return processGone(pid), nil }); err != nil {
-		return fmt.Errorf("stopping postfix %s (master pid %d): %w", p.Hostname, pid, err)
-	}
-	return fmt.Errorf("postfix %s did not stop within 10s and was killed", p.Hostname)
+	return p.proc.Stop()
 }
 
 // Log returns the instance's log so far.
@@ -469,17 +481,8 @@ func describeQueue(q []QueuedMessage) string {
 // cleanups of t.
 func startPostfix(t T, p *Postfix) {
 	t.Helper()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if t.Failed() {
-			t.Logf("--- postfix %s log (%s):\n%s", p.Hostname, p.LogFile, tail(p.Log(), 200))
-		}
-		began := time.Now()
-		if err := p.Stop(ctx); err != nil {
-			t.Logf("stopping postfix %s: %v", p.Hostname, err)
-		}
-		t.Logf("postfix %s stopped in %s", p.Hostname, time.Since(began).Round(time.Millisecond))
+	stopAtCleanup(t, "postfix "+p.Hostname, p.Stop, func() string {
+		return fmt.Sprintf("(%s)\n%s", p.LogFile, tail(p.Log(), 200))
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

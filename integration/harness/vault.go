@@ -30,11 +30,9 @@ type Vault struct {
 	bin  string
 	port int
 	dir  string
-	t    T
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	out  *syncBuffer
+	proc *Process    // the current run
+	out  *syncBuffer // the output of every run
 }
 
 var buildVaultOnce struct {
@@ -67,15 +65,18 @@ func BuildVaultDev(ctx context.Context) (string, error) {
 	return buildVaultOnce.path, buildVaultOnce.err
 }
 
-// StartVault builds and starts a Vault dev server with KV v2 at secret/ and AppRole enabled, and
-// stops it at cleanup.
+// StartVault starts the Vault dev server that `make deps` built (integration/vaultdev/build.sh)
+// with KV v2 at secret/ and AppRole enabled, and stops it at cleanup. A server not built, or older
+// than its source, fails t at once naming `make deps`: building it takes minutes.
 func StartVault(t T) *Vault {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
-	bin, err := BuildVaultDev(ctx)
+	root, err := ModuleRoot()
 	if err != nil {
 		t.Fatalf("%v", err)
+	}
+	var bin string
+	if !requirePrereqs(t, SkipEnv, func() (err error) { bin, err = checkVaultDev(root); return err }) {
+		return nil
 	}
 	port, err := FreePort()
 	if err != nil {
@@ -83,14 +84,9 @@ func StartVault(t T) *Vault {
 	}
 	v := &Vault{
 		Addr: fmt.Sprintf("http://127.0.0.1:%d", port), RootToken: VaultRootToken,
-		bin: bin, port: port, dir: TempDir(t), t: t, out: &syncBuffer{},
+		bin: bin, port: port, dir: TempDir(t), out: &syncBuffer{},
 	}
-	t.Cleanup(func() {
-		v.Stop()
-		if t.Failed() {
-			t.Logf("vault dev server output:\n%s", v.out.String())
-		}
-	})
+	stopAtCleanup(t, "vault dev server", func() error { v.Stop(); return nil }, v.out.String)
 	if err := v.Start(); err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -104,28 +100,19 @@ func (v *Vault) Start() error {
 	defer v.mu.Unlock()
 	ready := filepath.Join(v.dir, "ready")
 	_ = os.Remove(ready)
-	cmd := exec.Command(v.bin, "-addr", fmt.Sprintf("127.0.0.1:%d", v.port), "-root-token", v.RootToken, "-ready-file", ready)
-	cmd.Stdout, cmd.Stderr = v.out, v.out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting vaultdev: %w", err)
+	proc, err := StartProcess(ProcessOptions{Name: "vault dev server", Path: v.bin,
+		Args:   []string{"-addr", fmt.Sprintf("127.0.0.1:%d", v.port), "-root-token", v.RootToken, "-ready-file", ready},
+		Output: v.out})
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	v.cmd, v.done = cmd, done
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			return nil
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("vaultdev exited before it was ready:\n%s", v.out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("vaultdev not ready after 60s:\n%s", v.out.String())
-		}
-	}
+	v.proc = proc
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return proc.WaitReady(ctx, func() (bool, error) {
+		_, err := os.Stat(ready)
+		return err == nil, nil
+	})
 }
 
 // Pause stops the server from answering without losing its data (SIGSTOP): to clients it looks
@@ -138,28 +125,20 @@ func (v *Vault) Resume() error { return v.signal(syscall.SIGCONT) }
 func (v *Vault) signal(s syscall.Signal) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.cmd == nil || v.cmd.Process == nil {
+	if v.proc == nil {
 		return fmt.Errorf("vault is not running")
 	}
-	return v.cmd.Process.Signal(s)
+	return v.proc.Signal(s)
 }
 
-// Stop stops the server; its data is gone.
+// Stop stops the server (resuming it first if paused); its data is gone.
 func (v *Vault) Stop() {
 	v.mu.Lock()
-	cmd, done := v.cmd, v.done
-	v.cmd = nil
+	proc := v.proc
+	v.proc = nil
 	v.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGCONT)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
+	if proc != nil {
+		_ = proc.Stop()
 	}
 }
 

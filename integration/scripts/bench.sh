@@ -48,7 +48,7 @@ step "building postern"
 bin_dir=$(mktemp -d)
 trap 'rm -rf "$bin_dir"' EXIT
 go build -o "$bin_dir/postern" ./sidecar/cmd/postern
-go build -o "$bin_dir/postern-bench" ./integration/bench/cmd/postern-bench
+go build -C integration -o "$bin_dir/postern-bench" ./bench/cmd/postern-bench
 
 pkgs=(./sidecar/route ./sidecar/token ./sidecar/upstream ./sidecar/smtpd)
 step "Go benchmarks (-benchmem -count 5 -benchtime $gotime) > $out/go-bench.txt"

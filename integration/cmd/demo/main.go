@@ -11,7 +11,9 @@
 //  3. It prints where the message arrived and its Received headers, then stops everything.
 //
 // It needs root, Postfix and Dovecot: integration/scripts/demo.sh installs them first. Run it from
-// the repository: go run ./integration/cmd/demo [-keep] [-postern PATH]
+// the integration module (integration/go.mod):
+//
+//	cd integration && go run ./cmd/demo [-keep] [-postern PATH]
 package main
 
 import (

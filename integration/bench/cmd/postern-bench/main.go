@@ -6,7 +6,7 @@
 // It needs root, Postfix (with smtp-source) and the OAuth server's npm packages:
 // integration/scripts/install-deps.sh and integration/oauth/install.sh install them (make deps).
 //
-//	go run ./integration/bench/cmd/postern-bench -postern bin/postern -out bench-results
+//	cd integration && go run ./bench/cmd/postern-bench -postern ../bin/postern -out ../bench-results
 package main
 
 import (
