@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
-	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
@@ -74,6 +73,10 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
 	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
+	ph, err := newProjectHealth(cfg, log.With("component", "health"))
+	if err != nil {
+		return err
+	}
 
 	// The sign-in pages for OAuth mailboxes, on the admin listener.
 	var extraRoutes map[string]http.Handler
@@ -88,7 +91,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		}
 		pages, err := signin.New(signin.Options{
 			Key: key, PublicURL: base, Projects: st, Tokens: st, Grants: broker,
-			TestAuth:   parts.SignInCheck,
+			TestAuth:   ph.checked(parts.SignInCheck),
 			HTTPClient: OAuthHTTPClient(cfg),
 			Logger:     log.With("component", "signin"),
 		})
@@ -96,6 +99,16 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 			return fmt.Errorf("configuring the sign-in pages: %w", err)
 		}
 		extraRoutes = pages.Routes()
+		ph.signInLink = func(p project.Project) string {
+			if signin.Eligible(p) != nil {
+				return ""
+			}
+			u, err := pages.Link(p, cfg.SignIn.LinkTTL)
+			if err != nil {
+				return ""
+			}
+			return u
+		}
 		log.Info("serving the sign-in pages", "url", base+"/signin", "redirect_uri", pages.RedirectURL())
 	}
 
@@ -110,6 +123,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 		RateWait:        cfg.Limits.RateWait,
 		ReadTimeout:     cfg.SMTPD.CommandTimeout,
 		DataTimeout:     cfg.SMTPD.DataTimeout,
+		Health:          ph.tracker,
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the mail server: %w", err)
@@ -154,7 +168,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 			Domains:        dir,
 			IsNoProject:    func(err error) bool { return errors.Is(err, directory.ErrNoProject) },
 			IsUnavailable:  func(err error) bool { return errors.Is(err, directory.ErrUnavailable) },
-			Credentials:    milter.CredentialStateFunc(creds.State),
+			Credentials:    ph.milterState(creds),
 			Logger:         log.With("component", "milter"),
 			IdleTimeout:    cfg.Milter.IdleTimeout,
 			PacketTimeout:  cfg.Milter.PacketTimeout,
@@ -189,12 +203,13 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(coll, buildinfo.Collector(build))
+	ph.register(reg, cfg)
 	adm := admin.New(admin.Options{
 		Logger:    log.With("component", "admin"),
 		Version:   build.Version,
 		Registry:  reg,
 		Checks:    readiness(dir, st, broker),
-		Projects:  func(ctx context.Context) []admin.ProjectStatus { return projectStatus(ctx, dir, broker, pools) },
+		Projects:  func(ctx context.Context) []admin.ProjectStatus { return ph.status(ctx, dir, broker) },
 		Extra:     extraRoutes,
 		API:       api,
 		ReadToken: readToken,
@@ -217,6 +232,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = dir.Run(ctx) })
+	wg.Go(func() { ph.run(ctx, dir, broker) })
 	wg.Go(func() {
 		running := *cfg
 		for {
@@ -276,50 +292,6 @@ func generated(log *slog.Logger, path, what string, load func(path string) error
 		log.Warn("created "+what, "path", path)
 	}
 	return nil
-}
-
-func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.Broker, pools *upstream.Pools) []admin.ProjectStatus {
-	down := map[string]upstream.PoolStats{}
-	for _, s := range pools.Stats() {
-		down[s.Project] = s
-	}
-	var out []admin.ProjectStatus
-	for _, p := range dir.Projects() {
-		row := admin.ProjectStatus{
-			Name: p.Name, Enabled: p.Enabled, Auth: string(p.Auth.Type),
-			Upstream: p.Upstream.Address(), Senders: p.Senders, State: "ok",
-		}
-		if p.Auth.Type == project.AuthOAuth2 {
-			_ = broker.Observe(ctx, p)
-			ts := broker.Status(p.Name)
-			row.Expiry = ts.Expiry
-			switch {
-			case ts.State == project.TokenNeedsReauth:
-				row.State, row.Reason = advice.StateNeedsReauth, ts.Reason
-				row.Action = advice.Status(p, row.State, nil)
-			case ts.Rejected != "":
-				row.State, row.Reason = advice.StateUnhealthy, ts.Rejected
-				row.Action = advice.Status(p, row.State, ts.RejectedErr)
-			case ts.LastError != "":
-				row.State, row.Reason = advice.StateUnhealthy, ts.LastError
-				row.Action = advice.Status(p, row.State, nil)
-			}
-		}
-		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
-			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
-			row.Action = advice.Status(p, row.State, nil)
-		}
-		switch {
-		case p.IsRemoved():
-			row.State, row.Reason = advice.StateRemoved, "removed at "+p.Removed.Format(time.RFC3339)+"; its senders' mail is deferred"
-			row.Action = advice.Status(p, row.State, nil)
-		case !p.Enabled:
-			row.State = advice.StateDisabled
-			row.Action = advice.Status(p, row.State, nil)
-		}
-		out = append(out, row)
-	}
-	return out
 }
 
 // collector exposes what the parts count, read at scrape time.

@@ -47,16 +47,37 @@ type Check struct {
 // store is unreachable but cached credentials still work). Wrap it: fmt.Errorf("...: %w", ErrDegraded).
 var ErrDegraded = errors.New("degraded")
 
-// ProjectStatus is one row of the status page.
+// ProjectStatus is one row of the status page, from the health model (package health).
 type ProjectStatus struct {
-	Name      string    `json:"name"`
-	Enabled   bool      `json:"enabled"`
-	Auth      string    `json:"auth"`
-	Upstream  string    `json:"upstream"`
-	Senders   []string  `json:"senders"`
-	State     string    `json:"state"`            // ok, disabled, removed, needs_reauth, unhealthy, upstream_down
-	Reason    string    `json:"reason,omitempty"` // why, in the provider's or upstream's words
-	Action    string    `json:"action,omitempty"` // what to do next
+	Name     string   `json:"name"`
+	Enabled  bool     `json:"enabled"`
+	Auth     string   `json:"auth"`
+	Upstream string   `json:"upstream"`
+	Senders  []string `json:"senders"`
+	// State is the older, finer state: ok, needs_reauth, unhealthy (the credential was refused or
+	// cannot be had), upstream_down, rate_limited, disabled or removed.
+	State string `json:"state"`
+	// Health is ok, degraded or failing; HealthReason says why when it is not ok (a health.Reason:
+	// credential_refused, needs_sign_in, upstream_down, ...), Since when it became so.
+	Health       string    `json:"health"`
+	HealthReason string    `json:"health_reason,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	Reason       string    `json:"reason,omitempty"` // why, in the provider's or upstream's words
+	Action       string    `json:"action,omitempty"` // what to do next
+	// LastDelivery, LastAttempt and LastErrorAt are when the last accepted delivery, the last
+	// attempt and the last failure ended; LastError is that failure in the upstream's words.
+	LastDelivery time.Time `json:"last_delivery,omitzero"`
+	LastAttempt  time.Time `json:"last_attempt,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	// Failures counts the failed attempts since the last success.
+	Failures int `json:"failures,omitempty"`
+	// SentHour and SentDay count the messages delivered in the last hour and day by this Postern;
+	// PerMinute and PerDay are the project's limits (messages per minute, recipients per day; 0: none).
+	SentHour  int       `json:"sent_last_hour"`
+	SentDay   int       `json:"sent_last_day"`
+	PerMinute int       `json:"limit_messages_per_minute,omitempty"`
+	PerDay    int       `json:"limit_recipients_per_day,omitempty"`
 	Expiry    time.Time `json:"token_expiry,omitzero"`
 	SignInURL string    `json:"sign_in_url,omitempty"`
 }
@@ -281,7 +302,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) list(ctx context.Context) []ProjectStatus {
 	ps := s.opts.Projects(ctx)
 	for i := range ps {
-		ps[i].Reason, ps[i].Action = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].Action)
+		ps[i].Reason, ps[i].Action, ps[i].LastError = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].Action), secret.Scrub(ps[i].LastError)
 	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	return ps
