@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -29,8 +30,8 @@ type projectHealth struct {
 	webhook *notify.Webhook // nil: no webhook
 	log     *slog.Logger
 	dir     *directory.Directory // set by run
-	// signInLink makes a fresh sign-in link for a project; nil without sign-in pages.
-	signInLink func(p project.Project) string
+	// makeLink makes a fresh sign-in link for a project; nil without sign-in pages.
+	makeLink func(p project.Project) (string, error)
 }
 
 // newProjectHealth builds the Tracker and, where configured, the webhook.
@@ -61,16 +62,34 @@ func newProjectHealth(cfg *config.Config, log *slog.Logger) (*projectHealth, err
 	return ph, nil
 }
 
-// linkFor is the sign-in link of the named project, or "".
+// linkFor is a fresh sign-in link of the named project, or "".
 func (ph *projectHealth) linkFor(name string) string {
-	if ph.signInLink == nil || ph.dir == nil {
+	if ph.makeLink == nil || ph.dir == nil {
 		return ""
 	}
 	p, ok := ph.dir.Project(name)
 	if !ok {
 		return ""
 	}
-	return ph.signInLink(p)
+	u, err := ph.makeLink(p)
+	if err != nil {
+		return ""
+	}
+	return u
+}
+
+// adminLink is the status page's sign-in link button; nil without sign-in pages.
+func (ph *projectHealth) adminLink(dir *directory.Directory) func(context.Context, string) (string, error) {
+	if ph.makeLink == nil {
+		return nil
+	}
+	return func(_ context.Context, name string) (string, error) {
+		p, ok := dir.Project(name)
+		if !ok {
+			return "", fmt.Errorf("no project named %s", name)
+		}
+		return ph.makeLink(p)
+	}
 }
 
 // register adds the health metrics and Go's and the process's collectors to reg.
@@ -215,9 +234,6 @@ func (ph *projectHealth) status(ctx context.Context, dir *directory.Directory, b
 			if row.Action == "" && h.LastErrorText != "" {
 				row.Action = "see the last error; mail waits in Postfix's queue and is retried"
 			}
-		}
-		if h.Reason == health.ReasonNeedsSignIn && ph.signInLink != nil {
-			row.SignInURL = ph.signInLink(p)
 		}
 		out = append(out, row)
 	}

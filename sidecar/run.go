@@ -99,15 +99,11 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 			return fmt.Errorf("configuring the sign-in pages: %w", err)
 		}
 		extraRoutes = pages.Routes()
-		ph.signInLink = func(p project.Project) string {
-			if signin.Eligible(p) != nil {
-				return ""
+		ph.makeLink = func(p project.Project) (string, error) {
+			if err := signin.Eligible(p); err != nil {
+				return "", err
 			}
-			u, err := pages.Link(p, cfg.SignIn.LinkTTL)
-			if err != nil {
-				return ""
-			}
-			return u
+			return pages.Link(p, cfg.SignIn.LinkTTL)
 		}
 		log.Info("serving the sign-in pages", "url", base+"/signin", "redirect_uri", pages.RedirectURL())
 	}
@@ -205,14 +201,15 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	reg.MustRegister(coll, buildinfo.Collector(build))
 	ph.register(reg, cfg)
 	adm := admin.New(admin.Options{
-		Logger:    log.With("component", "admin"),
-		Version:   build.Version,
-		Registry:  reg,
-		Checks:    readiness(dir, st, broker),
-		Projects:  func(ctx context.Context) []admin.ProjectStatus { return ph.status(ctx, dir, broker) },
-		Extra:     extraRoutes,
-		API:       api,
-		ReadToken: readToken,
+		Logger:     log.With("component", "admin"),
+		Version:    build.Version,
+		Registry:   reg,
+		Checks:     readiness(dir, st, broker),
+		Projects:   func(ctx context.Context) []admin.ProjectStatus { return ph.status(ctx, dir, broker) },
+		SignInLink: ph.adminLink(dir),
+		Extra:      extraRoutes,
+		API:        api,
+		ReadToken:  readToken,
 	})
 
 	errs := []error{

@@ -22,7 +22,6 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
@@ -103,6 +102,9 @@ type Options struct {
 	// IdleTimeout closes a kept-alive connection without a request for this long. Zero means
 	// DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// SignInLink makes a fresh sign-in link for the named project (the status page's button,
+	// which needs the project API's token). Nil: no button.
+	SignInLink func(ctx context.Context, project string) (string, error)
 	// ReadToken admits reads of /metrics, /status and /api/v1/projects (see LoadToken); the API's
 	// token admits them too. With neither, those answer 401 saying how to set one.
 	ReadToken secret.Secret
@@ -132,6 +134,9 @@ type Server struct {
 	mux     *http.ServeMux
 	handler http.Handler
 	tokens  [][sha256.Size]byte // the digests of the tokens that admit reads
+	// adminToken is the digest of the project API's token, which admits the status page's
+	// writes; zero without it.
+	adminToken [sha256.Size]byte
 }
 
 // New builds the server.
@@ -154,7 +159,8 @@ func New(opts Options) *Server {
 		s.tokens = append(s.tokens, sha256.Sum256([]byte(opts.ReadToken.Reveal())))
 	}
 	if a := opts.API; a != nil && !a.Token.IsZero() {
-		s.tokens = append(s.tokens, sha256.Sum256([]byte(a.Token.Reveal())))
+		s.adminToken = sha256.Sum256([]byte(a.Token.Reveal()))
+		s.tokens = append(s.tokens, s.adminToken)
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
@@ -164,6 +170,7 @@ func New(opts Options) *Server {
 	if opts.Projects != nil {
 		s.mux.Handle("GET /api/v1/projects", s.reader(http.HandlerFunc(s.projectsJSON)))
 		s.mux.Handle("GET /status", s.reader(http.HandlerFunc(s.statusPage)))
+		s.mux.Handle("POST /status/sign-in-link/{name}", s.admin(http.HandlerFunc(s.signInLink)))
 		s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/status", http.StatusFound)
 		})
@@ -225,6 +232,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // readAllowed reports whether r carries a token that admits reads: as a bearer token, or as the
 // password of HTTP Basic.
 func (s *Server) readAllowed(r *http.Request) bool {
+	sum, ok := presented(r)
+	if !ok {
+		return false
+	}
+	match := 0
+	for _, t := range s.tokens {
+		match |= subtle.ConstantTimeCompare(sum[:], t[:])
+	}
+	return match == 1
+}
+
+// presented is the digest of the token r carries, as a bearer token or as the password of HTTP
+// Basic.
+func presented(r *http.Request) ([sha256.Size]byte, bool) {
 	got := ""
 	if _, pw, ok := r.BasicAuth(); ok {
 		got = pw
@@ -232,14 +253,9 @@ func (s *Server) readAllowed(r *http.Request) bool {
 		got = strings.TrimSpace(tok)
 	}
 	if got == "" {
-		return false
+		return [sha256.Size]byte{}, false
 	}
-	sum := sha256.Sum256([]byte(got))
-	ok := 0
-	for _, t := range s.tokens {
-		ok |= subtle.ConstantTimeCompare(sum[:], t[:])
-	}
-	return ok == 1
+	return sha256.Sum256([]byte(got)), true
 }
 
 // reader admits requests that readAllowed admits; others get 401 with a Basic challenge (so that
@@ -311,30 +327,4 @@ func (s *Server) list(ctx context.Context) []ProjectStatus {
 func (s *Server) projectsJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"projects": s.list(r.Context())})
-}
-
-var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Postern status</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-.ok{color:#075}.bad{color:#a00}</style></head><body>
-<h1>Postern{{with .Version}} <small>{{.}}</small>{{end}}</h1>
-<table><tr><th>project</th><th>auth</th><th>upstream</th><th>senders</th><th>state</th><th>what to do</th></tr>
-{{range .Projects}}<tr><td>{{.Name}}</td><td>{{.Auth}}</td><td>{{.Upstream}}</td>
-<td>{{range .Senders}}{{.}}<br>{{end}}</td>
-<td class="{{if eq .State "ok"}}ok{{else}}bad{{end}}">{{.State}}{{if .Reason}}<br><small>{{.Reason}}</small>{{end}}</td>
-<td>{{.Action}}{{if .SignInURL}}<br><a href="{{.SignInURL}}">sign in</a>{{end}}</td></tr>
-{{else}}<tr><td colspan="6">No projects yet: add one with <code>postern project add</code>.</td></tr>{{end}}
-</table></body></html>
-`))
-
-func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	page := struct {
-		Version  string
-		Projects []ProjectStatus
-	}{s.opts.Version, s.list(r.Context())}
-	if err := statusTmpl.Execute(w, page); err != nil {
-		s.opts.Logger.Warn("rendering status page", "err", err)
-	}
 }
