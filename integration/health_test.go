@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/postern/postern/integration/harness"
 )
@@ -138,7 +139,7 @@ func metricValue(t *testing.T, ctx context.Context, e *harness.Env, name string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p expfmt.TextParser
+	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("parsing /metrics: %v", err)

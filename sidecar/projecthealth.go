@@ -170,7 +170,7 @@ func (ph *projectHealth) checked(check func(context.Context, project.Project) er
 func checkEvent(p project.Project, src health.Source, err error) health.Event {
 	e := health.Event{Project: p.Name, Source: src, Reason: health.ReasonAccepted}
 	if err != nil {
-		e.Reason, e.Text = health.Classify(err), secret.Scrub(err.Error())
+		e.Reason, e.Text, e.Err = health.Classify(err), secret.Scrub(err.Error()), err
 	}
 	return e
 }
@@ -213,7 +213,7 @@ func (ph *projectHealth) status(ctx context.Context, dir *directory.Directory, b
 		if h.State != health.StateOK {
 			row.Reason = h.LastErrorText
 		}
-		var err error
+		err := h.Err
 		if p.Auth.Type == project.AuthOAuth2 {
 			_ = broker.Observe(ctx, p)
 			ts := broker.Status(p.Name)
@@ -221,7 +221,9 @@ func (ph *projectHealth) status(ctx context.Context, dir *directory.Directory, b
 			if h.Reason == health.ReasonNeedsSignIn && ts.Reason != "" {
 				row.Reason = ts.Reason
 			}
-			err = ts.RejectedErr
+			if err == nil {
+				err = ts.RejectedErr
+			}
 		}
 		switch {
 		case p.IsRemoved():

@@ -318,7 +318,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) list(ctx context.Context) []ProjectStatus {
 	ps := s.opts.Projects(ctx)
 	for i := range ps {
-		ps[i].Reason, ps[i].Action, ps[i].LastError = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].Action), secret.Scrub(ps[i].LastError)
+		// Action is Postern's own advice (package advice), not a text from elsewhere: scrubbing
+		// would take "password: postern project update ..." for a password.
+		ps[i].Reason, ps[i].LastError = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].LastError)
 	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	return ps

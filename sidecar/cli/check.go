@@ -19,6 +19,7 @@ do next. The exit code is 1 if any project failed. No mail is sent; postern send
 func runCheck(ctx context.Context, a *App, args []string) int {
 	fs := a.newFlagSet("check", "[project ...]", checkAbout)
 	load := a.configFlag(fs)
+	asJSON := fs.Bool("json", false, "write the results as one JSON document")
 	names, code, ok := a.parse(fs, args, 0, -1)
 	if !ok {
 		return code
@@ -27,11 +28,13 @@ func runCheck(ctx context.Context, a *App, args []string) int {
 	if !ok {
 		return ExitFail
 	}
-	if err := sidecar.Check(ctx, cfg, log, a.Stdout, names); err != nil {
+	if err := sidecar.Check(ctx, cfg, log, a.Stdout, sidecar.CheckOptions{Names: names, JSON: *asJSON, Progress: a.Stderr}); err != nil {
 		fmt.Fprintf(a.Stderr, "postern check: %v\n", err)
 		return ExitFail
 	}
-	fmt.Fprintln(a.Stdout, "all checked projects can deliver")
+	if !*asJSON {
+		fmt.Fprintln(a.Stdout, "all checked projects can deliver")
+	}
 	return ExitOK
 }
 

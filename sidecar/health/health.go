@@ -155,6 +155,8 @@ type Event struct {
 	// Text is the upstream's or the provider's words, or the error: shown to operators. It must
 	// name no secret (the caller scrubs it).
 	Text string
+	// Err is the failure itself, for advice on what to do (package advice); never shown as it is.
+	Err error
 	// Took is how long the attempt took (a delivery: from MAIL FROM to its end).
 	Took time.Duration
 	// At is when it ended; zero means now.
@@ -176,6 +178,8 @@ type Status struct {
 	LastError    time.Time `json:"last_error_at,omitzero"`
 	// LastErrorText is the last failure in the upstream's or provider's words.
 	LastErrorText string `json:"last_error,omitempty"`
+	// Err is the last failure itself (Event.Err), for advice.
+	Err error `json:"-"`
 	// Failures counts the failed attempts since the last success.
 	Failures int `json:"failures,omitempty"`
 	// SentHour and SentDay count the messages the upstream took in the last hour and day.
@@ -307,7 +311,7 @@ func apply(r *record, e Event) {
 		}
 		return
 	}
-	s.LastError, s.LastErrorText = e.At, e.Text
+	s.LastError, s.LastErrorText, s.Err = e.At, e.Text, e.Err
 	s.Failures++
 	if eff == wears {
 		if r.wearing == 0 {

@@ -144,7 +144,7 @@ func (s *session) ended(tx *transaction, stage string, err error) *smtp.SMTPErro
 	}
 	s.srv.opts.Health.Record(health.Event{
 		Project: tx.project.Name, Source: health.SourceDelivery, Stage: stage,
-		Outcome: outcome, Reason: why, Text: text, Took: time.Since(tx.started),
+		Outcome: outcome, Reason: why, Text: text, Err: err, Took: time.Since(tx.started),
 	})
 	return reply
 }
