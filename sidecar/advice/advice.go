@@ -228,7 +228,7 @@ func knownReply(p project.Project, ue *upstream.Error) string {
 		return fmt.Sprintf("Exchange Online allows 3 connections at once per mailbox, counted across every app that uses it: "+
 			"keep the project at 3 or fewer (postern project update %s --max-connections 3, fewer if other apps send as %s), "+
 			"and make sure no other Postern or app uses the mailbox more than it needs. The mail is retried.", p.Name, p.Auth.Username)
-	case ue.Enhanced == smtp.EnhancedCode{5, 7, 60} || strings.Contains(msg, "sendasdenied") || strings.Contains(msg, "sendasdenied"):
+	case ue.Enhanced == smtp.EnhancedCode{5, 7, 60} || strings.Contains(msg, "sendasdenied"):
 		return fmt.Sprintf("The mailbox %s may not send as this From address: an Exchange admin grants it Send As "+
 			"(Add-RecipientPermission -Identity <the From address> -Trustee %s -AccessRights SendAs), or the application sends "+
 			"from an address the mailbox owns (postern project update %s --send-as ... lists what Postern lets through).", p.Auth.Username, p.Auth.Username, p.Name)
