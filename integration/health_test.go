@@ -189,7 +189,7 @@ func TestHealthWrongPasswordFailsAndRecovers(t *testing.T) {
 	a := e.Upstream.Org("client-a")
 	user, password := a.User()
 	addProjects(t, ctx, e, harness.ProjectOptions{Name: "client-a", Org: "client-a", Password: "not-the-password"})
-	if s := apiProjectStatus(t, ctx, e, "client-a"); s.Health != "ok" {
+	if s := apiProjectStatus(t, ctx, e, "client-a"); s.State != "ok" {
 		t.Fatalf("before any attempt: %+v, want ok", s)
 	}
 
