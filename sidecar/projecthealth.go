@@ -92,13 +92,18 @@ func (ph *projectHealth) adminLink(dir *directory.Directory) func(context.Contex
 	}
 }
 
-// register adds the health metrics and Go's and the process's collectors to reg.
-func (ph *projectHealth) register(reg *prometheus.Registry, cfg *config.Config) {
+// register adds the health metrics and Go's and the process's collectors to reg, and returns what
+// /metrics serves: reg, without the project label when metrics.project_label is off.
+func (ph *projectHealth) register(reg *prometheus.Registry, cfg *config.Config) prometheus.Gatherer {
 	reg.MustRegister(
-		ph.tracker.Collector(health.MetricsOptions{NoProjectLabel: !cfg.Metrics.ProjectLabel}),
+		ph.tracker.Collector(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if !cfg.Metrics.ProjectLabel {
+		return health.WithoutLabel(reg, "project")
+	}
+	return reg
 }
 
 // run keeps the Tracker in step with the projects and the stored token states, and posts the

@@ -29,7 +29,7 @@ func exposedNames(t *testing.T) []string {
 	}
 	ch := make(chan *prometheus.Desc, 1000)
 	for _, c := range []prometheus.Collector{
-		health.New(health.Options{}).Collector(health.MetricsOptions{}),
+		health.New(health.Options{}).Collector(),
 		buildinfo.Collector(buildinfo.Get()),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

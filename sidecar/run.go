@@ -199,11 +199,12 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(coll, buildinfo.Collector(build))
-	ph.register(reg, cfg)
+	metrics := ph.register(reg, cfg)
 	adm := admin.New(admin.Options{
 		Logger:     log.With("component", "admin"),
 		Version:    build.Version,
 		Registry:   reg,
+		Gatherer:   metrics,
 		Checks:     readiness(dir, st, broker),
 		Projects:   func(ctx context.Context) []admin.ProjectStatus { return ph.status(ctx, dir, broker) },
 		SignInLink: ph.adminLink(dir),

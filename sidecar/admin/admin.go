@@ -86,7 +86,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is the running Postern's version, shown on the status page. Empty shows none.
 	Version  string
-	Registry *prometheus.Registry                  // nil: no /metrics
+	Registry *prometheus.Registry // nil: no /metrics
+	// Gatherer, when set, is what /metrics serves instead of Registry itself (Registry seen
+	// through health.WithoutLabel, for example).
+	Gatherer prometheus.Gatherer
 	Checks   []Check                               // readiness
 	Projects func(context.Context) []ProjectStatus // nil: no project status
 	// Extra lets other packages add routes (the OAuth sign-in pages).
@@ -165,7 +168,11 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if opts.Registry != nil {
-		s.mux.Handle("GET /metrics", s.reader(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
+		var g prometheus.Gatherer = opts.Registry
+		if opts.Gatherer != nil {
+			g = opts.Gatherer
+		}
+		s.mux.Handle("GET /metrics", s.reader(promhttp.HandlerFor(g, promhttp.HandlerOpts{})))
 	}
 	if opts.Projects != nil {
 		s.mux.Handle("GET /api/v1/projects", s.reader(http.HandlerFunc(s.projectsJSON)))

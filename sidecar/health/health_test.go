@@ -185,7 +185,7 @@ func TestMetrics(t *testing.T) {
 	tr.ObserveUpstream("acquire", 10*time.Millisecond)
 
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(tr.Collector(health.MetricsOptions{}))
+	reg.MustRegister(tr.Collector())
 	want := `
 # HELP postern_deliveries_total Delivery attempts by what Postfix heard (outcome), the stage where each ended and why (reason).
 # TYPE postern_deliveries_total counter
@@ -207,9 +207,7 @@ postern_project_health{project="b",state="ok"} 1
 		t.Errorf("histograms: %d series, %v", n, err)
 	}
 
-	// Without the project label: sums, and projects per state.
-	reg = prometheus.NewPedanticRegistry()
-	reg.MustRegister(tr.Collector(health.MetricsOptions{NoProjectLabel: true}))
+	// Without the project label (WithoutLabel): sums, and projects per state.
 	want = `
 # HELP postern_deliveries_total Delivery attempts by what Postfix heard (outcome), the stage where each ended and why (reason).
 # TYPE postern_deliveries_total counter
@@ -221,7 +219,7 @@ postern_project_health{state="degraded"} 0
 postern_project_health{state="failing"} 1
 postern_project_health{state="ok"} 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "postern_deliveries_total", "postern_project_health"); err != nil {
+	if err := testutil.GatherAndCompare(health.WithoutLabel(reg, "project"), strings.NewReader(want), "postern_deliveries_total", "postern_project_health"); err != nil {
 		t.Error(err)
 	}
 }

@@ -1,9 +1,14 @@
 package health
 
 import (
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 )
 
 // countKey is one series of postern_deliveries_total.
@@ -14,27 +19,13 @@ type countKey struct {
 	reason  Reason
 }
 
-// MetricsOptions configure Collector.
-type MetricsOptions struct {
-	// NoProjectLabel drops the project label from every metric of this package (the counts are
-	// summed over projects, postern_project_health counts projects per state). With it, the
-	// series do not grow with the number of projects.
-	NoProjectLabel bool
-}
-
 // Buckets of the duration histograms, in seconds: from a pooled connection's round trip to a
 // slow upstream's minute.
 var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 
-var (
-	descDeliveries = []string{"outcome", "stage", "reason"}
-	descHealth     = []string{"state"}
-)
-
 // collector exposes the Tracker's metrics.
 type collector struct {
 	t          *Tracker
-	perProject bool
 	deliveries *prometheus.Desc
 	health     *prometheus.Desc
 	duration   *prometheus.HistogramVec
@@ -67,31 +58,25 @@ func (t *Tracker) ObserveUpstream(step string, took time.Duration) {
 	t.metrics.upstream.WithLabelValues(step).Observe(took.Seconds())
 }
 
-// Collector returns the Tracker's metrics for one registry:
+// Collector returns the Tracker's metrics for one registry (WithoutLabel drops the project label):
 //
 //   - postern_deliveries_total{project,outcome,stage,reason}: delivery attempts by what Postfix
 //     heard (delivered, deferred, refused), the stage where each ended (mail, rcpt, data) and
 //     the Reason;
-//   - postern_project_health{project,state}: 1 for the project's current state, 0 for the others
-//     (without the project label: the number of projects in each state);
+//   - postern_project_health{project,state}: 1 for the project's current state, 0 for the others;
 //   - postern_delivery_duration_seconds{outcome} and postern_upstream_duration_seconds{step}.
 //
 // With the project label, postern_deliveries_total has at most one series per project and
 // combination seen (in practice 3 to 6 per project), postern_project_health three per project.
-func (t *Tracker) Collector(o MetricsOptions) prometheus.Collector {
-	var deliveries, health []string
-	if !o.NoProjectLabel {
-		deliveries, health = []string{"project"}, []string{"project"}
-	}
+func (t *Tracker) Collector() prometheus.Collector {
 	return &collector{
-		t:          t,
-		perProject: !o.NoProjectLabel,
+		t: t,
 		deliveries: prometheus.NewDesc("postern_deliveries_total",
 			"Delivery attempts by what Postfix heard (outcome), the stage where each ended and why (reason).",
-			append(deliveries, descDeliveries...), nil),
+			[]string{"project", "outcome", "stage", "reason"}, nil),
 		health: prometheus.NewDesc("postern_project_health",
 			"Project health: 1 for each project's current state (ok, degraded, failing), 0 for the others; without the project label, projects per state.",
-			append(health, descHealth...), nil),
+			[]string{"project", "state"}, nil),
 		duration: t.metrics.duration,
 		upstream: t.metrics.upstream,
 	}
@@ -109,13 +94,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.upstream.Collect(ch)
 	t := c.t
 	t.mu.Lock()
-	counts := make(map[countKey]int64, len(t.counts))
-	for k, n := range t.counts {
-		if !c.perProject {
-			k.project = ""
-		}
-		counts[k] += n
-	}
+	counts := maps.Clone(t.counts)
 	states := make(map[string]State, len(t.projects))
 	for n, r := range t.projects {
 		states[n] = r.status.State
@@ -123,29 +102,71 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Unlock()
 
 	for k, n := range counts {
-		labels := []string{string(k.outcome), k.stage, string(k.reason)}
-		if c.perProject {
-			labels = append([]string{k.project}, labels...)
-		}
-		ch <- prometheus.MustNewConstMetric(c.deliveries, prometheus.CounterValue, float64(n), labels...)
+		ch <- prometheus.MustNewConstMetric(c.deliveries, prometheus.CounterValue, float64(n), k.project, string(k.outcome), k.stage, string(k.reason))
 	}
-	if c.perProject {
-		for n, s := range states {
-			for _, st := range States {
-				v := 0.0
-				if st == s {
-					v = 1
+	for n, s := range states {
+		for _, st := range States {
+			v := 0.0
+			if st == s {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, v, n, string(st))
+		}
+	}
+}
+
+// WithoutLabel returns a Gatherer that gathers g and removes label from every counter, gauge and
+// untyped sample, summing the samples that then share their labels: with label "project",
+// postern_project_health{state} counts the projects in each state and the per-project counters
+// become totals, so that the number of series no longer grows with the projects
+// (config metrics.project_label: false). Histograms and summaries are passed on unchanged.
+func WithoutLabel(g prometheus.Gatherer, label string) prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		fams, err := g.Gather()
+		for _, f := range fams {
+			switch f.GetType() {
+			case dto.MetricType_COUNTER, dto.MetricType_GAUGE, dto.MetricType_UNTYPED:
+			default:
+				continue
+			}
+			if !slices.ContainsFunc(f.Metric, func(m *dto.Metric) bool { return hasLabel(m, label) }) {
+				continue
+			}
+			merged := map[string]*dto.Metric{}
+			var order []string
+			for _, m := range f.Metric {
+				m = proto.Clone(m).(*dto.Metric)
+				m.Label = slices.DeleteFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == label })
+				m.TimestampMs = nil
+				var key strings.Builder
+				for _, l := range m.Label {
+					key.WriteString(l.GetName() + "\x00" + l.GetValue() + "\x00")
 				}
-				ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, v, n, string(st))
+				k := key.String()
+				if prev, ok := merged[k]; ok {
+					switch {
+					case prev.Counter != nil:
+						prev.Counter.Value = proto.Float64(prev.Counter.GetValue() + m.Counter.GetValue())
+						prev.Counter.CreatedTimestamp = nil
+					case prev.Gauge != nil:
+						prev.Gauge.Value = proto.Float64(prev.Gauge.GetValue() + m.Gauge.GetValue())
+					case prev.Untyped != nil:
+						prev.Untyped.Value = proto.Float64(prev.Untyped.GetValue() + m.Untyped.GetValue())
+					}
+					continue
+				}
+				merged[k] = m
+				order = append(order, k)
+			}
+			f.Metric = f.Metric[:0]
+			for _, k := range order {
+				f.Metric = append(f.Metric, merged[k])
 			}
 		}
-		return
-	}
-	per := map[State]int{}
-	for _, s := range states {
-		per[s]++
-	}
-	for _, st := range States {
-		ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, float64(per[st]), string(st))
-	}
+		return fams, err
+	})
+}
+
+func hasLabel(m *dto.Metric, label string) bool {
+	return slices.ContainsFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == label })
 }
