@@ -182,7 +182,7 @@ func checkOne(ctx context.Context, parts *Parts, p project.Project, timeout time
 	conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
 	r.Seconds = time.Since(start).Round(time.Millisecond).Seconds()
 	if err != nil {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer within %s: %w", timeout, err)
 		}
 		r.Status, r.Reason, r.Error, r.Next = "failed", string(health.Classify(err)), err.Error(), nextStep(p, err)

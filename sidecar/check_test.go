@@ -132,7 +132,7 @@ func TestCheckConcurrentJSONAndHungUpstream(t *testing.T) {
 
 	var out, progress bytes.Buffer
 	err = Check(context.Background(), cfg, slog.New(slog.DiscardHandler), &out, CheckOptions{
-		JSON: true, Concurrency: 2, Progress: &progress, StepTimeout: time.Second,
+		JSON: true, Concurrency: 2, Progress: &progress, StepTimeout: 5 * time.Second,
 	})
 	if err == nil || err.Error() != "2 of 4 projects cannot deliver" {
 		t.Errorf("Check = %v, want 2 of 4 projects cannot deliver", err)
@@ -145,7 +145,7 @@ func TestCheckConcurrentJSONAndHungUpstream(t *testing.T) {
 	for _, r := range rep.Projects {
 		got[r.Project] = r
 	}
-	if r := got["hung"]; r.Status != "failed" || r.Reason != "upstream_down" || !strings.Contains(r.Error, "no answer within 1s") {
+	if r := got["hung"]; r.Status != "failed" || r.Reason != "upstream_down" || !strings.Contains(r.Error, "no answer within 5s") {
 		t.Errorf("hung: %+v", r)
 	}
 	if r := got["bad"]; r.Status != "failed" || r.Reason != "credential_refused" || !strings.Contains(r.Next, "--password-stdin") {
