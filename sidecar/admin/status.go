@@ -88,9 +88,9 @@ th{background:#f4f4f4;position:sticky;top:0}
 .summary span{margin-right:1.2em}.err{max-width:32em;overflow-wrap:anywhere}small{color:#555}
 form.filter{margin:1em 0}form.inline{display:inline}</style></head><body>
 <h1>Postern{{with .Version}} <small>{{.}}</small>{{end}}</h1>
-<p class="summary" id="summary"><span>{{.Sum.Total}} projects</span>
-<span class="ok">{{.Sum.OK}} ok</span><span class="degraded">{{.Sum.Degraded}} degraded</span>
-<span class="failing">{{.Sum.Failing}} failing</span><span class="failing">{{.Sum.NeedSignIn}} need sign-in</span></p>
+<p class="summary" id="summary"><span>{{.Sum.Total}} projects</span> <span class="ok">{{.Sum.OK}} ok</span>
+<span class="degraded">{{.Sum.Degraded}} degraded</span> <span class="failing">{{.Sum.Failing}} failing</span>
+<span class="failing">{{.Sum.NeedSignIn}} need sign-in</span></p>
 <form class="filter" method="get" action="/status">
 <label>name or sender <input name="q" value="{{.Q}}"></label>
 <label>state <select name="state">{{range .States}}<option value="{{.}}"{{if eq . $.State}} selected{{end}}>{{if .}}{{.}}{{else}}any{{end}}</option>{{end}}</select></label>
