@@ -29,14 +29,14 @@ type projectHealth struct {
 	tracker *health.Tracker
 	webhook *notify.Webhook // nil: no webhook
 	log     *slog.Logger
-	dir     *directory.Directory // set by run
+	dir     *directory.Directory
 	// makeLink makes a fresh sign-in link for a project; nil without sign-in pages.
 	makeLink func(p project.Project) (string, error)
 }
 
-// newProjectHealth builds the Tracker and, where configured, the webhook.
-func newProjectHealth(cfg *config.Config, log *slog.Logger) (*projectHealth, error) {
-	ph := &projectHealth{log: log}
+// newProjectHealth builds the Tracker over the projects of dir and, where configured, the webhook.
+func newProjectHealth(cfg *config.Config, dir *directory.Directory, log *slog.Logger) (*projectHealth, error) {
+	ph := &projectHealth{log: log, dir: dir}
 	var onChange func(health.Change)
 	if w := cfg.Notify.Webhook; w.URL != "" {
 		key, err := notify.LoadSecret(w.SecretFile)
@@ -109,7 +109,6 @@ func (ph *projectHealth) register(reg *prometheus.Registry, cfg *config.Config) 
 // run keeps the Tracker in step with the projects and the stored token states, and posts the
 // webhook's events, until ctx ends.
 func (ph *projectHealth) run(ctx context.Context, dir *directory.Directory, broker *token.Broker) {
-	ph.dir = dir
 	if ph.webhook != nil {
 		go ph.webhook.Run(ctx)
 	}

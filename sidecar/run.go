@@ -73,7 +73,7 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
 	pools, creds, broker := parts.Pools, parts.Credentials, parts.Broker
-	ph, err := newProjectHealth(cfg, log.With("component", "health"))
+	ph, err := newProjectHealth(cfg, dir, log.With("component", "health"))
 	if err != nil {
 		return err
 	}
