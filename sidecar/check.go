@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -17,29 +20,86 @@ import (
 	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/health"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/store"
 	"github.com/postern/postern/sidecar/upstream"
 )
 
+// CheckOptions configure Check.
+type CheckOptions struct {
+	// Names are the projects to check; empty checks every enabled project.
+	Names []string
+	// JSON writes one JSON document (CheckReport) instead of text.
+	JSON bool
+	// Concurrency is how many projects are checked at once. Zero means DefaultCheckConcurrency.
+	Concurrency int
+	// Progress receives a progress line, rewritten in place ("\r"), while the checks run: a
+	// terminal's stderr. Nil: none.
+	Progress io.Writer
+	// StepTimeout bounds each step: reading the projects, and each project's credential and
+	// sign-in. Zero means DefaultCheckStepTimeout.
+	StepTimeout time.Duration
+}
+
+// Defaults of CheckOptions.
+const (
+	DefaultCheckConcurrency = 8
+	DefaultCheckStepTimeout = time.Minute
+)
+
+// CheckResult is one project's check.
+type CheckResult struct {
+	Project  string `json:"project"`
+	Auth     string `json:"auth"`
+	Upstream string `json:"upstream"`
+	// Status is ok, failed, disabled or removed (the last two are not checked).
+	Status string `json:"status"`
+	// Reason classifies a failure as the health model does (package health): credential_refused,
+	// needs_sign_in, upstream_down, ...
+	Reason       string  `json:"reason,omitempty"`
+	Error        string  `json:"error,omitempty"`
+	Next         string  `json:"next,omitempty"`
+	Seconds      float64 `json:"seconds,omitempty"`
+	MaxSizeBytes int64   `json:"max_size_bytes,omitempty"`
+}
+
+// CheckReport is what `postern check --json` writes.
+type CheckReport struct {
+	Projects []CheckResult `json:"projects"`
+	Checked  int           `json:"checked"`
+	Failed   int           `json:"failed"`
+}
+
 // Check is `postern check`: for each enabled project (or the ones named), it gets the credential
 // as a delivery would (an OAuth token may be refreshed and written back) and signs in upstream on
-// a new connection, then says what works and, for what does not, what to do next. It returns an
-// error when a project failed.
-func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, names []string) error {
+// a new connection, then says what works and, for what does not, what to do next. Projects are
+// checked o.Concurrency at a time, each step within o.StepTimeout, so that a hung upstream holds
+// up neither the others nor the end. It returns an error when a project failed.
+func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Writer, o CheckOptions) error {
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultCheckConcurrency
+	}
+	if o.StepTimeout <= 0 {
+		o.StepTimeout = DefaultCheckStepTimeout
+	}
 	st, _, err := OpenStore(ctx, cfg, log.With("component", "store"), StoreOpen)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	projects, err := st.Projects(ctx)
+	readCtx, cancel := context.WithTimeout(ctx, o.StepTimeout)
+	projects, err := st.Projects(readCtx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("reading the projects: %w", err)
 	}
-	fmt.Fprintf(w, "store: %d projects\n", len(projects))
-	if len(names) > 0 {
+	if !o.JSON {
+		fmt.Fprintf(w, "store: %d projects\n", len(projects))
+	}
+	if len(o.Names) > 0 {
 		var chosen []project.Project
-		for _, n := range names {
+		for _, n := range o.Names {
 			i := slices.IndexFunc(projects, func(p project.Project) bool { return p.Name == n })
 			if i < 0 {
 				return explainNotFound(store.ErrNotFound, n)
@@ -52,35 +112,107 @@ func Check(ctx context.Context, cfg *config.Config, log *slog.Logger, w io.Write
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
 
-	failed := 0
-	for _, p := range projects {
-		if p.IsRemoved() {
-			fmt.Fprintf(w, "%s: removed, not checked (postern project purge %s forgets it)\n", p.Name, p.Name)
-			continue
+	results := make([]CheckResult, len(projects))
+	var done, failed atomic.Int64
+	progress := func() {
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, "\rchecked %d of %d projects, %d failed ", done.Load(), len(projects), failed.Load())
 		}
-		if !p.Enabled {
-			fmt.Fprintf(w, "%s: disabled, not checked (postern project enable %s)\n", p.Name, p.Name)
-			continue
-		}
-		fmt.Fprintf(w, "%s: %s upstream %s ... ", p.Name, authLabel(p), p.Upstream.Address())
-		start := time.Now()
-		conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
-		if err != nil {
-			failed++
-			fmt.Fprintf(w, "FAILED\n  %v\n  next: %s\n", err, nextStep(p, err))
-			continue
-		}
-		fmt.Fprintf(w, "ok (signed in in %s", time.Since(start).Round(time.Millisecond))
-		if n := conn.MaxSize(); n > 0 {
-			fmt.Fprintf(w, ", messages up to %d bytes", n)
-		}
-		fmt.Fprintln(w, ")")
-		conn.Release() // QUIT when the pools close
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d projects cannot deliver", failed, len(projects))
+	var wg sync.WaitGroup
+	var progressMu sync.Mutex
+	slots := make(chan struct{}, o.Concurrency)
+	progress()
+	for i, p := range projects {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			results[i] = checkOne(ctx, parts, p, o.StepTimeout)
+			if results[i].Status == "failed" {
+				failed.Add(1)
+			}
+			done.Add(1)
+			progressMu.Lock()
+			progress()
+			progressMu.Unlock()
+		})
+	}
+	wg.Wait()
+	if o.Progress != nil && len(projects) > 0 {
+		fmt.Fprintln(o.Progress)
+	}
+
+	report := CheckReport{Projects: results, Failed: int(failed.Load())}
+	for _, r := range results {
+		if r.Status == "ok" || r.Status == "failed" {
+			report.Checked++
+		}
+	}
+	if o.JSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range results {
+			writeCheckResult(w, r)
+		}
+	}
+	if report.Failed > 0 {
+		return fmt.Errorf("%d of %d projects cannot deliver", report.Failed, len(projects))
 	}
 	return nil
+}
+
+// checkOne checks one project within timeout.
+func checkOne(ctx context.Context, parts *Parts, p project.Project, timeout time.Duration) CheckResult {
+	r := CheckResult{Project: p.Name, Auth: authLabel(p), Upstream: p.Upstream.Address()}
+	switch {
+	case p.IsRemoved():
+		r.Status = "removed"
+		return r
+	case !p.Enabled:
+		r.Status = "disabled"
+		return r
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	conn, err := signIn(ctx, parts.Credentials, parts.Pools, p)
+	r.Seconds = time.Since(start).Round(time.Millisecond).Seconds()
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %s: %w", timeout, err)
+		}
+		r.Status, r.Reason, r.Error, r.Next = "failed", string(health.Classify(err)), err.Error(), nextStep(p, err)
+		return r
+	}
+	r.Status, r.MaxSizeBytes = "ok", conn.MaxSize()
+	conn.Release() // QUIT when the pools close
+	return r
+}
+
+// writeCheckResult writes r as text.
+func writeCheckResult(w io.Writer, r CheckResult) {
+	switch r.Status {
+	case "removed":
+		fmt.Fprintf(w, "%s: removed, not checked (postern project purge %s forgets it)\n", r.Project, r.Project)
+		return
+	case "disabled":
+		fmt.Fprintf(w, "%s: disabled, not checked (postern project enable %s)\n", r.Project, r.Project)
+		return
+	}
+	fmt.Fprintf(w, "%s: %s upstream %s ... ", r.Project, r.Auth, r.Upstream)
+	if r.Status == "failed" {
+		fmt.Fprintf(w, "FAILED\n  %s\n  next: %s\n", r.Error, r.Next)
+		return
+	}
+	fmt.Fprintf(w, "ok (signed in in %s", time.Duration(r.Seconds*float64(time.Second)))
+	if r.MaxSizeBytes > 0 {
+		fmt.Fprintf(w, ", messages up to %d bytes", r.MaxSizeBytes)
+	}
+	fmt.Fprintln(w, ")")
 }
 
 // TestMessage is what `postern send-test` sends.

@@ -3,11 +3,14 @@ package sidecar
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/project"
@@ -54,7 +57,7 @@ func TestCheck(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 
 	var out bytes.Buffer
-	err := Check(context.Background(), cfg, log, &out, nil)
+	err := Check(context.Background(), cfg, log, &out, CheckOptions{})
 	if err == nil || err.Error() != "1 of 3 projects cannot deliver" {
 		t.Errorf("Check = %v, want 1 of 3 projects cannot deliver", err)
 	}
@@ -74,14 +77,85 @@ func TestCheck(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := Check(context.Background(), cfg, log, &out, []string{"good"}); err != nil {
+	if err := Check(context.Background(), cfg, log, &out, CheckOptions{Names: []string{"good"}}); err != nil {
 		t.Errorf("Check(good) = %v\n%s", err, out.String())
 	}
-	if err := Check(context.Background(), cfg, log, &out, []string{"nosuch"}); err == nil || !strings.Contains(err.Error(), "no project named nosuch") {
+	if err := Check(context.Background(), cfg, log, &out, CheckOptions{Names: []string{"nosuch"}}); err == nil || !strings.Contains(err.Error(), "no project named nosuch") {
 		t.Errorf("Check(nosuch) = %v", err)
 	}
 	if n := len(up.Messages()); n != 0 {
 		t.Errorf("check sent %d messages", n)
+	}
+}
+
+// A hung upstream holds up neither the other projects nor the end: each project's check has a
+// deadline. --json gives the same results as a document, with the health model's reason; the
+// progress line counts the projects.
+func TestCheckConcurrentJSONAndHungUpstream(t *testing.T) {
+	t.Parallel()
+	cfg, _ := checkSetup(t)
+	// An upstream that accepts connections and never says a word.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	st, err := boltstore.Open(t.Context(), boltstore.Options{Path: cfg.Store.File.Path, KeyFile: cfg.Store.File.KeyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	hung := project.Project{
+		Name: "hung", Enabled: true, Senders: []string{"noreply@hung.example"},
+		Upstream: project.Upstream{Host: "127.0.0.1", Port: port, TLS: project.TLSNone},
+		Auth:     project.Auth{Type: project.AuthNone},
+	}
+	if _, err := st.PutProjects(t.Context(), []project.Project{hung}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	var out, progress bytes.Buffer
+	err = Check(context.Background(), cfg, slog.New(slog.DiscardHandler), &out, CheckOptions{
+		JSON: true, Concurrency: 2, Progress: &progress, StepTimeout: 5 * time.Second,
+	})
+	if err == nil || err.Error() != "2 of 4 projects cannot deliver" {
+		t.Errorf("Check = %v, want 2 of 4 projects cannot deliver", err)
+	}
+	var rep CheckReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, out.String())
+	}
+	got := map[string]CheckResult{}
+	for _, r := range rep.Projects {
+		got[r.Project] = r
+	}
+	if r := got["hung"]; r.Status != "failed" || r.Reason != "upstream_down" || !strings.Contains(r.Error, "no answer within 5s") {
+		t.Errorf("hung: %+v", r)
+	}
+	if r := got["bad"]; r.Status != "failed" || r.Reason != "credential_refused" || !strings.Contains(r.Next, "--password-stdin") {
+		t.Errorf("bad: %+v", r)
+	}
+	if got["good"].Status != "ok" || got["off"].Status != "disabled" || rep.Checked != 3 || rep.Failed != 2 {
+		t.Errorf("report: %+v", rep)
+	}
+	if !strings.Contains(progress.String(), "checked 4 of 4 projects, 2 failed") {
+		t.Errorf("progress: %q", progress.String())
 	}
 }
 

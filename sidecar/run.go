@@ -46,12 +46,16 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	dir := loadDirectory(ctx, cfg, st, opened, log)
 	parts := NewParts(ctx, cfg, st, log)
 	defer parts.Close()
-
-	signInRoutes, err := signInPages(cfg, parts, log)
+	ph, err := newProjectHealth(cfg, dir, log.With("component", "health"))
 	if err != nil {
 		return err
 	}
-	mail, err := newMailServer(cfg, dir, parts, log)
+
+	signInRoutes, err := signInPages(cfg, parts, ph, log)
+	if err != nil {
+		return err
+	}
+	mail, err := newMailServer(cfg, dir, parts, ph, log)
 	if err != nil {
 		return err
 	}
@@ -59,11 +63,11 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	if err != nil {
 		return err
 	}
-	mil, err := newMilter(cfg, dir, parts, log)
+	mil, err := newMilter(cfg, dir, parts, ph, log)
 	if err != nil {
 		return err
 	}
-	adm, signInServer, err := newAdmin(cfg, build, dir, parts, ls.coll, signInRoutes, log)
+	adm, signInServer, err := newAdmin(cfg, build, dir, parts, ph, ls.coll, signInRoutes, log)
 	if err != nil {
 		return err
 	}
@@ -82,5 +86,5 @@ func Serve(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return serveUntilDone(ctx, cfg, log, reloads, build.Version, dir, mail, parts, ls.servers)
+	return serveUntilDone(ctx, cfg, log, reloads, build.Version, dir, mail, parts, ph, ls.servers)
 }

@@ -15,13 +15,14 @@ import (
 	"github.com/postern/postern/sidecar/buildinfo"
 	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 	"github.com/postern/postern/sidecar/signin"
 )
 
 // signInPages returns the routes of the sign-in pages for OAuth mailboxes, served on the admin
 // listener or on their own (listen.signin), or nil when cfg asks for none.
-func signInPages(cfg *config.Config, parts *Parts, log *slog.Logger) (map[string]http.Handler, error) {
+func signInPages(cfg *config.Config, parts *Parts, ph *projectHealth, log *slog.Logger) (map[string]http.Handler, error) {
 	base := cfg.SignInURL()
 	if base == "" || cfg.SignInAddr() == "" {
 		return nil, nil
@@ -36,12 +37,18 @@ func signInPages(cfg *config.Config, parts *Parts, log *slog.Logger) (map[string
 	}
 	pages, err := signin.New(signin.Options{
 		Key: key, PublicURL: base, Projects: parts.Store, Tokens: parts.Store, Grants: parts.Broker,
-		TestAuth:   parts.SignInCheck,
+		TestAuth:   ph.checked(parts.SignInCheck),
 		HTTPClient: OAuthHTTPClient(cfg),
 		Logger:     log.With("component", "signin"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring the sign-in pages: %w", err)
+	}
+	ph.makeLink = func(p project.Project) (string, error) {
+		if err := signin.Eligible(p); err != nil {
+			return "", err
+		}
+		return pages.Link(p, cfg.SignIn.LinkTTL)
 	}
 	log.Info("serving the sign-in pages", "url", base+"/signin", "redirect_uri", pages.RedirectURL())
 	return pages.Routes(), nil
@@ -51,7 +58,7 @@ func signInPages(cfg *config.Config, parts *Parts, log *slog.Logger) (map[string
 // status page, metrics from coll, the project API and the read token when configured, Go's
 // profiler (behind the token) when asked for, and extraRoutes (the sign-in pages) unless they have
 // their own listener (listen.signin), whose server it returns too.
-func newAdmin(cfg *config.Config, build buildinfo.Info, dir *directory.Directory, parts *Parts, coll *collector, extraRoutes map[string]http.Handler, log *slog.Logger) (*admin.Server, *admin.Server, error) {
+func newAdmin(cfg *config.Config, build buildinfo.Info, dir *directory.Directory, parts *Parts, ph *projectHealth, coll *collector, extraRoutes map[string]http.Handler, log *slog.Logger) (*admin.Server, *admin.Server, error) {
 	var api *admin.APIOptions
 	if cfg.API.TokenFile != "" {
 		var tok secret.Secret
@@ -86,19 +93,22 @@ func newAdmin(cfg *config.Config, build buildinfo.Info, dir *directory.Directory
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(coll, buildinfo.Collector(build))
+	metrics := ph.register(reg, cfg)
 	adm := admin.New(admin.Options{
 		Logger:   log.With("component", "admin"),
 		Version:  build.Version,
 		Registry: reg,
+		Gatherer: metrics,
 		Checks:   readiness(dir, parts.Store, parts.Broker),
 		Projects: func(ctx context.Context) []admin.ProjectStatus {
-			return projectStatus(ctx, dir, parts.Broker, parts.Pools, parts.Limits)
+			return ph.status(ctx, dir, parts.Broker, parts.Limits)
 		},
-		Extra:     extraRoutes,
-		Protected: protected,
-		API:       api,
-		ReadToken: readToken,
-		TLS:       adminTLS,
+		SignInLink: ph.adminLink(dir),
+		Extra:      extraRoutes,
+		Protected:  protected,
+		API:        api,
+		ReadToken:  readToken,
+		TLS:        adminTLS,
 	})
 	signInServer := admin.NewSignIn(admin.Options{Logger: log.With("component", "signin"), TLS: adminTLS}, signInRoutes)
 	return adm, signInServer, nil

@@ -16,7 +16,7 @@ import (
 )
 
 // newMailServer builds the LMTP/SMTP server Postfix delivers to, signing in through the parts.
-func newMailServer(cfg *config.Config, dir *directory.Directory, parts *Parts, log *slog.Logger) (*smtpd.Server, error) {
+func newMailServer(cfg *config.Config, dir *directory.Directory, parts *Parts, ph *projectHealth, log *slog.Logger) (*smtpd.Server, error) {
 	mail, err := smtpd.New(smtpd.Options{
 		Resolver:        dir,
 		Credentials:     parts.Credentials,
@@ -29,6 +29,7 @@ func newMailServer(cfg *config.Config, dir *directory.Directory, parts *Parts, l
 		Limiter:         parts.Limits,
 		ReadTimeout:     cfg.SMTPD.CommandTimeout,
 		DataTimeout:     cfg.SMTPD.DataTimeout,
+		Health:          ph.tracker,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring the mail server: %w", err)
@@ -45,7 +46,7 @@ func newLookups(cfg *config.Config, dir *directory.Directory, log *slog.Logger) 
 }
 
 // newMilter builds the milter, or returns nil when no milter listener is configured.
-func newMilter(cfg *config.Config, dir *directory.Directory, parts *Parts, log *slog.Logger) (*milter.Server, error) {
+func newMilter(cfg *config.Config, dir *directory.Directory, parts *Parts, ph *projectHealth, log *slog.Logger) (*milter.Server, error) {
 	if cfg.Listen.Milter == "" {
 		return nil, nil
 	}
@@ -54,7 +55,7 @@ func newMilter(cfg *config.Config, dir *directory.Directory, parts *Parts, log *
 		Domains:        dir,
 		IsNoProject:    func(err error) bool { return errors.Is(err, directory.ErrNoProject) },
 		IsUnavailable:  func(err error) bool { return errors.Is(err, directory.ErrUnavailable) },
-		Credentials:    milter.CredentialStateFunc(parts.Credentials.State),
+		Credentials:    ph.milterState(parts.Credentials),
 		Logger:         log.With("component", "milter"),
 		IdleTimeout:    cfg.Milter.IdleTimeout,
 		PacketTimeout:  cfg.Milter.PacketTimeout,

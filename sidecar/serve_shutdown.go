@@ -16,11 +16,12 @@ import (
 // stop accepting and finish what is in flight, then the upstream connections close. The store
 // and the rest of the parts are closed by Serve's deferred calls after it returns.
 func serveUntilDone(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads <-chan *config.Config,
-	version string, dir *directory.Directory, mail *smtpd.Server, parts *Parts, servers []func(context.Context) error) error {
+	version string, dir *directory.Directory, mail *smtpd.Server, parts *Parts, ph *projectHealth, servers []func(context.Context) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = dir.Run(ctx) })
+	wg.Go(func() { ph.run(ctx, dir, parts.Broker) })
 	if keep := keepGrantsAlive(cfg, dir, parts.Store, parts.Broker, log.With("component", "keepalive")); keep != nil {
 		wg.Go(func() { keep(ctx) })
 	}

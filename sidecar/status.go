@@ -10,9 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/sidecar/admin"
-	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/directory"
-	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/smtpd"
 	"github.com/postern/postern/sidecar/store"
@@ -22,55 +20,6 @@ import (
 
 // The status page's rows, the metrics and the readiness checks of `postern serve`, read from the
 // parts at request time.
-
-func projectStatus(ctx context.Context, dir *directory.Directory, broker *token.Broker, pools *upstream.Pools, lim *limits.Limiter) []admin.ProjectStatus {
-	down := map[string]upstream.PoolStats{}
-	for _, s := range pools.Stats() {
-		down[s.Project] = s
-	}
-	var out []admin.ProjectStatus
-	for _, p := range dir.Projects() {
-		row := admin.ProjectStatus{
-			Name: p.Name, Enabled: p.Enabled, Auth: string(p.Auth.Type),
-			Upstream: p.Upstream.Address(), Senders: p.Senders, State: "ok",
-		}
-		if p.Auth.Type == project.AuthOAuth2 {
-			_ = broker.Observe(ctx, p)
-			ts := broker.Status(p.Name)
-			row.Expiry = ts.Expiry
-			switch {
-			case ts.State == project.TokenNeedsReauth:
-				row.State, row.Reason = advice.StateNeedsReauth, ts.Reason
-				row.Action = advice.Status(p, row.State, nil)
-			case ts.Rejected != "":
-				row.State, row.Reason = advice.StateUnhealthy, ts.Rejected
-				row.Action = advice.Status(p, row.State, ts.RejectedErr)
-			case ts.LastError != "":
-				row.State, row.Reason = advice.StateUnhealthy, ts.LastError
-				row.Action = advice.Status(p, row.State, nil)
-			}
-		}
-		if s, ok := down[p.Name]; ok && s.DownUntil.After(time.Now()) {
-			row.State, row.Reason = advice.StateUpstreamDown, s.LastError
-			row.Action = advice.Status(p, row.State, nil)
-		}
-		if pause, ok := lim.Paused(p.Name); ok {
-			row.State = advice.StateQuotaPaused
-			row.Reason = "the upstream reported its sending quota (" + pause.Reason + "); mail is deferred until " + pause.Until.UTC().Format(time.RFC3339)
-			row.Action = advice.Status(p, row.State, nil)
-		}
-		switch {
-		case p.IsRemoved():
-			row.State, row.Reason = advice.StateRemoved, "removed at "+p.Removed.Format(time.RFC3339)+"; its senders' mail is deferred"
-			row.Action = advice.Status(p, row.State, nil)
-		case !p.Enabled:
-			row.State = advice.StateDisabled
-			row.Action = advice.Status(p, row.State, nil)
-		}
-		out = append(out, row)
-	}
-	return out
-}
 
 // collector exposes what the parts count, read at scrape time.
 type collector struct {

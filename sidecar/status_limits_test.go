@@ -2,15 +2,16 @@ package sidecar
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/postern/postern/sidecar/advice"
+	"github.com/postern/postern/sidecar/config"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/token"
-	"github.com/postern/postern/sidecar/upstream"
 )
 
 type staticProjects []project.Project
@@ -31,12 +32,14 @@ func TestProjectStatusNamesQuotaPause(t *testing.T) {
 	}
 	broker := token.New(token.Options{})
 	t.Cleanup(broker.Close)
-	pools := upstream.NewPools(upstream.Options{})
-	t.Cleanup(func() { pools.Close() })
 	lim := limits.New(limits.Options{})
 	lim.Pause("a", "Exchange Online submission quota")
 
-	rows := projectStatus(t.Context(), dir, broker, pools, lim)
+	ph, err := newProjectHealth(config.Default(), dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := ph.status(t.Context(), dir, broker, lim)
 	if len(rows) != 2 {
 		t.Fatalf("%d rows, want 2", len(rows))
 	}

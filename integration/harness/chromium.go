@@ -128,6 +128,12 @@ func (b *Browser) Stop() {
 	})
 }
 
+// NewTab opens a tab in a browser context of its own (no cookies shared with other tabs);
+// close it with the returned function.
+func (b *Browser) NewTab() (context.Context, context.CancelFunc) {
+	return chromedp.NewContext(b.ctx, chromedp.WithNewBrowserContext())
+}
+
 // BrowserSignIn is what the person in front of the browser does.
 type BrowserSignIn struct {
 	// Login and Password are typed into the identity provider's sign-in form (replacing the

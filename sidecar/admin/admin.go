@@ -27,7 +27,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
-	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,16 +51,37 @@ type Check struct {
 // store is unreachable but cached credentials still work). Wrap it: fmt.Errorf("...: %w", ErrDegraded).
 var ErrDegraded = errors.New("degraded")
 
-// ProjectStatus is one row of the status page.
+// ProjectStatus is one row of the status page, from the health model (package health).
 type ProjectStatus struct {
-	Name      string    `json:"name"`
-	Enabled   bool      `json:"enabled"`
-	Auth      string    `json:"auth"`
-	Upstream  string    `json:"upstream"`
-	Senders   []string  `json:"senders"`
-	State     string    `json:"state"`            // ok, disabled, removed, needs_reauth, unhealthy, upstream_down
-	Reason    string    `json:"reason,omitempty"` // why, in the provider's or upstream's words
-	Action    string    `json:"action,omitempty"` // what to do next
+	Name     string   `json:"name"`
+	Enabled  bool     `json:"enabled"`
+	Auth     string   `json:"auth"`
+	Upstream string   `json:"upstream"`
+	Senders  []string `json:"senders"`
+	// State is the older, finer state: ok, needs_reauth, unhealthy (the credential was refused or
+	// cannot be had), upstream_down, rate_limited, disabled or removed.
+	State string `json:"state"`
+	// Health is ok, degraded or failing; HealthReason says why when it is not ok (a health.Reason:
+	// credential_refused, needs_sign_in, upstream_down, ...), Since when it became so.
+	Health       string    `json:"health"`
+	HealthReason string    `json:"health_reason,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	Reason       string    `json:"reason,omitempty"` // why, in the provider's or upstream's words
+	Action       string    `json:"action,omitempty"` // what to do next
+	// LastDelivery, LastAttempt and LastErrorAt are when the last accepted delivery, the last
+	// attempt and the last failure ended; LastError is that failure in the upstream's words.
+	LastDelivery time.Time `json:"last_delivery,omitzero"`
+	LastAttempt  time.Time `json:"last_attempt,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	// Failures counts the failed attempts since the last success.
+	Failures int `json:"failures,omitempty"`
+	// SentHour and SentDay count the messages delivered in the last hour and day by this Postern;
+	// PerMinute and PerDay are the project's limits (messages per minute, recipients per day; 0: none).
+	SentHour  int       `json:"sent_last_hour"`
+	SentDay   int       `json:"sent_last_day"`
+	PerMinute int       `json:"limit_messages_per_minute,omitempty"`
+	PerDay    int       `json:"limit_recipients_per_day,omitempty"`
 	Expiry    time.Time `json:"token_expiry,omitzero"`
 	SignInURL string    `json:"sign_in_url,omitempty"`
 }
@@ -71,7 +91,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is the running Postern's version, shown on the status page. Empty shows none.
 	Version  string
-	Registry *prometheus.Registry                  // nil: no /metrics
+	Registry *prometheus.Registry // nil: no /metrics
+	// Gatherer, when set, is what /metrics serves instead of Registry itself (Registry seen
+	// through health.WithoutLabel, for example).
+	Gatherer prometheus.Gatherer
 	Checks   []Check                               // readiness
 	Projects func(context.Context) []ProjectStatus // nil: no project status
 	// Extra lets other packages add routes (the OAuth sign-in pages).
@@ -91,6 +114,9 @@ type Options struct {
 	// IdleTimeout closes a kept-alive connection without a request for this long. Zero means
 	// DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// SignInLink makes a fresh sign-in link for the named project (the status page's button,
+	// which needs the project API's token). Nil: no button.
+	SignInLink func(ctx context.Context, project string) (string, error)
 	// ReadToken admits reads of /metrics, /status and /api/v1/projects (see LoadToken); the API's
 	// token admits them too. With neither, those answer 401 saying how to set one.
 	ReadToken secret.Secret
@@ -120,6 +146,9 @@ type Server struct {
 	mux     *http.ServeMux
 	handler http.Handler
 	tokens  [][sha256.Size]byte // the digests of the tokens that admit reads
+	// adminToken is the digest of the project API's token, which admits the status page's
+	// writes; zero without it.
+	adminToken [sha256.Size]byte
 }
 
 // New builds the server.
@@ -142,16 +171,22 @@ func New(opts Options) *Server {
 		s.tokens = append(s.tokens, sha256.Sum256([]byte(opts.ReadToken.Reveal())))
 	}
 	if a := opts.API; a != nil && !a.Token.IsZero() {
-		s.tokens = append(s.tokens, sha256.Sum256([]byte(a.Token.Reveal())))
+		s.adminToken = sha256.Sum256([]byte(a.Token.Reveal()))
+		s.tokens = append(s.tokens, s.adminToken)
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	if opts.Registry != nil {
-		s.mux.Handle("GET /metrics", s.reader(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})))
+		var g prometheus.Gatherer = opts.Registry
+		if opts.Gatherer != nil {
+			g = opts.Gatherer
+		}
+		s.mux.Handle("GET /metrics", s.reader(promhttp.HandlerFor(g, promhttp.HandlerOpts{})))
 	}
 	if opts.Projects != nil {
 		s.mux.Handle("GET /api/v1/projects", s.reader(http.HandlerFunc(s.projectsJSON)))
 		s.mux.Handle("GET /status", s.reader(http.HandlerFunc(s.statusPage)))
+		s.mux.Handle("POST /status/sign-in-link/{name}", s.admin(http.HandlerFunc(s.signInLink)))
 		s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/status", http.StatusFound)
 		})
@@ -230,6 +265,20 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // readAllowed reports whether r carries a token that admits reads: as a bearer token, or as the
 // password of HTTP Basic.
 func (s *Server) readAllowed(r *http.Request) bool {
+	sum, ok := presented(r)
+	if !ok {
+		return false
+	}
+	match := 0
+	for _, t := range s.tokens {
+		match |= subtle.ConstantTimeCompare(sum[:], t[:])
+	}
+	return match == 1
+}
+
+// presented is the digest of the token r carries, as a bearer token or as the password of HTTP
+// Basic.
+func presented(r *http.Request) ([sha256.Size]byte, bool) {
 	got := ""
 	if _, pw, ok := r.BasicAuth(); ok {
 		got = pw
@@ -237,14 +286,9 @@ func (s *Server) readAllowed(r *http.Request) bool {
 		got = strings.TrimSpace(tok)
 	}
 	if got == "" {
-		return false
+		return [sha256.Size]byte{}, false
 	}
-	sum := sha256.Sum256([]byte(got))
-	ok := 0
-	for _, t := range s.tokens {
-		ok |= subtle.ConstantTimeCompare(sum[:], t[:])
-	}
-	return ok == 1
+	return sha256.Sum256([]byte(got)), true
 }
 
 // reader admits requests that readAllowed admits; others get 401 with a Basic challenge (so that
@@ -307,7 +351,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) list(ctx context.Context) []ProjectStatus {
 	ps := s.opts.Projects(ctx)
 	for i := range ps {
-		ps[i].Reason, ps[i].Action = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].Action)
+		// Action is Postern's own advice (package advice), not a text from elsewhere: scrubbing
+		// would take "password: postern project update ..." for a password.
+		ps[i].Reason, ps[i].LastError = secret.Scrub(ps[i].Reason), secret.Scrub(ps[i].LastError)
 	}
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	return ps
@@ -316,30 +362,4 @@ func (s *Server) list(ctx context.Context) []ProjectStatus {
 func (s *Server) projectsJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"projects": s.list(r.Context())})
-}
-
-var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Postern status</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-.ok{color:#075}.bad{color:#a00}</style></head><body>
-<h1>Postern{{with .Version}} <small>{{.}}</small>{{end}}</h1>
-<table><tr><th>project</th><th>auth</th><th>upstream</th><th>senders</th><th>state</th><th>what to do</th></tr>
-{{range .Projects}}<tr><td>{{.Name}}</td><td>{{.Auth}}</td><td>{{.Upstream}}</td>
-<td>{{range .Senders}}{{.}}<br>{{end}}</td>
-<td class="{{if eq .State "ok"}}ok{{else}}bad{{end}}">{{.State}}{{if .Reason}}<br><small>{{.Reason}}</small>{{end}}</td>
-<td>{{.Action}}{{if .SignInURL}}<br><a href="{{.SignInURL}}">sign in</a>{{end}}</td></tr>
-{{else}}<tr><td colspan="6">No projects yet: add one with <code>postern project add</code>.</td></tr>{{end}}
-</table></body></html>
-`))
-
-func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	page := struct {
-		Version  string
-		Projects []ProjectStatus
-	}{s.opts.Version, s.list(r.Context())}
-	if err := statusTmpl.Execute(w, page); err != nil {
-		s.opts.Logger.Warn("rendering status page", "err", err)
-	}
 }

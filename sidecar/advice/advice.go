@@ -20,6 +20,11 @@
 //     upstream.ErrMechanismNotOffered): the TLS mode, or the mechanism.
 //  4. The upstream cannot be reached (connect, TLS, greeting, EHLO, or down and waiting).
 //  5. Anything else: "" (nothing to add to the error itself).
+//
+// Before these, the causes that name themselves: Microsoft Entra's AADSTS codes in a sign-in's
+// error (consent, MFA, Conditional Access, an expired client secret), and the upstream replies
+// and settings that have one known fix (432 4.3.2 connection limits, 5.7.60 SendAs, TLS versions
+// refused, port 465 on Exchange Online).
 package advice
 
 import (
@@ -41,12 +46,18 @@ func Next(p project.Project, err error) string {
 	if err == nil {
 		return ""
 	}
+	if next := microsoftSignIn(p, err); next != "" {
+		return next
+	}
 	if errors.Is(err, credential.ErrNeedsReauth) {
 		return SignInAgain(p)
 	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
 		return ""
+	}
+	if next := knownReply(p, ue); next != "" {
+		return next
 	}
 	switch {
 	case errors.Is(err, upstream.ErrNoAuth):
@@ -163,4 +174,77 @@ func refused(p project.Project, ue *upstream.Error) string {
 			"must allow the app (Admin console, Security, API controls). Otherwise check that the token is issued for this mail server."
 	}
 	return "the upstream refused the token: check that SMTP AUTH is enabled for the mailbox and that it is the mailbox signed in (" + mailbox + ")"
+}
+
+// aadstsAdvice is the fix for Microsoft Entra's error codes in a sign-in's error.
+var aadstsAdvice = []struct {
+	codes []string
+	fix   string
+}{
+	{[]string{"AADSTS65001", "AADSTS65004", "AADSTS90094"}, "Microsoft Entra says nobody consented to the app's permissions: a tenant admin must grant admin consent to the app registration (Entra admin center: App registrations, %[2]s, API permissions, Grant admin consent), then the mailbox owner signs in again: %[1]s."},
+	{[]string{"AADSTS50076", "AADSTS50079"}, "Microsoft Entra requires multi-factor authentication for this mailbox: the mailbox owner must sign in again, interactively, completing MFA: %[1]s."},
+	{[]string{"AADSTS53003", "AADSTS53000", "AADSTS53001"}, "A Conditional Access policy blocked the sign-in: a tenant admin must let this app sign in for the mailbox (exclude the app registration %[2]s from the policy, or allow Postern's network or device), then the mailbox owner signs in again: %[1]s."},
+	{[]string{"AADSTS7000222", "AADSTS7000215"}, "The app registration's client secret is expired or wrong: make a new one (Entra admin center: App registrations, %[2]s, Certificates & secrets) and give it to Postern: postern project update %[3]s --client-secret-stdin."},
+}
+
+// microsoftSignIn is the fix for an AADSTS code in err, or "".
+func microsoftSignIn(p project.Project, err error) string {
+	text := err.Error()
+	if !strings.Contains(text, "AADSTS") {
+		return ""
+	}
+	how := SignIn(p, "")
+	if how == "" {
+		how = "postern authorize-link " + p.Name
+	}
+	app := "the app"
+	if p.Auth.OAuth != nil && p.Auth.OAuth.ClientID != "" {
+		app = p.Auth.OAuth.ClientID
+	}
+	for _, a := range aadstsAdvice {
+		for _, c := range a.codes {
+			// AADSTS50076 must not match AADSTS500761: the code ends where the digits do.
+			if i := strings.Index(text, c); i >= 0 && (i+len(c) == len(text) || text[i+len(c)] < '0' || text[i+len(c)] > '9') {
+				return fmt.Sprintf(a.fix, how, app, p.Name)
+			}
+		}
+	}
+	return ""
+}
+
+// exchangeHost reports whether host is Exchange Online's SMTP submission host.
+func exchangeHost(host string) bool {
+	h := strings.ToLower(strings.TrimSuffix(host, "."))
+	return h == "smtp.office365.com" || h == "smtp-mail.outlook.com" || strings.HasSuffix(h, ".mail.protection.outlook.com")
+}
+
+// knownReply is the fix for an upstream reply or failure that has one, or "".
+func knownReply(p project.Project, ue *upstream.Error) string {
+	msg := strings.ToLower(ue.Message)
+	var cause string
+	if ue.Err != nil {
+		cause = strings.ToLower(ue.Err.Error())
+	}
+	switch {
+	case ue.Code == 432 || ue.Enhanced == smtp.EnhancedCode{4, 3, 2} && (strings.Contains(msg, "concurrent connections limit") || strings.Contains(msg, "thread limit")):
+		// Exchange Online: "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded" (older)
+		// and "432 4.3.2 Concurrent connections limit exceeded" (newer): the mailbox allows 3
+		// connections at once, counted across every client that uses it.
+		return fmt.Sprintf("Exchange Online allows 3 connections at once per mailbox, counted across every app that uses it: "+
+			"keep the project at 3 or fewer (postern project update %s --max-connections 3, fewer if other apps send as %s), "+
+			"and make sure no other Postern or app uses the mailbox more than it needs. The mail is retried.", p.Name, p.Auth.Username)
+	case ue.Enhanced == smtp.EnhancedCode{5, 7, 60} || strings.Contains(msg, "sendasdenied"):
+		return fmt.Sprintf("The mailbox %s may not send as this From address: an Exchange admin grants it Send As "+
+			"(Add-RecipientPermission -Identity <the From address> -Trustee %s -AccessRights SendAs), or the application sends "+
+			"from an address the mailbox owns (postern project update %s --send-as ... lists what Postern lets through).", p.Auth.Username, p.Auth.Username, p.Name)
+	case p.Upstream.Port == 465 && exchangeHost(p.Upstream.Host) &&
+		(ue.Stage == upstream.StageConnect || ue.Stage == upstream.StageTLS || ue.Stage == upstream.StageGreeting):
+		return fmt.Sprintf("Exchange Online takes mail submission on port 587 with STARTTLS, not on port 465: "+
+			"postern project update %s --port 587 --tls starttls", p.Name)
+	case ue.Stage == upstream.StageTLS && (strings.Contains(cause, "protocol version") || strings.Contains(cause, "no supported versions") ||
+		strings.Contains(cause, "unsupported protocol")):
+		return fmt.Sprintf("The mail server %s and Postern share no TLS version: Postern speaks TLS 1.2 and 1.3 only, "+
+			"and the server offers something older (or, more rarely, newer). Upgrade the server's TLS; Postern does not go below TLS 1.2.", ue.Addr)
+	}
+	return ""
 }

@@ -109,3 +109,39 @@ func TestNext(t *testing.T) {
 		})
 	}
 }
+
+// The causes that name themselves get their own fix.
+func TestNextKnownCauses(t *testing.T) {
+	t.Parallel()
+	oa := oauthProject("a", "u@a.example")
+	exo465 := project.Project{Name: "x", Upstream: project.Upstream{Host: "smtp.office365.com", Port: 465, TLS: project.TLSImplicit},
+		Auth: project.Auth{Type: project.AuthBasic, Username: "u@x.example"}}
+	reauth := func(reason string) error {
+		return fmt.Errorf("getting the credential: %w", &credential.ReauthError{Reason: reason})
+	}
+	tests := []struct {
+		name string
+		p    project.Project
+		err  error
+		want string
+	}{
+		{"432 sender thread limit", oa, &upstream.Error{Stage: upstream.StageMail, Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}, "--max-connections 3"},
+		{"432 concurrent connections", oa, &upstream.Error{Stage: upstream.StageAuth, Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Message: "Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending"}, "--max-connections 3"},
+		{"5.7.60 SendAs", oa, &upstream.Error{Stage: upstream.StageData, Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}, "-AccessRights SendAs"},
+		{"consent", oa, reauth("invalid_grant: AADSTS65001: The user or administrator has not consented"), "Grant admin consent"},
+		{"mfa", oa, reauth("invalid_grant: AADSTS50076: Due to a configuration change ... you must use multi-factor authentication"), "multi-factor authentication"},
+		{"conditional access", oa, reauth("invalid_grant: AADSTS53003: Access has been blocked by Conditional Access policies"), "Conditional Access policy"},
+		{"expired secret", oa, errors.New("refreshing the token: invalid_client: AADSTS7000222: The provided client secret keys for app 'cid' are expired"), "--client-secret-stdin"},
+		{"tls version", oa, &upstream.Error{Stage: upstream.StageTLS, Addr: "old.example:587", Err: errors.New("tls: server selected unsupported protocol version 301")}, "no TLS version"},
+		{"port 465 on exchange", exo465, &upstream.Error{Stage: upstream.StageTLS, Addr: "smtp.office365.com:465", Err: errors.New("i/o timeout")}, "--port 587 --tls starttls"},
+	}
+	for _, tc := range tests {
+		if got := advice.Next(tc.p, tc.err); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	// AADSTS500761 is not AADSTS50076.
+	if got := advice.Next(oa, reauth("AADSTS500761: something else")); strings.Contains(got, "multi-factor") {
+		t.Errorf("AADSTS500761 advised as MFA: %q", got)
+	}
+}

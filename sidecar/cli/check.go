@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 
@@ -18,8 +17,9 @@ from the store, get each project's credential as a delivery would (an OAuth toke
 refreshed and written back), and sign in upstream on a new connection. Each failure says what to
 do next. The exit code is 1 if any project failed. No mail is sent; postern send-test sends one.
 
-With --json, standard output holds one JSON object, {"ok": true|false, "error": "..."}, and the
-report of each project goes to standard error.`
+Projects are checked several at a time, with a progress line on standard error and a deadline for
+each step. With --json, standard output holds one JSON document: each project's result, the reason
+of a failure and what to do next.`
 
 func (a *App) checkCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -30,29 +30,13 @@ func (a *App) checkCommand() *cobra.Command {
 		ValidArgsFunction: a.completeProjectList,
 	}
 	load := a.configFlag(cmd)
-	asJSON := jsonFlag(cmd, "the verdict")
+	asJSON := jsonFlag(cmd, "each project's result")
 	cmd.RunE = func(cmd *cobra.Command, names []string) error {
 		cfg, log, err := a.loadForTool(load)
 		if err != nil {
 			return err
 		}
-		var report io.Writer = a.Stdout
-		if *asJSON {
-			report = a.Stderr
-		}
-		err = sidecar.Check(cmd.Context(), cfg, log, report, names)
-		if *asJSON {
-			verdict := struct {
-				OK    bool   `json:"ok"`
-				Error string `json:"error,omitempty"`
-			}{OK: err == nil}
-			if err != nil {
-				verdict.Error = err.Error()
-			}
-			if werr := writeJSON(a.Stdout, verdict); werr != nil && err == nil {
-				return werr
-			}
-		}
+		err = sidecar.Check(cmd.Context(), cfg, log, a.Stdout, sidecar.CheckOptions{Names: names, JSON: *asJSON, Progress: a.Stderr})
 		if err != nil {
 			return err
 		}

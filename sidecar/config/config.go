@@ -119,6 +119,39 @@ type Config struct {
 	Debug Debug `yaml:"debug"`
 	// Postfix describes the local Postfix that delivers to Postern.
 	Postfix Postfix `yaml:"postfix"`
+	// Metrics shapes what /metrics exposes.
+	Metrics Metrics `yaml:"metrics"`
+	// Notify says whom Postern tells when a project starts failing, needs a sign-in, or recovers.
+	Notify Notify `yaml:"notify"`
+}
+
+// Metrics shapes what /metrics exposes.
+type Metrics struct {
+	// ProjectLabel keeps the project label on the per-project metrics (postern_deliveries_total,
+	// postern_project_health and the older per-project series). Each project costs about a dozen
+	// series: 10,000 projects about 120,000. false sums over projects (postern_project_health then
+	// counts projects per state), so the series do not grow with the projects. Default true.
+	ProjectLabel bool `yaml:"project_label"`
+}
+
+// Notify says whom Postern tells when a project starts failing, needs a sign-in, or recovers.
+type Notify struct {
+	// Webhook posts each event as JSON.
+	Webhook Webhook `yaml:"webhook"`
+}
+
+// Webhook posts each health event as JSON, signed with HMAC-SHA256 (header
+// X-Postern-Signature: sha256=<hex of the body's HMAC>), retried with backoff.
+type Webhook struct {
+	// URL receives the events (POST). Empty: no webhook.
+	URL string `yaml:"url"`
+	// SecretFile holds the key of the signature. Required with url.
+	SecretFile string `yaml:"secret_file"`
+	// Timeout bounds one POST. Default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+	// RetryFor is how long an event is retried (with backoff) before it is dropped and logged.
+	// Default 1h.
+	RetryFor time.Duration `yaml:"retry_for"`
 }
 
 // Postfix describes the local Postfix: where `postern project remove` asks it for the mail it holds,
@@ -494,6 +527,8 @@ func base() *Config {
 			CommandTimeout: smtpd.DefaultReadTimeout,
 			DataTimeout:    smtpd.DefaultDataTimeout,
 		},
+		Metrics: Metrics{ProjectLabel: true},
+		Notify:  Notify{Webhook: Webhook{Timeout: 10 * time.Second, RetryFor: time.Hour}},
 		Milter: Milter{
 			IdleTimeout:    milter.DefaultIdleTimeout,
 			PacketTimeout:  milter.DefaultPacketTimeout,
@@ -701,6 +736,18 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	case "text", "json":
 	default:
 		add("log.format %q: use text or json", c.Log.Format)
+	}
+
+	if w := c.Notify.Webhook; w.URL != "" {
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("notify.webhook.url %q: use an http or https URL", w.URL)
+		}
+		if w.SecretFile == "" {
+			add("notify.webhook.url is set but notify.webhook.secret_file is not: the events are signed with its key")
+		}
+	}
+	if c.Notify.Webhook.Timeout <= 0 || c.Notify.Webhook.RetryFor <= 0 {
+		add("notify.webhook.timeout and retry_for must be positive")
 	}
 
 	l := c.Listen

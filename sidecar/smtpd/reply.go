@@ -11,6 +11,7 @@ import (
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/limits"
+	"github.com/postern/postern/sidecar/health"
 	"github.com/postern/postern/sidecar/reply"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -65,8 +66,15 @@ func (e *txError) Unwrap() error { return e.err }
 // is passed on; every other failure is temporary, keeping the upstream's words where there are
 // some, and anything not recognised is 451 4.3.0 with generic text (the details go to the log).
 func replyFor(stage string, err error) *smtp.SMTPError {
+	r, _ := decide(stage, err)
+	return r
+}
+
+// decide is replyFor that also names the health.Reason of err, for the health model and the
+// metrics: the same switch decides both.
+func decide(stage string, err error) (*smtp.SMTPError, health.Reason) {
 	if err == nil {
-		return nil
+		return nil, health.ReasonAccepted
 	}
 	var tx *txError
 	errors.As(err, &tx)
@@ -82,60 +90,69 @@ func replyFor(stage string, err error) *smtp.SMTPError {
 	}
 	facts := reply.Facts{Sender: tx.sender, Project: tx.project, Limit: limit}
 	state := reply.State(0)
+	why := health.ReasonOther
 	switch {
 	case errors.As(err, &bad):
 		facts.Reason = bad.Reason
-		state = reply.BadRecipient
+		state, why = reply.BadRecipient, health.ReasonMessage
 		if stage == stageMail {
 			state = reply.BadSender
 		}
 	case errors.Is(err, errSMTPUTF8Undeclared):
-		state = reply.SMTPUTF8Undeclared
+		state, why = reply.SMTPUTF8Undeclared, health.ReasonMessage
 	case errors.Is(err, directory.ErrNoProject):
-		state = reply.NotServedNow
+		state, why = reply.NotServedNow, health.ReasonNoProject
 	case errors.Is(err, directory.ErrUnavailable):
-		state = reply.Unavailable
+		state, why = reply.Unavailable, health.ReasonStoreUnavailable
 	case errors.Is(err, errDisabled):
-		state = reply.Disabled
+		state, why = reply.Disabled, health.ReasonDisabled
 	case errors.Is(err, errRemoved):
-		state = reply.Removed
+		state, why = reply.Removed, health.ReasonRemoved
 	case errors.Is(err, credential.ErrNeedsReauth):
 		// The reason (the identity provider's words) is for the operator: it is in the log.
-		state = reply.NeedsSignIn
+		state, why = reply.NeedsSignIn, health.ReasonNeedsSignIn
 	case errors.Is(err, errShuttingDown):
-		state = reply.ShuttingDown
+		state, why = reply.ShuttingDown, health.ReasonShuttingDown
 	case errors.Is(err, errNestedMail):
 		state = reply.NestedMail
 	case errors.Is(err, errTooManyRecipients):
-		state = reply.TooManyRecipients
+		state, why = reply.TooManyRecipients, health.ReasonMessage
 	case errors.Is(err, limits.ErrRateLimited):
-		state = reply.RateLimited
+		state, why = reply.RateLimited, health.ReasonRateLimited
 	case errors.As(err, &lim) && errors.Is(err, limits.ErrRecipientsPerDay):
-		state, facts.Limit = reply.RecipientsPerDay, int64(lim.Limit)
+		state, why, facts.Limit = reply.RecipientsPerDay, health.ReasonRateLimited, int64(lim.Limit)
 	case errors.As(err, &lim) && errors.Is(err, limits.ErrPaused):
-		state, facts.Reason, facts.Until = reply.QuotaPaused, lim.Reason, lim.Until
+		state, why, facts.Reason, facts.Until = reply.QuotaPaused, health.ReasonRateLimited, lim.Reason, lim.Until
 	case errors.Is(err, errLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
 		// Over DATA go-smtp finds the line on the wire, over BDAT countingReader finds it in the
 		// message: one reply.
-		state, facts.Limit = reply.LineTooLong, maxLineLength
+		state, facts.Limit, why = reply.LineTooLong, maxLineLength, health.ReasonMessage
 	case errors.Is(err, errMessageTooLarge), errors.Is(err, smtp.ErrDataTooLarge):
-		state = reply.TooLarge
+		state, why = reply.TooLarge, health.ReasonMessage
 	}
 	if state != 0 {
-		return smtpReply(reply.For(state, facts))
+		return smtpReply(reply.For(state, facts)), why
 	}
 
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
-		return upstreamReply(ue)
+		return upstreamReply(ue), health.Upstream(ue)
 	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		// A reply that did not come through the upstream package: judge it like one.
-		return upstreamReply(&upstream.Error{Stage: stage, Code: se.Code, Enhanced: se.EnhancedCode, Message: se.Message})
+		ue := &upstream.Error{Stage: stage, Code: se.Code, Enhanced: se.EnhancedCode, Message: se.Message}
+		return upstreamReply(ue), health.Upstream(ue)
 	}
-	return smtpReply(reply.For(reply.Temporary, facts))
+	if errors.Is(err, errCredential) {
+		why = health.ReasonCredentialUnavailable
+	}
+	return smtpReply(reply.For(reply.Temporary, facts)), why
 }
+
+// errCredential marks a failure to get a project's credential (the store, the identity provider
+// or a credential provider did not answer) that is not a needed sign-in.
+var errCredential = errors.New("getting the credential")
 
 // smtpReply is r as go-smtp writes it.
 func smtpReply(r reply.Reply) *smtp.SMTPError {

@@ -8,12 +8,15 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/sidecar/address"
+	"github.com/postern/postern/sidecar/credential"
+	"github.com/postern/postern/sidecar/health"
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/upstream"
 )
@@ -118,13 +121,43 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		err = s.open(tx, opts)
 	}
 	if err != nil {
-		reply := replyFor(stageMail, tx.wrap(err))
+		reply := s.ended(tx, stageMail, err)
 		s.logRefusal(tx.log, stageMail, reply, err, time.Since(tx.started))
 		s.endTransaction()
 		return reply
 	}
 	s.tx = tx
 	return nil
+}
+
+// ended decides the reply to a transaction that ended at stage with err (nil: accepted) and
+// records it in the health model (package health) with the reason the reply was decided by.
+func (s *session) ended(tx *transaction, stage string, err error) *smtp.SMTPError {
+	reply, why := decide(stage, tx.wrap(err))
+	outcome, text := health.OutcomeDelivered, ""
+	switch {
+	case reply == nil:
+	case reply.Code >= 500:
+		outcome = health.OutcomeRefused
+	default:
+		outcome = health.OutcomeDeferred
+	}
+	if reply != nil {
+		text = fmt.Sprintf("%d %d.%d.%d %s", reply.Code, reply.EnhancedCode[0], reply.EnhancedCode[1], reply.EnhancedCode[2], reply.Message)
+	}
+	s.srv.opts.Health.Record(health.Event{
+		Project: tx.project.Name, Source: health.SourceDelivery, Stage: stage,
+		Outcome: outcome, Reason: why, Text: text, Err: err, Took: time.Since(tx.started),
+	})
+	return reply
+}
+
+// timed runs one upstream round trip and records its time under step.
+func (s *session) timed(step string, f func() error) error {
+	start := time.Now()
+	err := f()
+	s.srv.opts.Health.ObserveUpstream(step, time.Since(start))
+	return err
 }
 
 // open does the work of MAIL FROM. On success tx.conn holds an upstream connection in a transaction.
@@ -155,10 +188,16 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 	}
 
 	var conn *upstream.Conn
-	err = s.srv.opts.Credentials.SignIn(ctx, p, func(a upstream.Auth) (err error) {
-		conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, a)
-		return err
+	err = s.srv.opts.Credentials.SignIn(ctx, p, func(a upstream.Auth) error {
+		return s.timed("acquire", func() (err error) {
+			conn, err = s.srv.opts.Upstreams.Acquire(ctx, p, a)
+			return err
+		})
 	})
+	var ue *upstream.Error
+	if err != nil && !errors.As(err, &ue) && !errors.Is(err, credential.ErrNeedsReauth) {
+		return fmt.Errorf("%w: %w", errCredential, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -167,7 +206,9 @@ func (s *session) open(tx *transaction, opts *smtp.MailOptions) error {
 		conn.Release()
 		return &limitError{err: errMessageTooLarge, limit: max, detail: fmt.Sprintf("SIZE=%d over the upstream's limit of %d bytes", opts.Size, max)}
 	}
-	if err := conn.Mail(ctx, tx.sender, &smtp.MailOptions{Size: opts.Size, Body: opts.Body, UTF8: opts.UTF8}); err != nil {
+	if err := s.timed("mail", func() error {
+		return conn.Mail(ctx, tx.sender, &smtp.MailOptions{Size: opts.Size, Body: opts.Body, UTF8: opts.UTF8})
+	}); err != nil {
 		s.quota(tx, err)
 		giveBack(conn, err)
 		return err
@@ -194,7 +235,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		err = s.rcpt(tx, to)
 	}
 	if err != nil {
-		reply := replyFor(stageRcpt, tx.wrap(err))
+		reply := s.ended(tx, stageRcpt, err)
 		s.logRefusal(tx.log.With("recipient", to), stageRcpt, reply, err, time.Since(tx.started))
 		s.srv.counts.recipient(tx.project.Name, reply.Code)
 		return reply
@@ -218,7 +259,7 @@ func (s *session) rcpt(tx *transaction, to string) error {
 		// refuses gets its refusal then.
 		return nil
 	}
-	err := tx.conn.Rcpt(s.ctx, to, nil)
+	err := s.timed("rcpt", func() error { return tx.conn.Rcpt(s.ctx, to, nil) })
 	if err != nil {
 		s.giveRecipients(tx, 1)
 		s.quota(tx, err)
@@ -256,11 +297,14 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 	var accepted string
 	var refused []*upstream.Error // LMTP: the upstream's refusal of each recipient, if any
 	if err == nil {
-		if status != nil {
-			refused, err = tx.conn.Send(s.ctx, tx.rcpts, body)
-		} else {
-			err = tx.conn.Data(s.ctx, body)
-		}
+		err = s.timed("data", func() (err error) {
+			if status != nil {
+				refused, err = tx.conn.Send(s.ctx, tx.rcpts, body)
+			} else {
+				err = tx.conn.Data(s.ctx, body)
+			}
+			return err
+		})
 		if err == nil {
 			accepted = tx.conn.LastReply()
 		}
@@ -269,11 +313,15 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 	} else {
 		tx.conn.Discard()
 	}
-	reply := replyFor(stageData, tx.wrap(err))
-	if reply != nil {
+	n := len(tx.rcpts)
+	var reply *smtp.SMTPError
+	if err != nil || slices.Contains(refused, nil) || len(refused) < n {
+		// The message's outcome; recipients the upstream refused each count at rcpt below.
+		reply = s.ended(tx, stageData, err)
+	}
+	if err != nil {
 		s.giveRecipients(tx, tx.taken) // the upstream took none of them
 	}
-	n := len(tx.rcpts)
 	code := 0
 	if reply != nil {
 		code = reply.Code
@@ -286,10 +334,10 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 			if i < len(refused) && refused[i] != nil {
 				n--
 				s.quota(tx, refused[i])
-				if reply == nil {
+				if err == nil {
 					s.giveRecipients(tx, 1)
 				}
-				rr := replyFor(stageRcpt, tx.wrap(refused[i]))
+				rr := s.ended(tx, stageRcpt, refused[i])
 				s.logRefusal(tx.log.With("recipient", rcpt), stageRcpt, rr, refused[i], time.Since(tx.started))
 				s.srv.counts.recipient(tx.project.Name, rr.Code)
 				status.SetStatus(rcpt, rr)

@@ -62,6 +62,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postern/postern/sidecar/health"
+
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
 	"github.com/postern/postern/sidecar/limits"
@@ -140,6 +142,9 @@ type Options struct {
 	// ShutdownTimeout bounds how long transactions in flight may finish after Serve's ctx ends.
 	// Default DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// Health receives the end of every transaction, at the stage where it ended, and the time of
+	// each upstream round trip (package health). Nil: a Tracker of the Server's own.
+	Health *health.Tracker
 }
 
 // Server is Postern's LMTP and SMTP server. One Server may serve several listeners.
@@ -163,6 +168,9 @@ func (s *Server) SetRateWait(d time.Duration) {
 // New checks opts and returns a Server, or every problem with opts at once.
 func New(opts Options) (*Server, error) {
 	var errs []error
+	if opts.Health == nil {
+		opts.Health = health.New(health.Options{})
+	}
 	if opts.Resolver == nil {
 		errs = append(errs, errors.New("smtpd: Resolver is required"))
 	}
