@@ -10,8 +10,8 @@ import (
 	"github.com/postern/postern/sidecar/address"
 	"github.com/postern/postern/sidecar/credential"
 	"github.com/postern/postern/sidecar/directory"
-	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/health"
+	"github.com/postern/postern/sidecar/limits"
 	"github.com/postern/postern/sidecar/reply"
 	"github.com/postern/postern/sidecar/upstream"
 )
