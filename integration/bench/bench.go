@@ -71,7 +71,19 @@ type Options struct {
 	Vault bool
 	// GoBench is the output of the Go benchmarks to summarise, if it exists.
 	GoBench string
+	// RTTs are the round-trip times of the distant cells; default 0, 10, 30, 100 ms. Negative
+	// values leave the distant cells out.
+	RTTs []time.Duration
+	// DistantProjects are the numbers of projects of the distant cells; default 1, 100, 1000.
+	DistantProjects []int
+	// DistantRounds each measure every distant cell once; default 1.
+	DistantRounds int
+	// DistantSize is the message size of the distant cells; default 1 KB.
+	DistantSize int
 }
+
+// distantCount is how many messages a distant cell over n projects submits.
+func distantCount(n int) int { return max(150, min(n, 1000)) }
 
 func (o *Options) defaults() {
 	if len(o.Sizes) == 0 {
@@ -92,7 +104,21 @@ func (o *Options) defaults() {
 	if o.Projects == 0 {
 		o.Projects = 10000
 	}
+	if len(o.RTTs) == 0 {
+		o.RTTs = []time.Duration{0, 10 * time.Millisecond, 30 * time.Millisecond, 100 * time.Millisecond}
+	}
+	if len(o.DistantProjects) == 0 {
+		o.DistantProjects = []int{1, 100, 1000}
+	}
+	if o.DistantRounds <= 0 {
+		o.DistantRounds = 1
+	}
+	if o.DistantSize == 0 {
+		o.DistantSize = 1024
+	}
 }
+
+func (o *Options) distant() bool { return len(o.RTTs) > 0 && o.RTTs[0] >= 0 }
 
 func (o *Options) count(size, conc int) int {
 	m := o.Counts
@@ -119,7 +145,11 @@ func Run(r *Runner, opts Options) *Results {
 
 	relay := r.Sub()
 	r.Step("starting the sinks, postern and the front postfix")
-	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc, Vault: opts.Vault})
+	distantN := 0
+	if opts.distant() {
+		distantN = slices.Max(opts.DistantProjects)
+	}
+	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc, Vault: opts.Vault, DistantProjects: distantN})
 
 	r.Step("measuring the sink alone")
 	users := rl.sinkUsers()
@@ -207,6 +237,29 @@ func Run(r *Runner, opts Options) *Results {
 		}
 		r.Logf("refreshes %d, waits %d (derived from the log: %d), tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.RefreshWaitsDerived, xr.TokensSeen)
 		res.XOAUTH2 = &xr
+	}
+	if opts.distant() {
+		for round := 1; round <= opts.DistantRounds; round++ {
+			for _, rtt := range opts.RTTs {
+				for _, n := range opts.DistantProjects {
+					// A and B take turns going first.
+					paths := []string{PathDistantA, PathDistantB}
+					if (round+n+int(rtt.Milliseconds()))%2 == 1 {
+						paths[0], paths[1] = paths[1], paths[0]
+					}
+					r.Step("distant upstream: RTT %s, %d projects, round %d", rtt, n, round)
+					for _, path := range paths {
+						c, err := rl.MeasureDistant(ctx, path, rtt, n, opts.DistantSize, distantCount(n), round)
+						if err != nil {
+							r.Fatalf("%v", err)
+						}
+						r.Logf("%-15s %7.1f msg/s  (%d of %d in %.2fs; queue delay p50 %.2fs p99 %.2fs; %.2f conns/msg; 421: %d; deferrals %d; postern %.3f ms/msg)",
+							path, c.Rate, c.Delivered, c.Count, c.Seconds, c.QueueP50, c.QueueP99, c.ConnsPerMsg, c.Refused, c.Deferrals, c.PosternCPUms)
+						res.DistantCells = append(res.DistantCells, c)
+					}
+				}
+			}
+		}
 	}
 	relay.Close()
 

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/postern/postern/integration/bench"
 	"github.com/postern/postern/integration/harness"
@@ -30,6 +31,8 @@ func main() {
 	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
+	rtts := flag.String("rtts", "", "round-trip times of the distant cells in ms, comma-separated (default 0,10,30,100; -1 leaves them out)")
+	distantProjects := flag.String("distant-projects", "", "projects of the distant cells, comma-separated (default 1,100,1000)")
 	vault := flag.Bool("vault", false, "keep path A's projects in the Vault dev server (POSTERN_VAULTDEV or integration/vaultdev/build.sh)")
 	flag.Parse()
 	if *bin == "" {
@@ -49,6 +52,17 @@ func main() {
 		opts.Steps = append(opts.Steps, n)
 	}
 
+	for _, s := range list(*rtts) {
+		opts.RTTs = append(opts.RTTs, time.Duration(s)*time.Millisecond)
+	}
+	for _, n := range list(*distantProjects) {
+		if n < 1 {
+			fmt.Fprintf(os.Stderr, "postern-bench: bad number of projects %d\n", n)
+			os.Exit(2)
+		}
+		opts.DistantProjects = append(opts.DistantProjects, n)
+	}
+
 	r := bench.NewRunner()
 	go func() {
 		c := make(chan os.Signal, 1)
@@ -64,4 +78,21 @@ func main() {
 	r.Close()
 	res.PrintTable(os.Stdout)
 	fmt.Printf("\nresults: %s/results.json\nchart:   %s/chart.png\n", *out, *out)
+}
+
+// list parses a comma-separated list of integers, exiting on a bad one.
+func list(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "postern-bench: bad number %q\n", f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
