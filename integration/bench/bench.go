@@ -83,7 +83,7 @@ type Options struct {
 }
 
 // distantCount is how many messages a distant cell over n projects submits.
-func distantCount(n int) int { return max(150, min(n, 1000)) }
+func distantCount(n int) int { return max(150, min(4*n, 1000)) }
 
 func (o *Options) defaults() {
 	if len(o.Sizes) == 0 {
