@@ -31,6 +31,7 @@ func main() {
 	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
+	largeProjects := flag.Int("large-projects", 0, "projects of a second, large scale measurement in the file store, e.g. 100000 (default: none)")
 	rtts := flag.String("rtts", "", "round-trip times of the distant cells in ms, comma-separated (default 0,10,30,100; -1 leaves them out)")
 	distantProjects := flag.String("distant-projects", "", "projects of the distant cells, comma-separated (default 1,100,1000)")
 	vault := flag.Bool("vault", false, "keep path A's projects in the Vault dev server (POSTERN_VAULTDEV or integration/vaultdev/build.sh)")
@@ -39,7 +40,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "postern-bench: -postern is required")
 		os.Exit(2)
 	}
-	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
+	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, LargeProjects: *largeProjects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
 	for _, s := range strings.Split(*steps, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
