@@ -63,7 +63,9 @@ func (c *drainConn) messageReader(max int64) *messageReader {
 	}
 	f := &c.frame
 	f.mode, f.eod = modeBody, endOfData{}
-	return &messageReader{f: f, limited: max > 0, left: max}
+	// One per connection, reused: a message costs no allocation here.
+	c.msg = messageReader{f: f, limited: max > 0, left: max, slow: c.msg.slow[:0]}
+	return &c.msg
 }
 
 // Read gives the message's bytes as go-smtp's dataReader gives them.
