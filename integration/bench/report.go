@@ -406,8 +406,16 @@ func (res *Results) PrintTable(w io.Writer) {
 		st.OtherReads, st.OtherMessages)
 	fmt.Fprintf(w, "  Whole end-to-end run: %d reads in %.0fs.\n", st.Reads, st.Seconds)
 	if st.Store == "vault" {
-		var reqs []string
+		// One line per kind of request: a project's own path is folded into "*".
+		byKind := map[string]int{}
 		for k, n := range st.VaultRequests {
+			if i := strings.Index(k, "/postern/projects/"); i >= 0 {
+				k = k[:i] + "/postern/projects/*"
+			}
+			byKind[k] += n
+		}
+		var reqs []string
+		for k, n := range byKind {
 			reqs = append(reqs, fmt.Sprintf("%s x%d", k, n))
 		}
 		slices.Sort(reqs)
