@@ -27,10 +27,22 @@ var (
 	colGrid       = color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
 )
 
-// WriteChart draws throughput against concurrency, one panel per message size, to path (PNG).
+// WriteChart draws throughput against concurrency, one panel per message size, and below it, with
+// the distant cells, throughput against the number of projects, one panel per round-trip time, to
+// path (PNG).
 func (res *Results) WriteChart(path string) error {
 	var sizes []int
+	var rtts []float64
+	distant := res.distantRows()
+	for _, r := range distant {
+		if !slices.Contains(rtts, r.RTTms) {
+			rtts = append(rtts, r.RTTms)
+		}
+	}
 	for _, r := range res.Summary {
+		if slices.Contains(distant, r) {
+			continue
+		}
 		if !slices.Contains(sizes, r.Size) {
 			sizes = append(sizes, r.Size)
 		}
@@ -39,7 +51,11 @@ func (res *Results) WriteChart(path string) error {
 		return fmt.Errorf("drawing the chart: no measurements")
 	}
 	const panelW, panelH, top, legendH = 560, 420, 60, 140
-	w, h := panelW*len(sizes), top+panelH+legendH
+	rows := 1
+	if len(rtts) > 0 {
+		rows = 2
+	}
+	w, h := panelW*max(len(sizes), len(rtts)), top+rows*panelH+legendH
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	fillRect(img, 0, 0, w, h, color.White)
 	title := "THROUGHPUT VS CONCURRENCY (MSG/S, END TO END THROUGH POSTFIX)"
@@ -52,7 +68,7 @@ func (res *Results) WriteChart(path string) error {
 		bf := series{label: "B-full", color: colDirectFull, pts: map[int]float64{}}
 		p := series{label: "plain relay", color: colPlain, pts: map[int]float64{}}
 		for _, r := range res.Summary {
-			if r.Size != size {
+			if r.Size != size || slices.Contains(distant, r) {
 				continue
 			}
 			a.pts[r.Concurrency], b.pts[r.Concurrency], p.pts[r.Concurrency] = r.Postern, r.Direct, r.Plain
@@ -75,7 +91,21 @@ func (res *Results) WriteChart(path string) error {
 				all = append(all, x)
 			}
 		}
-		drawPanel(img, image.Rect(i*panelW, top, (i+1)*panelW, top+panelH), sizeLabel(size)+" messages", res.Config.Steps, all)
+		drawPanel(img, image.Rect(i*panelW, top, (i+1)*panelW, top+panelH), sizeLabel(size)+" messages", res.Config.Steps, all,
+			"concurrency (smtp-source sessions = destination concurrency)")
+	}
+	for i, rtt := range rtts {
+		a := series{label: "A postern", color: colPostern, pts: map[int]float64{}}
+		b := series{label: "B postfix direct", color: colDirect, pts: map[int]float64{}}
+		var projects []int
+		for _, r := range distant {
+			if r.RTTms == rtt {
+				a.pts[r.Projects], b.pts[r.Projects] = r.Postern, r.Direct
+				projects = append(projects, r.Projects)
+			}
+		}
+		drawPanel(img, image.Rect(i*panelW, top+panelH, (i+1)*panelW, top+2*panelH), fmt.Sprintf("rtt %.0f ms, 1kb", rtt), projects,
+			[]series{a, b}, "projects sending at once (3 connections per mailbox)")
 	}
 
 	// Legend.
@@ -88,7 +118,7 @@ func (res *Results) WriteChart(path string) error {
 	if res.XOAUTH2 != nil {
 		legend = append(legend, series{label: "A with xoauth2, tokens refreshed every few s", color: colXOAUTH2})
 	}
-	x, y := 80, top+panelH+8
+	x, y := 80, top+rows*panelH+8
 	for i, s := range legend {
 		ly := y + i*24
 		fillRect(img, x, ly+3, 24, 8, s.color)
@@ -107,7 +137,7 @@ func (res *Results) WriteChart(path string) error {
 }
 
 // drawPanel draws one size's axes and lines in r. The x axis is logarithmic in concurrency.
-func drawPanel(img *image.RGBA, r image.Rectangle, title string, steps []int, all []series) {
+func drawPanel(img *image.RGBA, r image.Rectangle, title string, steps []int, all []series, axis string) {
 	left, right, top, bottom := r.Min.X+80, r.Max.X-30, r.Min.Y+40, r.Max.Y-50
 	drawText(img, r.Min.X+(r.Dx()-textWidth(title, 2))/2, r.Min.Y+8, title, 2, colAxis)
 	maxY := 0.0
@@ -143,7 +173,6 @@ func drawPanel(img *image.RGBA, r image.Rectangle, title string, steps []int, al
 		label := fmt.Sprint(c)
 		drawText(img, x-textWidth(label, 2)/2, bottom+10, label, 2, colAxis)
 	}
-	axis := "concurrency (smtp-source sessions = destination concurrency)"
 	drawText(img, left+(right-left-textWidth(axis, 1))/2, bottom+30, axis, 1, colAxis)
 	drawText(img, r.Min.X+10, top-32, "msg/s", 2, colAxis)
 

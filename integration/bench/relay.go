@@ -47,6 +47,9 @@ type RelayOptions struct {
 	// Vault keeps Postern's projects in a Vault dev server (harness.StartVault), reached through
 	// a proxy that counts its requests, instead of the embedded file store.
 	Vault bool
+	// DistantProjects is the number of projects per path of the distant cells (distant.go); 0
+	// leaves them out.
+	DistantProjects int
 }
 
 // Relay is the running setup of the end-to-end measurements: the sinks, Postern with one
@@ -61,6 +64,8 @@ type Relay struct {
 	Front     *harness.Front
 	Vault     *harness.VaultProxy // nil with the file store
 	TLSConfig *tls.Config
+
+	distant *distant // the distant cells' sink and proxy, if any
 
 	conc  int               // the concurrency the front is set to
 	users map[string]string // the authenticating sink's users and passwords
@@ -134,8 +139,9 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 	r.Cleanup(func() { rl.Auth.Close() })
 
 	var storeYAML string
+	var v *harness.Vault
 	if opts.Vault {
-		v := harness.StartVault(r)
+		v = harness.StartVault(r)
 		rl.Vault = harness.StartVaultProxy(r, v)
 		tokenFile := filepath.Join(dir, "vault-token")
 		if err := os.WriteFile(tokenFile, []byte(v.RootToken+"\n"), 0o600); err != nil {
@@ -150,6 +156,16 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 	}
 	if err := productionReload(rl.Postern); err != nil {
 		r.Fatalf("%v", err)
+	}
+	if opts.DistantProjects > 0 {
+		rl.distant = startDistant(r, rl, opts.DistantProjects)
+		pem, err := os.ReadFile(ca.CAFile)
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		if err := writeDistantProjects(ctx, rl, v, rl.distant.projectsA(string(pem))); err != nil {
+			r.Fatalf("%v", err)
+		}
 	}
 	harness.StartPostern(r, rl.Postern)
 	if _, err := rl.Postern.CLI(ctx, users["bench-a"]+"\n", "project", "add",
@@ -177,6 +193,25 @@ func StartRelay(r harness.T, opts RelayOptions) *Relay {
 	}
 	if err := rl.Front.AddServices(benchDirectService); err != nil {
 		r.Fatalf("%v", err)
+	}
+	if d := rl.distant; d != nil {
+		relayhost, sasl, transport, err := d.frontMaps(dir, d.proxy.Port())
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		set := []string{"default_process_limit=100"}
+		for _, m := range []struct{ name, add string }{
+			{"sender_dependent_relayhost_maps", relayhost}, {"bench_direct_sasl_maps", sasl}, {"sender_dependent_default_transport_maps", transport},
+		} {
+			cur, err := rl.Front.Param(ctx, m.name)
+			if err != nil {
+				r.Fatalf("%v", err)
+			}
+			set = append(set, m.name+"="+strings.ReplaceAll(cur, rl.Postern.Dir, "$postern_run_dir")+", "+m.add)
+		}
+		if err := rl.Front.Postconf(ctx, set...); err != nil {
+			r.Fatalf("%v", err)
+		}
 	}
 	if err := rl.SetConcurrency(ctx, 1); err != nil {
 		r.Fatalf("%v", err)

@@ -20,6 +20,8 @@ type Results struct {
 	Config       Config    `json:"config"`
 	// Cells are every end-to-end measurement, in the order they ran.
 	Cells []Cell `json:"cells"`
+	// DistantCells are the measurements with a distant upstream and many projects (distant.go).
+	DistantCells []DistantCell `json:"distant_cells,omitempty"`
 	// Summary is one row per message size and concurrency: each path's median rate over the
 	// rounds and the ratios.
 	Summary []Row          `json:"summary"`
@@ -27,6 +29,8 @@ type Results struct {
 	XOAUTH2 *XOAUTH2Result `json:"xoauth2,omitempty"`
 	Store   StoreReads     `json:"store_reads"`
 	Scale   *ScaleResult   `json:"scale,omitempty"`
+	// ScaleLarge is the same with Options.LargeProjects projects (100,000 by default).
+	ScaleLarge *ScaleResult `json:"scale_large,omitempty"`
 	// ScaleVault is the same number of projects in Vault (with -vault).
 	ScaleVault *VaultScaleResult `json:"scale_vault,omitempty"`
 	GoBench    []GoBench         `json:"go_benchmarks,omitempty"`
@@ -53,10 +57,13 @@ type Config struct {
 	CountsAtOne map[int]int `json:"messages_per_cell_at_concurrency_1_by_size"`
 }
 
-// Row is one size and concurrency of the summary.
+// Row is one cell of the summary: a size and concurrency on loopback with one project, or a
+// round-trip time and a number of projects (the distant cells, at Postfix's 100 slots).
 type Row struct {
 	Size        int     `json:"size_bytes"`
 	Concurrency int     `json:"concurrency"`
+	RTTms       float64 `json:"rtt_ms"`
+	Projects    int     `json:"projects"`
 	Postern     float64 `json:"postern_msgs_per_sec"`
 	Direct      float64 `json:"direct_msgs_per_sec"`
 	// DirectFull is path B without the TLS session cache (B-full).
@@ -71,6 +78,21 @@ type Row struct {
 	// Postern's own CPU time per message in milliseconds (median).
 	CPUBusyPostern   float64 `json:"cpu_busy_postern"`
 	PosternCPUPerMsg float64 `json:"postern_cpu_ms_per_msg"`
+	// Distant rows only (DistantCell): Postfix's queue delay (delays= a+b) p50/p99 in seconds,
+	// the sink's connections per delivered message, the sign-ins refused with 421 4.3.2, and the
+	// share of the submitted messages delivered within DistantCellLimit; A, then B.
+	QueueP50A    float64 `json:"queue_delay_p50_s_a,omitempty"`
+	QueueP99A    float64 `json:"queue_delay_p99_s_a,omitempty"`
+	QueueP50B    float64 `json:"queue_delay_p50_s_b,omitempty"`
+	QueueP99B    float64 `json:"queue_delay_p99_s_b,omitempty"`
+	DelayP99A    float64 `json:"delay_p99_s_a,omitempty"`
+	DelayP99B    float64 `json:"delay_p99_s_b,omitempty"`
+	ConnsPerMsgA float64 `json:"conns_per_msg_a,omitempty"`
+	ConnsPerMsgB float64 `json:"conns_per_msg_b,omitempty"`
+	RefusedA     int64   `json:"refused_421_a"`
+	RefusedB     int64   `json:"refused_421_b"`
+	DeliveredA   float64 `json:"delivered_share_a,omitempty"`
+	DeliveredB   float64 `json:"delivered_share_b,omitempty"`
 }
 
 // StoreReads relates Postern's store reads (postern_store_project_reads_total) to the messages
@@ -162,7 +184,7 @@ func (res *Results) Summarize() {
 	})
 	res.Summary = nil
 	for _, k := range keys {
-		r := Row{Size: k.size, Concurrency: k.conc,
+		r := Row{Size: k.size, Concurrency: k.conc, Projects: 1,
 			Postern: median(rates[k][PathPostern]), Direct: median(rates[k][PathDirect]), Plain: median(rates[k][PathPlain]),
 			DirectFull:     median(rates[k][PathDirectFull]),
 			CPUBusyPostern: median(cpu[k]), PosternCPUPerMsg: median(per[k])}
@@ -184,6 +206,62 @@ func (res *Results) Summarize() {
 		r.AOverB, r.AOverBFull, r.AOverPlain = median(ab), median(abf), median(ap)
 		res.Summary = append(res.Summary, r)
 	}
+	res.summarizeDistant()
+}
+
+// summarizeDistant adds a row per size, round-trip time and number of projects of the distant
+// cells: the median over rounds of each value.
+func (res *Results) summarizeDistant() {
+	type key struct {
+		size     int
+		rtt      float64
+		projects int
+	}
+	cells := map[key]map[string][]DistantCell{}
+	var keys []key
+	for _, c := range res.DistantCells {
+		k := key{c.Size, c.RTTms, c.Projects}
+		if cells[k] == nil {
+			cells[k] = map[string][]DistantCell{}
+			keys = append(keys, k)
+		}
+		cells[k][c.Path] = append(cells[k][c.Path], c)
+	}
+	slices.SortFunc(keys, func(a, b key) int {
+		switch {
+		case a.size != b.size:
+			return a.size - b.size
+		case a.rtt != b.rtt:
+			return int(a.rtt - b.rtt)
+		}
+		return a.projects - b.projects
+	})
+	med := func(cs []DistantCell, f func(DistantCell) float64) float64 {
+		var xs []float64
+		for _, c := range cs {
+			xs = append(xs, f(c))
+		}
+		return median(xs)
+	}
+	for _, k := range keys {
+		a, b := cells[k][PathDistantA], cells[k][PathDistantB]
+		r := Row{Size: k.size, Concurrency: 100, RTTms: k.rtt, Projects: k.projects,
+			Postern: med(a, func(c DistantCell) float64 { return c.Rate }), Direct: med(b, func(c DistantCell) float64 { return c.Rate }),
+			PosternCPUPerMsg: med(a, func(c DistantCell) float64 { return c.PosternCPUms }),
+			QueueP50A:        med(a, func(c DistantCell) float64 { return c.QueueP50 }), QueueP99A: med(a, func(c DistantCell) float64 { return c.QueueP99 }),
+			QueueP50B: med(b, func(c DistantCell) float64 { return c.QueueP50 }), QueueP99B: med(b, func(c DistantCell) float64 { return c.QueueP99 }),
+			DelayP99A: med(a, func(c DistantCell) float64 { return c.DelayP99 }), DelayP99B: med(b, func(c DistantCell) float64 { return c.DelayP99 }),
+			ConnsPerMsgA: med(a, func(c DistantCell) float64 { return c.ConnsPerMsg }), ConnsPerMsgB: med(b, func(c DistantCell) float64 { return c.ConnsPerMsg }),
+			RefusedA:   int64(med(a, func(c DistantCell) float64 { return float64(c.Refused) })),
+			RefusedB:   int64(med(b, func(c DistantCell) float64 { return float64(c.Refused) })),
+			DeliveredA: med(a, func(c DistantCell) float64 { return float64(c.Delivered) / float64(c.Count) }),
+			DeliveredB: med(b, func(c DistantCell) float64 { return float64(c.Delivered) / float64(c.Count) }),
+		}
+		if r.Direct > 0 {
+			r.AOverB = r.Postern / r.Direct
+		}
+		res.Summary = append(res.Summary, r)
+	}
 }
 
 // median is the middle value of xs (the mean of the two middle ones for an even count), 0 for
@@ -203,7 +281,8 @@ func median(xs []float64) float64 {
 func (res *Results) Evaluate() {
 	res.Targets = nil
 	minAB, minAP := 0.0, 0.0
-	for i, r := range res.Summary {
+	loopback := slices.DeleteFunc(slices.Clone(res.Summary), func(r Row) bool { return r.DeliveredA > 0 || r.DeliveredB > 0 })
+	for i, r := range loopback {
 		if i == 0 || r.AOverB < minAB {
 			minAB = r.AOverB
 		}
@@ -212,7 +291,7 @@ func (res *Results) Evaluate() {
 		}
 	}
 	var ab, abf, ceiling, ap []string
-	for _, r := range res.Summary {
+	for _, r := range loopback {
 		cell := fmt.Sprintf("%s c%d", sizeLabel(r.Size), r.Concurrency)
 		ab = append(ab, fmt.Sprintf("%s %.2f", cell, r.AOverB))
 		abf = append(abf, fmt.Sprintf("%s %.2f", cell, r.AOverBFull))
@@ -225,9 +304,22 @@ func (res *Results) Evaluate() {
 		Target{Name: "A/B (STARTTLS+AUTH upstream)", Goal: ">= 4 in every cell",
 			Value: fmt.Sprintf("min %.2f (%s); against B-full, without the TLS session cache: %s; plain/B, what a relay costing nothing would reach: %s",
 				minAB, strings.Join(ab, ", "), strings.Join(abf, ", "), strings.Join(ceiling, ", ")),
-			Met: len(res.Summary) > 0 && minAB >= 4},
-		Target{Name: "A / Postfix plain relay", Goal: ">= 0.9 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAP, strings.Join(ap, ", ")), Met: len(res.Summary) > 0 && minAP >= 0.9},
+			Met: len(loopback) > 0 && minAB >= 4},
+		Target{Name: "A / Postfix plain relay", Goal: ">= 0.9 in every cell", Value: fmt.Sprintf("min %.2f (%s)", minAP, strings.Join(ap, ", ")), Met: len(loopback) > 0 && minAP >= 0.9},
 	)
+	for _, r := range res.distantRows() {
+		if r.RTTms != 30 || r.Projects != 1000 {
+			continue
+		}
+		qa, qb := r.QueueP99A, r.QueueP99B
+		res.Targets = append(res.Targets,
+			Target{Name: "distant upstream, 30 ms, 1,000 projects: A/B messages per second", Goal: ">= 3",
+				Value: fmt.Sprintf("%.2f (A %.1f, B %.1f msg/s)", r.AOverB, r.Postern, r.Direct), Met: r.AOverB >= 3},
+			Target{Name: "distant upstream, 30 ms, 1,000 projects: A's p99 queue delay / B's", Goal: "<= 1/3",
+				Value: fmt.Sprintf("A %.2fs, B %.2fs", qa, qb), Met: qb > 0 && qa <= qb/3},
+			Target{Name: "distant upstream, 30 ms, 1,000 projects: 421 for A over the mailbox limit", Goal: "0",
+				Value: fmt.Sprintf("%d (B: %d)", r.RefusedA, r.RefusedB), Met: r.RefusedA == 0})
+	}
 	if x := res.XOAUTH2; x != nil {
 		res.Targets = append(res.Targets, Target{Name: "deliveries waiting on a token refresh (XOAUTH2)", Goal: "0",
 			Value: fmt.Sprintf("%d (postern_token_refresh_waits_total; %d refreshes during the run)", x.RefreshWaits, x.Refreshes), Met: x.RefreshWaits == 0 && x.Refreshes > 0})
@@ -244,6 +336,15 @@ func (res *Results) Evaluate() {
 	if s := res.Scale; s != nil {
 		res.Targets = append(res.Targets, Target{Name: fmt.Sprintf("resident memory with %d projects", s.Projects), Goal: "<= 100 MB",
 			Value: fmt.Sprintf("%.1f MB (peak %.1f MB)", s.RSSMB, s.PeakRSSMB), Met: s.RSSMB <= 100})
+	}
+	if s := res.ScaleLarge; s != nil {
+		res.Targets = append(res.Targets,
+			Target{Name: fmt.Sprintf("resident memory with %d projects", s.Projects), Goal: "<= 300 MB",
+				Value: fmt.Sprintf("%.1f MB (peak %.1f MB)", s.RSSMB, s.PeakRSSMB), Met: s.RSSMB <= 300},
+			Target{Name: fmt.Sprintf("start-up to ready with %d projects (file store)", s.Projects), Goal: "<= 10 s",
+				Value: fmt.Sprintf("%.2f s", s.StartupSeconds), Met: s.StartupSeconds <= 10},
+			Target{Name: fmt.Sprintf("socketmap p99 with %d projects", s.Projects), Goal: "<= 200 µs",
+				Value: fmt.Sprintf("%.0f µs (mean %.0f µs)", s.SocketmapP99Micro, s.SocketmapMeanMicro), Met: s.SocketmapP99Micro <= 200})
 	}
 	if s := res.ScaleVault; s != nil {
 		res.Targets = append(res.Targets, Target{Name: fmt.Sprintf("resident memory with %d projects in Vault", s.Projects), Goal: "<= 100 MB",
@@ -276,9 +377,13 @@ func (res *Results) PrintTable(w io.Writer) {
 		res.Machine.CPUs, res.Machine.Postfix, res.Config.Rounds)
 	fmt.Fprintf(w, "%-6s %5s %10s %10s %10s %10s %7s %8s %8s %9s %12s\n", "size", "conc", "A postern", "B direct", "B-full", "plain", "A/B", "A/B-full", "A/plain", "CPU busy", "postern ms/msg")
 	for _, r := range res.Summary {
+		if r.RTTms > 0 || r.Projects > 1 || r.QueueP50A > 0 || r.DeliveredA > 0 {
+			continue // a distant row
+		}
 		fmt.Fprintf(w, "%-6s %5d %10.1f %10.1f %10.1f %10.1f %7.2f %8.2f %8.2f %8.0f%% %12.3f\n", sizeLabel(r.Size), r.Concurrency,
 			r.Postern, r.Direct, r.DirectFull, r.Plain, r.AOverB, r.AOverBFull, r.AOverPlain, 100*r.CPUBusyPostern, r.PosternCPUPerMsg)
 	}
+	res.printDistant(w)
 	if len(res.Sink) > 0 {
 		fmt.Fprintf(w, "\nThe sink alone (Go load client, same process as the sink):\n")
 		for _, s := range res.Sink {
@@ -301,8 +406,16 @@ func (res *Results) PrintTable(w io.Writer) {
 		st.OtherReads, st.OtherMessages)
 	fmt.Fprintf(w, "  Whole end-to-end run: %d reads in %.0fs.\n", st.Reads, st.Seconds)
 	if st.Store == "vault" {
-		var reqs []string
+		// One line per kind of request: a project's own path is folded into "*".
+		byKind := map[string]int{}
 		for k, n := range st.VaultRequests {
+			if i := strings.Index(k, "/postern/projects/"); i >= 0 {
+				k = k[:i] + "/postern/projects/*"
+			}
+			byKind[k] += n
+		}
+		var reqs []string
+		for k, n := range byKind {
 			reqs = append(reqs, fmt.Sprintf("%s x%d", k, n))
 		}
 		slices.Sort(reqs)
@@ -311,7 +424,10 @@ func (res *Results) PrintTable(w io.Writer) {
 	} else {
 		fmt.Fprintf(w, "  The store of this run is the embedded file store (the Vault dev server was not built; make deps builds it).\n")
 	}
-	if s := res.Scale; s != nil {
+	for _, s := range []*ScaleResult{res.Scale, res.ScaleLarge} {
+		if s == nil {
+			continue
+		}
 		fmt.Fprintf(w, "\nScale, %d projects in the embedded store (%.1f MB, written with boltstore in %.0fs):\n", s.Projects, float64(s.StoreBytes)/(1<<20), s.StoreWriteSeconds)
 		fmt.Fprintf(w, "  start-up to /readyz with every project loaded %.2fs; RSS %.1f MB (peak %.1f MB); idle CPU %.1f%% (re-reading the store every %.0fs)\n",
 			s.StartupSeconds, s.RSSMB, s.PeakRSSMB, s.IdleCPUPercent, st.ReloadInterval)
@@ -402,4 +518,32 @@ func ReadGoBench(path string) ([]GoBench, error) {
 		out = append(out, GoBench{Name: name, Runs: len(v.ns), NsPerOp: median(v.ns), BytesPerOp: median(v.b), AllocsPerOp: median(v.allocs)})
 	}
 	return out, sc.Err()
+}
+
+// distantRows are the rows of the distant cells.
+func (res *Results) distantRows() []Row {
+	var rows []Row
+	for _, r := range res.Summary {
+		if r.DeliveredA > 0 || r.DeliveredB > 0 {
+			rows = append(rows, r)
+		}
+	}
+	return rows
+}
+
+// printDistant writes the table of the distant cells.
+func (res *Results) printDistant(w io.Writer) {
+	rows := res.distantRows()
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nA distant upstream (a latency proxy in front of a sink allowing %d connections per mailbox, 421 4.3.2 beyond), many projects sending at once,\nPostfix at its default process limit (100) and destination concurrency 100. A = Postfix -> Postern -> proxy -> sink; B = Postfix's SMTP client\n(sender-dependent relayhost and SASL, TLS session cache) -> proxy -> sink. Queue delay = delays= a+b (seconds, p50/p99) from Postfix's log;\nconn/msg = connections the sink accepted per delivered message; 421 = sign-ins refused over the mailbox limit; deliv = share delivered within %s.\n\n",
+		MaxConnsPerMailbox, DistantCellLimit)
+	fmt.Fprintf(w, "%-6s %5s %8s %9s %9s %6s %15s %15s %8s %8s %5s %5s %6s %6s %8s\n", "size", "rtt", "projects", "A msg/s", "B msg/s", "A/B",
+		"A queue p50/p99", "B queue p50/p99", "A c/msg", "B c/msg", "A421", "B421", "A dlv", "B dlv", "A ms/msg")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-6s %3.0fms %8d %9.1f %9.1f %6.2f %7.2f/%-7.2f %7.2f/%-7.2f %8.3f %8.3f %5d %5d %5.0f%% %5.0f%% %8.3f\n", sizeLabel(r.Size), r.RTTms, r.Projects,
+			r.Postern, r.Direct, r.AOverB, r.QueueP50A, r.QueueP99A, r.QueueP50B, r.QueueP99B, r.ConnsPerMsgA, r.ConnsPerMsgB, r.RefusedA, r.RefusedB,
+			100*r.DeliveredA, 100*r.DeliveredB, r.PosternCPUPerMsg)
+	}
 }

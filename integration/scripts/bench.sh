@@ -16,6 +16,9 @@
 #   BENCH_OUT        output directory (default bench-results)
 #   BENCH_GOTIME     -benchtime of each Go benchmark run (default 300ms)
 #   BENCH_ARGS       extra arguments for postern-bench (e.g. "-rounds 1 -projects -1")
+#   BENCH=quick      a run under 5 minutes: one round at concurrency 10, no XOAUTH2 and no scale
+#                    cell, the distant cells at 0 and 30 ms with 1 and 1,000 projects, and the Go
+#                    benchmarks once
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -23,6 +26,13 @@ cd "$root"
 
 out=${BENCH_OUT:-bench-results}
 gotime=${BENCH_GOTIME:-300ms}
+gocount=5
+quick_args=()
+if [[ ${BENCH:-} == quick ]]; then
+	gotime=${BENCH_GOTIME:-100ms}
+	gocount=1
+	quick_args=(-rounds 1 -steps 10 -projects -1 -no-xoauth2 -rtts 0,30 -distant-projects 1,1000)
+fi
 step() { printf '==> [%4ds] %s\n' "$(($(date +%s) - start))" "$*"; }
 start=$(date +%s)
 
@@ -51,14 +61,18 @@ go build -o "$bin_dir/postern" ./sidecar/cmd/postern
 go build -C integration -o "$bin_dir/postern-bench" ./bench/cmd/postern-bench
 
 pkgs=(./sidecar/route ./sidecar/token ./sidecar/upstream ./sidecar/smtpd)
-step "Go benchmarks (-benchmem -count 5 -benchtime $gotime) > $out/go-bench.txt"
-go test -run '^$' -bench . -benchmem -count 5 -benchtime "$gotime" "${pkgs[@]}" | tee "$out/go-bench.txt"
+step "Go benchmarks (-benchmem -count $gocount -benchtime $gotime) > $out/go-bench.txt"
+go test -run '^$' -bench . -benchmem -count "$gocount" -benchtime "$gotime" "${pkgs[@]}" | tee "$out/go-bench.txt"
 
-step "CPU profile of one LMTP delivery (100 KB) > $out/profile-lmtp-delivery.txt"
-go test -run '^$' -bench 'LMTPDelivery/100KB' -benchtime 2s -cpuprofile "$bin_dir/lmtp.prof" \
-	-o "$bin_dir/smtpd.test" ./sidecar/smtpd >/dev/null
-go tool pprof -top -nodecount=25 "$bin_dir/smtpd.test" "$bin_dir/lmtp.prof" >"$out/profile-lmtp-delivery.txt" 2>/dev/null
-head -n 12 "$out/profile-lmtp-delivery.txt"
+go test -c -o "$bin_dir/smtpd.test" ./sidecar/smtpd
+for size in 1KB 100KB; do
+	step "CPU and allocation profiles of one LMTP delivery ($size) > $out/profile-lmtp-delivery-$size.{cpu,allocs}.txt"
+	"$bin_dir/smtpd.test" -test.run '^$' -test.bench "LMTPDelivery/$size" -test.benchtime 1000x \
+		-test.cpuprofile "$out/lmtp-delivery-$size.cpu.pprof" -test.memprofile "$out/lmtp-delivery-$size.allocs.pprof" >/dev/null
+	go tool pprof -top -nodecount=25 "$bin_dir/smtpd.test" "$out/lmtp-delivery-$size.cpu.pprof" >"$out/profile-lmtp-delivery-$size.cpu.txt" 2>/dev/null
+	go tool pprof -top -nodecount=25 -sample_index=alloc_objects "$bin_dir/smtpd.test" "$out/lmtp-delivery-$size.allocs.pprof" >"$out/profile-lmtp-delivery-$size.allocs.txt" 2>/dev/null
+	sed -n '6,14p' "$out/profile-lmtp-delivery-$size.cpu.txt"
+done
 
 # Path A keeps its projects in Vault when the Vault dev server is already built (make deps, make
 # test); building it takes minutes, so without it the store is the embedded file store.
@@ -70,7 +84,7 @@ fi
 
 step "end to end with real Postfix (postern-bench${vault_args:+, store: Vault})"
 # shellcheck disable=SC2086 # BENCH_ARGS is split on purpose
-"$bin_dir/postern-bench" -postern "$bin_dir/postern" -out "$out" -go-bench "$out/go-bench.txt" "${vault_args[@]}" ${BENCH_ARGS:-}
+"$bin_dir/postern-bench" -postern "$bin_dir/postern" -out "$out" -go-bench "$out/go-bench.txt" "${vault_args[@]}" "${quick_args[@]}" ${BENCH_ARGS:-}
 
 for prof in "$out"/postern-cpu-*.pprof; do
 	[[ -e $prof ]] || continue

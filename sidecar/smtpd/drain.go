@@ -83,6 +83,8 @@ var past = time.Unix(1, 0)
 
 // drainConn is one Postfix connection. Its reads are framed (see framing.go).
 type drainConn struct {
+	msg messageReader // the message being read, if it came with DATA (data.go)
+
 	net.Conn
 	l     *drainListener
 	frame framer

@@ -292,6 +292,12 @@ func (s *session) data(r io.Reader, status smtp.StatusCollector) *smtp.SMTPError
 	}
 	s.tx = nil
 
+	if mr := s.dc.messageReader(s.srv.opts.MaxMessageBytes); mr != nil {
+		// DATA: the message is read in bulk from the framer (data.go), and go-smtp reads only the
+		// final dot once the session has read the rest.
+		defer mr.Close()
+		r = mr
+	}
 	body := &countingReader{r: r, max: tx.project.Limits.MaxMessageBytes}
 	err := tx.broken
 	var accepted string

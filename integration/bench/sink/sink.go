@@ -8,12 +8,16 @@
 //     TLS.
 //  2. It offers AUTH PLAIN (Options.Users) and AUTH XOAUTH2 (Options.Token) and requires one of them
 //     before MAIL when any is configured. An XOAUTH2 token is checked by Options.Token.
-//  3. It reads each message to the end, discards it, and counts it under its first recipient (in
+//  3. With Options.MaxConnsPerUser, a sign-in that would give a user one connection more than that
+//     is answered 421 4.3.2 and the connection closed, as Exchange Online answers a mailbox's
+//     fourth concurrent connection; Counts.Refused counts them.
+//  4. It reads each message to the end, discards it, and counts it under its first recipient (in
 //     lower case): how many arrived, when the first and the last one did. Arrivals returns that
 //     count; benchmarks give each measured run its own recipient address.
 package sink
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -43,6 +47,8 @@ type Options struct {
 	Token func(user, token string) bool
 	// Hostname is the name in the greeting; empty means "sink.test".
 	Hostname string
+	// MaxConnsPerUser is how many signed-in connections one user may have at once; 0: no limit.
+	MaxConnsPerUser int
 }
 
 // Arrivals is what arrived for one recipient.
@@ -56,6 +62,8 @@ type Arrivals struct {
 // Counts are what the sink saw overall.
 type Counts struct {
 	Conns, Auths, AuthFailures, Messages int64
+	// Refused are the sign-ins refused with 421 4.3.2 for MaxConnsPerUser.
+	Refused int64
 }
 
 // Sink is a running sink.
@@ -65,10 +73,11 @@ type Sink struct {
 	ln   net.Listener
 	done chan struct{}
 
-	conns, auths, authFailures, messages atomic.Int64
+	conns, auths, authFailures, messages, refused atomic.Int64
 
-	mu   sync.Mutex
-	rcpt map[string]*Arrivals
+	mu     sync.Mutex
+	rcpt   map[string]*Arrivals
+	active map[string]int // signed-in connections per user
 }
 
 // Start listens and serves until Close.
@@ -83,7 +92,7 @@ func Start(opts Options) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink: listening on %s: %w", opts.Addr, err)
 	}
-	s := &Sink{opts: opts, ln: ln, done: make(chan struct{}), rcpt: map[string]*Arrivals{}}
+	s := &Sink{opts: opts, ln: ln, done: make(chan struct{}), rcpt: map[string]*Arrivals{}, active: map[string]int{}}
 	srv := smtp.NewServer(s)
 	srv.Domain = opts.Hostname
 	srv.TLSConfig = opts.TLS
@@ -127,7 +136,7 @@ func (s *Sink) Arrivals(rcpt string) Arrivals {
 
 // Counts returns the overall counts so far.
 func (s *Sink) Counts() Counts {
-	return Counts{Conns: s.conns.Load(), Auths: s.auths.Load(), AuthFailures: s.authFailures.Load(), Messages: s.messages.Load()}
+	return Counts{Conns: s.conns.Load(), Auths: s.auths.Load(), AuthFailures: s.authFailures.Load(), Messages: s.messages.Load(), Refused: s.refused.Load()}
 }
 
 func (s *Sink) arrived(rcpt string, now time.Time) {
@@ -160,6 +169,27 @@ type session struct {
 	tls   bool
 	authd bool
 	first string
+	user  string // the signed-in user holding a place in Sink.active
+}
+
+// errTooManyConns is Exchange Online's answer to a mailbox's connection over its limit.
+var errTooManyConns = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available, too many concurrent connections for this mailbox"}
+
+// signIn takes a place for user among its connections, or refuses.
+func (ss *session) signIn(user string) error {
+	max := ss.s.opts.MaxConnsPerUser
+	if max <= 0 {
+		return nil
+	}
+	ss.s.mu.Lock()
+	defer ss.s.mu.Unlock()
+	if ss.s.active[user] >= max {
+		ss.s.refused.Add(1)
+		return errTooManyConns
+	}
+	ss.s.active[user]++
+	ss.user = user
+	return nil
 }
 
 var (
@@ -191,6 +221,9 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			if (identity != "" && identity != username) || !ok || want != password {
 				ss.s.authFailures.Add(1)
 				return smtp.ErrAuthFailed
+			}
+			if err := ss.signIn(username); err != nil {
+				return err
 			}
 			ss.authd = true
 			ss.s.auths.Add(1)
@@ -247,8 +280,16 @@ func (ss *session) Data(r io.Reader) error {
 	return nil
 }
 
-func (ss *session) Reset()        { ss.first = "" }
-func (ss *session) Logout() error { return nil }
+func (ss *session) Reset() { ss.first = "" }
+func (ss *session) Logout() error {
+	if ss.user != "" {
+		ss.s.mu.Lock()
+		ss.s.active[ss.user]--
+		ss.s.mu.Unlock()
+		ss.user = ""
+	}
+	return nil
+}
 
 // countingListener counts accepted connections.
 type countingListener struct {
@@ -277,6 +318,15 @@ func (l *countingListener) Accept() (net.Conn, error) {
 type quickAckConn struct {
 	net.Conn
 	rc syscall.RawConn
+}
+
+// Write closes the connection after a 421 reply: the server is closing the channel.
+func (c *quickAckConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if bytes.HasPrefix(b, []byte("421 ")) {
+		c.Conn.Close()
+	}
+	return n, err
 }
 
 func (c *quickAckConn) Read(b []byte) (int, error) {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/postern/postern/integration/bench"
 	"github.com/postern/postern/integration/harness"
@@ -30,13 +31,16 @@ func main() {
 	steps := flag.String("steps", "", "concurrency steps, comma-separated (default 1,10,50)")
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
+	largeProjects := flag.Int("large-projects", 0, "projects of a second, large scale measurement in the file store, e.g. 100000 (default: none)")
+	rtts := flag.String("rtts", "", "round-trip times of the distant cells in ms, comma-separated (default 0,10,30,100; -1 leaves them out)")
+	distantProjects := flag.String("distant-projects", "", "projects of the distant cells, comma-separated (default 1,100,1000)")
 	vault := flag.Bool("vault", false, "keep path A's projects in the Vault dev server (POSTERN_VAULTDEV or integration/vaultdev/build.sh)")
 	flag.Parse()
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "postern-bench: -postern is required")
 		os.Exit(2)
 	}
-	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
+	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, LargeProjects: *largeProjects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
 	for _, s := range strings.Split(*steps, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
@@ -47,6 +51,17 @@ func main() {
 			os.Exit(2)
 		}
 		opts.Steps = append(opts.Steps, n)
+	}
+
+	for _, s := range list(*rtts) {
+		opts.RTTs = append(opts.RTTs, time.Duration(s)*time.Millisecond)
+	}
+	for _, n := range list(*distantProjects) {
+		if n < 1 {
+			fmt.Fprintf(os.Stderr, "postern-bench: bad number of projects %d\n", n)
+			os.Exit(2)
+		}
+		opts.DistantProjects = append(opts.DistantProjects, n)
 	}
 
 	r := bench.NewRunner()
@@ -64,4 +79,21 @@ func main() {
 	r.Close()
 	res.PrintTable(os.Stdout)
 	fmt.Printf("\nresults: %s/results.json\nchart:   %s/chart.png\n", *out, *out)
+}
+
+// list parses a comma-separated list of integers, exiting on a bad one.
+func list(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "postern-bench: bad number %q\n", f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
