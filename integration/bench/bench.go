@@ -234,7 +234,7 @@ func Run(r *Runner, opts Options) *Results {
 
 	if !opts.SkipXOAUTH2 {
 		r.Step("XOAUTH2: starting the OAuth 2.0 server and adding an OAuth project")
-		x := rl.StartXOAUTH2(relay, XOAUTH2Options{FreshFor: 2 * time.Second, MaxConcurrency: maxConc})
+		x := rl.StartXOAUTH2(relay, XOAUTH2Options{FreshFor: 4 * time.Second, MaxConcurrency: maxConc})
 		if err := rl.Warm(ctx, PathXOAUTH2); err != nil {
 			r.Fatalf("%v", err)
 		}

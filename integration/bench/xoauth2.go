@@ -29,18 +29,17 @@ const PathXOAUTH2 = "postern-xoauth2"
 const (
 	senderXOAUTH2  = "bench-x@postern.test"
 	projectXOAUTH2 = "bench-x"
-	// tokenMargin is how long before expiry Postern's broker refreshes (token.Options.Margin's
-	// default); an access token living tokenMargin+freshFor is refreshed about every freshFor.
-	tokenMargin = 10 * time.Minute
 	// tokenMinValidity is the least remaining life of a token the broker hands out without
-	// waiting for a refresh (token's minValidity).
+	// waiting for a refresh (token's minValidity), or half the margin when that is shorter.
 	tokenMinValidity = time.Minute
 )
 
 // XOAUTH2Options configure StartXOAUTH2.
 type XOAUTH2Options struct {
-	// FreshFor is how long an access token is fresh: the IdP issues tokens living tokenMargin +
-	// FreshFor, so Postern refreshes about every FreshFor, in the background.
+	// FreshFor is how long an access token is fresh: the IdP issues tokens living 2 × FreshFor.
+	// The broker refreshes at most half a token's life before it expires (tokens.refresh_margin
+	// is longer), so Postern refreshes about every FreshFor, in the background, and the token
+	// stays usable for FreshFor/2 more while the refresh runs.
 	FreshFor time.Duration
 	// MaxConcurrency is the project's connection limit.
 	MaxConcurrency int
@@ -65,7 +64,7 @@ func (rl *Relay) StartXOAUTH2(r harness.T, opts XOAUTH2Options) *XOAUTH2 {
 	account := harness.IdPAccount{Login: senderXOAUTH2, Password: secret.New(harness.NewID())}
 	idp := harness.StartIdP(r, harness.IdPOptions{
 		Clients: []harness.IdPClient{client}, Accounts: []harness.IdPAccount{account},
-		AccessTTL: tokenMargin + opts.FreshFor,
+		AccessTTL: 2 * opts.FreshFor,
 	})
 	x := &XOAUTH2{IdP: idp, intro: &introspector{
 		url: idp.IntrospectionURL, id: idp.IntrospectionClient.ID, secret: idp.IntrospectionClient.Secret,
@@ -147,7 +146,7 @@ type XOAUTH2Result struct {
 func (rl *Relay) MeasureXOAUTH2(ctx context.Context, x *XOAUTH2, size int, steps []int, count int) (XOAUTH2Result, error) {
 	res := XOAUTH2Result{
 		TokenLifetimeSeconds: x.IdP.AccessTTL.Seconds(),
-		RefreshMarginSeconds: tokenMargin.Seconds(),
+		RefreshMarginSeconds: x.IdP.AccessTTL.Seconds() / 2,
 	}
 	before := x.Sink.Counts()
 	logFrom := len(rl.Postern.Log())
@@ -164,7 +163,7 @@ func (rl *Relay) MeasureXOAUTH2(ctx context.Context, x *XOAUTH2, size int, steps
 	}
 	after := x.Sink.Counts()
 	res.SinkAuths, res.AuthFailures = after.Auths-before.Auths, after.AuthFailures-before.AuthFailures
-	refreshes, late, err := refreshTimings(rl.Postern.Log()[logFrom:], x.lastExpiry(rl.Postern.Log()[:logFrom]))
+	refreshes, late, err := refreshTimings(rl.Postern.Log()[logFrom:], x.lastExpiry(rl.Postern.Log()[:logFrom]), min(tokenMinValidity, x.IdP.AccessTTL/4))
 	if err != nil {
 		return res, err
 	}
@@ -187,11 +186,12 @@ func (x *XOAUTH2) lastExpiry(log string) time.Time {
 }
 
 // refreshTimings counts the refreshes in log and those that completed when the token they
-// replaced (expiring at prev) had less than tokenMinValidity left.
-func refreshTimings(log string, prev time.Time) (refreshes, late int, err error) {
+// replaced (expiring at prev) had less than minValidity left: no longer handed out, so a delivery
+// had to wait.
+func refreshTimings(log string, prev time.Time, minValidity time.Duration) (refreshes, late int, err error) {
 	err = scanRefreshes(log, func(at, expiry time.Time) {
 		refreshes++
-		if at.Add(tokenMinValidity).After(prev) {
+		if at.Add(minValidity).After(prev) {
 			late++
 		}
 		prev = expiry
