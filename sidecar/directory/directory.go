@@ -7,8 +7,13 @@
 //  1. Load reads the store once, synchronously, at start.
 //  2. Run re-reads it every Options.Interval until its ctx ends.
 //  3. A lookup of a sender no project serves may mean a project was just added: it triggers a reload
-//     (at most one per Options.MinReloadGap, shared by every caller that arrives meanwhile) and waits
-//     for it up to Options.MissWait, bounded by the caller's ctx.
+//     (shared by every caller that arrives meanwhile) and waits for it up to Options.MissWait,
+//     bounded by the caller's ctx. Such reloads start at most once per Options.MinReloadGap, or per
+//     four times the last reload's duration when that is longer, counted from the end of the last
+//     one, so that with very many projects (100,000: a read takes seconds) reloads never run back
+//     to back. When the last reload took longer than MissWait, a miss does not wait: the reload
+//     would not finish in time, and every sender Postfix asks about that is not Postern's (most of
+//     them) would be held for MissWait; the new project is seen when that reload ends.
 //  4. Each successful read builds a new snapshot (projects by name plus a route.Table) and swaps it in
 //     atomically. A failed read keeps the last good snapshot; only when none was ever loaded do
 //     lookups answer ErrUnavailable (temporary). A store that knows it lost projects it held (a
@@ -140,6 +145,8 @@ type Directory struct {
 	mu          sync.Mutex
 	inflight    chan struct{} // closed when the running reload ends; nil when none runs
 	lastStart   time.Time     // when the last reload started
+	lastEnd     time.Time     // when the last reload ended (zero while the first runs)
+	lastTook    time.Duration // how long the last reload took
 	lastErr     string        // the last reload error, "" after a success
 	lastProblem string        // conflicts and invalid projects of the last snapshot
 	lastShape   string        // names and versions of the last snapshot
@@ -231,7 +238,7 @@ func (d *Directory) Lookup(ctx context.Context, sender string) (p project.Projec
 		}
 		return project.Project{}, false, nil
 	}
-	if done := d.startReload(ctx, true); done != nil {
+	if done := d.startReload(ctx, true); done != nil && !d.slow() {
 		wait := time.NewTimer(d.opts.MissWait)
 		select {
 		case <-done:
@@ -327,6 +334,13 @@ func (d *Directory) LastLoad() time.Time {
 // StoreReads returns how many times the store has been read.
 func (d *Directory) StoreReads() int64 { return d.reads.Load() }
 
+// slow reports whether the last reload took longer than a miss may wait (Options.MissWait).
+func (d *Directory) slow() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastTook > d.opts.MissWait
+}
+
 // startReload starts a reload unless one is running, and returns the done channel of the running
 // one. A reload triggered by an unknown sender (onMiss) is skipped, and done is nil, when the
 // previous reload started less than MinReloadGap ago.
@@ -337,8 +351,14 @@ func (d *Directory) startReload(ctx context.Context, onMiss bool) (done <-chan s
 		return d.inflight
 	}
 	now := d.opts.Now()
-	if onMiss && !d.lastStart.IsZero() && now.Sub(d.lastStart) < d.opts.MinReloadGap {
-		return nil
+	if onMiss && !d.lastStart.IsZero() {
+		since := now.Sub(d.lastStart)
+		if !d.lastEnd.IsZero() {
+			since = now.Sub(d.lastEnd)
+		}
+		if since < max(d.opts.MinReloadGap, 4*d.lastTook) {
+			return nil
+		}
 	}
 	d.lastStart = now
 	ch := make(chan struct{})
@@ -349,6 +369,8 @@ func (d *Directory) startReload(ctx context.Context, onMiss bool) (done <-chan s
 		defer cancel()
 		d.reload(rctx)
 		d.mu.Lock()
+		d.lastEnd = d.opts.Now()
+		d.lastTook = d.lastEnd.Sub(now)
 		d.inflight = nil
 		d.mu.Unlock()
 		close(ch)

@@ -20,12 +20,16 @@ type fakeStore struct {
 	err      error
 	gate     chan struct{} // when set, reads wait for it (or ctx)
 	entered  chan struct{} // when set, each read sends on it first
+	onRead   func()        // when set, called by each read (a slow store advances the clock)
 }
 
 func (f *fakeStore) Projects(ctx context.Context) ([]project.Project, error) {
 	f.mu.Lock()
-	gate, entered := f.gate, f.entered
+	gate, entered, onRead := f.gate, f.entered, f.onRead
 	f.mu.Unlock()
+	if onRead != nil {
+		onRead()
+	}
 	if entered != nil {
 		select {
 		case entered <- struct{}{}:
@@ -193,6 +197,57 @@ func TestUnknownSenderTriggersOneReloadPerGap(t *testing.T) {
 	}
 	if got := f.dir.StoreReads(); got != 2 {
 		t.Fatalf("StoreReads = %d, want 2", got)
+	}
+}
+
+// With very many projects a read takes seconds. Misses (every sender Postfix asks about that is
+// not Postern's) then neither wait for a reload that cannot finish within MissWait, nor start
+// reloads back to back: the next one waits four times the last one's duration after its end.
+func TestSlowReloadsNeitherHoldMissesNorRunBackToBack(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Options{MinReloadGap: time.Second, MissWait: 2 * time.Second}, proj("client-a", true, "@client-a.example"))
+	f.store.onRead = func() { f.clock.advance(3 * time.Second) } // each read takes 3 s
+	ctx := t.Context()
+	if err := f.dir.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.advance(13 * time.Second) // past 4 × 3 s since the load ended
+	gate := make(chan struct{})
+	f.store.mu.Lock()
+	f.store.gate = gate
+	f.store.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.dir.Resolve(ctx, "x@unknown.example")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNoProject) {
+			t.Fatalf("miss: %v, want ErrNoProject at once", err)
+		}
+	case <-time.After(time.Second): // half of MissWait: a miss that waits never answers by then
+		t.Fatal("a miss waited for a reload slower than MissWait")
+	}
+	close(gate)
+	// The miss did start one reload; wait until it has ended.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		f.dir.mu.Lock()
+		running := f.dir.inflight != nil
+		f.dir.mu.Unlock()
+		if f.dir.StoreReads() == 2 && !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reload the miss started did not end (StoreReads %d)", f.dir.StoreReads())
+		}
+	}
+	f.clock.advance(5 * time.Second) // past MinReloadGap, within 4 × 3 s of the reload's end
+	if _, err := f.dir.Resolve(ctx, "y@unknown.example"); !errors.Is(err, ErrNoProject) {
+		t.Fatal(err)
+	}
+	if got := f.dir.StoreReads(); got != 2 {
+		t.Fatalf("StoreReads = %d: a miss started a reload %v after a 3 s one ended", got, 5*time.Second)
 	}
 }
 
