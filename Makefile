@@ -39,8 +39,17 @@ check: fmt-check vet staticcheck tidy-check
 test-unit:
 	@set -e; for m in $(MODULES); do echo "go test ($$m)"; (cd $$m && $(GO) test $(GOFLAGS_T) $(PKGS)); done
 
+## test-integration prints the fault matrix's counts (one row per case) after the suite, pass or fail.
 test-integration: deps
-	cd integration && $(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./...
+	@mkdir -p integration/artifacts && rm -f integration/artifacts/fault-matrix.md
+	cd integration && POSTERN_IT_ARTIFACTS=$(CURDIR)/integration/artifacts $(GO) test $(GOFLAGS_T) -tags integration -timeout 25m ./...; \
+	status=$$?; \
+	if [ -s artifacts/fault-matrix.md ]; then \
+		echo "fault matrix:"; \
+		echo "| case                             |  sent | delivered | queued | bounced | duplicates | deferred |"; \
+		sort artifacts/fault-matrix.md; \
+	fi; \
+	exit $$status
 
 ## fuzz-short: every fuzz target (each `func Fuzz...` in a test file), FUZZTIME_SHORT each; part of
 ## `make test`. fuzz: the same for FUZZTIME each (default 5m), to run now and then. Whatever a run

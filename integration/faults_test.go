@@ -57,6 +57,24 @@ func submitBatch(t *testing.T, ctx context.Context, b *harness.Batch, n int, mai
 	}
 }
 
+// printCounts logs a case's row and summary line, and appends the row to fault-matrix.md in the
+// artefact directory, which `make test-integration` prints after the suite: go test shows a passing
+// test's log only with -v, and the matrix's counts are wanted on every run.
+func printCounts(t *testing.T, name string, c harness.BatchCounts) {
+	t.Helper()
+	t.Logf("\n%s\n%s", harness.RowHeader, c.Row(name))
+	t.Log(c.Line(name))
+	f, err := os.OpenFile(filepath.Join(artifactDir(t), "fault-matrix.md"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Errorf("recording the counts: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintln(f, c.Row(name)); err != nil {
+		t.Errorf("recording the counts: %v", err)
+	}
+}
+
 // settle flushes the front until its queue is empty (or a minute passed), then counts the batch
 // in the mailboxes, prints the case's row and summary line, and checks that nothing was lost or
 // bounced.
@@ -78,8 +96,7 @@ func settle(t *testing.T, ctx context.Context, e *harness.Env, name string, b *h
 	if cerr != nil {
 		t.Fatal(cerr)
 	}
-	t.Logf("\n%s\n%s", harness.RowHeader, c.Row(name))
-	t.Log(c.Line(name))
+	printCounts(t, name, c)
 	if !c.OK() {
 		t.Errorf("case %s: delivered %d + queued %d != sent %d, or bounced %d (lost: %v)",
 			name, c.Delivered, c.Queued, c.Sent, c.Bounced, c.Lost)
@@ -1183,12 +1200,10 @@ func TestFaultThreeReplicasRotatingGrant(t *testing.T) {
 			dc.Duplicates += n - 1
 		}
 	}
-	t.Logf("\n%s\n%s", harness.RowHeader, dc.Row("three-replicas-direct"))
-	t.Log(dc.Line("three-replicas-direct"))
+	printCounts(t, "three-replicas-direct", dc)
 	total := harness.BatchCounts{Sent: c.Sent + dc.Sent, Delivered: c.Delivered + dc.Delivered, Queued: c.Queued,
 		Bounced: c.Bounced, Duplicates: c.Duplicates + dc.Duplicates, Deferred: c.Deferred, SubmitRetries: c.SubmitRetries + dc.SubmitRetries}
-	t.Logf("\n%s\n%s", harness.RowHeader, total.Row("three-replicas-rotating-grant"))
-	t.Log(total.Line("three-replicas-rotating-grant"))
+	printCounts(t, "three-replicas-rotating-grant", total)
 	if dc.Delivered != dc.Sent {
 		t.Errorf("replicas 2 and 3 accepted %d messages and %d arrived (missing: %v)", dc.Sent, dc.Delivered, dc.Lost)
 	}
