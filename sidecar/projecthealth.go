@@ -54,7 +54,7 @@ func newProjectHealth(cfg *config.Config, dir *directory.Directory, log *slog.Lo
 		}
 		onChange = ph.webhook.Change
 	}
-	ph.tracker = health.New(health.Options{OnChange: func(c health.Change) {
+	ph.tracker = health.New(health.Options{SecretWarning: cfg.Tokens.ClientSecretWarning, OnChange: func(c health.Change) {
 		log.Info("project health changed", "project", c.Project, "from", c.From.State, "to", c.To.State, "reason", c.To.Reason)
 		if onChange != nil {
 			onChange(c)
@@ -126,13 +126,13 @@ func (ph *projectHealth) run(ctx context.Context, dir *directory.Directory, brok
 	}
 }
 
-// sync tells the Tracker the projects, and the OAuth grants the token broker knows to need a
-// sign-in (from the store, or from another replica).
+// sync tells the Tracker the projects (with their client secrets' expiry), and the OAuth grants
+// the token broker knows to need a sign-in (from the store, or from another replica).
 func (ph *projectHealth) sync(dir *directory.Directory, broker *token.Broker) {
 	projects := dir.Projects()
 	known := make([]health.Project, 0, len(projects))
 	for _, p := range projects {
-		known = append(known, health.Project{Name: p.Name, Disabled: !p.Enabled, Removed: p.IsRemoved()})
+		known = append(known, health.Project{Name: p.Name, Disabled: !p.Enabled, Removed: p.IsRemoved(), SecretExpires: secretExpires(p)})
 	}
 	ph.tracker.Sync(known)
 	for _, p := range projects {
@@ -148,6 +148,14 @@ func (ph *projectHealth) sync(dir *directory.Directory, broker *token.Broker) {
 		}
 		ph.tracker.Record(health.Event{Project: p.Name, Source: health.SourceStore, Reason: health.ReasonNeedsSignIn, Text: secret.Scrub(ts.Reason)})
 	}
+}
+
+// secretExpires is when p's OAuth client secret expires; zero when unknown or not an OAuth project.
+func secretExpires(p project.Project) time.Time {
+	if p.Auth.Type != project.AuthOAuth2 || p.Auth.OAuth == nil {
+		return time.Time{}
+	}
+	return p.Auth.OAuth.ClientSecretExpires
 }
 
 // milterState is the milter's view of a credential (credential.Manager.State); a credential that
@@ -181,7 +189,8 @@ func checkEvent(p project.Project, src health.Source, err error) health.Event {
 }
 
 // legacyState is the status page's and the API's older "state" of a health status: ok,
-// needs_reauth, unhealthy, upstream_down, rate_limited, disabled or removed.
+// needs_reauth, unhealthy, upstream_down, rate_limited, disabled, removed, client_secret_expiring
+// or client_secret_expired.
 func legacyState(s health.Status) string {
 	switch s.Reason {
 	case "":
@@ -196,6 +205,10 @@ func legacyState(s health.Status) string {
 		return advice.StateDisabled
 	case health.ReasonRemoved:
 		return advice.StateRemoved
+	case health.ReasonClientSecretExpiring:
+		return advice.StateClientSecretExpiring
+	case health.ReasonClientSecretExpired:
+		return advice.StateClientSecretExpired
 	}
 	return string(s.Reason)
 }
@@ -209,13 +222,19 @@ func (ph *projectHealth) status(ctx context.Context, dir *directory.Directory, b
 		h := ph.tracker.Status(p.Name)
 		row := admin.ProjectStatus{
 			Name: p.Name, Enabled: p.Enabled, Auth: string(p.Auth.Type),
-			Upstream: p.Upstream.Address(), Senders: p.Senders,
+			Upstream: p.Upstream.Address(), Senders: p.Senders, ClientSecretExpires: secretExpires(p),
 			State: legacyState(h), Health: string(h.State), HealthReason: string(h.Reason), Since: h.Since,
 			LastDelivery: h.LastDelivery, LastAttempt: h.LastAttempt, LastError: h.LastErrorText, LastErrorAt: h.LastError,
 			Failures: h.Failures, SentHour: h.SentHour, SentDay: h.SentDay,
 			PerMinute: p.EffectiveLimits().MessagesPerMinute, PerDay: p.EffectiveLimits().RecipientsPerDay,
 		}
-		if h.State != health.StateOK {
+		switch h.Reason {
+		case health.ReasonClientSecretExpiring:
+			row.Reason = "the app registration's client secret expires on " + row.ClientSecretExpires.UTC().Format(time.DateOnly)
+		case health.ReasonClientSecretExpired:
+			row.Reason = "the app registration's client secret expired on " + row.ClientSecretExpires.UTC().Format(time.DateOnly)
+		case "":
+		default:
 			row.Reason = h.LastErrorText
 		}
 		err := h.Err

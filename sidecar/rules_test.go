@@ -75,7 +75,8 @@ func TestPrometheusRulesUseExposedMetrics(t *testing.T) {
 	}
 	names := exposedNames(t)
 	for _, n := range []string{"postern_build_info", "postern_deliveries_total", "postern_project_health",
-		"postern_delivery_duration_seconds", "postern_upstream_duration_seconds", "go_goroutines", "process_open_fds"} {
+		"postern_delivery_duration_seconds", "postern_upstream_duration_seconds", "go_goroutines", "process_open_fds",
+		"postern_oauth_client_secret_expiry_timestamp_seconds"} {
 		if !slices.Contains(names, n) {
 			t.Errorf("/metrics lacks %s", n)
 		}

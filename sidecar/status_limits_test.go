@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/advice"
 	"github.com/postern/postern/sidecar/config"
@@ -53,6 +54,62 @@ func TestProjectStatusNamesQuotaPause(t *testing.T) {
 			if r.State != "ok" {
 				t.Errorf("project b: %+v, want ok", r)
 			}
+		}
+	}
+}
+
+// TestProjectStatusShowsClientSecretExpiry: /status and the API show each OAuth project's client
+// secret expiry; one that expires within tokens.client_secret_warning is degraded and one expired
+// is failing, each with the date and what to do; a project without a date or far from it is ok.
+func TestProjectStatusShowsClientSecretExpiry(t *testing.T) {
+	t.Parallel()
+	day := 24 * time.Hour
+	now := time.Now().UTC()
+	oauthProject := func(name string, expires time.Time) project.Project {
+		return project.Project{
+			Name: name, Enabled: true, Senders: []string{"@" + name + ".example"},
+			Upstream: project.Upstream{Host: "127.0.0.1", Port: 2525},
+			Auth: project.Auth{Type: project.AuthOAuth2, Username: "noreply@" + name + ".example", OAuth: &project.OAuth{
+				Provider: "microsoft", Tenant: name + ".example", ClientID: "id-" + name, ClientSecretExpires: expires,
+			}},
+		}
+	}
+	soon, gone, far := now.Add(10*day), now.Add(-2*day), now.Add(90*day)
+	ps := staticProjects{oauthProject("soon", soon), oauthProject("gone", gone), oauthProject("far", far), oauthProject("nodate", time.Time{})}
+	dir := directory.New(ps, directory.Options{})
+	if err := dir.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	broker := token.New(token.Options{})
+	t.Cleanup(broker.Close)
+	ph, err := newProjectHealth(config.Default(), dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		expires        time.Time
+		health, reason string
+		text           string
+	}{
+		"soon":   {soon, "degraded", "client_secret_expiring", "expires on " + soon.Format(time.DateOnly)},
+		"gone":   {gone, "failing", "client_secret_expired", "expired on " + gone.Format(time.DateOnly)},
+		"far":    {far, "ok", "", ""},
+		"nodate": {time.Time{}, "ok", "", ""},
+	}
+	for _, r := range ph.status(t.Context(), dir, broker, limits.New(limits.Options{})) {
+		w := want[r.Name]
+		if !r.ClientSecretExpires.Equal(w.expires) || r.Health != w.health || r.HealthReason != w.reason {
+			t.Errorf("%s: expires %v, health %s (%s); want %v, %s (%s)", r.Name, r.ClientSecretExpires, r.Health, r.HealthReason, w.expires, w.health, w.reason)
+		}
+		if w.text == "" {
+			if r.Action != "" {
+				t.Errorf("%s: action %q, want none", r.Name, r.Action)
+			}
+			continue
+		}
+		if r.State != w.reason || !strings.Contains(r.Reason, w.text) ||
+			!strings.Contains(r.Action, "Certificates & secrets") || !strings.Contains(r.Action, "postern project update "+r.Name+" --client-secret-stdin") {
+			t.Errorf("%s: state %q, reason %q, action %q", r.Name, r.State, r.Reason, r.Action)
 		}
 	}
 }

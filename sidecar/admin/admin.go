@@ -59,7 +59,8 @@ type ProjectStatus struct {
 	Upstream string   `json:"upstream"`
 	Senders  []string `json:"senders"`
 	// State is the older, finer state: ok, needs_reauth, unhealthy (the credential was refused or
-	// cannot be had), upstream_down, rate_limited, disabled or removed.
+	// cannot be had), upstream_down, rate_limited, disabled, removed, client_secret_expiring or
+	// client_secret_expired.
 	State string `json:"state"`
 	// Health is ok, degraded or failing; HealthReason says why when it is not ok (a health.Reason:
 	// credential_refused, needs_sign_in, upstream_down, ...), Since when it became so.
@@ -83,7 +84,9 @@ type ProjectStatus struct {
 	PerMinute int       `json:"limit_messages_per_minute,omitempty"`
 	PerDay    int       `json:"limit_recipients_per_day,omitempty"`
 	Expiry    time.Time `json:"token_expiry,omitzero"`
-	SignInURL string    `json:"sign_in_url,omitempty"`
+	// ClientSecretExpires is when the app registration's client secret expires, if known.
+	ClientSecretExpires time.Time `json:"client_secret_expires,omitzero"`
+	SignInURL           string    `json:"sign_in_url,omitempty"`
 }
 
 // Options configures the admin server. The zero value serves health endpoints only.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
 )
 
@@ -16,7 +17,7 @@ import (
 // waiting for a sign-in), the failing projects first, a filter by name and by state in query
 // parameters (q, state) that works without JavaScript, and for each project its last delivery,
 // its last error in the upstream's words, the messages of the last hour and day against its
-// limits, its token's expiry, and what to do. A project that needs a sign-in gets a button that
+// limits, its token's expiry and its client secret's, and what to do. A project that needs a sign-in gets a button that
 // makes a fresh sign-in link (a POST that needs the project API's token).
 
 // summary counts the projects by health.
@@ -75,8 +76,13 @@ var statusFuncs = template.FuncMap{
 		}
 		return "expired " + t.UTC().Format("2006-01-02 15:04 UTC")
 	},
+	"days":       days,
 	"pathEscape": url.PathEscape,
 }
+
+// days is a client secret's expiry as the status page shows it: "expires 2026-03-01 (in 41
+// days)", or "expired 2026-03-01 (3 days ago)".
+func days(t time.Time) string { return project.ExpiryText(t, time.Now()) }
 
 var statusTmpl = template.Must(template.New("status").Funcs(statusFuncs).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Postern status</title>
@@ -97,13 +103,13 @@ form.filter{margin:1em 0}form.inline{display:inline}</style></head><body>
 <button type="submit">filter</button>{{if or .Q .State}} <a href="/status">show all</a>{{end}}
 </form>
 {{if or .Q .State}}<p>{{len .Projects}} of {{.Sum.Total}} projects shown.</p>{{end}}
-<table><thead><tr><th>project</th><th>health</th><th>last delivery</th><th>last error</th><th>sent (hour / day)</th><th>token expiry</th><th>what to do</th></tr></thead><tbody>
+<table><thead><tr><th>project</th><th>health</th><th>last delivery</th><th>last error</th><th>sent (hour / day)</th><th>token / client secret expiry</th><th>what to do</th></tr></thead><tbody>
 {{range .Projects}}<tr id="p-{{.Name}}"><td><b>{{.Name}}</b><br><small>{{.Auth}} {{.Upstream}}</small><br><small>{{range $i, $s := .Senders}}{{if $i}}, {{end}}{{$s}}{{end}}</small></td>
 <td class="{{.Health}}">{{.Health}}{{with .HealthReason}}<br><small>{{.}}</small>{{end}}{{if ne .Health "ok"}}{{if not .Since.IsZero}}<br><small>since {{ago .Since}}</small>{{end}}{{end}}</td>
 <td>{{ago .LastDelivery}}</td>
 <td class="err">{{if .LastError}}{{.LastError}}<br><small>{{ago .LastErrorAt}}{{if .Failures}}, {{.Failures}} failed in a row{{end}}</small>{{end}}</td>
 <td>{{.SentHour}} / {{.SentDay}}{{if or .PerMinute .PerDay}}<br><small>limits: {{if .PerMinute}}{{.PerMinute}}/min{{end}}{{if and .PerMinute .PerDay}}, {{end}}{{if .PerDay}}{{.PerDay}} recipients/day{{end}}</small>{{end}}</td>
-<td>{{until .Expiry}}</td>
+<td>{{until .Expiry}}{{if not .ClientSecretExpires.IsZero}}{{if not .Expiry.IsZero}}<br>{{end}}<small class="secret">client secret {{days .ClientSecretExpires}}</small>{{end}}</td>
 <td>{{if ne .State "ok"}}{{.Reason}}{{if .Action}}<br><small>{{.Action}}</small>{{end}}{{end}}
 {{if .SignInURL}}<br><a href="{{.SignInURL}}">sign-in link</a>{{end}}
 {{if and $.Button (eq .HealthReason "needs_sign_in")}}<form class="inline" method="post" action="/status/sign-in-link/{{pathEscape .Name}}"><button type="submit">make a sign-in link</button></form>{{end}}</td></tr>
@@ -149,7 +155,7 @@ func (s *Server) statusPage(w http.ResponseWriter, r *http.Request) {
 		Projects []ProjectStatus
 		Button   bool
 	}{s.opts.Version, sum, q, state,
-		[]string{"", "failing", "degraded", "ok", "needs_sign_in", "credential_refused", "upstream_down", "rate_limited", "disabled", "removed"},
+		[]string{"", "failing", "degraded", "ok", "needs_sign_in", "credential_refused", "upstream_down", "rate_limited", "disabled", "removed", "client_secret_expiring", "client_secret_expired"},
 		shown, s.opts.SignInLink != nil && s.adminToken != [32]byte{}}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := statusTmpl.Execute(w, page); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/secret"
 )
@@ -94,5 +95,31 @@ func TestStatusPageSignInLink(t *testing.T) {
 	}
 	if len(links) != 1 || links[0] != "bravo" {
 		t.Errorf("links made: %v", links)
+	}
+}
+
+// The status page and GET /api/v1/projects show a client secret's expiry, with the days left.
+func TestStatusPageShowsClientSecretExpiry(t *testing.T) {
+	t.Parallel()
+	exp := time.Now().Add(10*24*time.Hour + time.Hour).UTC().Truncate(time.Second)
+	s := New(Options{
+		ReadToken: secret.New("read-token"),
+		Projects: func(context.Context) []ProjectStatus {
+			return []ProjectStatus{
+				{Name: "alpha", State: "client_secret_expiring", Health: "degraded", HealthReason: "client_secret_expiring", ClientSecretExpires: exp},
+				{Name: "bravo", State: "ok", Health: "ok"},
+			}
+		},
+	})
+	body := statusCall(t, s, "GET", "/status", "read-token").Body.String()
+	if want := "client secret expires " + exp.Format(time.DateOnly) + " (in 10 days)"; !strings.Contains(body, want) {
+		t.Errorf("status page lacks %q", want)
+	}
+	if n := strings.Count(body, "client secret expire"); n != 1 {
+		t.Errorf("status page shows %d client secret expiries, want 1 (bravo has no date)", n)
+	}
+	api := statusCall(t, s, "GET", "/api/v1/projects", "read-token").Body.String()
+	if want := `"client_secret_expires":"` + exp.Format(time.RFC3339) + `"`; !strings.Contains(api, want) {
+		t.Errorf("GET /api/v1/projects lacks %s: %s", want, api)
 	}
 }

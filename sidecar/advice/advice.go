@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -120,6 +121,10 @@ const (
 	// StateQuotaPaused: the upstream reported a provider's sending quota; the project's mail is
 	// deferred until the pause ends (package limits).
 	StateQuotaPaused = "quota_paused"
+	// StateClientSecretExpiring and StateClientSecretExpired: the app registration's client
+	// secret expires soon, or has expired (project.OAuth.ClientSecretExpires; package health).
+	StateClientSecretExpiring = "client_secret_expiring"
+	StateClientSecretExpired  = "client_secret_expired"
 )
 
 // Status says what to do about project p in a status-page state; err is the failure behind it
@@ -144,8 +149,27 @@ func Status(p project.Project, state string, err error) string {
 		return "nothing to do: mail waits in Postfix's queue and flows when the pause ends; if it recurs, lower the project's --messages-per-minute or --recipients-per-day, or ask the provider for a higher quota"
 	case StateRemoved:
 		return "postern project add " + p.Name + " ... to let its mail flow, or postern project purge " + p.Name
+	case StateClientSecretExpiring, StateClientSecretExpired:
+		return NewClientSecret(p)
 	}
 	return ""
+}
+
+// NewClientSecret is what to do about an OAuth project's client secret that expires soon or has
+// expired: make a new one and give it to Postern with its expiry date.
+func NewClientSecret(p project.Project) string {
+	when := "expires"
+	date := "(unknown)"
+	if p.Auth.OAuth != nil && !p.Auth.OAuth.ClientSecretExpires.IsZero() {
+		exp := p.Auth.OAuth.ClientSecretExpires.UTC()
+		date = exp.Format(time.DateOnly)
+		if !time.Now().Before(exp) {
+			when = "expired"
+		}
+	}
+	return fmt.Sprintf("the app registration's client secret %s on %s: create a new one in the provider's portal "+
+		"(Microsoft Entra: App registrations, Certificates & secrets) and run postern project update %s --client-secret-stdin "+
+		"--client-secret-expires YYYY-MM-DD (the new secret's expiry)", when, date, p.Name)
 }
 
 // refused is step 2 of the package comment.

@@ -795,3 +795,74 @@ echo '{"queue_name": "deferred", "queue_id": "A3", "sender": "other@elsewhere.te
 		t.Error("remove --purge left the project")
 	}
 }
+
+// --client-secret-expires is stored by add and update (a date or an RFC 3339 time), cleared by an
+// empty value, dropped with the old secret by a new one given without it, shown by show with the
+// days left, and refused for projects without OAuth or in another form.
+func TestClientSecretExpires(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, "")
+	day := time.Now().UTC().AddDate(0, 0, 40).Format(time.DateOnly)
+	h.mustRun("client-Secret-1", "project", "add", "m365", "--sender", "@m365.example", "--host", "smtp.office365.com",
+		"--username", "noreply@m365.example", "--auth", "oauth2", "--provider", "microsoft", "--tenant", "m365.example",
+		"--client-id", "cid", "--client-secret-stdin", "--client-secret-expires", day)
+	want, _ := time.Parse(time.DateOnly, day)
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; !got.Equal(want) {
+		t.Fatalf("after add: expires %v, want %v", got, want)
+	}
+	r := h.mustRun("", "project", "show", "m365")
+	if w := "oauth client secret expiry:  expires " + day + " (in 39 days)"; !strings.Contains(r.stdout, w) {
+		t.Errorf("show lacks %q:\n%s", w, r.stdout)
+	}
+	var shown struct {
+		Auth struct {
+			OAuth map[string]any `json:"oauth"`
+		} `json:"auth"`
+	}
+	if err := json.Unmarshal([]byte(h.mustRun("", "project", "show", "m365", "--json").stdout), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if o := shown.Auth.OAuth; o["client_secret_expires"] != want.Format(time.RFC3339) || o["client_secret_days_left"] != 39.0 {
+		t.Errorf("show --json: expires %v, days left %v", o["client_secret_expires"], o["client_secret_days_left"])
+	}
+
+	r = h.mustRun("", "project", "update", "m365", "--client-secret-expires", "2031-05-06T07:08:09+02:00")
+	if strings.Contains(r.stdout, "next:") {
+		t.Errorf("a new date asks for a sign-in:\n%s", r.stdout)
+	}
+	if got, w := h.project("m365").Auth.OAuth.ClientSecretExpires, time.Date(2031, 5, 6, 5, 8, 9, 0, time.UTC); !got.Equal(w) {
+		t.Errorf("after update: expires %v, want %v", got, w)
+	}
+	h.mustRun("", "project", "update", "m365", "--messages-per-minute", "5")
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; got.IsZero() {
+		t.Error("an update of another setting cleared the date")
+	}
+	h.mustRun("", "project", "update", "m365", "--client-secret-expires", "")
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; !got.IsZero() {
+		t.Errorf("after --client-secret-expires '': expires %v", got)
+	}
+	h.mustRun("", "project", "update", "m365", "--client-secret-expires", day)
+	if r := h.mustRun("client-Secret-2", "project", "update", "m365", "--client-secret-stdin"); !strings.Contains(r.stdout, "expiry date was dropped") {
+		t.Errorf("a new secret without a date:\n%s", r.stdout)
+	}
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; !got.IsZero() {
+		t.Errorf("a new secret kept the old one's date %v", got)
+	}
+	h.mustRun("client-Secret-3", "project", "update", "m365", "--client-secret-stdin", "--client-secret-expires", day)
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; !got.Equal(want) {
+		t.Errorf("a new secret with its date: expires %v, want %v", got, want)
+	}
+
+	for _, args := range [][]string{
+		{"project", "update", "m365", "--client-secret-expires", "31.12.2030"},
+		{"project", "add", "basic", "--sender", "@basic.example", "--host", "smtp.basic.example", "--username", "u", "--password-stdin", "--client-secret-expires", day},
+	} {
+		if r := h.run("pw", args...); r.code == ExitOK || !strings.Contains(r.stderr, "--client-secret-expires") {
+			t.Errorf("postern %s: %v", strings.Join(args, " "), r)
+		}
+	}
+	if got := h.project("m365").Auth.OAuth.ClientSecretExpires; !got.Equal(want) {
+		t.Errorf("a refused update changed the date to %v", got)
+	}
+	h.neverPrinted("client-Secret-1", "client-Secret-2", "client-Secret-3")
+}

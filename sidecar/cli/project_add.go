@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -31,6 +32,11 @@ password, with --client-secret-stdin or --client-secret-prompt:
   printf '%s' "$SECRET" | postern project add client-b --sender noreply@client-b.com \
       --host smtp.office365.com --username noreply@client-b.com --auth oauth2 \
       --provider microsoft --tenant client-b.com --client-id 0b6f... --client-secret-stdin
+
+Give the client secret's expiry date as the provider's portal shows it (Microsoft Entra: App
+registrations, Certificates & secrets), with --client-secret-expires 2027-03-31: the project turns
+degraded on /status tokens.client_secret_warning (default 30 days) before it, failing once it has
+passed, and postern_oauth_client_secret_expiry_timestamp_seconds lets Prometheus alert.
 
 The mailbox is then signed in once: 'postern authorize-link', 'postern authorize --device', or for
 --grant client_credentials no sign-in at all ('postern authorize' checks the registration).
@@ -155,6 +161,11 @@ To move a project from basic authentication to OAuth 2.0, and back, without touc
       --tenant client.co.uk --client-id 0b6f... --client-secret-stdin
   printf '%s' "$PASSWORD" | postern project update client-a --auth basic --password-stdin
 
+A new client secret comes with its expiry date; without --client-secret-expires the old secret's
+date is dropped:
+
+  printf '%s' "$SECRET" | postern project update client-b --client-secret-stdin --client-secret-expires 2027-03-31
+
 Switching to oauth2 drops the password; switching back drops the OAuth settings. An OAuth project's
 mailbox must then be signed in (see 'postern authorize'); its mail waits in Postfix's queue meanwhile.
 
@@ -225,6 +236,11 @@ func (a *App) projectUpdate(ctx context.Context, load configLoader, fs *pflag.Fl
 		}
 		p.Auth.OAuth.ClientSecret = sec
 	}
+	// The date was the old secret's.
+	dropped := newSecret && !fs.Changed("client-secret-expires") && !p.Auth.OAuth.ClientSecretExpires.IsZero()
+	if dropped {
+		p.Auth.OAuth.ClientSecretExpires = time.Time{}
+	}
 	v, err := st.PutProject(ctx, p)
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("project %s was changed by someone else meanwhile; nothing was changed, run the command again", name)
@@ -233,8 +249,14 @@ func (a *App) projectUpdate(ctx context.Context, load configLoader, fs *pflag.Fl
 		return err
 	}
 	fmt.Fprintf(a.Stdout, "updated project %s (version %d)\n", name, v)
+	if dropped {
+		fmt.Fprintln(a.Stdout, "note: the old client secret's expiry date was dropped: give the new one's with --client-secret-expires")
+	}
+	// A sign-in follows a change of the OAuth settings, not of the secret's date.
 	oauthChanged := false
-	fs.Visit(func(fl *pflag.Flag) { oauthChanged = oauthChanged || slices.Contains(oauthFlags, fl.Name) })
+	fs.Visit(func(fl *pflag.Flag) {
+		oauthChanged = oauthChanged || (slices.Contains(oauthFlags, fl.Name) && fl.Name != "client-secret-expires")
+	})
 	if step := nextStep(p, cfg.SignInURL()); step != "" && (!wasOAuth || oauthChanged) {
 		fmt.Fprintf(a.Stdout, "next: %s\n", step)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -30,6 +31,7 @@ type projectFlags struct {
 	provider, tenant, clientID, scopes, grant           string
 	authURL, tokenURL, deviceURL, revocationURL, issuer string
 	secretStdin, secretPrompt                           bool
+	secretExpires                                       string
 
 	// Credential provider settings (--auth plugin).
 	pluginProvider string
@@ -39,7 +41,7 @@ type projectFlags struct {
 // oauthFlags are the flags that only an OAuth project takes.
 var oauthFlags = []string{
 	"provider", "tenant", "client-id", "client-secret-stdin", "client-secret-prompt", "scopes", "grant",
-	"auth-url", "token-url", "device-url", "revocation-url", "issuer",
+	"auth-url", "token-url", "device-url", "revocation-url", "issuer", "client-secret-expires",
 }
 
 func (f *projectFlags) register(fs *pflag.FlagSet, update bool) {
@@ -69,6 +71,11 @@ func (f *projectFlags) register(fs *pflag.FlagSet, update bool) {
 	fs.StringVar(&f.clientID, "client-id", "", "OAuth client `ID` of the app registration")
 	fs.BoolVar(&f.secretStdin, "client-secret-stdin", false, "read the OAuth client secret from standard input")
 	fs.BoolVar(&f.secretPrompt, "client-secret-prompt", false, "ask for the OAuth client secret on the terminal")
+	clears := ""
+	if update {
+		clears = "; empty clears it"
+	}
+	fs.StringVar(&f.secretExpires, "client-secret-expires", "", "`DATE` the app registration's client secret expires, YYYY-MM-DD or RFC 3339 (the provider's portal shows it); Postern warns tokens.client_secret_warning ahead"+clears)
 	fs.StringVar(&f.scopes, "scopes", "", "OAuth `SCOPES`, separated by spaces or commas (default: the provider's; generic: openid email offline_access)")
 	fs.StringVar(&f.grant, "grant", "", "OAuth `GRANT`: authorization_code (default), device_code or client_credentials")
 	fs.StringVar(&f.authURL, "auth-url", "", "authorization endpoint `URL` (provider generic)")
@@ -260,6 +267,13 @@ func (f *projectFlags) applyOAuth(given map[string]bool, set func(string) bool, 
 			*v.field = v.value
 		}
 	}
+	if set("client-secret-expires") {
+		exp, err := parseExpiry(f.secretExpires)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		o.ClientSecretExpires = exp
+	}
 	if set("scopes") {
 		o.Scopes = strings.FieldsFunc(f.scopes, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 	}
@@ -285,6 +299,23 @@ func (f *projectFlags) applyOAuth(given map[string]bool, set func(string) bool, 
 		}
 	}
 	return errs
+}
+
+// parseExpiry reads --client-secret-expires: a date (YYYY-MM-DD, the start of that day in UTC, as
+// the secret may end any time that day) or an RFC 3339 time; "" is no date.
+func parseExpiry(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.Parse(time.DateOnly, s); err == nil {
+		return d.UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--client-secret-expires %q: use a date (2026-09-30) or an RFC 3339 time (2026-09-30T14:00:00Z)", s)
+	}
+	return t.UTC().Truncate(time.Second), nil
 }
 
 func orQuoted(s string) string {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -231,6 +232,9 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 			row("oauth grant", orDefault(o.Grant, "authorization_code"))
 			row("oauth client id", o.ClientID)
 			row("oauth client secret", project.SecretMark(o.ClientSecret))
+			if !o.ClientSecretExpires.IsZero() {
+				row("oauth client secret expiry", project.ExpiryText(o.ClientSecretExpires, time.Now()))
+			}
 			row("oauth scopes", orDefault(strings.Join(o.Scopes, " "), "(the provider's)"))
 			for _, e := range []struct{ k, v string }{{"oauth auth url", o.AuthURL}, {"oauth token url", o.TokenURL}, {"oauth device url", o.DeviceURL}, {"oauth revocation url", o.RevocationURL}, {"oauth issuer", o.Issuer}} {
 				if e.v != "" {
@@ -285,12 +289,20 @@ func showText(w io.Writer, p project.Project, tok *project.Token) {
 	tw.Flush()
 }
 
-// showJSON is the project as project.PublicMap shows it and, for OAuth projects, the token record
-// redacted the same way.
+// showJSON is the project as project.PublicMap shows it, with the whole days left until its client
+// secret expires (auth.oauth.client_secret_days_left, negative once expired, when the date is
+// known) and, for OAuth projects, the token record redacted the same way.
 func showJSON(p project.Project, tok *project.Token) ([]byte, error) {
 	obj, err := project.PublicMap(p)
 	if err != nil {
 		return nil, err
+	}
+	if o := p.Auth.OAuth; o != nil && !o.ClientSecretExpires.IsZero() {
+		if auth, ok := obj["auth"].(map[string]any); ok {
+			if om, ok := auth["oauth"].(map[string]any); ok {
+				om["client_secret_days_left"] = int(math.Floor(time.Until(o.ClientSecretExpires).Hours() / 24))
+			}
+		}
 	}
 	if p.Auth.Type == project.AuthOAuth2 {
 		obj["token"] = nil

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/sidecar/directory"
+	"github.com/postern/postern/sidecar/health"
 	"github.com/postern/postern/sidecar/milter"
 	"github.com/postern/postern/sidecar/signin"
 	"github.com/postern/postern/sidecar/smtpd"
@@ -538,7 +539,7 @@ func base() *Config {
 			KeyFile: DefaultSignInKeyFile,
 			LinkTTL: DefaultSignInLinkTTL,
 		},
-		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin, KeepaliveInterval: DefaultKeepaliveInterval},
+		Tokens:         Tokens{RefreshMargin: DefaultRefreshMargin, KeepaliveInterval: DefaultKeepaliveInterval, ClientSecretWarning: DefaultClientSecretWarning},
 		ReloadInterval: directory.DefaultInterval,
 		Postfix:        Postfix{Postqueue: "postqueue", QueueLifetime: 5 * 24 * time.Hour, BackoffTime: 4000 * time.Second},
 	}
@@ -903,6 +904,9 @@ func (c *Config) validate(lookupGroup func(string) error) []error {
 	if c.Tokens.RefreshMargin <= 0 {
 		add("tokens.refresh_margin %v: must be more than 0", c.Tokens.RefreshMargin)
 	}
+	if c.Tokens.ClientSecretWarning <= 0 {
+		add("tokens.client_secret_warning %v: must be more than 0", c.Tokens.ClientSecretWarning)
+	}
 	if c.Tokens.KeepaliveInterval < 0 {
 		add("tokens.keepalive_interval %v: must not be negative (0 turns keep-alive off)", c.Tokens.KeepaliveInterval)
 	}
@@ -956,10 +960,17 @@ type Tokens struct {
 	// mail, so no refresh) has its refresh token redeemed anyway, so that the grant never reaches
 	// the provider's inactivity expiry (Microsoft: 90 days). 0 turns it off. Default 168h (7 days).
 	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
+	// ClientSecretWarning: an OAuth project whose app registration's client secret expires
+	// within this long (its date set with --client-secret-expires) is degraded, with time to make
+	// a new secret; an expired one is failing. Default 720h (30 days).
+	ClientSecretWarning time.Duration `yaml:"client_secret_warning"`
 }
 
 // DefaultKeepaliveInterval is the default of tokens.keepalive_interval.
 const DefaultKeepaliveInterval = 7 * 24 * time.Hour
+
+// DefaultClientSecretWarning is the default of tokens.client_secret_warning: health's.
+const DefaultClientSecretWarning = health.DefaultSecretWarning
 
 // DefaultRefreshMargin is the default of tokens.refresh_margin: the token broker's.
 const DefaultRefreshMargin = token.DefaultMargin

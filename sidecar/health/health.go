@@ -15,6 +15,10 @@
 //     failing once that has lasted FailAttempts attempts or FailAfter;
 //     - a local rate limit makes it degraded, and so does being disabled or removed (Sync), whatever
 //     the attempts say: the mail waits by design, not by fault;
+//     - an OAuth client secret that expires within Options.SecretWarning (its date comes with the
+//     project, Sync) makes an otherwise ok project degraded, and an expired one makes it failing:
+//     the attempts may still succeed on a cached token, but not for long. Neither hides a
+//     failing state the attempts gave;
 //     - anything else (a recipient the upstream refused, a message too large) says nothing about
 //     the project's health and leaves it as it was.
 //     A failing project stays failing until a delivery or a check succeeds.
@@ -87,6 +91,11 @@ const (
 	ReasonShuttingDown Reason = "shutting_down"
 	// ReasonOther: anything else.
 	ReasonOther Reason = "other"
+	// ReasonClientSecretExpiring: the app registration's client secret expires within
+	// Options.SecretWarning. Not an attempt's reason: it comes from the project (Sync).
+	ReasonClientSecretExpiring Reason = "client_secret_expiring"
+	// ReasonClientSecretExpired: the app registration's client secret has expired (Sync).
+	ReasonClientSecretExpired Reason = "client_secret_expired"
 )
 
 // Reasons lists every Reason, for metrics and tests.
@@ -94,6 +103,7 @@ var Reasons = []Reason{
 	ReasonAccepted, ReasonCredentialRefused, ReasonNeedsSignIn, ReasonUpstreamDown, ReasonUpstreamTimeout,
 	ReasonUpstreamDeferred, ReasonUpstreamRefused, ReasonRateLimited, ReasonDisabled, ReasonRemoved,
 	ReasonCredentialUnavailable, ReasonMessage, ReasonNoProject, ReasonStoreUnavailable, ReasonShuttingDown, ReasonOther,
+	ReasonClientSecretExpiring, ReasonClientSecretExpired,
 }
 
 // effect is what a reason does to the state (step 2 of the package comment).
@@ -205,6 +215,9 @@ type Options struct {
 	// OnChange is called, outside the Tracker's lock and in order, with each change of a project's
 	// state or reason. Nil: nobody is told.
 	OnChange func(Change)
+	// SecretWarning makes a project degraded once its OAuth client secret expires within this
+	// long (config tokens.client_secret_warning). Zero means DefaultSecretWarning.
+	SecretWarning time.Duration
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 }
@@ -213,6 +226,8 @@ type Options struct {
 const (
 	DefaultFailAttempts = 3
 	DefaultFailAfter    = 5 * time.Minute
+	// DefaultSecretWarning is 30 days: time to make a new client secret in the provider's portal.
+	DefaultSecretWarning = 30 * 24 * time.Hour
 	// SweepInterval is how often Run re-derives every project.
 	SweepInterval = 15 * time.Second
 )
@@ -227,6 +242,8 @@ type record struct {
 	firstWear time.Time
 	// paused is ReasonDisabled or ReasonRemoved while the project is (Sync).
 	paused Reason
+	// secretExpires is when the project's OAuth client secret expires (Sync); zero: unknown.
+	secretExpires time.Time
 	// told is the state last handed to OnChange.
 	told Status
 	// sent counts accepted messages in 5-minute buckets over the last day.
@@ -252,6 +269,9 @@ func New(o Options) *Tracker {
 	}
 	if o.FailAfter <= 0 {
 		o.FailAfter = DefaultFailAfter
+	}
+	if o.SecretWarning <= 0 {
+		o.SecretWarning = DefaultSecretWarning
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -341,6 +361,14 @@ func (t *Tracker) derive(r *record, now time.Time, changes []Change) []Change {
 	case waits:
 		state, reason = StateDegraded, r.streak
 	}
+	if exp := r.secretExpires; !exp.IsZero() {
+		switch {
+		case !now.Before(exp) && state != StateFailing:
+			state, reason = StateFailing, ReasonClientSecretExpired
+		case now.Before(exp) && exp.Sub(now) <= t.opts.SecretWarning && state == StateOK:
+			state, reason = StateDegraded, ReasonClientSecretExpiring
+		}
+	}
 	if r.paused != "" {
 		state, reason = StateDegraded, r.paused
 	}
@@ -399,12 +427,16 @@ type Project struct {
 	Name     string
 	Disabled bool
 	Removed  bool
+	// SecretExpires is when the project's OAuth client secret expires; zero: unknown, or no
+	// client secret.
+	SecretExpires time.Time
 }
 
 // Sync makes the Tracker know exactly the given projects (those loaded from the store): a new
 // one starts ok, a purged one is forgotten (so that neither the Tracker nor the metrics grow with
-// every project ever seen), a disabled or removed one is degraded for that reason. Changes are
-// told as by Record.
+// every project ever seen), a disabled or removed one is degraded for that reason, and one whose
+// client secret expires soon or has expired is degraded or failing (step 2). Changes are told as
+// by Record.
 func (t *Tracker) Sync(projects []Project) {
 	now := t.opts.Now()
 	keep := make(map[string]bool, len(projects))
@@ -421,6 +453,7 @@ func (t *Tracker) Sync(projects []Project) {
 		default:
 			r.paused = ""
 		}
+		r.secretExpires = p.SecretExpires
 		changes = t.derive(r, now, changes)
 	}
 	for n := range t.projects {

@@ -223,3 +223,96 @@ postern_project_health{state="ok"} 1
 		t.Error(err)
 	}
 }
+
+func TestClientSecretExpiry(t *testing.T) {
+	day := 24 * time.Hour
+	for _, tc := range []struct {
+		name       string
+		expiresIn  time.Duration // from now; 0: no date
+		attempts   []health.Reason
+		disabled   bool
+		wantState  health.State
+		wantReason health.Reason
+	}{
+		{"no date", 0, nil, false, health.StateOK, ""},
+		{"far off", 60 * day, nil, false, health.StateOK, ""},
+		{"within the warning", 29 * day, nil, false, health.StateDegraded, health.ReasonClientSecretExpiring},
+		{"within the warning, deliveries succeed", 29 * day, []health.Reason{health.ReasonAccepted}, false, health.StateDegraded, health.ReasonClientSecretExpiring},
+		{"expired", -time.Hour, nil, false, health.StateFailing, health.ReasonClientSecretExpired},
+		{"expired, deliveries still succeed", -time.Hour, []health.Reason{health.ReasonAccepted}, false, health.StateFailing, health.ReasonClientSecretExpired},
+		{"expiring does not hide a refused credential", 10 * day, []health.Reason{health.ReasonCredentialRefused}, false, health.StateFailing, health.ReasonCredentialRefused},
+		{"expired does not hide a needed sign-in", -day, []health.Reason{health.ReasonNeedsSignIn}, false, health.StateFailing, health.ReasonNeedsSignIn},
+		{"expiring does not hide an upstream down", 10 * day, []health.Reason{health.ReasonUpstreamDown}, false, health.StateDegraded, health.ReasonUpstreamDown},
+		{"expired is worse than an upstream down", -day, []health.Reason{health.ReasonUpstreamDown}, false, health.StateFailing, health.ReasonClientSecretExpired},
+		{"disabled", -day, nil, true, health.StateDegraded, health.ReasonDisabled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, c, _ := newTracker(t)
+			p := health.Project{Name: "a", Disabled: tc.disabled}
+			if tc.expiresIn != 0 {
+				p.SecretExpires = c.now().Add(tc.expiresIn)
+			}
+			for _, r := range tc.attempts {
+				tr.Record(delivery("a", r))
+			}
+			tr.Sync([]health.Project{p})
+			if s := tr.Status("a"); s.State != tc.wantState || s.Reason != tc.wantReason {
+				t.Errorf("got %s (%s), want %s (%s)", s.State, s.Reason, tc.wantState, tc.wantReason)
+			}
+		})
+	}
+}
+
+// The state follows the date as time passes (Sweep), the configured warning counts, and a new
+// date (a new secret) makes the project ok again.
+func TestClientSecretExpiryWithTime(t *testing.T) {
+	c := &clock{t: time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)}
+	var changes []health.Change
+	tr := health.New(health.Options{Now: c.now, SecretWarning: 14 * 24 * time.Hour, OnChange: func(ch health.Change) { changes = append(changes, ch) }})
+	exp := c.now().Add(20 * 24 * time.Hour)
+	tr.Sync([]health.Project{{Name: "a", SecretExpires: exp}})
+	if s := tr.Status("a"); s.State != health.StateOK {
+		t.Fatalf("20 days before the expiry with a warning of 14: %s (%s)", s.State, s.Reason)
+	}
+	c.add(7 * 24 * time.Hour)
+	tr.Sweep()
+	if s := tr.Status("a"); s.State != health.StateDegraded || s.Reason != health.ReasonClientSecretExpiring {
+		t.Fatalf("13 days before: %s (%s), want degraded", s.State, s.Reason)
+	}
+	c.add(13 * 24 * time.Hour)
+	tr.Sweep()
+	if s := tr.Status("a"); s.State != health.StateFailing || s.Reason != health.ReasonClientSecretExpired {
+		t.Fatalf("at the expiry: %s (%s), want failing", s.State, s.Reason)
+	}
+	tr.Sync([]health.Project{{Name: "a", SecretExpires: c.now().AddDate(1, 0, 0)}})
+	if s := tr.Status("a"); s.State != health.StateOK {
+		t.Fatalf("with a new secret: %s (%s), want ok", s.State, s.Reason)
+	}
+	var got []string
+	for _, ch := range changes {
+		got = append(got, string(ch.To.State)+" "+string(ch.To.Reason))
+	}
+	if want := "degraded client_secret_expiring,failing client_secret_expired,ok "; strings.Join(got, ",") != want {
+		t.Errorf("changes told: %q, want %q", strings.Join(got, ","), want)
+	}
+}
+
+func TestClientSecretExpiryMetric(t *testing.T) {
+	tr, c, _ := newTracker(t)
+	a, b := c.now().Add(40*24*time.Hour), c.now().Add(10*24*time.Hour)
+	tr.Sync([]health.Project{{Name: "a", SecretExpires: a}, {Name: "b", SecretExpires: b}, {Name: "c"}})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(tr.Collector())
+	const help = `# HELP postern_oauth_client_secret_expiry_timestamp_seconds When the app registration's client secret of each OAuth project with a known date expires (Unix time); without the project label, the earliest.
+# TYPE postern_oauth_client_secret_expiry_timestamp_seconds gauge
+`
+	want := help + fmt.Sprintf("postern_oauth_client_secret_expiry_timestamp_seconds{project=\"a\"} %d\npostern_oauth_client_secret_expiry_timestamp_seconds{project=\"b\"} %d\n", a.Unix(), b.Unix())
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "postern_oauth_client_secret_expiry_timestamp_seconds"); err != nil {
+		t.Error(err)
+	}
+	// Without the project label: the earliest, not a sum.
+	want = help + fmt.Sprintf("postern_oauth_client_secret_expiry_timestamp_seconds %d\n", b.Unix())
+	if err := testutil.GatherAndCompare(health.WithoutLabel(reg, "project"), strings.NewReader(want), "postern_oauth_client_secret_expiry_timestamp_seconds"); err != nil {
+		t.Error(err)
+	}
+}

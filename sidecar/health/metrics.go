@@ -28,6 +28,7 @@ type collector struct {
 	t          *Tracker
 	deliveries *prometheus.Desc
 	health     *prometheus.Desc
+	secret     *prometheus.Desc
 	duration   *prometheus.HistogramVec
 	upstream   *prometheus.HistogramVec
 }
@@ -64,10 +65,13 @@ func (t *Tracker) ObserveUpstream(step string, took time.Duration) {
 //     heard (delivered, deferred, refused), the stage where each ended (mail, rcpt, data) and
 //     the Reason;
 //   - postern_project_health{project,state}: 1 for the project's current state, 0 for the others;
+//   - postern_oauth_client_secret_expiry_timestamp_seconds{project}: when the project's OAuth
+//     client secret expires, for the projects whose date is known (Project.SecretExpires);
 //   - postern_delivery_duration_seconds{outcome} and postern_upstream_duration_seconds{step}.
 //
 // With the project label, postern_deliveries_total has at most one series per project and
-// combination seen (in practice 3 to 6 per project), postern_project_health three per project.
+// combination seen (in practice 3 to 6 per project), postern_project_health three per project,
+// the client secret's expiry one per project with a date.
 func (t *Tracker) Collector() prometheus.Collector {
 	return &collector{
 		t: t,
@@ -77,6 +81,9 @@ func (t *Tracker) Collector() prometheus.Collector {
 		health: prometheus.NewDesc("postern_project_health",
 			"Project health: 1 for each project's current state (ok, degraded, failing), 0 for the others; without the project label, projects per state.",
 			[]string{"project", "state"}, nil),
+		secret: prometheus.NewDesc("postern_oauth_client_secret_expiry_timestamp_seconds",
+			"When the app registration's client secret of each OAuth project with a known date expires (Unix time); without the project label, the earliest.",
+			[]string{"project"}, nil),
 		duration: t.metrics.duration,
 		upstream: t.metrics.upstream,
 	}
@@ -85,6 +92,7 @@ func (t *Tracker) Collector() prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.deliveries
 	ch <- c.health
+	ch <- c.secret
 	c.duration.Describe(ch)
 	c.upstream.Describe(ch)
 }
@@ -96,8 +104,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Lock()
 	counts := maps.Clone(t.counts)
 	states := make(map[string]State, len(t.projects))
+	expires := map[string]time.Time{}
 	for n, r := range t.projects {
 		states[n] = r.status.State
+		if !r.secretExpires.IsZero() {
+			expires[n] = r.secretExpires
+		}
 	}
 	t.mu.Unlock()
 
@@ -113,13 +125,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, v, n, string(st))
 		}
 	}
+	for n, exp := range expires {
+		ch <- prometheus.MustNewConstMetric(c.secret, prometheus.GaugeValue, float64(exp.Unix()), n)
+	}
 }
 
 // WithoutLabel returns a Gatherer that gathers g and removes label from every counter, gauge and
 // untyped sample, summing the samples that then share their labels: with label "project",
 // postern_project_health{state} counts the projects in each state and the per-project counters
 // become totals, so that the number of series no longer grows with the projects
-// (config metrics.project_label: false). Histograms and summaries are passed on unchanged.
+// (config metrics.project_label: false). A gauge of a time (its name ends in _timestamp_seconds)
+// keeps the earliest instead: a sum of times means nothing, the first to come is what an alert
+// wants. Histograms and summaries are passed on unchanged.
 func WithoutLabel(g prometheus.Gatherer, label string) prometheus.Gatherer {
 	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
 		fams, err := g.Gather()
@@ -132,6 +149,7 @@ func WithoutLabel(g prometheus.Gatherer, label string) prometheus.Gatherer {
 			if !slices.ContainsFunc(f.Metric, func(m *dto.Metric) bool { return hasLabel(m, label) }) {
 				continue
 			}
+			earliest := f.GetType() == dto.MetricType_GAUGE && strings.HasSuffix(f.GetName(), "_timestamp_seconds")
 			merged := map[string]*dto.Metric{}
 			var order []string
 			for _, m := range f.Metric {
@@ -148,6 +166,8 @@ func WithoutLabel(g prometheus.Gatherer, label string) prometheus.Gatherer {
 					case prev.Counter != nil:
 						prev.Counter.Value = proto.Float64(prev.Counter.GetValue() + m.Counter.GetValue())
 						prev.Counter.CreatedTimestamp = nil
+					case prev.Gauge != nil && earliest:
+						prev.Gauge.Value = proto.Float64(min(prev.Gauge.GetValue(), m.Gauge.GetValue()))
 					case prev.Gauge != nil:
 						prev.Gauge.Value = proto.Float64(prev.Gauge.GetValue() + m.Gauge.GetValue())
 					case prev.Untyped != nil:

@@ -136,6 +136,9 @@ type OAuth struct {
 	RevocationURL string `json:"revocation_url,omitempty"`
 	// Issuer, when set, is the expected "iss" of id_tokens.
 	Issuer string `json:"issuer,omitempty"`
+	// ClientSecretExpires, when set, is when the app registration's client secret expires (as
+	// the provider's portal shows it). Postern warns ahead of it (package health); zero: unknown.
+	ClientSecretExpires time.Time `json:"client_secret_expires,omitzero"`
 }
 
 // Limits are per-mailbox limits of the upstream. Zero means "no limit of Postern's own", except

@@ -2,6 +2,8 @@ package project
 
 import (
 	"encoding/json"
+	"fmt"
+	"time"
 
 	"github.com/postern/postern/sidecar/secret"
 )
@@ -25,6 +27,31 @@ func SecretMark(s secret.Secret) string {
 		return "[not set]"
 	}
 	return "[set]"
+}
+
+// ExpiryText is how `postern project show` and the status page show the expiry exp of a client
+// secret at now: "expires 2026-03-01 (in 41 days)", "expires 2026-03-01 (today)" or
+// "expired 2026-03-01 (3 days ago)". Days are whole days, rounded down.
+func ExpiryText(exp, now time.Time) string {
+	date := exp.UTC().Format(time.DateOnly)
+	const day = 24 * time.Hour
+	switch left := exp.Sub(now); {
+	case left >= day:
+		return fmt.Sprintf("expires %s (in %s)", date, nDays(int(left/day)))
+	case left > 0:
+		return "expires " + date + " (today)"
+	case -left < day:
+		return "expired " + date + " (today)"
+	default:
+		return fmt.Sprintf("expired %s (%s ago)", date, nDays(int(-left/day)))
+	}
+}
+
+func nDays(n int) string {
+	if n == 1 {
+		return "1 day"
+	}
+	return fmt.Sprintf("%d days", n)
 }
 
 // PublicMap is p as its ordinary JSON object (which carries no secrets), with its version and

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/sidecar/project"
 	"github.com/postern/postern/sidecar/secret"
@@ -46,5 +47,23 @@ func TestPublicMapShowsNoSecret(t *testing.T) {
 	}
 	if project.NormalizeSenders([]string{}) != nil {
 		t.Error("NormalizeSenders of an empty list is not nil")
+	}
+}
+
+func TestExpiryText(t *testing.T) {
+	now := time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		exp  time.Time
+		want string
+	}{
+		{time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC), "expires 2026-02-20 (in 40 days)"},
+		{time.Date(2026, 1, 12, 0, 0, 0, 0, time.UTC), "expires 2026-01-12 (in 1 day)"},
+		{time.Date(2026, 1, 11, 0, 0, 0, 0, time.UTC), "expires 2026-01-11 (today)"},
+		{time.Date(2026, 1, 10, 0, 0, 0, 0, time.UTC), "expired 2026-01-10 (today)"},
+		{time.Date(2026, 1, 7, 0, 0, 0, 0, time.UTC), "expired 2026-01-07 (3 days ago)"},
+	} {
+		if got := project.ExpiryText(tc.exp, now); got != tc.want {
+			t.Errorf("ExpiryText(%s) = %q, want %q", tc.exp, got, tc.want)
+		}
 	}
 }
