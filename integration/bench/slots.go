@@ -103,15 +103,24 @@ func busyAgents(master int) int {
 // children returns the process ids whose parent is pid.
 func children(pid int) []int {
 	var out []int
-	// /proc/PID/task/PID/children lists them directly (CONFIG_PROC_CHILDREN); else scan /proc.
-	if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/children"); err == nil {
+	// /proc/PID/task/TID/children lists each thread's children (CONFIG_PROC_CHILDREN); else
+	// scan /proc.
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+	for i, name := range tasks {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			break
+		}
 		for _, f := range strings.Fields(string(b)) {
 			if n, err := strconv.Atoi(f); err == nil {
 				out = append(out, n)
 			}
 		}
-		return out
+		if i == len(tasks)-1 {
+			return out
+		}
 	}
+	out = out[:0]
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
