@@ -20,7 +20,8 @@
 //     (sessions = destination concurrency of every path) and time from the first submission to
 //     the last arrival at the sink, each path taking its turn first between rounds. The summary
 //     takes the median over the rounds, and of each round's ratios.
-//  4. Count Postern's store reads (postern_store_project_reads_total) over those cells against
+//  4. Measure Postern's added latency per message (added.go): path A at concurrency 1, its
+//     delivery log against the sink's own time for each message. Count Postern's store reads (postern_store_project_reads_total) over those cells against
 //     the messages it delivered. Record Postern's CPU profile while path A carries load.
 //  5. Add an OAuth project: a real OAuth 2.0 server (oidc-provider) issues access tokens that
 //     Postern refreshes every few seconds; the sink validates each new token at the server's
@@ -72,9 +73,12 @@ type Options struct {
 	// skips it, and the large one too.
 	Projects int
 	// LargeProjects is the number of projects of the large scale measurement (file store only,
-	// e.g. 100,000); 0 skips it. Not run by default: with 100,000 projects a socketmap lookup
-	// went unanswered for minutes on the machine this was written on.
+	// e.g. 100,000); 0 skips it. `make bench` runs it with 100,000 (not BENCH=quick): about
+	// 40 seconds.
 	LargeProjects int
+	// ScaleOnly runs the scale measurements alone (Projects and LargeProjects), without the
+	// end-to-end and distant cells.
+	ScaleOnly bool
 	// SkipXOAUTH2 leaves the XOAUTH2 measurement out.
 	SkipXOAUTH2 bool
 	// Vault keeps path A's projects in a Vault dev server (harness.BuildVaultDev must find it
@@ -91,10 +95,15 @@ type Options struct {
 	DistantRounds int
 	// DistantSize is the message size of the distant cells; default 1 KB.
 	DistantSize int
+	// DistantPerMailbox is how many messages each project's mailbox sends in a distant cell
+	// (at least 150 messages in all); default 5. A client's server sends many messages: with one
+	// per mailbox, every delivery would find its mailbox cold and Postern's pool could not help.
+	DistantPerMailbox int
 }
 
-// distantCount is how many messages a distant cell over n projects submits.
-func distantCount(n int) int { return max(150, min(4*n, 1000)) }
+// distantCount is how many messages a distant cell over n projects submits: perMailbox per
+// project's mailbox, at least 150.
+func distantCount(n, perMailbox int) int { return max(150, perMailbox*n) }
 
 func (o *Options) defaults() {
 	if len(o.Sizes) == 0 {
@@ -127,6 +136,9 @@ func (o *Options) defaults() {
 	if o.DistantSize == 0 {
 		o.DistantSize = 1024
 	}
+	if o.DistantPerMailbox <= 0 {
+		o.DistantPerMailbox = 5
+	}
 }
 
 func (o *Options) distant() bool { return len(o.RTTs) > 0 && o.RTTs[0] >= 0 }
@@ -154,125 +166,140 @@ func Run(r *Runner, opts Options) *Results {
 		maxConc = max(maxConc, s)
 	}
 
-	relay := r.Sub()
-	r.Step("starting the sinks, postern and the front postfix")
-	distantN := 0
-	if opts.distant() {
-		distantN = slices.Max(opts.DistantProjects)
-	}
-	rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc, Vault: opts.Vault, DistantProjects: distantN})
-
-	r.Step("measuring the sink alone")
-	users := rl.sinkUsers()
-	for _, l := range []struct {
-		mode              string
-		size, conc, count int
-	}{
-		{LoadPooled, 1024, maxConc, 10000},
-		{LoadPooled, 100 * 1024, maxConc, 2000},
-		{LoadPerMessage, 1024, maxConc, 2000},
-	} {
-		s, err := LoadSink(ctx, rl.Auth, rl.CA.ClientTLS("127.0.0.1"), "bench-b", users["bench-b"], l.mode, l.size, l.conc, l.count)
-		if err != nil {
-			r.Fatalf("%v", err)
+	if !opts.ScaleOnly {
+		relay := r.Sub()
+		r.Step("starting the sinks, postern and the front postfix")
+		distantN := 0
+		if opts.distant() {
+			distantN = slices.Max(opts.DistantProjects)
 		}
-		r.Logf("%s %s c%d: %.0f msg/s", s.Mode, sizeLabel(s.Size), s.Concurrency, s.Rate)
-		res.Sink = append(res.Sink, s)
-	}
+		rl := StartRelay(relay, RelayOptions{Bin: opts.Bin, MaxConcurrency: maxConc, Vault: opts.Vault, DistantProjects: distantN})
 
-	r.Step("warming up the four paths")
-	if err := rl.Warm(ctx, PathPlain, PathPostern, PathDirect, PathDirectFull); err != nil {
-		r.Fatalf("%v", err)
-	}
-	before, err := rl.Metrics(ctx)
-	if err != nil {
-		r.Fatalf("%v", err)
-	}
-	t0 := time.Now()
-	for _, size := range opts.Sizes {
-		for round := 1; round <= opts.Rounds; round++ {
-			for i, conc := range opts.Steps {
-				// Each path goes first, second, third and last in turn.
-				paths := []string{PathPostern, PathDirect, PathPlain, PathDirectFull}
-				n := (round + i) % len(paths)
-				order := append(slices.Clone(paths[n:]), paths[:n]...)
-				r.Step("%s, round %d, concurrency %d: %s", sizeLabel(size), round, conc, strings.Join(order, ", "))
-				for _, path := range order {
-					c, err := rl.Measure(ctx, path, size, conc, opts.count(size, conc), round)
-					if err != nil {
-						r.Fatalf("%v", err)
-					}
-					r.Logf("%-8s %7.1f msg/s  (%d in %.2fs; postern CPU %.2fs, sessions %d; sink conns %d; CPU busy %.0f%%: %s)",
-						path, c.Rate, c.Count, c.Seconds, c.PosternCPUSeconds, c.PosternSessions, c.SinkConns, 100*c.CPUBusy, formatShares(c.CPUTop))
-					res.Cells = append(res.Cells, c)
-				}
+		r.Step("measuring the sink alone")
+		users := rl.sinkUsers()
+		for _, l := range []struct {
+			mode              string
+			size, conc, count int
+		}{
+			{LoadPooled, 1024, maxConc, 10000},
+			{LoadPooled, 100 * 1024, maxConc, 2000},
+			{LoadPerMessage, 1024, maxConc, 2000},
+		} {
+			s, err := LoadSink(ctx, rl.Auth, rl.CA.ClientTLS("127.0.0.1"), "bench-b", users["bench-b"], l.mode, l.size, l.conc, l.count)
+			if err != nil {
+				r.Fatalf("%v", err)
 			}
+			r.Logf("%s %s c%d: %.0f msg/s", s.Mode, sizeLabel(s.Size), s.Concurrency, s.Rate)
+			res.Sink = append(res.Sink, s)
 		}
-	}
-	after, err := rl.Metrics(ctx)
-	if err != nil {
-		r.Fatalf("%v", err)
-	}
-	store := "file"
-	if opts.Vault {
-		store = "vault"
-	}
-	res.Store = storeReads(before, after, time.Since(t0), res.Cells, store)
 
-	for _, size := range opts.Sizes {
-		const d = 3 * time.Second
-		conc := min(10, maxConc)
-		r.Step("profiling postern for %s: path A, %s at concurrency %d", d, sizeLabel(size), conc)
-		// Enough messages to keep Postern busy for the whole profile.
-		count := opts.count(size, conc) * 2
-		p, err := rl.ProfilePostern(ctx, opts.Out, size, conc, count, d)
+		r.Step("warming up the four paths")
+		if err := rl.Warm(ctx, PathPlain, PathPostern, PathDirect, PathDirectFull); err != nil {
+			r.Fatalf("%v", err)
+		}
+		before, err := rl.Metrics(ctx)
 		if err != nil {
 			r.Fatalf("%v", err)
 		}
-		res.Profiles = append(res.Profiles, p)
-	}
-
-	if !opts.SkipXOAUTH2 {
-		r.Step("XOAUTH2: starting the OAuth 2.0 server and adding an OAuth project")
-		x := rl.StartXOAUTH2(relay, XOAUTH2Options{FreshFor: 4 * time.Second, MaxConcurrency: maxConc})
-		if err := rl.Warm(ctx, PathXOAUTH2); err != nil {
-			r.Fatalf("%v", err)
-		}
-		r.Step("XOAUTH2: measuring with tokens refreshed every ~2s")
-		xr, err := rl.MeasureXOAUTH2(ctx, x, 1024, []int{10, maxConc}, opts.Counts[1024]*2)
-		if err != nil {
-			r.Fatalf("%v", err)
-		}
-		for _, c := range xr.Cells {
-			r.Logf("%s c%d: %.1f msg/s (%d in %.2fs)", PathXOAUTH2, c.Concurrency, c.Rate, c.Count, c.Seconds)
-		}
-		r.Logf("refreshes %d, waits %d (derived from the log: %d), tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.RefreshWaitsDerived, xr.TokensSeen)
-		res.XOAUTH2 = &xr
-	}
-	if opts.distant() {
-		for round := 1; round <= opts.DistantRounds; round++ {
-			for _, rtt := range opts.RTTs {
-				for _, n := range opts.DistantProjects {
-					// A and B take turns going first.
-					paths := []string{PathDistantA, PathDistantB}
-					if (round+n+int(rtt.Milliseconds()))%2 == 1 {
-						paths[0], paths[1] = paths[1], paths[0]
-					}
-					r.Step("distant upstream: RTT %s, %d projects, round %d", rtt, n, round)
-					for _, path := range paths {
-						c, err := rl.MeasureDistant(ctx, path, rtt, n, opts.DistantSize, distantCount(n), round)
+		t0 := time.Now()
+		for _, size := range opts.Sizes {
+			for round := 1; round <= opts.Rounds; round++ {
+				for i, conc := range opts.Steps {
+					// Each path goes first, second, third and last in turn.
+					paths := []string{PathPostern, PathDirect, PathPlain, PathDirectFull}
+					n := (round + i) % len(paths)
+					order := append(slices.Clone(paths[n:]), paths[:n]...)
+					r.Step("%s, round %d, concurrency %d: %s", sizeLabel(size), round, conc, strings.Join(order, ", "))
+					for _, path := range order {
+						c, err := rl.Measure(ctx, path, size, conc, opts.count(size, conc), round)
 						if err != nil {
 							r.Fatalf("%v", err)
 						}
-						r.Logf("%-15s %7.1f msg/s  (%d of %d in %.2fs; queue delay p50 %.2fs p99 %.2fs; %.2f conns/msg; 421: %d; deferrals %d; postern %.3f ms/msg)",
-							path, c.Rate, c.Delivered, c.Count, c.Seconds, c.QueueP50, c.QueueP99, c.ConnsPerMsg, c.Refused, c.Deferrals, c.PosternCPUms)
-						res.DistantCells = append(res.DistantCells, c)
+						r.Logf("%-8s %7.1f msg/s  (%d in %.2fs; postern CPU %.2fs, sessions %d; sink conns %d; CPU busy %.0f%%: %s)",
+							path, c.Rate, c.Count, c.Seconds, c.PosternCPUSeconds, c.PosternSessions, c.SinkConns, 100*c.CPUBusy, formatShares(c.CPUTop))
+						res.Cells = append(res.Cells, c)
 					}
 				}
 			}
 		}
+		after, err := rl.Metrics(ctx)
+		if err != nil {
+			r.Fatalf("%v", err)
+		}
+		store := "file"
+		if opts.Vault {
+			store = "vault"
+		}
+		res.Store = storeReads(before, after, time.Since(t0), res.Cells, store)
+
+		for _, size := range opts.Sizes {
+			r.Step("Postern's added latency per message: path A, %s at concurrency 1", sizeLabel(size))
+			c, err := rl.Measure(ctx, PathPostern, size, 1, addedMessages, 0)
+			if err != nil {
+				r.Fatalf("%v", err)
+			}
+			if c.AddedP99Micro == 0 {
+				r.Fatalf("Postern's delivery log and the sink do not count the same %d messages", addedMessages)
+			}
+			r.Logf("p50 %.0f µs, p99 %.0f µs", c.AddedP50Micro, c.AddedP99Micro)
+			res.Added = append(res.Added, AddedLatency{Size: size, Messages: addedMessages, P50Micro: c.AddedP50Micro, P99Micro: c.AddedP99Micro})
+		}
+
+		for _, size := range opts.Sizes {
+			const d = 3 * time.Second
+			conc := min(10, maxConc)
+			r.Step("profiling postern for %s: path A, %s at concurrency %d", d, sizeLabel(size), conc)
+			// Enough messages to keep Postern busy for the whole profile.
+			count := opts.count(size, conc) * 2
+			p, err := rl.ProfilePostern(ctx, opts.Out, size, conc, count, d)
+			if err != nil {
+				r.Fatalf("%v", err)
+			}
+			res.Profiles = append(res.Profiles, p)
+		}
+
+		if !opts.SkipXOAUTH2 {
+			r.Step("XOAUTH2: starting the OAuth 2.0 server and adding an OAuth project")
+			x := rl.StartXOAUTH2(relay, XOAUTH2Options{FreshFor: 4 * time.Second, MaxConcurrency: maxConc})
+			if err := rl.Warm(ctx, PathXOAUTH2); err != nil {
+				r.Fatalf("%v", err)
+			}
+			r.Step("XOAUTH2: measuring with tokens refreshed every ~2s")
+			xr, err := rl.MeasureXOAUTH2(ctx, x, 1024, []int{10, maxConc}, opts.Counts[1024]*2)
+			if err != nil {
+				r.Fatalf("%v", err)
+			}
+			for _, c := range xr.Cells {
+				r.Logf("%s c%d: %.1f msg/s (%d in %.2fs)", PathXOAUTH2, c.Concurrency, c.Rate, c.Count, c.Seconds)
+			}
+			r.Logf("refreshes %d, waits %d (derived from the log: %d), tokens validated %d", xr.Refreshes, xr.RefreshWaits, xr.RefreshWaitsDerived, xr.TokensSeen)
+			res.XOAUTH2 = &xr
+		}
+		if opts.distant() {
+			for round := 1; round <= opts.DistantRounds; round++ {
+				for _, rtt := range opts.RTTs {
+					for _, n := range opts.DistantProjects {
+						// A and B take turns going first.
+						paths := []string{PathDistantA, PathDistantB}
+						if (round+n+int(rtt.Milliseconds()))%2 == 1 {
+							paths[0], paths[1] = paths[1], paths[0]
+						}
+						r.Step("distant upstream: RTT %s, %d projects, round %d", rtt, n, round)
+						for _, path := range paths {
+							c, err := rl.MeasureDistant(ctx, path, rtt, n, opts.DistantSize, distantCount(n, opts.DistantPerMailbox), round)
+							if err != nil {
+								r.Fatalf("%v", err)
+							}
+							r.Logf("%-15s %7.1f msg/s  (%d of %d in %.2fs; queue delay p50 %.2fs p99 %.2fs; %.2f conns/msg; 421: %d; deferrals %d; postern %.3f ms/msg; slots busy mean %.1f max %d)",
+								path, c.Rate, c.Delivered, c.Count, c.Seconds, c.QueueP50, c.QueueP99, c.ConnsPerMsg, c.Refused, c.Deferrals, c.PosternCPUms, c.SlotsBusyMean, c.SlotsBusyMax)
+							res.DistantCells = append(res.DistantCells, c)
+						}
+					}
+				}
+			}
+		}
+		relay.Close()
 	}
-	relay.Close()
 
 	if opts.Projects > 0 {
 		r.Step("scale: %d projects", opts.Projects)
@@ -314,6 +341,9 @@ func Run(r *Runner, opts Options) *Results {
 	}
 	if err := res.WriteJSON(filepath.Join(opts.Out, "results.json")); err != nil {
 		r.Fatalf("%v", err)
+	}
+	if opts.ScaleOnly {
+		return res // no throughput to chart
 	}
 	if err := res.WriteChart(filepath.Join(opts.Out, "chart.png")); err != nil {
 		r.Fatalf("%v", err)

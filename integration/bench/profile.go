@@ -56,6 +56,10 @@ func (rl *Relay) fetchProfile(ctx context.Context, d time.Duration) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
+	if rl.Postern.ReadToken != "" {
+		// The admin listener's debug pages need the read token like its status pages.
+		req.Header.Set("Authorization", "Bearer "+rl.Postern.ReadToken)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("profiling postern: %w", err)

@@ -288,6 +288,10 @@ type Cell struct {
 	// VaultRequests are the requests Postern made to Vault during the cell, by method and path
 	// (with the Vault store).
 	VaultRequests map[string]int `json:"vault_requests,omitempty"`
+	// AddedP50Micro and AddedP99Micro are Postern's added latency per message (added.go), in
+	// microseconds: path A at concurrency 1 only.
+	AddedP50Micro float64 `json:"added_latency_p50_us,omitempty"`
+	AddedP99Micro float64 `json:"added_latency_p99_us,omitempty"`
 }
 
 // Measure submits count messages of size bytes from path's sender with conc smtp-source sessions
@@ -309,6 +313,11 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 		return Cell{}, err
 	}
 
+	timed := path == PathPostern && conc == 1 // Postern's added latency, per message
+	logFrom := 0
+	if timed {
+		logFrom = len(rl.Postern.Log())
+	}
 	t0 := time.Now()
 	type submission struct {
 		err error
@@ -360,6 +369,15 @@ func (rl *Relay) Measure(ctx context.Context, path string, size, conc, count, ro
 	defer cancel()
 	if err := rl.Front.WaitQueueEmpty(wctx); err != nil {
 		return c, err
+	}
+	if timed {
+		// Postern logs a delivery just after its reply to Postfix.
+		var ds []time.Duration
+		_ = pollUntil(wctx, 5*time.Millisecond, func() bool {
+			ds = posternDurations(rl.Postern.Log()[logFrom:], "bench-a")
+			return len(ds) >= count
+		})
+		c.AddedP50Micro, c.AddedP99Micro, _ = addedLatency(ds, s.Timings(rcpt))
 	}
 	return c, nil
 }

@@ -8,7 +8,7 @@
 #   3. runs integration/bench/cmd/postern-bench: real Postfix fed by Postfix's smtp-source,
 #      Postern, Postfix's own SMTP client (with and without its TLS session cache) and its plain
 #      relay into a fast Go sink; XOAUTH2 with a real OAuth 2.0 server; 10,000 projects (in the
-#      file store, and in Vault when the Vault dev server is built); CPU
+#      file store, and in Vault when the Vault dev server is built) and 100,000 in the file store; CPU
 #      profiles of Postern itself under load (debug.pprof). It prints the table and writes $out/results.json, $out/chart.png and
 #      $out/postern-cpu-{1KB,100KB}.pprof (summarised in .txt beside them).
 # Needs root, Go, and what `make bench-deps` installs (Postfix with smtp-source; the OAuth
@@ -17,8 +17,8 @@
 #   BENCH_GOTIME     -benchtime of each Go benchmark run (default 300ms)
 #   BENCH_ARGS       extra arguments for postern-bench (e.g. "-rounds 1 -projects -1")
 #   BENCH=quick      a run under 5 minutes: one round at concurrency 10, no XOAUTH2 and no scale
-#                    cell, the distant cells at 0 and 30 ms with 1 and 1,000 projects, and the Go
-#                    benchmarks once
+#                    cells, the distant cells at 0 and 30 ms with 1 and 1,000 projects (3 messages
+#                    per mailbox), and the Go benchmarks once
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -27,11 +27,11 @@ cd "$root"
 out=${BENCH_OUT:-bench-results}
 gotime=${BENCH_GOTIME:-300ms}
 gocount=5
-quick_args=()
+quick_args=(-large-projects 100000)
 if [[ ${BENCH:-} == quick ]]; then
 	gotime=${BENCH_GOTIME:-100ms}
 	gocount=1
-	quick_args=(-rounds 1 -steps 10 -projects -1 -no-xoauth2 -rtts 0,30 -distant-projects 1,1000)
+	quick_args=(-rounds 1 -steps 10 -projects -1 -no-xoauth2 -rtts 0,30 -distant-projects 1,1000 -distant-per-mailbox 3)
 fi
 step() { printf '==> [%4ds] %s\n' "$(($(date +%s) - start))" "$*"; }
 start=$(date +%s)

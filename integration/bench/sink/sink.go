@@ -12,8 +12,9 @@
 //     is answered 421 4.3.2 and the connection closed, as Exchange Online answers a mailbox's
 //     fourth concurrent connection; Counts.Refused counts them.
 //  4. It reads each message to the end, discards it, and counts it under its first recipient (in
-//     lower case): how many arrived, when the first and the last one did. Arrivals returns that
-//     count; benchmarks give each measured run its own recipient address.
+//     lower case): how many arrived, when the first and the last one did, and how long each took
+//     from MAIL FROM to the end of its data (the sink's own time for a message, Timings).
+//     Arrivals returns that count; benchmarks give each measured run its own recipient address.
 package sink
 
 import (
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,7 +79,8 @@ type Sink struct {
 
 	mu     sync.Mutex
 	rcpt   map[string]*Arrivals
-	active map[string]int // signed-in connections per user
+	took   map[string][]time.Duration // per recipient, each message's MAIL FROM to end of data
+	active map[string]int             // signed-in connections per user
 }
 
 // Start listens and serves until Close.
@@ -92,7 +95,7 @@ func Start(opts Options) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink: listening on %s: %w", opts.Addr, err)
 	}
-	s := &Sink{opts: opts, ln: ln, done: make(chan struct{}), rcpt: map[string]*Arrivals{}, active: map[string]int{}}
+	s := &Sink{opts: opts, ln: ln, done: make(chan struct{}), rcpt: map[string]*Arrivals{}, took: map[string][]time.Duration{}, active: map[string]int{}}
 	srv := smtp.NewServer(s)
 	srv.Domain = opts.Hostname
 	srv.TLSConfig = opts.TLS
@@ -134,12 +137,20 @@ func (s *Sink) Arrivals(rcpt string) Arrivals {
 	return Arrivals{}
 }
 
+// Timings returns how long each message that arrived for rcpt took the sink, from its MAIL FROM
+// to the end of its data, in the order they arrived.
+func (s *Sink) Timings(rcpt string) []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.took[strings.ToLower(rcpt)])
+}
+
 // Counts returns the overall counts so far.
 func (s *Sink) Counts() Counts {
 	return Counts{Conns: s.conns.Load(), Auths: s.auths.Load(), AuthFailures: s.authFailures.Load(), Messages: s.messages.Load(), Refused: s.refused.Load()}
 }
 
-func (s *Sink) arrived(rcpt string, now time.Time) {
+func (s *Sink) arrived(rcpt string, now time.Time, took time.Duration) {
 	s.messages.Add(1)
 	key := strings.ToLower(rcpt)
 	s.mu.Lock()
@@ -151,6 +162,7 @@ func (s *Sink) arrived(rcpt string, now time.Time) {
 	}
 	a.Count++
 	a.Last = now
+	s.took[key] = append(s.took[key], took)
 }
 
 // NewSession implements smtp.Backend.
@@ -169,7 +181,8 @@ type session struct {
 	tls   bool
 	authd bool
 	first string
-	user  string // the signed-in user holding a place in Sink.active
+	mail  time.Time // when MAIL FROM arrived
+	user  string    // the signed-in user holding a place in Sink.active
 }
 
 // errTooManyConns is Exchange Online's answer to a mailbox's connection over its limit.
@@ -261,6 +274,7 @@ func (ss *session) Mail(string, *smtp.MailOptions) error {
 		return errAuthReq
 	}
 	ss.first = ""
+	ss.mail = time.Now()
 	return nil
 }
 
@@ -275,7 +289,8 @@ func (ss *session) Data(r io.Reader) error {
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return err
 	}
-	ss.s.arrived(ss.first, time.Now())
+	now := time.Now()
+	ss.s.arrived(ss.first, now, now.Sub(ss.mail))
 	ss.first = ""
 	return nil
 }

@@ -32,15 +32,17 @@ func main() {
 	projects := flag.Int("projects", 0, "projects of the scale measurement (default 10000; -1 skips it)")
 	noXOAUTH2 := flag.Bool("no-xoauth2", false, "leave the XOAUTH2 measurement out")
 	largeProjects := flag.Int("large-projects", 0, "projects of a second, large scale measurement in the file store, e.g. 100000 (default: none)")
+	scaleOnly := flag.Bool("scale-only", false, "run only the scale measurements (-projects, -large-projects), without Postfix")
 	rtts := flag.String("rtts", "", "round-trip times of the distant cells in ms, comma-separated (default 0,10,30,100; -1 leaves them out)")
 	distantProjects := flag.String("distant-projects", "", "projects of the distant cells, comma-separated (default 1,100,1000)")
+	perMailbox := flag.Int("distant-per-mailbox", 0, "messages per project's mailbox in a distant cell (default 5)")
 	vault := flag.Bool("vault", false, "keep path A's projects in the Vault dev server (POSTERN_VAULTDEV or integration/vaultdev/build.sh)")
 	flag.Parse()
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "postern-bench: -postern is required")
 		os.Exit(2)
 	}
-	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, LargeProjects: *largeProjects, SkipXOAUTH2: *noXOAUTH2, Vault: *vault}
+	opts := bench.Options{Bin: *bin, Out: *out, GoBench: *goBench, Rounds: *rounds, Projects: *projects, LargeProjects: *largeProjects, SkipXOAUTH2: *noXOAUTH2, ScaleOnly: *scaleOnly, DistantPerMailbox: *perMailbox, Vault: *vault}
 	for _, s := range strings.Split(*steps, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
