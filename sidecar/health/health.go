@@ -246,8 +246,9 @@ type record struct {
 	secretExpires time.Time
 	// told is the state last handed to OnChange.
 	told Status
-	// sent counts accepted messages in 5-minute buckets over the last day.
-	sent sentRing
+	// sent counts accepted messages over the last hour and day; nil until the first one, so that
+	// a project that never sent costs nothing (100,000 projects).
+	sent *sentRing
 }
 
 // Tracker holds the health of every project. It is safe for concurrent use.
@@ -327,6 +328,9 @@ func apply(r *record, e Event) {
 		r.streak, r.wearing, r.firstWear, s.Failures = "", 0, time.Time{}, 0
 		if e.Source == SourceDelivery {
 			s.LastDelivery = e.At
+			if r.sent == nil {
+				r.sent = new(sentRing)
+			}
 			r.sent.add(e.At)
 		}
 		return
@@ -498,34 +502,48 @@ func (t *Tracker) Run(ctx context.Context) {
 	}
 }
 
-// sentRing counts events in 5-minute buckets over a day.
+// sentRing counts events in twelve 5-minute buckets for the last hour and twenty-four 1-hour
+// buckets for the last day: 288 bytes a project. The day is the current hour and the 23 before
+// it, so it spans between 23 and 24 hours.
 type sentRing struct {
-	slot  [288]int
-	epoch [288]int64 // the 5-minute period each slot counts
+	min5      [12]int32
+	min5Epoch [12]int32 // the 5-minute period each slot counts (periods since 1970 fit until 22,000)
+	hour      [24]int32
+	hourEpoch [24]int32 // the hour each slot counts
 }
 
 const bucket = 5 * time.Minute
 
 func (r *sentRing) add(at time.Time) {
-	p := at.UnixNano() / int64(bucket)
-	i := p % int64(len(r.slot))
-	if r.epoch[i] != p {
-		r.epoch[i], r.slot[i] = p, 0
+	p := int32(at.UnixNano() / int64(bucket))
+	if i := p % int32(len(r.min5)); r.min5Epoch[i] != p {
+		r.min5Epoch[i], r.min5[i] = p, 1
+	} else {
+		r.min5[i]++
 	}
-	r.slot[i]++
+	h := int32(at.UnixNano() / int64(time.Hour))
+	if i := h % int32(len(r.hour)); r.hourEpoch[i] != h {
+		r.hourEpoch[i], r.hour[i] = h, 1
+	} else {
+		r.hour[i]++
+	}
 }
 
-// count returns the events of the last hour and the last day before now.
+// count returns the events of the last hour and the last day before now; a nil ring has none.
 func (r *sentRing) count(now time.Time) (hour, day int) {
-	p := now.UnixNano() / int64(bucket)
-	for i, e := range r.epoch {
-		age := p - e
-		if r.slot[i] == 0 || age < 0 || age >= int64(len(r.slot)) {
-			continue
+	if r == nil {
+		return 0, 0
+	}
+	p := int32(now.UnixNano() / int64(bucket))
+	for i, e := range r.min5Epoch {
+		if age := p - e; age >= 0 && age < int32(len(r.min5)) {
+			hour += int(r.min5[i])
 		}
-		day += r.slot[i]
-		if age < int64(time.Hour/bucket) {
-			hour += r.slot[i]
+	}
+	h := int32(now.UnixNano() / int64(time.Hour))
+	for i, e := range r.hourEpoch {
+		if age := h - e; age >= 0 && age < int32(len(r.hour)) {
+			day += int(r.hour[i])
 		}
 	}
 	return hour, day
