@@ -165,10 +165,7 @@ func TestStatusPageScreenshots(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitLocation(t, ctx, "state=needs_sign_in")
-			body, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("tbody")))
-			if err != nil {
-				t.Fatal(err)
-			}
+			body := textOf(t, ctx, "tbody")
 			if shown := strings.Count(body, "needs_sign_in"); shown != signIn || strings.Contains(body, "credential_refused") {
 				t.Errorf("filtered by needs_sign_in: %d rows with it (want %d); other states shown: %v", shown, signIn, strings.Contains(body, "credential_refused"))
 			}
@@ -184,10 +181,7 @@ func TestStatusPageScreenshots(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitLocation(t, ctx, "/status/sign-in-link/")
-			link, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#link")))
-			if err != nil {
-				t.Fatal(err)
-			}
+			link := textOf(t, ctx, "#link")
 			if links.Load() != 1 || !strings.HasPrefix(link, "https://postern.example/signin/l/client-") {
 				t.Errorf("with the API token: %d links made, link %q", links.Load(), link)
 			}
@@ -199,18 +193,39 @@ func TestStatusPageScreenshots(t *testing.T) {
 func waitLocation(t *testing.T, ctx context.Context, part string) {
 	t.Helper()
 	for {
+		// The location changes when the navigation commits, before the new document has loaded:
+		// wait for that too, or a query may find the old document's nodes gone.
 		loc, err := chromedp.Run(ctx, chromedp.Location())
 		if err == nil && strings.Contains(loc, part) {
-			if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
-				t.Fatal(err)
+			state, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.readyState`))
+			if err == nil && state == "complete" {
+				if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS("body"))); err != nil {
+					t.Fatal(err)
+				}
+				return
 			}
-			return
 		}
 		select {
 		case <-ctx.Done():
 			t.Fatalf("waiting for a page at %q: %v (at %s, %v)", part, ctx.Err(), loc, err)
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// textOf is the text of the first element sel matches, read again while the document it was
+// found in is being replaced (the node ids of a page that just loaded can go stale once).
+func textOf(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	for try := 0; ; try++ {
+		text, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err == nil {
+			return text
+		}
+		if try == 20 || ctx.Err() != nil {
+			t.Fatalf("reading %s: %v", sel, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
