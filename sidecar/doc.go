@@ -18,6 +18,8 @@
 //	token, oauth, signin          OAuth tokens, the identity providers, the sign-in pages
 //	keepalive                     refreshes idle OAuth grants before they expire of inactivity
 //	advice                        what the operator must do next, for check, CLI, status, sign-in
+//	health, notify                each project's health from its last attempts (projecthealth.go
+//	                              wires it); webhooks when a project fails, needs a sign-in, recovers
 //	admin                         status page, JSON API, metrics, health checks
 //	store (boltstore, vaultstore) projects and tokens
 //	config                        the file's schema; each default is the part's own (defaults_test.go)
@@ -54,6 +56,9 @@
 //  8. Postfix logs, defers, retries or bounces as it does for any other transport. Every
 //     operational fault is a temporary (4xx) reply, so mail waits in Postfix's queue; only a
 //     definite no from the upstream is a 5xx.
+//  9. How the transaction ended, at the stage where it ended and with the same reason that chose
+//     Postfix's reply, is recorded in the project's health (package health): /status, the API,
+//     the metrics and the webhooks (package notify) read it there.
 //
 // The path of one sign-in (an OAuth mailbox):
 //
