@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/postern/postern/sidecar/config"
@@ -29,5 +30,9 @@ func loadDirectory(ctx context.Context, cfg *config.Config, st store.Store, open
 		// Not fatal: mail for unknown projects gets 4xx until the store answers.
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
+	// Decoding every project at start leaves garbage several times the projects' own size (100,000
+	// projects: 110 MB kept, 600 MB decoded through): hand it back to the system now rather than
+	// hold it as resident memory until the runtime's scavenger gets to it.
+	debug.FreeOSMemory()
 	return dir
 }

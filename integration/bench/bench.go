@@ -311,7 +311,7 @@ func Run(r *Runner, opts Options) *Results {
 		if opts.LargeProjects > 0 {
 			r.Step("scale: %d projects", opts.LargeProjects)
 			scale := r.Sub()
-			s := RunScale(scale, ScaleOptions{Bin: opts.Bin, Projects: opts.LargeProjects, Lookups: 20000, IdleFor: 5 * time.Second})
+			s := RunScale(scale, ScaleOptions{Bin: opts.Bin, Projects: opts.LargeProjects, Lookups: 20000, IdleFor: 12 * time.Second})
 			r.Logf("start-up %.2fs, RSS %.1f MB, socketmap mean %.0f µs, p99 %.0f µs", s.StartupSeconds, s.RSSMB, s.SocketmapMeanMicro, s.SocketmapP99Micro)
 			scale.Close()
 			res.ScaleLarge = &s

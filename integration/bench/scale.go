@@ -53,7 +53,8 @@ type ScaleResult struct {
 	MissMeanMicro    float64 `json:"socketmap_miss_mean_us"`
 	MissP99Micro     float64 `json:"socketmap_miss_p99_us"`
 	MissReloadMillis float64 `json:"socketmap_miss_reload_ms"`
-	// IdleCPUPercent is Postern's CPU use while idle (reload_interval 10s re-reads the store).
+	// IdleCPUPercent is Postern's CPU use while idle: every reload_interval (10 s, the default) it
+	// reads the store's stamp, and decodes the projects only when the stamp changed.
 	IdleCPUPercent float64 `json:"idle_cpu_percent"`
 	IdleSeconds    float64 `json:"idle_seconds"`
 }

@@ -28,6 +28,10 @@
 //     claiming the same senders wins.
 //  6. Reload errors, route conflicts and invalid projects are logged once each time they change, not
 //     on every interval.
+//  7. A store that is a store.Stamper (the embedded store, Vault) is asked for its stamp first; when it is
+//     the stamp of the snapshot in use, and no tombstone's hold ended meanwhile, the snapshot is
+//     kept and nothing is decoded. 100,000 unchanged projects then cost a scan of record headers
+//     each interval, not seconds of decoding.
 //
 // In steady state a delivered message costs no store read: StoreReads counts them to prove it.
 package directory
@@ -130,6 +134,11 @@ type snapshot struct {
 	// removed routes the senders of removed projects still held (Options.RemovedHold), after table.
 	removed  *route.Table
 	loadedAt time.Time
+	// stamp is the store's store.Stamper stamp the projects were read under ("" for a store
+	// without one), and until is when the first tombstone's hold ends: a reload finding the same
+	// stamp before then keeps this snapshot.
+	stamp string
+	until time.Time
 }
 
 // Directory is the live view of the projects. It is safe for concurrent use.
@@ -378,22 +387,45 @@ func (d *Directory) startReload(ctx context.Context, onMiss bool) (done <-chan s
 	return ch
 }
 
-// reload reads the store and publishes a new snapshot, or records the error.
+// reload reads the store and publishes a new snapshot, or records the error. A store that is a
+// store.Stamper and still gives the stamp of the snapshot in use is not read further: the snapshot
+// is kept, marked as current now.
 func (d *Directory) reload(ctx context.Context) {
 	d.reads.Add(1)
+	var stamp string
+	if st, ok := d.src.(store.Stamper); ok {
+		var err error
+		if stamp, err = st.ProjectsStamp(ctx); err != nil {
+			d.recordError(err)
+			return
+		}
+		now := d.opts.Now()
+		if cur := d.snap.Load(); cur != nil && cur.stamp == stamp && (cur.until.IsZero() || now.Before(cur.until)) {
+			kept := *cur
+			kept.loadedAt = now
+			d.snap.Store(&kept)
+			d.recordCurrent()
+			return
+		}
+	}
 	projects, err := d.src.Projects(ctx)
 	if err != nil {
 		d.recordError(err)
 		return
 	}
 	now := d.opts.Now()
-	var live, removed []project.Project
+	live := make([]project.Project, 0, len(projects))
+	var removed []project.Project
+	var until time.Time
 	for _, p := range projects {
 		switch {
 		case !p.IsRemoved():
 			live = append(live, p)
 		case now.Before(p.HeldUntil(d.opts.RemovedHold)):
 			removed = append(removed, p)
+			if held := p.HeldUntil(d.opts.RemovedHold); until.IsZero() || held.Before(until) {
+				until = held
+			}
 		}
 	}
 	table, problems := route.New(live)
@@ -404,7 +436,8 @@ func (d *Directory) reload(ctx context.Context) {
 			problems = append(problems, fmt.Errorf("project %q: %w", p.Name, perr))
 		}
 	}
-	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, removed: removedTable, loadedAt: now}
+	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, removed: removedTable,
+		loadedAt: now, stamp: stamp, until: until}
 	for _, p := range append(live, removed...) {
 		s.projects[p.Name] = p
 	}
@@ -425,6 +458,16 @@ func (d *Directory) recordError(err error) {
 		d.log.Error("reading projects failed and none are cached: mail is deferred", "err", msg)
 	} else {
 		d.log.Warn("reading projects failed: keeping the last good ones", "err", msg)
+	}
+}
+
+// recordCurrent notes a reload that found the store unchanged.
+func (d *Directory) recordCurrent() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lastErr != "" {
+		d.log.Info("reading projects works again")
+		d.lastErr = ""
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/postern/postern/sidecar/project"
@@ -18,6 +19,7 @@ type Pending struct {
 	why    string
 	s      atomic.Pointer[Store]
 	opened chan struct{} // closed when s is set
+	calls  atomic.Int64  // ProjectsStamp's calls, for a store without stamps
 }
 
 var _ Store = (*Pending)(nil)
@@ -51,6 +53,19 @@ func (p *Pending) Projects(ctx context.Context) ([]project.Project, error) {
 		return nil, err
 	}
 	return s.Projects(ctx)
+}
+
+// ProjectsStamp implements Stamper: the opened store's stamp, or, for a store that has none, a
+// new value on every call, so that its projects are read every time.
+func (p *Pending) ProjectsStamp(ctx context.Context) (string, error) {
+	s, err := p.get()
+	if err != nil {
+		return "", err
+	}
+	if st, ok := s.(Stamper); ok {
+		return st.ProjectsStamp(ctx)
+	}
+	return "unstamped:" + strconv.FormatInt(p.calls.Add(1), 10), nil
 }
 
 // Project implements Admin.

@@ -38,6 +38,17 @@ type Projects interface {
 	Projects(ctx context.Context) ([]project.Project, error)
 }
 
+// Stamper is implemented by a store that can tell cheaply, without decrypting or decoding a record,
+// whether its projects changed. The sidecar reads the stamp on every reload and reads Projects only
+// when it differs from the one it last loaded, so that an idle store of 100,000 projects costs a
+// scan of its record headers, not a decoding of every project, each reload interval.
+type Stamper interface {
+	// ProjectsStamp returns a value that differs whenever any project record differs from what it
+	// was when the same value was returned before (a write, a delete, a restored or replaced store,
+	// a new key). It fails as Projects would, ErrProjectsLost included.
+	ProjectsStamp(ctx context.Context) (string, error)
+}
+
 // Tokens is what the token broker needs.
 type Tokens interface {
 	// Token returns the token record of a project with its Version set, or ErrNotFound.

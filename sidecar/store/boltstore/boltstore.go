@@ -493,9 +493,16 @@ func (s *Store) Path() string { return s.path }
 
 // Projects returns every project, sorted by name, each with its Version set.
 func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
-	out := []project.Project{}
+	var out []project.Project
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		k := s.currentKey()
+		// Sized once: with 100,000 projects, growing the slice by appending alone would
+		// allocate five times what it holds.
+		_, live, err := counters(tx)
+		if err != nil {
+			return err
+		}
+		out = make([]project.Project, 0, live)
 		return tx.Bucket(bucketProjects).ForEach(func(name, v []byte) error {
 			plain, version, err := k.open(bucketProjects, name, v)
 			if err != nil || plain == nil {
@@ -513,6 +520,30 @@ func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// ProjectsStamp implements store.Stamper: a SHA-256 over the key id and every project record's
+// name, header and nonce, read without decrypting anything. Every write seals its record under a new
+// random nonce, so any change to a project record (a write, a delete, a rekey, a database restored
+// or replaced) changes the stamp, and an unchanged store keeps it. 100,000 projects take a few
+// milliseconds.
+func (s *Store) ProjectsStamp(ctx context.Context) (string, error) {
+	h := sha256.New()
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		h.Write(tx.Bucket(bucketMeta).Get(metaKeyID))
+		nonce := s.currentKey().aead.NonceSize()
+		buf := make([]byte, 0, 512)
+		return tx.Bucket(bucketProjects).ForEach(func(name, v []byte) error {
+			buf = binary.BigEndian.AppendUint32(buf[:0], uint32(len(name)))
+			buf = append(append(buf, name...), v[:min(len(v), headerSize+nonce)]...)
+			h.Write(buf)
+			return nil
+		})
+	})
+	if err != nil {
+		return "", err
+	}
+	return string(h.Sum(nil)), nil
 }
 
 // Project returns one project with its Version set, or store.ErrNotFound.

@@ -30,6 +30,8 @@
 //     that project, if any, is kept: one bad edit never hides a project or the others.
 //     d. A failed request fails the whole call and changes nothing: the caller keeps its last good
 //     snapshot and the next call starts from the same state.
+//     e. ProjectsStamp (store.Stamper) polls the same way and returns a digest of the names and
+//     versions held, so that the sidecar copies and re-indexes the projects only when one changed.
 //  3. PutProject writes the project (a check-and-set when its Version is not 0), then records the
 //     new version in the index with a check-and-set loop. When the index is missing it is rebuilt
 //     from a full scan first. If the index cannot be updated the project is still written; the
@@ -57,11 +59,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"maps"
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +113,8 @@ type Store struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	mu        sync.Mutex // one Projects call at a time; guards the fields below
+	seed      maphash.Seed // of ProjectsStamp's digest
+	mu        sync.Mutex   // one Projects call at a time; guards the fields below
 	cache     map[string]entry
 	lastIndex map[string]int // the index as the previous call read it
 	lastFull  time.Time
@@ -166,6 +171,7 @@ func New(vc *vault.Client, o Options) (*Store, error) {
 		now:      o.Now,
 		cache:    map[string]entry{},
 		badNames: map[string]bool{},
+		seed:     maphash.MakeSeed(),
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
@@ -442,8 +448,50 @@ func (s *Store) tombstone(ctx context.Context, path string) (bool, error) {
 func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.pollLocked(ctx); err != nil {
+		return nil, err
+	}
+	names := s.liveNamesLocked()
+	out := make([]project.Project, 0, len(names))
+	for _, name := range names {
+		out = append(out, clone(s.cache[name].p))
+	}
+	return out, nil
+}
+
+// ProjectsStamp implements store.Stamper. It polls Vault as Projects does, with the same requests
+// (one, the index, in steady state), and returns a digest of the name and version of every
+// project it then holds, so that the sidecar decodes and copies the projects only when one
+// changed. A KV version never changes its data, so the digest changes exactly when what Projects
+// returns does.
+func (s *Store) ProjectsStamp(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.pollLocked(ctx); err != nil {
+		return "", err
+	}
+	// An order-free sum of one hash per project: no sorting of 100,000 names per poll.
+	var sum, n uint64
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	for name, e := range s.cache {
+		if !e.ok {
+			continue
+		}
+		h.Reset()
+		h.WriteString(name)
+		h.WriteByte(0)
+		h.WriteString(strconv.Itoa(e.p.Version))
+		sum += h.Sum64()
+		n++
+	}
+	return strconv.FormatUint(n, 10) + ":" + strconv.FormatUint(sum, 16), nil
+}
+
+// pollLocked brings the cache up to date: a full scan when one is due, a quick poll otherwise.
+func (s *Store) pollLocked(ctx context.Context) error {
 	now := s.now()
-	before := s.liveNamesLocked()
+	before := s.liveCountLocked()
 	cache, lastIndex, lastFull, scanned := s.cache, s.lastIndex, s.lastFull, s.scanned
 	var err error
 	if !s.scanned || now.Sub(s.lastFull) >= s.fullScan {
@@ -452,23 +500,29 @@ func (s *Store) Projects(ctx context.Context) ([]project.Project, error) {
 		err = s.quickPollLocked(ctx)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	names := s.liveNamesLocked()
-	if len(names) == 0 && len(before) > 0 {
+	if live := s.liveCountLocked(); live == 0 && before > 0 {
 		// Every project went at once. Deleted projects leave tombstones that LIST still shows; a
 		// listing with nothing at all is a wrong path, a replaced Vault or a policy change, not
 		// an administrator's decision.
-		if err := s.confirmEmptyLocked(ctx, len(before)); err != nil {
+		if err := s.confirmEmptyLocked(ctx, before); err != nil {
 			s.cache, s.lastIndex, s.lastFull, s.scanned = cache, lastIndex, lastFull, scanned
-			return nil, err
+			return err
 		}
 	}
-	out := make([]project.Project, 0, len(names))
-	for _, name := range names {
-		out = append(out, clone(s.cache[name].p))
+	return nil
+}
+
+// liveCountLocked returns how many cached projects are usable.
+func (s *Store) liveCountLocked() int {
+	n := 0
+	for _, e := range s.cache {
+		if e.ok {
+			n++
+		}
 	}
-	return out, nil
+	return n
 }
 
 // liveNamesLocked returns the names of the cached projects, sorted.
@@ -506,24 +560,30 @@ func (s *Store) quickPollLocked(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	next := maps.Clone(s.cache)
 	var stale []string
 	for name, v := range index {
 		if prev, ok := s.lastIndex[name]; ok && prev == v {
 			continue
 		}
-		if e, ok := next[name]; ok && e.seen == v {
+		if e, ok := s.cache[name]; ok && e.seen == v {
 			continue
 		}
 		stale = append(stale, name)
 	}
 	for name := range s.lastIndex {
 		if _, still := index[name]; !still {
-			if _, cached := next[name]; cached {
+			if _, cached := s.cache[name]; cached {
 				stale = append(stale, name)
 			}
 		}
 	}
+	if len(stale) == 0 {
+		s.lastIndex = index
+		return nil
+	}
+	// Copied only when something is read: the cache of 100,000 projects is not copied on every
+	// poll, and a failed read leaves it as it was.
+	next := maps.Clone(s.cache)
 	sort.Strings(stale)
 	for _, name := range stale {
 		if err := s.refresh(ctx, next, name); err != nil {
