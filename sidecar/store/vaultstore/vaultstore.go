@@ -28,8 +28,10 @@
 //     eight at a time: 10,000 projects take seconds, not a minute.
 //     c. A record that cannot be decoded is logged once per version and the last good decoding of
 //     that project, if any, is kept: one bad edit never hides a project or the others.
-//     d. A failed request fails the whole call and changes nothing: the caller keeps its last good
-//     snapshot and the next call starts from the same state.
+//     d. A failed request fails the whole call: the caller keeps its last good snapshot. A full scan
+//     cut short (the sidecar bounds each reload; 100,000 projects take longer) keeps what it
+//     confirmed, and the next call goes on from there, skipping every project read since the scan
+//     began; deletes are applied only by a scan that completes.
 //     e. ProjectsStamp (store.Stamper) polls the same way and returns a digest of the names and
 //     versions held, so that the sidecar copies and re-indexes the projects only when one changed.
 //  3. PutProject writes the project (a check-and-set when its Version is not 0), then records the
@@ -118,15 +120,17 @@ type Store struct {
 	cache     map[string]entry
 	lastIndex map[string]int // the index as the previous call read it
 	lastFull  time.Time
+	scanFrom  time.Time // when the full scan under way began; zero when none is
 	scanned   bool
 	badNames  map[string]bool // records under projects/ whose names are not project names, logged once
 }
 
 // entry is what the cache knows of one project.
 type entry struct {
-	seen int             // the newest version examined, usable or not
-	p    project.Project // the last good decoding (p.Version is its version), if ok
-	ok   bool
+	seen    int             // the newest version examined, usable or not
+	p       project.Project // the last good decoding (p.Version is its version), if ok
+	ok      bool
+	checked time.Time // when a read last confirmed seen against Vault
 }
 
 var _ store.Store = (*Store)(nil)
@@ -627,29 +631,53 @@ func (s *Store) fullScanLocked(ctx context.Context, now time.Time) error {
 	type scanned struct {
 		gone, same bool // the record is gone; the cached decoding is current
 		rec        record
+		done       bool // the name's request succeeded (or none was needed)
+	}
+	if s.scanFrom.IsZero() {
+		s.scanFrom = now
 	}
 	results := make([]scanned, len(names))
 	err = parallel(ctx, len(names), func(ctx context.Context, i int) error {
 		name := names[i]
 		if e, cached := s.cache[name]; cached {
+			if !e.checked.Before(s.scanFrom) {
+				// Confirmed since this scan began, by an attempt of it that failed later.
+				results[i].same, results[i].done = true, true
+				return nil
+			}
 			md, err := s.vc.Metadata(ctx, s.projectPath(name))
 			if errors.Is(err, vault.ErrNotFound) || (err == nil && !md.Live) {
-				results[i].gone = true
+				results[i].gone, results[i].done = true, true
 				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("reading the metadata of project %s: %w", name, err)
 			}
 			if e.seen == md.CurrentVersion {
-				results[i].same = true
+				results[i].same, results[i].done = true, true
 				return nil
 			}
 		}
 		rec, err := s.fetch(ctx, name)
-		results[i].rec = rec
+		results[i].rec, results[i].done = rec, err == nil
 		return err
 	})
+	checked := s.now()
 	if err != nil {
+		// Keep what the attempt confirmed, so that the next one goes on from there rather than
+		// starting again: a scan of 100,000 projects takes longer than one reload may, and would
+		// otherwise never end. Nothing is dropped here; deletes wait for a scan that completes.
+		for i, name := range names {
+			switch r := results[i]; {
+			case !r.done || r.gone:
+			case r.same:
+				e := s.cache[name]
+				e.checked = checked
+				s.cache[name] = e
+			default:
+				s.apply(s.cache, name, r.rec, checked)
+			}
+		}
 		return err
 	}
 	next := make(map[string]entry, len(names))
@@ -659,13 +687,15 @@ func (s *Store) fullScanLocked(ctx context.Context, now time.Time) error {
 			continue
 		}
 		if e, cached := s.cache[name]; cached {
+			e.checked = checked
 			next[name] = e
 		}
 		if !r.same {
-			s.apply(next, name, r.rec)
+			s.apply(next, name, r.rec, checked)
 		}
 	}
 	s.cache, s.lastIndex, s.lastFull, s.scanned = next, index, now, true
+	s.scanFrom = time.Time{}
 	return nil
 }
 
@@ -694,13 +724,13 @@ func (s *Store) refresh(ctx context.Context, next map[string]entry, name string)
 	if err != nil {
 		return err
 	}
-	s.apply(next, name, rec)
+	s.apply(next, name, rec, s.now())
 	return nil
 }
 
-// apply puts one read into next: the project is dropped when gone, replaced when it decodes, and
-// kept at its last good version when it does not.
-func (s *Store) apply(next map[string]entry, name string, rec record) {
+// apply puts one read, made at checked, into next: the project is dropped when gone, replaced when
+// it decodes, and kept at its last good version when it does not.
+func (s *Store) apply(next map[string]entry, name string, rec record, checked time.Time) {
 	if rec.gone {
 		delete(next, name)
 		return
@@ -712,11 +742,11 @@ func (s *Store) apply(next map[string]entry, name string, rec record) {
 			s.log.Error("cannot use a project record: keeping its last good version", "project", name, "version", rec.version,
 				"last_good_version", e.p.Version, "err", err)
 		}
-		e.seen = rec.version
+		e.seen, e.checked = rec.version, checked
 		next[name] = e
 		return
 	}
-	next[name] = entry{seen: rec.version, p: p, ok: true}
+	next[name] = entry{seen: rec.version, p: p, ok: true, checked: checked}
 }
 
 // scanWorkers is how many requests a full scan, a reindex or a batch write keeps in flight: with
