@@ -21,7 +21,7 @@ import (
 // scan ends, rather than starting again every time and never ending.
 func TestFullScanResumes(t *testing.T) {
 	t.Parallel()
-	const n, budget = 100, 40
+	const n, budget = 100, 25
 	ctx := t.Context()
 	srv := vaulttest.New(t, vaulttest.Options{})
 	admin := newStore(t, client(t, srv, "", ""), vaultstore.Options{})
@@ -31,6 +31,7 @@ func TestFullScanResumes(t *testing.T) {
 		}
 	}
 
+	clock := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	var (
 		mu     sync.Mutex
 		reads  int                // reads of project records, data or metadata, in all
@@ -45,6 +46,9 @@ func TestFullScanResumes(t *testing.T) {
 				cancel()
 			}
 			mu.Unlock()
+			// Each read takes 3 s: one attempt of a scan lasts longer than the full scan
+			// interval (1 min).
+			clock.Advance(3 * time.Second)
 		}
 		srv.ServeHTTP(w, r)
 	}))
@@ -53,7 +57,6 @@ func TestFullScanResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	s := newStore(t, vc, vaultstore.Options{Now: clock.Now})
 
 	// attempt runs Projects with a budget of reads, as a reload bounded by a timeout would.
@@ -86,7 +89,18 @@ func TestFullScanResumes(t *testing.T) {
 			}
 		}
 		mu.Lock()
+		total := reads
+		mu.Unlock()
+		// The scan that ended counts from its end: the next call is a quick poll, not a new full
+		// scan at once (which, as long as the last, would be cut short again, for ever).
+		before := vc.Stats()
+		if _, err := s.Projects(ctx); err != nil {
+			t.Fatal(err)
+		}
+		wantCost(t, what+", then a call", vc.Stats().Sub(before), vault.Stats{Reads: 1})
+		mu.Lock()
 		defer mu.Unlock()
+		reads = total
 		// Each cut-short attempt may lose the reads it had in flight (eight at a time).
 		if tries < 3 || reads > want+(tries-1)*8 {
 			t.Fatalf("%s: %d attempts and %d reads, want at least 3 attempts and about %d reads", what, tries, reads, want)
@@ -97,10 +111,18 @@ func TestFullScanResumes(t *testing.T) {
 	scan("the first scan", n)
 	// A later full scan (metadata reads of cached projects) resumes in the same way, and sees a
 	// change made while it was under way.
+	// The first scan took 7 minutes of the clock (3 s a read): the next is due 4 × 7 minutes after
+	// it ended, not one interval (1 min).
+	clock.Advance(2 * time.Minute)
+	before := vc.Stats()
+	if _, err := s.Projects(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantCost(t, "a call 2 minutes after a 7-minute scan", vc.Stats().Sub(before), vault.Stats{Reads: 1})
+	clock.Advance(time.Hour)
 	p := storetest.BasicProject("p099")
 	p.Version = 1
 	p.Upstream.Port = 2525
-	clock.Advance(2 * time.Minute)
 	if _, err := admin.PutProject(ctx, p); err != nil {
 		t.Fatal(err)
 	}
