@@ -299,8 +299,8 @@ type VaultConfig struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// FullScanInterval is the longest time before a project record written directly in Vault
 	// (not through postern project or the API, which update the index) is noticed. Default 1m.
-	// With very many projects it is stretched to four times as long as a full scan takes, so that
-	// full scans keep Vault busy at most a fifth of the time.
+	// With very many projects it is stretched to twice as long as a full scan takes, so that full
+	// scans keep Vault busy at most a third of the time.
 	FullScanInterval time.Duration `yaml:"full_scan_interval"`
 }
 

@@ -111,7 +111,7 @@ func TestFullScanResumes(t *testing.T) {
 	scan("the first scan", n)
 	// A later full scan (metadata reads of cached projects) resumes in the same way, and sees a
 	// change made while it was under way.
-	// The first scan took 7 minutes of the clock (3 s a read): the next is due 4 × 7 minutes after
+	// The first scan took 7 minutes of the clock (3 s a read): the next is due 2 × 7 minutes after
 	// it ended, not one interval (1 min).
 	clock.Advance(2 * time.Minute)
 	before := vc.Stats()

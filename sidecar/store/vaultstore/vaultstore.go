@@ -26,9 +26,9 @@
 //     tombstones of deleted projects), then the data of each cached project whose version changed.
 //     It is what picks up records written with plain `vault kv put`, which leaves the index alone.
 //     The N requests go eight at a time: 10,000 projects take seconds, not a minute. When the last
-//     scan took longer than a quarter of the interval, the next waits four times as long as it
-//     took, so that full scans never keep Vault busy more than a fifth of the time (100,000
-//     projects: about 75 s a scan on a 2-core test machine, so one every 5 minutes).
+//     scan took longer than half the interval, the next waits twice as long as it took, so that
+//     full scans never keep Vault busy more than a third of the time (100,000 projects: about 90 s
+//     a scan on a 2-core test machine, so one every 3 minutes, not one after the other).
 //     c. A record that cannot be decoded is logged once per version and the last good decoding of
 //     that project, if any, is kept: one bad edit never hides a project or the others.
 //     d. A failed request fails the whole call: the caller keeps its last good snapshot. A full scan
@@ -502,7 +502,7 @@ func (s *Store) pollLocked(ctx context.Context) error {
 	before := s.liveCountLocked()
 	cache, lastIndex, lastFull, scanned := s.cache, s.lastIndex, s.lastFull, s.scanned
 	var err error
-	if !s.scanned || now.Sub(s.lastFull) >= max(s.fullScan, 4*s.scanTook) {
+	if !s.scanned || now.Sub(s.lastFull) >= max(s.fullScan, 2*s.scanTook) {
 		err = s.fullScanLocked(ctx, now)
 	} else {
 		err = s.quickPollLocked(ctx)
