@@ -139,12 +139,17 @@ func checkDomain(domain string) error {
 	case domain == "":
 		return &SyntaxError{Reason: "the address has an empty domain"}
 	case domain[0] == '[':
-		// address-literal: "[" then dtext (printable ASCII but "[", "\" and "]") then "]".
+		// address-literal (RFC 5321 4.1.3): an IPv4 address, "IPv6:" and an IPv6 address, or a
+		// tag, ":" and its content. Only letters, digits, ".", ":" and "-" are let through: the
+		// rest of dcontent (">" among it) is in no address in use, and an SMTP server reading the
+		// path back would end it at the ">".
 		if len(domain) < 3 || domain[len(domain)-1] != ']' {
 			return &SyntaxError{Reason: "the domain is not a valid address literal"}
 		}
 		for i := 1; i < len(domain)-1; i++ {
-			if c := domain[i]; c <= ' ' || c >= 0x7f || c == '[' || c == '\\' || c == ']' {
+			switch c := domain[i]; {
+			case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == ':', c == '-':
+			default:
 				return &SyntaxError{Reason: "the domain is not a valid address literal"}
 			}
 		}
