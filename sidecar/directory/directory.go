@@ -40,6 +40,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"slices"
 	"strings"
@@ -139,6 +140,8 @@ type snapshot struct {
 	// stamp before then keeps this snapshot.
 	stamp string
 	until time.Time
+	// gen numbers the snapshots built from a read of the projects (Generation).
+	gen uint64
 }
 
 // Directory is the live view of the projects. It is safe for concurrent use.
@@ -148,6 +151,7 @@ type Directory struct {
 	log  *slog.Logger
 
 	snap     atomic.Pointer[snapshot]
+	gens     atomic.Uint64 // snapshots built so far
 	reads    atomic.Int64
 	interval atomic.Int64 // Options.Interval, changed by SetInterval
 
@@ -303,6 +307,40 @@ func (d *Directory) Projects() []project.Project {
 	return out
 }
 
+// All yields the cached projects in no particular order, without copying the list (Projects
+// sorts a copy). It never reads the store.
+func (d *Directory) All() iter.Seq[project.Project] {
+	s := d.snap.Load()
+	return func(yield func(project.Project) bool) {
+		if s == nil {
+			return
+		}
+		for _, p := range s.projects {
+			if !yield(p) {
+				return
+			}
+		}
+	}
+}
+
+// Len returns how many projects are cached.
+func (d *Directory) Len() int {
+	if s := d.snap.Load(); s != nil {
+		return len(s.projects)
+	}
+	return 0
+}
+
+// Generation numbers the snapshot in use: it changes with every snapshot built from a read of the
+// projects, and stays while reloads find the store unchanged, so that a consumer of every project
+// (the health model) can skip its work when nothing changed. Zero before the first load.
+func (d *Directory) Generation() uint64 {
+	if s := d.snap.Load(); s != nil {
+		return s.gen
+	}
+	return 0
+}
+
 // Table returns the current routing table (nil before the first load). It never reads the store.
 func (d *Directory) Table() *route.Table {
 	if s := d.snap.Load(); s != nil {
@@ -437,7 +475,7 @@ func (d *Directory) reload(ctx context.Context) {
 		}
 	}
 	s := &snapshot{projects: make(map[string]project.Project, len(projects)), table: table, removed: removedTable,
-		loadedAt: now, stamp: stamp, until: until}
+		loadedAt: now, stamp: stamp, until: until, gen: d.gens.Add(1)}
 	for _, p := range append(live, removed...) {
 		s.projects[p.Name] = p
 	}

@@ -77,6 +77,9 @@ func TestUnchangedStampKeepsTheSnapshot(t *testing.T) {
 	if d.StoreReads() != 2 {
 		t.Errorf("StoreReads = %d, want 2: the stamp is a read of the store", d.StoreReads())
 	}
+	if d.Generation() != 1 {
+		t.Errorf("Generation = %d after a reload that kept the snapshot, want 1", d.Generation())
+	}
 
 	// A new stamp: the projects are read.
 	src.setStamp("2", nil)
@@ -85,6 +88,14 @@ func TestUnchangedStampKeepsTheSnapshot(t *testing.T) {
 	}
 	if _, ok := d.Project("client-b"); !ok || src.fullReads() != 2 {
 		t.Fatalf("after a new stamp: client-b loaded %v, %d reads", ok, src.fullReads())
+	}
+	if d.Generation() != 2 || d.Len() != 1 {
+		t.Errorf("after a new snapshot: Generation %d, Len %d; want 2, 1", d.Generation(), d.Len())
+	}
+	for p := range d.All() {
+		if p.Name != "client-b" {
+			t.Errorf("All yields %q", p.Name)
+		}
 	}
 
 	// A failing stamp is a failed reload: the last snapshot stays, Ready says so, and the next
