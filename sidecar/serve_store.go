@@ -31,8 +31,15 @@ func loadDirectory(ctx context.Context, cfg *config.Config, st store.Store, open
 		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
 	}
 	// Decoding every project at start leaves garbage several times the projects' own size (100,000
-	// projects: 110 MB kept, 600 MB decoded through): hand it back to the system now rather than
-	// hold it as resident memory until the runtime's scavenger gets to it.
-	debug.FreeOSMemory()
+	// projects: 110 MB kept, 600 MB decoded through): hand it back to the system once the first
+	// load is done (at once, or, when it failed or Vault takes longer, once a reload succeeds)
+	// rather than hold it as resident memory until the runtime's scavenger gets to it.
+	go func() {
+		select {
+		case <-dir.Loaded():
+			debug.FreeOSMemory()
+		case <-ctx.Done():
+		}
+	}()
 	return dir
 }

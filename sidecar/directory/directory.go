@@ -152,6 +152,8 @@ type Directory struct {
 
 	snap     atomic.Pointer[snapshot]
 	gens     atomic.Uint64 // snapshots built so far
+	loaded   chan struct{} // closed when the first snapshot is published
+	loadOnce sync.Once
 	reads    atomic.Int64
 	interval atomic.Int64 // Options.Interval, changed by SetInterval
 
@@ -168,7 +170,7 @@ type Directory struct {
 // New returns a Directory over src. Nothing is read until Load or Run.
 func New(src store.Projects, opts Options) *Directory {
 	opts = opts.withDefaults()
-	d := &Directory{src: src, opts: opts, log: opts.Logger}
+	d := &Directory{src: src, opts: opts, log: opts.Logger, loaded: make(chan struct{})}
 	d.interval.Store(int64(opts.Interval))
 	return d
 }
@@ -322,6 +324,9 @@ func (d *Directory) All() iter.Seq[project.Project] {
 		}
 	}
 }
+
+// Loaded is closed once the first snapshot is in use: the projects have been read at least once.
+func (d *Directory) Loaded() <-chan struct{} { return d.loaded }
 
 // Len returns how many projects are cached.
 func (d *Directory) Len() int {
@@ -481,6 +486,7 @@ func (d *Directory) reload(ctx context.Context) {
 	}
 	projects = append(live, removed...)
 	d.snap.Store(s)
+	d.loadOnce.Do(func() { close(d.loaded) })
 	d.recordSuccess(s, projects, problems)
 }
 

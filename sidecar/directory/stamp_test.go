@@ -52,11 +52,21 @@ func TestUnchangedStampKeepsTheSnapshot(t *testing.T) {
 	src := &stampedStore{fakeStore: &fakeStore{projects: []project.Project{proj("client-a", true, "@client-a.example")}}, stamp: "1"}
 	d := New(src, Options{Now: c.Now, Logger: slog.New(slog.NewTextHandler(logs, nil)), RemovedHold: time.Hour})
 	ctx := t.Context()
+	select {
+	case <-d.Loaded():
+		t.Fatal("Loaded is closed before any load")
+	default:
+	}
 	if err := d.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if src.fullReads() != 1 {
 		t.Fatalf("the first load read the projects %d times, want 1", src.fullReads())
+	}
+	select {
+	case <-d.Loaded():
+	default:
+		t.Fatal("Loaded is not closed after the first load")
 	}
 
 	// The same stamp: nothing is read, the snapshot stays and counts as current.
