@@ -26,20 +26,22 @@ func loadDirectory(ctx context.Context, cfg *config.Config, st store.Store, open
 	case <-time.After(storeOpenWait):
 	case <-ctx.Done():
 	}
-	if err := dir.Load(ctx); err != nil {
-		// Not fatal: mail for unknown projects gets 4xx until the store answers.
-		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
-	}
 	// Decoding every project at start leaves garbage several times the projects' own size (100,000
 	// projects: 110 MB kept, 600 MB decoded through): hand it back to the system once the first
-	// load is done (at once, or, when it failed or Vault takes longer, once a reload succeeds)
-	// rather than hold it as resident memory until the runtime's scavenger gets to it.
-	go func() {
-		select {
-		case <-dir.Loaded():
-			debug.FreeOSMemory()
-		case <-ctx.Done():
-		}
-	}()
+	// load is done rather than hold it as resident memory until the runtime's scavenger gets to it.
+	if err := dir.Load(ctx); err != nil {
+		// Not fatal: mail for unknown projects gets 4xx until the store answers. The first load
+		// that succeeds (Vault with very many projects takes several reloads) frees its garbage.
+		log.Warn("loading projects failed; retrying in the background, mail waits meanwhile", "err", err)
+		go func() {
+			select {
+			case <-dir.Loaded():
+				debug.FreeOSMemory()
+			case <-ctx.Done():
+			}
+		}()
+	} else {
+		debug.FreeOSMemory()
+	}
 	return dir
 }
