@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -73,14 +74,26 @@ func lookPath(name string) (string, error) {
 	return "", fmt.Errorf("finding %s: not in PATH nor in /usr/sbin", name)
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// handedOut holds the ports FreePort returned: the kernel may offer a port again once its listener
+// is closed, before whoever it was given to binds it, and two servers of one environment then
+// share it (Postfix: "duplicate master.cf entry").
+var handedOut sync.Map
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and that it never returned
+// before in this process.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("finding a free port: %w", err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(port, true); !taken {
+			return port, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("finding a free port: the system offered only ports handed out before")
 }
 
 // TempDir makes a directory for one environment under os.TempDir with a short name (unix socket
