@@ -75,9 +75,9 @@ func printCounts(t *testing.T, name string, c harness.BatchCounts) {
 	}
 }
 
-// settle flushes the front until its queue is empty (or a minute passed), then counts the batch
-// in the mailboxes, prints the case's row and summary line, and checks that nothing was lost or
-// bounced.
+// settle flushes the front until its queue is empty (or a minute passed), waits for the upstream
+// to deliver what it accepted, then counts the batch in the mailboxes, prints the case's row and
+// summary line, and checks that nothing was lost or bounced.
 func settle(t *testing.T, ctx context.Context, e *harness.Env, name string, b *harness.Batch, mailboxes ...string) harness.BatchCounts {
 	t.Helper()
 	wait, cancel := context.WithTimeout(ctx, time.Minute)
@@ -87,6 +87,11 @@ func settle(t *testing.T, ctx context.Context, e *harness.Env, name string, b *h
 	stop()
 	if err != nil {
 		t.Errorf("after the fault: %v", err)
+	}
+	// The upstream accepted the last messages a moment ago: they are in its queue until it has
+	// written them to the mailboxes, and counting earlier would call them lost.
+	if err := e.Upstream.WaitQueueEmpty(wait); err != nil {
+		t.Errorf("waiting for the upstream to deliver what it accepted: %v", err)
 	}
 	var dirs []harness.Maildir
 	for _, m := range mailboxes {
